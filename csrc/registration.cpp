@@ -1,0 +1,33 @@
+// The one place where gfcore's operator schemas are declared.
+//
+// Kernels register per backend with TORCH_LIBRARY_IMPL in each family's folder
+// (csrc/<family>/*.cpp for CPU, csrc/<family>/*.cu for CUDA). Fake kernels (for
+// torch.compile) and autograd formulas are registered from Python in gfcore/ops/.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// Importing gfcore._C runs the static registrations below; the module itself is empty.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(gfcore, m) {
+  // ---- Geometry alignment loss (csrc/alignment) ----------------------------------------
+  // Inputs are 2-D [rows, cols] and contiguous; `x` is a GEMM output without its bias,
+  // so that the bias add is fused into the memory-bound kernel that follows the GEMM.
+  // out = silu(x + bias)
+  m.def("bias_silu(Tensor x, Tensor bias) -> Tensor");
+  // grad_x = grad_out * silu'(x + bias); grad_bias = sum over rows of grad_x (fp32 sums)
+  m.def("bias_silu_backward(Tensor grad_out, Tensor x, Tensor bias) -> (Tensor, Tensor)");
+  // z = x + bias; zhat = z / max(|z|, eps); cos = <z, y> / (max(|z|, eps) max(|y|, eps));
+  // norms[:, 0] = |z|, norms[:, 1] = |y| (fp32, kept for the backward).
+  m.def("bias_normalize_cosine(Tensor x, Tensor bias, Tensor y, float eps) -> (Tensor zhat, Tensor cos, Tensor norms)");
+  // Gradient of the above with respect to x (and bias = its column sum); y is a constant.
+  m.def("bias_normalize_cosine_backward(Tensor grad_zhat, Tensor grad_cos, Tensor zhat, Tensor y, Tensor cos, Tensor norms, float eps) -> (Tensor, Tensor)");
+  // diff = x + bias - y; loss = mean(diff^2) (fp32 scalar); diff_colsum = sum over rows of
+  // diff (fp32). The gradient of loss w.r.t. x is 2 * diff / numel: computed in one pass.
+  m.def("bias_mse(Tensor x, Tensor bias, Tensor y) -> (Tensor loss, Tensor diff, Tensor diff_colsum)");
+}

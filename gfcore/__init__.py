@@ -1,0 +1,9 @@
+"""gfcore: fused kernels and a thin trainer for Geometry Forcing video diffusion.
+
+The data flows data -> geometry (teacher) -> models -> losses -> train -> sample -> metrics.
+"""
+__version__ = "0.1.0"
+
+from gfcore._extension import backends
+
+__all__ = ["backends", "__version__"]

@@ -1,0 +1,113 @@
+"""Build gfcore and its C++/CUDA extension ``gfcore._C``.
+
+Switches (environment variables):
+  GFCORE_CUDA=auto|0|1   auto (default): build the CUDA kernels when nvcc and a CUDA build of
+                         torch are present; 0: CPU kernels only; 1: fail unless CUDA builds.
+  TORCH_CUDA_ARCH_LIST   architectures to compile for; defaults to "8.0;9.0" when no GPU is
+                         visible (A100 and H100), else the visible GPU's.
+  MAX_JOBS               parallel compile jobs (torch's ninja builder honours it).
+  CUDA_HOME              toolkit location; found from nvcc or /usr/local/cuda otherwise.
+"""
+import glob
+import os
+import shutil
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _find_cuda_home():
+    """The CUDA toolkit: $CUDA_HOME, else nvcc's real location, else the standard path."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            return os.environ[var]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        # /usr/local/bin/nvcc is often a symlink: resolve it to find <toolkit>/bin/nvcc.
+        return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    for candidate in ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True):
+        if os.path.exists(os.path.join(candidate, "bin", "nvcc")):
+            return candidate
+    return None
+
+
+def _want_cuda(torch):
+    mode = os.environ.get("GFCORE_CUDA", "auto").lower()
+    if mode not in ("auto", "0", "1"):
+        raise SystemExit(f"GFCORE_CUDA must be auto, 0 or 1, got {mode!r}")
+    if mode == "0":
+        return False
+    cuda_home = _find_cuda_home()
+    reasons = []
+    if cuda_home is None:
+        reasons.append("no CUDA toolkit found (set CUDA_HOME)")
+    if torch.version.cuda is None:
+        reasons.append(f"torch {torch.__version__} is a CPU-only build")
+    if reasons:
+        if mode == "1":
+            raise SystemExit("GFCORE_CUDA=1 but " + "; ".join(reasons))
+        print("gfcore: building CPU kernels only: " + "; ".join(reasons))
+        return False
+    os.environ["CUDA_HOME"] = cuda_home
+    return True
+
+
+def _extension():
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError:
+        print("gfcore: torch is not installed; installing the pure-Python package only")
+        return [], {}
+
+    with_cuda = _want_cuda(torch)
+    # Every family of ops lives in csrc/<family>/: *.cpp are CPU kernels, *.cu CUDA kernels.
+    sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
+    cxx_flags = ["-O3", "-std=c++17"]
+    define_macros = []
+    extra = {"cxx": cxx_flags}
+    if with_cuda:
+        # Must be set before cpp_extension reads it; without a GPU torch would guess.
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            if torch.cuda.is_available():
+                major, minor = torch.cuda.get_device_capability()
+                os.environ["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}"
+            else:
+                os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+        # cpp_extension caches CUDA_HOME at import time; refresh it.
+        cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]
+        sources += sorted(glob.glob("csrc/**/*.cu", recursive=True))
+        define_macros.append(("GFCORE_WITH_CUDA", None))
+        extra["cxx"].append("-DGFCORE_WITH_CUDA")
+        extra["nvcc"] = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", "-DGFCORE_WITH_CUDA"]
+        print(f"gfcore: building CUDA kernels for {os.environ['TORCH_CUDA_ARCH_LIST']} "
+              f"with {cpp_extension.CUDA_HOME}")
+        ext_cls = cpp_extension.CUDAExtension
+    else:
+        ext_cls = cpp_extension.CppExtension
+    ext = ext_cls(
+        name="gfcore._C",
+        sources=sources,
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        define_macros=define_macros,
+        extra_compile_args=extra,
+    )
+    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _extension()
+
+setup(
+    name="gfcore",
+    version="0.1.0",
+    description="Fused kernels and a thin trainer for Geometry Forcing video diffusion",
+    packages=find_packages(include=["gfcore", "gfcore.*"]),
+    package_data={"gfcore": ["configs/**/*.yaml"]},
+    python_requires=">=3.10",
+    install_requires=["numpy", "einops"],
+    extras_require={"nvtx": ["nvtx"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    entry_points={"console_scripts": ["gfcore=gfcore.cli:main"]},
+)
