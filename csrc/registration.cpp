@@ -20,7 +20,8 @@ TORCH_LIBRARY(gfcore, m) {
   // so that the bias add is fused into the memory-bound kernel that follows the GEMM.
   // out = silu(x + bias)
   m.def("bias_silu(Tensor x, Tensor bias) -> Tensor");
-  // grad_x = grad_out * silu'(x + bias); grad_bias = sum over rows of grad_x (fp32 sums)
+  // grad_x = grad_out * silu'(x + bias); grad_bias = sum over rows of grad_x. Reductions
+  // (losses, cosines, norms, column sums) are float32, float64 for float64 inputs.
   m.def("bias_silu_backward(Tensor grad_out, Tensor x, Tensor bias) -> (Tensor, Tensor)");
   // z = x + bias; zhat = z / max(|z|, eps); cos = <z, y> / (max(|z|, eps) max(|y|, eps));
   // norms[:, 0] = |z|, norms[:, 1] = |y| (fp32, kept for the backward).

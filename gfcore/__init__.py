@@ -5,5 +5,7 @@ The data flows data -> geometry (teacher) -> models -> losses -> train -> sample
 __version__ = "0.1.0"
 
 from gfcore._extension import backends
+from gfcore import ops
+from gfcore.losses import AlignmentOutput, GeometryAlignmentLoss
 
-__all__ = ["backends", "__version__"]
+__all__ = ["AlignmentOutput", "GeometryAlignmentLoss", "backends", "ops", "__version__"]
