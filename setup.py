@@ -22,14 +22,35 @@ def _find_cuda_home():
     for var in ("CUDA_HOME", "CUDA_PATH"):
         if os.environ.get(var):
             return os.environ[var]
+    candidates = []
     nvcc = shutil.which("nvcc")
     if nvcc:
-        # /usr/local/bin/nvcc is often a symlink: resolve it to find <toolkit>/bin/nvcc.
-        return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
-    for candidate in ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True):
-        if os.path.exists(os.path.join(candidate, "bin", "nvcc")):
+        # nvcc on the PATH may be a symlink or a wrapper (/usr/local/bin/nvcc): the toolkit
+        # is the folder above the real binary only if its headers are there.
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    candidates += ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    for candidate in candidates:
+        if os.path.exists(os.path.join(candidate, "bin", "nvcc")) and os.path.exists(
+                os.path.join(candidate, "include", "cuda_runtime.h")):
             return candidate
     return None
+
+
+def _pip_cuda_include_dirs():
+    """Headers of the CUDA libraries that pip's torch brings (cuSPARSE, cuBLAS, ...).
+
+    torch's CUDA headers include them, and a minimal toolkit may not carry them. They go on
+    the -isystem path, after the toolkit's own headers, so that nvcc keeps its runtime headers.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("nvidia")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    dirs = []
+    for base in spec.submodule_search_locations:
+        dirs += sorted(d for d in glob.glob(os.path.join(base, "*", "include")) if os.path.isdir(d))
+    return dirs
 
 
 def _want_cuda(torch):
@@ -82,6 +103,10 @@ def _extension():
         define_macros.append(("GFCORE_WITH_CUDA", None))
         extra["cxx"].append("-DGFCORE_WITH_CUDA")
         extra["nvcc"] = ["-O3", "-std=c++20", "--use_fast_math", "-lineinfo", "-DGFCORE_WITH_CUDA"]
+        for include in _pip_cuda_include_dirs():
+            if not os.path.exists(os.path.join(cpp_extension.CUDA_HOME, "include", "cusparse.h")):
+                extra["cxx"] += ["-isystem", include]
+                extra["nvcc"] += ["-isystem", include]
         print(f"gfcore: building CUDA kernels for {os.environ['TORCH_CUDA_ARCH_LIST']} "
               f"with {cpp_extension.CUDA_HOME}")
         ext_cls = cpp_extension.CUDAExtension

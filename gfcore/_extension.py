@@ -16,6 +16,7 @@ def extension_loaded() -> bool:
     return _C is not None
 
 
+@torch.compiler.assume_constant_result  # registrations are fixed once loaded: no graph break
 def has_kernel(op_name: str, device_type: str) -> bool:
     """True when gfcore::op_name has a compiled kernel for device_type ('cpu' or 'cuda')."""
     if _C is None:

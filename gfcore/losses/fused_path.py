@@ -8,8 +8,7 @@ Per target, forward (m* are GEMM outputs without bias, so the bias add is fused)
 The backward walks the same chain with the saved tensors; the gradient of the MSE is
 2 diff / numel, whose scale is folded into the small weight W5 instead of an extra pass.
 """
-from dataclasses import dataclass, fields
-from typing import List, Optional
+from typing import List, NamedTuple
 
 import torch
 
@@ -26,8 +25,7 @@ def mm_acc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.mm(a, b).to(stat_dtype(a.dtype))
 
 
-@dataclass
-class TargetWeights:
+class TargetWeights(NamedTuple):
     """One target's projector (w1..w3) and head (w4, w5) in the compute dtype."""
 
     w1: torch.Tensor
@@ -46,13 +44,7 @@ class TargetWeights:
         return cls(*(p.to(dtype) for p in flat))
 
 
-def flatten(record) -> list:
-    """The tensors of a TargetWeights / TargetActivations, in field order (no copies)."""
-    return [getattr(record, f.name) for f in fields(record)]
-
-
-@dataclass
-class TargetActivations:
+class TargetActivations(NamedTuple):
     """What the backward of one target needs."""
 
     x: torch.Tensor
@@ -149,7 +141,7 @@ class FusedAlignmentFunction(torch.autograd.Function):
                 check_finite_targets(acts.norms, i)
             cos_total = cos_total + cos_sum
             mse_total = mse_total + mse
-            saved += flatten(acts) + flatten(w)
+            saved += list(acts) + list(w)
         ctx.save_for_backward(*saved)
         ctx.eps = eps
         ctx.meta = (h.dtype, compute_dtype, [p.dtype for p in flat_params], rows, targets)
@@ -165,8 +157,8 @@ class FusedAlignmentFunction(torch.autograd.Function):
         need_x = ctx.needs_input_grad[0]
         grad_x, grads = None, []
         saved = ctx.saved_tensors
-        n_acts, n_weights = len(fields(TargetActivations)), len(fields(TargetWeights))
-        per_target = n_acts + n_weights
+        n_acts = len(TargetActivations._fields)
+        per_target = n_acts + len(TargetWeights._fields)
         for start in range(0, len(saved), per_target):
             acts = TargetActivations(*saved[start:start + n_acts])
             w = TargetWeights(*saved[start + n_acts:start + per_target])

@@ -1,0 +1,22 @@
+import pytest
+import torch
+
+import gfcore
+
+requires_cuda_kernels = pytest.mark.skipif(
+    not (torch.cuda.is_available() and gfcore.backends()["cuda"]),
+    reason="needs a GPU and gfcore built with its CUDA kernels")
+
+requires_cpu_kernels = pytest.mark.skipif(
+    not gfcore.backends()["cpu"], reason="needs the compiled extension (pip install --no-build-isolation .)")
+
+
+def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+    """||a - ref|| / ||ref|| in float64 (the method's accuracy measure)."""
+    a, ref = a.detach().double(), ref.detach().double()
+    return float((a - ref).norm() / ref.norm().clamp_min(1e-300))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,230 @@
+"""GeometryAlignmentLoss: the fused and chunked paths against the reference, and its errors."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import gfcore
+from gfcore import GeometryAlignmentLoss
+from conftest import requires_cpu_kernels
+
+
+def make_loss(dtype=torch.float32, **kwargs):
+    config = dict(hidden_dim=24, target_dim=40, projector_dim=32, head_dim=16)
+    config.update(kwargs)
+    return GeometryAlignmentLoss(**config).to(dtype)
+
+
+def run(loss_fn, h, y, impl, chunk_size=None):
+    """Loss terms and the gradients of h and every parameter for one implementation."""
+    loss_fn = copy.deepcopy(loss_fn)
+    loss_fn.impl, loss_fn.chunk_size = impl, chunk_size
+    h = h.detach().clone().requires_grad_(True)
+    out = loss_fn(h, y)
+    out.loss.backward()
+    grads = {name: p.grad for name, p in loss_fn.named_parameters()}
+    return out, h.grad, grads
+
+
+def assert_same(a, b, rtol, atol):
+    out_a, gh_a, gp_a = a
+    out_b, gh_b, gp_b = b
+    for term in ("loss", "angular", "scale", "cosine"):
+        torch.testing.assert_close(getattr(out_a, term).float(), getattr(out_b, term).float(), rtol=rtol, atol=atol)
+    torch.testing.assert_close(gh_a.float(), gh_b.float(), rtol=rtol, atol=atol)
+    assert gp_a.keys() == gp_b.keys()
+    for name in gp_a:
+        torch.testing.assert_close(gp_a[name].float(), gp_b[name].float(), rtol=rtol, atol=atol, msg=name)
+
+
+def test_reference_follows_the_paper_formulas():
+    """Angular = -mean cos(y, f(h)); scale = element-wise mean of (g(f(h)/|f(h)|) - y)^2."""
+    loss_fn = make_loss(torch.float64, num_targets=2, lambda_angular=0.7, lambda_scale=0.3, impl="reference")
+    h = torch.randn(3, 5, 24, dtype=torch.float64)
+    y = torch.randn(3, 5, 2, 40, dtype=torch.float64)
+    out = loss_fn(h, y)
+    cos_terms, mse_terms = [], []
+    for i in range(2):
+        z = loss_fn.projector[i](h)
+        cos = (z * y[..., i, :]).sum(-1) / (z.norm(dim=-1) * y[..., i, :].norm(dim=-1))
+        pred = loss_fn.head[i](z / z.norm(dim=-1, keepdim=True))
+        cos_terms.append(cos)
+        mse_terms.append(((pred - y[..., i, :]) ** 2).mean())
+    angular = -torch.stack(cos_terms).mean()
+    scale = torch.stack(mse_terms).mean()
+    torch.testing.assert_close(out.angular, angular)
+    torch.testing.assert_close(out.scale, scale)
+    torch.testing.assert_close(out.loss, 0.7 * angular + 0.3 * scale)
+    torch.testing.assert_close(out.cosine, -angular)
+
+
+@requires_cpu_kernels
+@pytest.mark.parametrize("num_targets", [1, 3])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_fused_matches_reference(num_targets, dtype, tol):
+    loss_fn = make_loss(dtype, num_targets=num_targets)
+    h = torch.randn(2, 7, 5, 24, dtype=dtype)
+    y_shape = (2, 7, 5, 40) if num_targets == 1 else (2, 7, 5, num_targets, 40)
+    y = torch.randn(y_shape, dtype=dtype)
+    reference = run(loss_fn, h, y, "reference")
+    assert_same(run(loss_fn, h, y, "fused"), reference, rtol=tol, atol=tol)
+
+
+@requires_cpu_kernels
+def test_non_contiguous_h():
+    loss_fn = make_loss()
+    base = torch.randn(24, 11, 3)
+    h = base.permute(2, 1, 0)  # [3, 11, 24] with a non-unit stride on the hidden axis
+    assert not h.is_contiguous()
+    y = torch.randn(3, 11, 40)
+    assert_same(run(loss_fn, h, y, "fused"), run(loss_fn, h.contiguous(), y, "reference"), rtol=1e-5, atol=1e-5)
+
+
+@requires_cpu_kernels
+@pytest.mark.parametrize("chunk_size", [1, 7, 64, 1000])
+@pytest.mark.parametrize("num_targets", [1, 2])
+def test_chunked_matches_unchunked(chunk_size, num_targets):
+    loss_fn = make_loss(torch.float64, num_targets=num_targets)
+    h = torch.randn(70, 24, dtype=torch.float64)
+    y = torch.randn(70, 40, dtype=torch.float64) if num_targets == 1 else torch.randn(70, 2, 40, dtype=torch.float64)
+    assert_same(run(loss_fn, h, y, "fused", chunk_size), run(loss_fn, h, y, "fused"), rtol=1e-10, atol=1e-10)
+
+
+@requires_cpu_kernels
+def test_chunked_scales_by_incoming_gradient():
+    loss_fn = make_loss(torch.float64, chunk_size=16)
+    h = torch.randn(40, 24, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(40, 40, dtype=torch.float64)
+    (3.0 * loss_fn(h, y).loss).backward()
+    chunked = h.grad.clone()
+    h.grad = None
+    loss_fn.chunk_size = None
+    (3.0 * loss_fn(h, y).loss).backward()
+    torch.testing.assert_close(chunked, h.grad)
+
+
+@requires_cpu_kernels
+def test_chunked_without_grad_only_computes_the_loss():
+    loss_fn = make_loss(chunk_size=8)
+    h, y = torch.randn(30, 24), torch.randn(30, 40)
+    with torch.no_grad():
+        out = loss_fn(h, y)
+    loss_fn.chunk_size = None
+    with torch.no_grad():
+        torch.testing.assert_close(out.loss, loss_fn(h, y).loss)
+
+
+@requires_cpu_kernels
+def test_only_h_or_only_parameters_need_grad():
+    loss_fn = make_loss(torch.float64)
+    h, y = torch.randn(9, 24, dtype=torch.float64), torch.randn(9, 40, dtype=torch.float64)
+    for impl, chunk in (("fused", None), ("fused", 4)):
+        loss_fn.impl, loss_fn.chunk_size = impl, chunk
+        loss_fn.requires_grad_(False)
+        h_leaf = h.clone().requires_grad_(True)
+        loss_fn(h_leaf, y).loss.backward()
+        assert h_leaf.grad is not None
+        loss_fn.requires_grad_(True)
+        loss_fn.zero_grad()
+        loss_fn(h, y).loss.backward()
+        assert all(p.grad is not None for p in loss_fn.parameters())
+
+
+@requires_cpu_kernels
+def test_no_gradient_flows_into_y():
+    loss_fn = make_loss(impl="fused")
+    h = torch.randn(6, 24, requires_grad=True)
+    y = torch.randn(6, 40, requires_grad=True)
+    loss_fn(h, y).loss.backward()
+    assert y.grad is None and h.grad is not None
+
+
+@requires_cpu_kernels
+def test_autocast_bf16_with_fp32_parameters():
+    loss_fn = make_loss(torch.float32)
+    h, y = torch.randn(33, 24), torch.randn(33, 40)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = run(loss_fn, h, y, "fused")
+        reference = run(loss_fn, h, y, "reference")
+    assert all(g.dtype == torch.float32 for g in fused[2].values())
+    assert fused[1].dtype == torch.float32
+    assert_same(fused, reference, rtol=3e-2, atol=3e-2)
+
+
+@requires_cpu_kernels
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(backend):
+    torch._dynamo.reset()
+    loss_fn = make_loss(impl="fused")
+    h, y = torch.randn(2, 9, 24), torch.randn(2, 9, 40)
+    expected = run(loss_fn, h, y, "fused")
+    compiled = torch.compile(loss_fn, fullgraph=True, backend=backend)
+    h_leaf = h.clone().requires_grad_(True)
+    out = compiled(h_leaf, y)
+    out.loss.backward()
+    torch.testing.assert_close(out.loss, expected[0].loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h_leaf.grad, expected[1], rtol=1e-5, atol=1e-6)
+    for name, p in loss_fn.named_parameters():
+        torch.testing.assert_close(p.grad, expected[2][name], rtol=1e-5, atol=1e-6)
+
+
+def test_module_structure_is_plain_torch():
+    single = make_loss()
+    assert isinstance(single.projector, nn.Sequential)
+    assert [type(m) for m in single.projector] == [nn.Linear, nn.SiLU, nn.Linear, nn.SiLU, nn.Linear]
+    assert [type(m) for m in single.head] == [nn.Linear, nn.SiLU, nn.Linear]
+    assert (single.projector[0].in_features, single.projector[4].out_features) == (24, 40)
+    assert (single.head[0].out_features, single.head[2].out_features) == (16, 40)
+    multi = make_loss(num_targets=3)
+    assert len(multi.projector) == 3 and len(multi.head) == 3
+    assert multi.projector[0][0].weight.data_ptr() != multi.projector[1][0].weight.data_ptr()
+
+
+def test_backends_reports_a_dict():
+    backends = gfcore.backends()
+    assert set(backends) == {"cpu", "cuda"} and all(isinstance(v, bool) for v in backends.values())
+
+
+@pytest.mark.parametrize("impl", ["reference", "auto"])
+def test_bad_inputs_name_the_argument(impl):
+    loss_fn = make_loss(impl=impl)
+    h, y = torch.randn(4, 24), torch.randn(4, 40)
+    with pytest.raises(ValueError, match="h must have last dimension hidden_dim=24"):
+        loss_fn(torch.randn(4, 23), y)
+    with pytest.raises(ValueError, match=r"y must be \[..., target_dim\]"):
+        loss_fn(h, torch.randn(4, 41))
+    with pytest.raises(ValueError, match="y must be"):
+        loss_fn(h, torch.randn(5, 40))
+    with pytest.raises(TypeError, match="h is torch.float64 but the loss parameters are torch.float32"):
+        loss_fn(h.double(), y)
+    with pytest.raises(TypeError, match="y must be a floating-point tensor"):
+        loss_fn(h, y.long())
+    with pytest.raises(ValueError, match="h is empty"):
+        loss_fn(torch.randn(0, 24), torch.randn(0, 40))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        loss_fn(h, torch.where(torch.arange(40) == 3, float("nan"), y))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        loss_fn(h, torch.full_like(y, float("inf")))
+    with pytest.raises(ValueError, match=r"y must be \[..., num_targets, target_dim\]"):
+        make_loss(impl=impl, num_targets=2)(h, y)
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="impl must be one of"):
+        make_loss(impl="triton")
+    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+        make_loss(chunk_size=0)
+    with pytest.raises(ValueError, match="chunk_size needs impl"):
+        make_loss(impl="reference", chunk_size=8)
+    with pytest.raises(ValueError, match="hidden_dim must be a positive int"):
+        make_loss(hidden_dim=-1)
+
+
+def test_fused_without_kernels_for_the_device_says_so():
+    loss_fn = make_loss(impl="fused")
+    if gfcore.backends()["cpu"]:
+        assert loss_fn.resolved_impl(torch.device("cpu")) == "fused"
+    if not gfcore.backends()["cuda"]:
+        with pytest.raises(RuntimeError, match="no compiled cuda kernels"):
+            loss_fn.resolved_impl(torch.device("cuda"))
