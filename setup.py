@@ -85,8 +85,9 @@ def _extension():
     with_cuda = _want_cuda(torch)
     # Every family of ops lives in csrc/<family>/: *.cpp are CPU kernels, *.cu CUDA kernels.
     sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
-    # -fopenmp-simd: honour the CPU kernels' `#pragma omp simd` (vectorised reductions), no runtime.
-    cxx_flags = ["-O3", "-std=c++20", "-fopenmp-simd"]
+    # -fopenmp-simd: honour the CPU kernels' `#pragma omp simd` (vectorised reductions), no
+    # runtime; -fno-trapping-math: let the compiler turn clamps into vector selects.
+    cxx_flags = ["-O3", "-std=c++20", "-fopenmp-simd", "-fno-trapping-math"]
     define_macros = []
     extra = {"cxx": cxx_flags}
     if with_cuda:
