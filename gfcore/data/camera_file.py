@@ -12,13 +12,11 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["DataError", "CameraFile", "read_camera_file", "write_camera_file"]
+from gfcore.data.errors import DataError
+
+__all__ = ["CameraFile", "read_camera_file", "write_camera_file"]
 
 NUMBERS_PER_LINE = 19
-
-
-class DataError(ValueError):
-    """A data file is missing, malformed or inconsistent; the message names the file (and line)."""
 
 
 @dataclass

@@ -11,6 +11,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from gfcore.data.errors import DataError
+
 try:  # preferred decoder
     import decord as _decord
 
@@ -26,7 +28,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 __all__ = ["VideoError", "read_video", "write_video", "write_gif", "video_num_frames", "decoder_backend"]
 
 
-class VideoError(ValueError):
+class VideoError(DataError):
     """A video file is missing, corrupt, truncated or does not hold the requested frames."""
 
 
