@@ -164,8 +164,10 @@ def write_video(path: str, frames: np.ndarray, fps: int = 10, crf: int = 12) -> 
         stream = container.add_stream("libx264", rate=int(fps))
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p" if even else "yuv444p"
-        # Single-threaded so that the bytes are reproducible for a given input.
-        stream.options = {"crf": str(int(crf)), "preset": "medium", "threads": "1"}
+        # x264's macroblock-tree rate control gave different bitstreams for the same input
+        # from run to run (measured with PyAV 18 / its libx264); without it the output is
+        # reproducible, which seeded generation relies on.
+        stream.options = {"crf": str(int(crf)), "preset": "medium", "x264-params": "no-mbtree=1:threads=1"}
         for frame in frames:
             for packet in stream.encode(_av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
