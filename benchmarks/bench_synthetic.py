@@ -54,6 +54,7 @@ def main(argv=None) -> dict:
         directory = os.path.join(root, "train")
         os.makedirs(directory)
         start = time.perf_counter()
+        cpu_start = time.process_time()
         for index in range(args.num_clips):
             t0 = time.perf_counter()
             clip = generate_clip(args.seed, index, args.num_frames, args.resolution, args.task)
@@ -62,6 +63,7 @@ def main(argv=None) -> dict:
             write_s += time.perf_counter() - t1
             render_s += t1 - t0
         total_s = time.perf_counter() - start
+        cpu_s = time.process_time() - cpu_start
         disk_mb = sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory)) / 2**20
 
     frames = args.num_clips * args.num_frames
@@ -72,6 +74,8 @@ def main(argv=None) -> dict:
         "git_commit": _git_commit(),
         "config": vars(args) | {"out": None},
         "total_s": round(total_s, 2),
+        "process_cpu_s": round(cpu_s, 2),  # wall >> cpu means the machine was shared
+        "load_avg_1min": round(os.getloadavg()[0], 2),
         "render_s": round(render_s, 2),
         "write_s": round(write_s, 2),
         "frames_per_s": round(frames / total_s, 1),
@@ -84,7 +88,8 @@ def main(argv=None) -> dict:
     print(f"|---|---|---|---|---|---|---|")
     print(f"| {args.num_clips} x {args.num_frames} @ {args.resolution} | {args.task} | {result['total_s']} | "
           f"{result['render_s']} | {result['write_s']} | {result['frames_per_s']} | {result['disk_mb']} |")
-    print(f"\n{result['device']}; torch {result['torch']}; commit {result['git_commit'][:10]}; wrote {args.out}")
+    print(f"\nprocess CPU time {result['process_cpu_s']} s, 1-min load average {result['load_avg_1min']}")
+    print(f"{result['device']}; torch {result['torch']}; commit {result['git_commit'][:10]}; wrote {args.out}")
     return result
 
 
