@@ -84,8 +84,8 @@ def main(argv=None) -> dict:
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as handle:
         json.dump(result, handle, indent=1)
-    print(f"| clips x frames @ res | task | total s | ray casting s | writing s | frames/s | disk MB |")
-    print(f"|---|---|---|---|---|---|---|")
+    print("| clips x frames @ res | task | total s | ray casting s | writing s | frames/s | disk MB |")
+    print("|---|---|---|---|---|---|---|")
     print(f"| {args.num_clips} x {args.num_frames} @ {args.resolution} | {args.task} | {result['total_s']} | "
           f"{result['render_s']} | {result['write_s']} | {result['frames_per_s']} | {result['disk_mb']} |")
     print(f"\nprocess CPU time {result['process_cpu_s']} s, 1-min load average {result['load_avg_1min']}")

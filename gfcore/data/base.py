@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import List, Optional
+from typing import List
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from gfcore.data.errors import DataError
 
-__all__ = ["ClipDataset"]
+__all__ = ["ClipDataset", "list_keys", "read_npz", "read_depth"]
 
 logger = logging.getLogger("gfcore.data")
 
@@ -86,14 +87,8 @@ def list_keys(directory: str, suffix: str, what: str) -> List[str]:
     return keys
 
 
-def optional_path(path: str) -> Optional[str]:
-    return path if os.path.exists(path) else None
-
-
 def read_npz(path: str, required: List[str]) -> dict:
     """Arrays of an .npz file; DataError naming the file when it is missing, corrupt or lacks a key."""
-    import numpy as np  # local: base.py is otherwise torch-only
-
     if not os.path.isfile(path):
         raise DataError(f"file not found: {path}")
     try:
