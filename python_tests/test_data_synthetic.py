@@ -157,6 +157,15 @@ def test_minecraft_reader_returns_the_generated_actions(action_root):
     np.testing.assert_array_equal(item["frame_indices"].numpy(), idx)
     np.testing.assert_array_equal(item["actions"].numpy(), np.eye(len(ACTION_NAMES))[clip["actions"][idx]])
     assert item["frames"].shape == (5, 3) + HW and item["depth"].shape == (5,) + HW
+    expected_c2w = relative_to_first(torch.from_numpy(clip["c2w"][idx])).float()
+    torch.testing.assert_close(item["c2w"], expected_c2w, atol=1e-6, rtol=0)
+    torch.testing.assert_close(item["intrinsics"], torch.from_numpy(clip["intrinsics"]).float().expand(5, 3, 3))
+    # Resized items keep geometry and pixels consistent: reprojection still holds at 20 x 28.
+    small = Minecraft(root, "train", num_frames=3, resolution=(20, 28), random_start=False, with_depth=True)[1]
+    assert small["frames"].shape == (3, 3, 20, 28) and small["depth"].shape == (3, 20, 28)
+    agree, inside = depth_agreement(small["depth"][0].numpy(), small["depth"][1].numpy(), small["intrinsics"][0].numpy(),
+                                    small["intrinsics"][1].numpy(), small["c2w"][0].numpy(), small["c2w"][1].numpy())
+    assert inside > 100 and agree > 0.8, (agree, inside)
     stored = np.load(root / "train" / f"{keys[1]}.npz")
     assert list(stored["action_names"]) == list(ACTION_NAMES)
     np.testing.assert_array_equal(stored["action_ids"], clip["actions"])

@@ -14,6 +14,7 @@ import torch
 
 from gfcore.data.base import ClipDataset, list_keys, read_depth, read_npz
 from gfcore.data.errors import DataError
+from gfcore.data.geometry import relative_to_first, resize_crop_intrinsics
 from gfcore.data.transforms import as_hw, frames_to_tensor, resize_crop_depth, resize_crop_frames
 from gfcore.data.video import read_video, video_num_frames
 
@@ -24,7 +25,8 @@ class Minecraft(ClipDataset):
     """Action-conditioned clips. Each item is a dict:
 
     frames [T, 3, H, W] float32 in [-1, 1]; actions [T, A] float32; key str; frame_indices [T]
-    int64; and with with_depth=True depth [T, H, W] float32.
+    int64; and with with_depth=True (clips from the synthetic walker) depth [T, H, W] float32,
+    intrinsics [T, 3, 3] in pixels of the returned size and c2w [T, 4, 4] relative to frame 0.
 
     Args:
         root, split: clips lie in {root}/{split}/.
@@ -33,7 +35,7 @@ class Minecraft(ClipDataset):
         resolution: output size, int or (H, W), resized to cover and centre-cropped; None keeps
             the stored size.
         random_start: random clip start; defaults to True for split "train".
-        with_depth: also return depth from {key}.depth.npz.
+        with_depth: also return depth, intrinsics and c2w from {key}.depth.npz.
         on_error: "raise" or "skip" (log, count in num_skipped, return the next clip).
     """
 
@@ -69,16 +71,29 @@ class Minecraft(ClipDataset):
             raise DataError(f"{action_path}: {actions.shape[0]} action rows but {video_path} has {total} frames")
         indices = self.frame_indices(total, video_path)
         frames = frames_to_tensor(read_video(video_path, indices.tolist()))
-        depth = read_depth(os.path.join(self.directory, f"{key}.depth.npz"), indices, total) if self.with_depth else None
-        if self.resolution is not None:
-            frames = resize_crop_frames(frames, self.resolution)
-            depth = None if depth is None else resize_crop_depth(depth, self.resolution)
         item = {
-            "frames": frames.contiguous(),
             "actions": torch.from_numpy(actions[indices.numpy()].astype(np.float32)),
             "key": key,
             "frame_indices": indices,
         }
-        if depth is not None:
-            item["depth"] = depth
+        if self.with_depth:
+            item.update(self._load_geometry(key, indices, total, tuple(frames.shape[-2:])))
+        if self.resolution is not None:
+            frames = resize_crop_frames(frames, self.resolution)
+        item["frames"] = frames.contiguous()
         return item
+
+    def _load_geometry(self, key: str, indices: torch.Tensor, total: int, frame_hw) -> dict:
+        """depth, intrinsics and relative c2w of the chosen frames from {key}.depth.npz, resized."""
+        path = os.path.join(self.directory, f"{key}.depth.npz")
+        depth = read_depth(path, indices, total)
+        stored = read_npz(path, ["intrinsics", "c2w"])
+        if stored["intrinsics"].shape != (total, 3, 3) or stored["c2w"].shape != (total, 4, 4):
+            raise DataError(f"{path}: intrinsics must be [{total}, 3, 3] and c2w [{total}, 4, 4], got "
+                            f"{list(stored['intrinsics'].shape)} and {list(stored['c2w'].shape)}")
+        K = torch.from_numpy(stored["intrinsics"][indices.numpy()]).double()
+        c2w = relative_to_first(torch.from_numpy(stored["c2w"][indices.numpy()]).double())
+        if self.resolution is not None:
+            K = resize_crop_intrinsics(K, frame_hw, self.resolution)
+            depth = resize_crop_depth(depth, self.resolution)
+        return {"depth": depth, "intrinsics": K.float(), "c2w": c2w.float()}
