@@ -250,6 +250,10 @@ def test_missing_directories_files_and_bad_arguments(tmp_path, raw_root, synthet
     np.savez(bad / "train" / f"{key}.depth.npz", wrong=np.zeros(3))
     with pytest.raises(DataError, match=r"depth.npz: missing key\(s\) \['depth'\]"):
         RealEstate10K(bad, "train", num_frames=2, resolution=16, with_depth=True, random_start=False)[0]
+    # Depth of another size than the frames.
+    np.savez(bad / "train" / f"{key}.depth.npz", depth=np.ones((8, 24, 32), np.float16))
+    with pytest.raises(DataError, match=r"depth.npz: depth must have shape \[8, 48, 64\] .* got \[8, 24, 32\]"):
+        RealEstate10K(bad, "train", num_frames=2, resolution=16, with_depth=True, random_start=False)[0]
 
 
 def test_bad_dfot_pose_file(tmp_path, raw_root):

@@ -103,9 +103,11 @@ def read_npz(path: str, required: List[str]) -> dict:
         raise DataError(f"{path}: cannot read .npz ({type(exc).__name__}: {exc})") from exc
 
 
-def read_depth(path: str, frame_indices: torch.Tensor, total: int) -> torch.Tensor:
-    """Depth [T, H, W] float32 of the given frames from a `{key}.depth.npz` holding `total` frames."""
+def read_depth(path: str, frame_indices: torch.Tensor, total: int, frame_hw=None) -> torch.Tensor:
+    """Depth [T, H, W] float32 of the given frames from a `{key}.depth.npz` holding `total` frames
+    (of size frame_hw, when given, so that depth and frames share their pixels)."""
     depth = read_npz(path, ["depth"])["depth"]
-    if depth.ndim != 3 or depth.shape[0] != total:
-        raise DataError(f"{path}: depth must have shape [{total}, H, W] (one per frame), got {list(depth.shape)}")
+    expected = f"[{total}, {frame_hw[0]}, {frame_hw[1]}]" if frame_hw else f"[{total}, H, W]"
+    if depth.ndim != 3 or depth.shape[0] != total or (frame_hw and tuple(depth.shape[1:]) != tuple(frame_hw)):
+        raise DataError(f"{path}: depth must have shape {expected} (one per video frame), got {list(depth.shape)}")
     return torch.from_numpy(depth[frame_indices.numpy()].astype("float32"))

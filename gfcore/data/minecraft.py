@@ -86,7 +86,7 @@ class Minecraft(ClipDataset):
     def _load_geometry(self, key: str, indices: torch.Tensor, total: int, frame_hw) -> dict:
         """depth, intrinsics and relative c2w of the chosen frames from {key}.depth.npz, resized."""
         path = os.path.join(self.directory, f"{key}.depth.npz")
-        depth = read_depth(path, indices, total)
+        depth = read_depth(path, indices, total, frame_hw)
         stored = read_npz(path, ["intrinsics", "c2w"])
         if stored["intrinsics"].shape != (total, 3, 3) or stored["c2w"].shape != (total, 4, 4):
             raise DataError(f"{path}: intrinsics must be [{total}, 3, 3] and c2w [{total}, 4, 4], got "

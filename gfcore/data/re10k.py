@@ -132,8 +132,10 @@ class RealEstate10K(ClipDataset):
         else:
             raise DataError(f"{camera_path}: no frames: neither {video_path} nor the folder {image_dir} exists")
         rows = torch.from_numpy(cameras.rows[indices.numpy()])
-        depth = read_depth(os.path.join(self.raw_dir, f"{key}.depth.npz"), indices, total) if self.with_depth else None
         height, width = frames.shape[1:3]
+        depth = None
+        if self.with_depth:
+            depth = read_depth(os.path.join(self.raw_dir, f"{key}.depth.npz"), indices, total, (height, width))
         K, _, c2w = re10k_rows_to_cameras(rows, width, height)
         return frames, K, c2w, indices, depth
 
