@@ -1,0 +1,267 @@
+"""gfcore.data.geometry and camera files, checked against independent numpy references."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from data_test_utils import REAL_CAMERA_DIR, REAL_CAMERA_KEYS
+from gfcore.data import geometry
+from gfcore.data.camera_file import read_camera_file, write_camera_file
+from gfcore.data.errors import DataError
+
+
+def random_c2w(generator, *batch):
+    """Random rigid transforms [*batch, 4, 4] (rotations from QR, translations in [-2, 2])."""
+    q, r = torch.linalg.qr(torch.randn(*batch, 3, 3, generator=generator, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[..., None, :]
+    q = q * torch.sign(torch.det(q))[..., None, None]  # proper rotations
+    T = torch.zeros(*batch, 4, 4, dtype=torch.float64)
+    T[..., :3, :3] = q
+    T[..., :3, 3] = 4 * torch.rand(*batch, 3, generator=generator, dtype=torch.float64) - 2
+    T[..., 3, 3] = 1
+    return T
+
+
+def random_K(generator, *batch, height=24, width=32):
+    K = torch.zeros(*batch, 3, 3, dtype=torch.float64)
+    K[..., 0, 0] = width * (0.6 + 0.4 * torch.rand(*batch, generator=generator, dtype=torch.float64))
+    K[..., 1, 1] = height * (0.6 + 0.6 * torch.rand(*batch, generator=generator, dtype=torch.float64))
+    K[..., 0, 2] = width / 2 + torch.randn(*batch, generator=generator, dtype=torch.float64)
+    K[..., 1, 2] = height / 2 + torch.randn(*batch, generator=generator, dtype=torch.float64)
+    K[..., 2, 2] = 1
+    return K
+
+
+# ---------------------------------------------------------------- camera files and row conversions
+@pytest.mark.parametrize("key", REAL_CAMERA_KEYS)
+def test_real_camera_files_convert_to_valid_cameras(key):
+    cameras = read_camera_file(os.path.join(REAL_CAMERA_DIR, key + ".txt"))
+    assert len(cameras) == 16 and cameras.url.startswith("https://www.youtube.com/")
+    with open(os.path.join(REAL_CAMERA_DIR, key + ".txt")) as handle:
+        first = [float(x) for x in handle.read().splitlines()[1].split()]
+    rows = torch.from_numpy(cameras.rows)
+    K, w2c, c2w = geometry.re10k_rows_to_cameras(rows, 640, 360)
+    # Independent reading of line 2: fx over width, fy over height, [R|t] row-major.
+    assert K[0, 0, 0].item() == pytest.approx(first[1] * 640)
+    assert K[0, 1, 1].item() == pytest.approx(first[2] * 360)
+    assert K[0, 0, 2].item() == pytest.approx(first[3] * 640) and K[0, 1, 2].item() == pytest.approx(first[4] * 360)
+    np.testing.assert_allclose(w2c[0, :3, :].numpy(), np.array(first[7:]).reshape(3, 4))
+    R = w2c[:, :3, :3]
+    torch.testing.assert_close(R @ R.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand_as(R), atol=1e-6, rtol=0)
+    torch.testing.assert_close(torch.det(R), torch.ones(16, dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(c2w, torch.linalg.inv(w2c))
+    back = geometry.cameras_to_re10k_rows(K, w2c, 640, 360)
+    torch.testing.assert_close(back, rows)
+    # A 19-number row (timestamp first) is accepted too.
+    with_stamp = torch.cat([torch.from_numpy(cameras.timestamps[:, None]).double(), rows], -1)
+    torch.testing.assert_close(geometry.re10k_rows_to_cameras(with_stamp, 640, 360)[1], w2c)
+
+
+def test_dfot_rows_match_re10k_rows():
+    cameras = read_camera_file(os.path.join(REAL_CAMERA_DIR, REAL_CAMERA_KEYS[0] + ".txt"))
+    rows = torch.from_numpy(cameras.rows)
+    dfot = torch.cat([rows[:, :4], rows[:, 6:]], -1)
+    for a, b in zip(geometry.dfot_poses_to_cameras(dfot, 256, 256), geometry.re10k_rows_to_cameras(rows, 256, 256)):
+        torch.testing.assert_close(a, b)
+
+
+def test_camera_file_write_read_round_trip(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    K = random_K(g, 5)
+    w2c = random_c2w(g, 5)
+    rows = geometry.cameras_to_re10k_rows(K, w2c, 32, 24).numpy()
+    path = tmp_path / "clip.txt"
+    write_camera_file(path, "https://example.org/v", [0, 33366, 66733, 100100, 133466], rows)
+    cameras = read_camera_file(path)
+    assert cameras.url == "https://example.org/v"
+    np.testing.assert_array_equal(cameras.timestamps, [0, 33366, 66733, 100100, 133466])
+    np.testing.assert_allclose(cameras.rows, rows, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "body,match",
+    [
+        ("", r"clip.txt:1: expected the source URL"),
+        ("url\n", r"clip.txt: no camera lines"),
+        ("url\n" + " ".join(["1"] * 19) + "\n" + " ".join(["1"] * 18) + "\n", r"clip.txt:3: expected 19 numbers, got 18"),
+        ("url\n" + " ".join(["1"] * 18) + " x\n", r"clip.txt:2: not a number"),
+        ("url\n" + " ".join(["1"] * 18) + " nan\n", r"clip.txt:2: non-finite"),
+        ("url\n1.5 " + " ".join(["1"] * 18) + "\n", r"clip.txt:2: not a number"),
+    ],
+)
+def test_malformed_camera_files_name_file_and_line(tmp_path, body, match):
+    path = tmp_path / "clip.txt"
+    path.write_text(body)
+    with pytest.raises(DataError, match=match):
+        read_camera_file(path)
+
+
+def test_missing_camera_file(tmp_path):
+    with pytest.raises(DataError, match="camera file not found: .*nope.txt"):
+        read_camera_file(tmp_path / "nope.txt")
+
+
+# ---------------------------------------------------------------- poses
+def test_relative_to_first_is_invariant_to_the_world_frame():
+    g = torch.Generator().manual_seed(1)
+    c2w = random_c2w(g, 2, 6)
+    relative = geometry.relative_to_first(c2w)
+    torch.testing.assert_close(relative[:, 0], torch.eye(4, dtype=torch.float64).expand(2, 4, 4))
+    G = random_c2w(g, 1, 1)
+    torch.testing.assert_close(geometry.relative_to_first(G @ c2w), relative)
+    expected = np.linalg.inv(c2w[:, :1].numpy()) @ c2w.numpy()
+    np.testing.assert_allclose(relative.numpy(), expected, atol=1e-12)
+    torch.testing.assert_close(geometry.invert_rigid(c2w), torch.linalg.inv(c2w))
+
+
+def project(K, c2w, points):
+    """Independent pinhole projection (numpy) of world points [N, 3] -> pixel coordinates [N, 2]."""
+    w2c = np.linalg.inv(c2w)
+    cam = points @ w2c[:3, :3].T + w2c[:3, 3]
+    pix = cam @ K.T
+    return pix[:, :2] / pix[:, 2:]
+
+
+def test_flip_matches_a_mirrored_world():
+    """Flipped cameras see the x-mirrored world at mirrored pixels: u -> W - u, v unchanged."""
+    g = torch.Generator().manual_seed(2)
+    width = 32
+    K = random_K(g, 4, width=width)
+    K[..., 0, 1] = 0.7  # a skew, to check its sign flips too
+    c2w = random_c2w(g, 4)
+    K_f, c2w_f = geometry.flip_horizontal(K, c2w, width)
+    torch.testing.assert_close(torch.det(c2w_f[:, :3, :3]), torch.ones(4, dtype=torch.float64))
+    points = np.random.default_rng(0).normal(size=(50, 3)) * 2
+    for i in range(4):
+        # Put the points in front of camera i so projections are meaningful.
+        world = points @ c2w[i, :3, :3].numpy().T * 0.3 + c2w[i, :3, 3].numpy() + 3 * c2w[i, :3, 2].numpy()
+        uv = project(K[i].numpy(), c2w[i].numpy(), world)
+        mirrored = world * np.array([-1.0, 1.0, 1.0])
+        uv_f = project(K_f[i].numpy(), c2w_f[i].numpy(), mirrored)
+        np.testing.assert_allclose(uv_f[:, 0], width - uv[:, 0], atol=1e-9)
+        np.testing.assert_allclose(uv_f[:, 1], uv[:, 1], atol=1e-9)
+    # Flipping twice is the identity.
+    K_ff, c2w_ff = geometry.flip_horizontal(K_f, c2w_f, width)
+    torch.testing.assert_close(K_ff, K)
+    torch.testing.assert_close(c2w_ff, c2w)
+
+
+# ---------------------------------------------------------------- resize + crop of intrinsics
+def blob_image(height, width, centers, sigma):
+    v, u = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
+    image = np.zeros((len(centers), height, width))
+    for i, (cu, cv) in enumerate(centers):
+        image[i] = np.exp(-((u - cu) ** 2 + (v - cv) ** 2) / (2 * sigma**2))
+    return image
+
+
+def centroids(images):
+    height, width = images.shape[-2:]
+    v, u = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
+    mass = images.sum((-1, -2))
+    return np.stack([(images * u).sum((-1, -2)) / mass, (images * v).sum((-1, -2)) / mass], -1)
+
+
+@pytest.mark.parametrize(
+    "in_hw,out_hw", [((96, 128), (48, 48)), ((90, 160), (64, 64)), ((60, 80), (45, 60)), ((40, 40), (64, 96))]
+)
+def test_resize_crop_intrinsics_follow_the_pixels(in_hw, out_hw):
+    """Gaussian blobs drawn at the projections of 3D points, resized and cropped like the frames,
+    end up at the projections under the adjusted intrinsics."""
+    from gfcore.data.transforms import resize_crop_frames
+
+    height, width = in_hw
+    K = np.array([[0.9 * width, 0, 0.52 * width], [0, 1.1 * height, 0.47 * height], [0, 0, 1]])
+    rng = np.random.default_rng(3)
+    # Points whose projections stay well inside the cropped region.
+    (rh, rw), (top, left) = geometry.resize_crop_geometry(in_hw, out_hw)
+    scale = max(out_hw[0] / height, out_hw[1] / width)
+    u = (left + rng.uniform(0.3, 0.7, 6) * out_hw[1]) / (rw / width)
+    v = (top + rng.uniform(0.3, 0.7, 6) * out_hw[0]) / (rh / height)
+    depth = rng.uniform(1, 3, 6)
+    cam = np.linalg.inv(K) @ np.stack([u * depth, v * depth, depth])
+    images = blob_image(height, width, list(zip(u, v)), sigma=2.5 / min(scale, 1.0))
+    out = resize_crop_frames(torch.from_numpy(images)[:, None].float() * 2 - 1, out_hw)[:, 0].double().numpy()
+    assert out.shape[-2:] == out_hw
+    K_out = geometry.resize_crop_intrinsics(torch.from_numpy(K), in_hw, out_hw).numpy()
+    expected = (K_out @ cam)[:2] / (K_out @ cam)[2]
+    measured = centroids((out + 1) / 2)
+    np.testing.assert_allclose(measured, expected.T, atol=0.06)
+
+
+def test_resize_crop_geometry_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="positive"):
+        geometry.resize_crop_geometry((0, 10), (4, 4))
+
+
+# ---------------------------------------------------------------- Pluecker rays
+def plucker_reference(K, c2w, height, width, patch):
+    """Per-pixel loop: ray through the patch centre, unit direction d and moment o x d."""
+    K, c2w = np.asarray(K, np.float64), np.asarray(c2w, np.float64)
+    out = np.zeros((6, height // patch, width // patch))
+    for i in range(height // patch):
+        for j in range(width // patch):
+            pixel = np.array([j * patch + patch / 2, i * patch + patch / 2, 1.0])
+            d = c2w[:3, :3] @ np.linalg.solve(K, pixel)
+            d /= np.linalg.norm(d)
+            out[:3, i, j] = d
+            out[3:, i, j] = np.cross(c2w[:3, 3], d)
+    return out
+
+
+@pytest.mark.parametrize("patch", [1, 2, 4])
+def test_plucker_rays_match_per_pixel_reference(patch):
+    g = torch.Generator().manual_seed(4)
+    height, width = 8, 12
+    K = random_K(g, 2, 3, height=height, width=width)
+    c2w = random_c2w(g, 2, 3)
+    rays = geometry.plucker_rays(K, c2w, height, width, patch_size=patch)
+    assert rays.shape == (2, 3, 6, height // patch, width // patch) and rays.dtype == torch.float64
+    for b in range(2):
+        for t in range(3):
+            np.testing.assert_allclose(rays[b, t].numpy(), plucker_reference(K[b, t], c2w[b, t], height, width, patch), atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 2e-6), (torch.bfloat16, 3e-2)])
+def test_plucker_rays_low_precision_and_non_contiguous(dtype, atol):
+    g = torch.Generator().manual_seed(5)
+    height, width = 6, 10
+    K = random_K(g, 4, height=height, width=width)
+    c2w = random_c2w(g, 4)
+    # Non-contiguous inputs: every other camera of a bigger batch, and a transposed-then-back K.
+    K_nc = torch.cat([K, K])[::2].to(dtype).transpose(-1, -2).contiguous().transpose(-1, -2)
+    c2w_nc = torch.stack([c2w, c2w], 1)[:, 0].to(dtype)
+    assert not K_nc.is_contiguous()
+    rays = geometry.plucker_rays(K_nc, c2w_nc, height, width)
+    assert rays.dtype == dtype
+    ref = np.stack([plucker_reference(K_nc[i].double(), c2w_nc[i].double(), height, width, 1) for i in range(4)])
+    np.testing.assert_allclose(rays.double().numpy(), ref, atol=atol, rtol=atol)
+
+
+def test_plucker_rays_geometric_properties():
+    """Directions are unit, moments are orthogonal to them, and points on a ray satisfy X x d = m."""
+    g = torch.Generator().manual_seed(6)
+    K = random_K(g, 3, height=10, width=14)
+    c2w = random_c2w(g, 3)
+    rays = geometry.plucker_rays(K, c2w, 10, 14)
+    d, m = rays[:, :3], rays[:, 3:]
+    torch.testing.assert_close(d.norm(dim=1), torch.ones(3, 10, 14, dtype=torch.float64))
+    torch.testing.assert_close((d * m).sum(1), torch.zeros(3, 10, 14, dtype=torch.float64), atol=1e-12, rtol=0)
+    points = c2w[:, :3, 3, None, None] + 2.5 * d
+    torch.testing.assert_close(torch.cross(points, d, dim=1), m)
+
+
+def test_plucker_rays_reject_bad_input():
+    K = torch.eye(3).expand(2, 3, 3)
+    c2w = torch.eye(4).expand(2, 4, 4)
+    with pytest.raises(ValueError, match=r"intrinsics must have shape \[..., 3, 3\]"):
+        geometry.plucker_rays(torch.eye(4), c2w, 4, 4)
+    with pytest.raises(ValueError, match=r"c2w must have shape \[..., 4, 4\]"):
+        geometry.plucker_rays(K, torch.eye(3), 4, 4)
+    with pytest.raises(TypeError, match="c2w must be a floating-point tensor"):
+        geometry.plucker_rays(K, torch.eye(4, dtype=torch.int64), 4, 4)
+    with pytest.raises(ValueError, match="divisible by patch_size 3"):
+        geometry.plucker_rays(K, c2w, 4, 4, patch_size=3)
+    with pytest.raises(ValueError, match=r"rows must have shape \[..., 18\]"):
+        geometry.re10k_rows_to_cameras(torch.zeros(3, 17), 4, 4)
