@@ -165,7 +165,7 @@ class FeatureCache:
     def features(self, key: str, frames: slice | Sequence[int] = slice(None),
                  device: torch.device | str = "cpu") -> torch.Tensor:
         """The selected frames of one clip as a float16 tensor [t, L, h, w, 2C] on `device`."""
-        return torch.from_numpy(np.ascontiguousarray(self[key][frames])).to(device)
+        return torch.from_numpy(np.array(self[key][frames])).to(device)  # a writable copy
 
 
 class VideoFolder(torch.utils.data.Dataset):
