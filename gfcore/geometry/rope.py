@@ -29,8 +29,8 @@ class RoPE2D(nn.Module):
     """Rotary embedding over two axes: first half of the head dim rotates by y, second by x.
 
     Within each half of size n: inv_freq = base^-(arange(0, n, 2) / n), angles = p * inv_freq
-    duplicated as cat(angles, angles), out = t * cos + rotate_half(t) * sin. The cos/sin tables
-    are computed in float32 and cast to the token dtype, as the official model does.
+    duplicated as cat(angles, angles), out = t * cos + rotate_half(t) * sin. Angles are float32
+    products cast to the token dtype before cos/sin, as in the official model.
     Holds no parameters or buffers (nothing appears in the state_dict).
     """
 
@@ -38,17 +38,16 @@ class RoPE2D(nn.Module):
         super().__init__()
         self.base = float(base)
 
-    def _tables(self, dim: int, length: int, device: torch.device, dtype: torch.dtype):
-        inv_freq = 1.0 / (self.base ** (torch.arange(0, dim, 2, device=device).float() / dim))
-        positions = torch.arange(length, device=device, dtype=inv_freq.dtype)
-        angles = torch.outer(positions, inv_freq).to(dtype)
-        angles = torch.cat([angles, angles], dim=-1)
-        return angles.cos().to(dtype), angles.sin().to(dtype)
+    def _cos_sin(self, pos: torch.Tensor, dim: int, dtype: torch.dtype):
+        """cos/sin [B, 1, N, dim] for integer positions [B, N].
 
-    def _rotate_1d(self, t: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        cos = nn.functional.embedding(pos, cos)[:, None]  # [B, 1, N, n]
-        sin = nn.functional.embedding(pos, sin)[:, None]
-        return t * cos + rotate_half(t) * sin
+        Computed per token rather than looked up in a table indexed by position: the values are
+        the same float32 products, and no device sync is needed to size a table.
+        """
+        inv_freq = 1.0 / (self.base ** (torch.arange(0, dim, 2, device=pos.device).float() / dim))
+        angles = (pos.float()[..., None] * inv_freq).to(dtype)
+        angles = torch.cat([angles, angles], dim=-1)[:, None]
+        return angles.cos().to(dtype), angles.sin().to(dtype)
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """tokens [B, heads, N, d] (d divisible by 4), positions int [B, N, 2] as (y, x)."""
@@ -58,9 +57,8 @@ class RoPE2D(nn.Module):
             raise ValueError(
                 f"positions must be [B={tokens.shape[0]}, N={tokens.shape[2]}, 2], got {tuple(positions.shape)}")
         half = tokens.shape[-1] // 2
-        positions = positions.long()
-        cos, sin = self._tables(half, int(positions.max()) + 1, tokens.device, tokens.dtype)
-        y_part, x_part = tokens[..., :half], tokens[..., half:]
-        y_part = self._rotate_1d(y_part, positions[..., 0], cos, sin)
-        x_part = self._rotate_1d(x_part, positions[..., 1], cos, sin)
-        return torch.cat([y_part, x_part], dim=-1)
+        out = []
+        for axis, part in enumerate((tokens[..., :half], tokens[..., half:])):  # y half, then x half
+            cos, sin = self._cos_sin(positions[..., axis], half, tokens.dtype)
+            out.append(part * cos + rotate_half(part) * sin)
+        return torch.cat(out, dim=-1)
