@@ -307,3 +307,27 @@ def test_camera_head_activation_and_iterations():
         history = model.camera_head(model.aggregator(torch.rand(1, 2, 3, 28, 28))[0], num_iterations=3)
     assert len(history) == 3 and all((h[..., 7:] >= 0).all() for h in history)
     assert not torch.allclose(history[0], history[-1])
+
+
+def test_every_size_is_a_constructor_argument():
+    torch.manual_seed(5)
+    model = VGGT(img_size=28, embed_dim=384, depth=3, num_heads=4, num_register_tokens=2,
+                 patch_embed="dinov2_vits14_reg", dino_depth=1, mlp_ratio=2.0, camera_trunk_depth=1,
+                 camera_num_heads=4, dpt_features=16, dpt_out_channels=(8, 16, 32, 32),
+                 dpt_layers=(0, 1, 2, 2)).eval()
+    state = model.state_dict()
+    assert state["aggregator.patch_embed.pos_embed"].shape == (1, 1 + 2 * 2, 384)
+    assert state["aggregator.register_token"].shape == (1, 2, 2, 384)
+    assert state["aggregator.frame_blocks.2.mlp.fc1.weight"].shape == (768, 384)
+    assert state["aggregator.global_blocks.0.attn.q_norm.weight"].shape == (96,)
+    assert "aggregator.patch_embed.blocks.1.norm1.weight" not in state
+    assert state["depth_head.projects.3.weight"].shape == (32, 768, 1, 1)
+    assert state["depth_head.scratch.output_conv1.weight"].shape == (8, 16, 3, 3)
+    assert "camera_head.trunk.1.norm1.weight" not in state
+    with torch.no_grad():
+        outputs, start = model.aggregator(torch.rand(1, 2, 3, 42, 28))
+        pred = model(torch.rand(2, 3, 42, 28))  # [S, 3, H, W] gets a batch axis
+    assert start == 3 and len(outputs) == 3 and outputs[0].shape == (1, 2, 3 + 6, 768)
+    assert pred["depth"].shape == (1, 2, 42, 28, 1) and pred["pose_enc"].shape == (1, 2, 9)
+    with pytest.raises(ValueError, match="dpt_layers"):
+        VGGT(**{**small_config(), "dpt_layers": (0, 1, 2, 3)})
