@@ -222,7 +222,8 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                                              "omit only for a dry run with random weights")
     parser.add_argument("--config", default="vggt1b",
                         help="'vggt1b', 'small' or a JSON file of VGGT keyword arguments")
-    parser.add_argument("--layers", type=int, nargs="+", default=[23], help="aggregator layers to keep")
+    parser.add_argument("--layers", type=int, nargs="+", default=[-1],
+                        help="aggregator layers to keep (negative counts from the end; default: the last)")
     parser.add_argument("--grid", type=int, nargs=2, required=True, metavar=("H", "W"),
                         help="diffusion token grid the features are resampled to")
     parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")

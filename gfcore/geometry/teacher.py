@@ -42,7 +42,7 @@ class VGGTTeacher(nn.Module):
     to dtype. resize_mode: "square" (518 x 518, as GF), "crop" or "pad" (VGGT's preprocessing).
     """
 
-    def __init__(self, checkpoint: Optional[str | os.PathLike] = None, layers: Sequence[int] = (23,),
+    def __init__(self, checkpoint: Optional[str | os.PathLike] = None, layers: Sequence[int] = (-1,),
                  dtype: torch.dtype = torch.bfloat16, frames_per_call: int = 16,
                  resize_mode: str = "square", image_size: int = 518, config: Optional[Dict] = None,
                  device: torch.device | str | None = None, out_dtype: Optional[torch.dtype] = None,
