@@ -146,3 +146,16 @@ def test_bad_arguments_are_named(model):
         make_teacher(model, resize_mode="stretch")
     with pytest.raises(ValueError, match="frames_per_call"):
         make_teacher(model, frames_per_call=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_teacher_matches_cpu_fp32(model, dtype):
+    frames = torch.rand(1, 3, 3, 70, 98)
+    cpu = make_teacher(model, frames_per_call=2)(frames, grid=(5, 7))
+    gpu_model = VGGT(**{**small_config(), **HEADLESS}).cuda()
+    gpu_model.load_state_dict(model.state_dict())
+    gpu = make_teacher(gpu_model, frames_per_call=2, dtype=dtype)(frames.cuda(), grid=(5, 7))
+    assert gpu.device.type == "cuda" and gpu.dtype == dtype and gpu.shape == cpu.shape
+    cos = torch.nn.functional.cosine_similarity(cpu.flatten(0, 4), gpu.float().cpu().flatten(0, 4), dim=-1)
+    assert cos.min() > (0.9999 if dtype == torch.float32 else 0.99)
