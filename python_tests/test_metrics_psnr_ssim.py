@@ -1,7 +1,6 @@
 """PSNR and SSIM against torchmetrics and scikit-image."""
 import math
 
-import numpy as np
 import pytest
 import torch
 

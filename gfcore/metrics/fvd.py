@@ -14,15 +14,13 @@ eigenproblem, so no complex round-off as with a general matrix square root).
 from __future__ import annotations
 
 import os
-import warnings
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from gfcore.metrics.validate import check_floating
-from gfcore.metrics.weights import WeightsUnavailable
+from gfcore.metrics.weights import load_torchscript
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -32,17 +30,7 @@ I3D_KWARGS = dict(rescale=False, resize=True, return_features=True)
 
 def load_i3d(path: Optional[os.PathLike], device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
     """Load the TorchScript I3D from a local file; WeightsUnavailable when absent."""
-    if path is None:
-        raise WeightsUnavailable("no I3D network given (pass --i3d PATH to i3d_torchscript.pt)")
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsUnavailable(f"I3D network not found: {path}")
-    try:
-        with warnings.catch_warnings():  # the published I3D only exists as TorchScript
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return torch.jit.load(str(path), map_location=device).eval()
-    except Exception as exc:
-        raise ValueError(f"i3d: cannot load {path} as a TorchScript module ({exc})") from exc
+    return load_torchscript(path, "I3D network (i3d_torchscript.pt)", "--i3d", device)
 
 
 def i3d_feature_fn(detector: torch.nn.Module, device: str | torch.device = "cpu", batch_size: int = 8) -> FeatureFn:

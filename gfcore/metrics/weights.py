@@ -52,3 +52,24 @@ def load_state_dict_file(path: os.PathLike, what: str) -> dict:
     if not isinstance(state, dict):
         raise ValueError(f"{what}: {path} holds a {type(state).__name__}, expected a state_dict")
     return state
+
+
+def load_torchscript(path: Optional[os.PathLike], what: str, flag: str, device="cpu") -> torch.jit.ScriptModule:
+    """Load a TorchScript feature network from a local file.
+
+    Raises WeightsUnavailable when no path is given or the file is absent (the message
+    names the command-line flag), ValueError when the file is not TorchScript.
+    """
+    import warnings
+
+    if path is None:
+        raise WeightsUnavailable(f"no {what} given (pass {flag} PATH)")
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsUnavailable(f"{what} not found: {path}")
+    try:
+        with warnings.catch_warnings():  # the published networks only exist as TorchScript
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.load(str(path), map_location=device).eval()
+    except Exception as exc:
+        raise ValueError(f"{flag}: cannot load {path} as a TorchScript module ({exc})") from exc
