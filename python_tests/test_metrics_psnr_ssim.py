@@ -100,3 +100,18 @@ def test_bad_input_is_named():
         ssim(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8))
     with pytest.raises(ValueError, match="border"):
         ssim(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16), border="zeros")
+
+
+def test_gradients_match_torchmetrics():
+    """SSIM and PSNR are differentiable (usable as losses); gradients agree with torchmetrics."""
+    a, b = _pair((2, 3, 21, 19), seed=7)
+    ours_in = a.clone().requires_grad_(True)
+    ref_in = a.clone().requires_grad_(True)
+    ssim(ours_in, b).sum().backward()
+    torchmetrics_image.structural_similarity_index_measure(ref_in, b, data_range=1.0, reduction="sum").backward()
+    torch.testing.assert_close(ours_in.grad, ref_in.grad, rtol=1e-6, atol=1e-9)
+    ours_in.grad = None
+    ref_in.grad = None
+    psnr(ours_in, b).sum().backward()
+    torchmetrics_image.peak_signal_noise_ratio(ref_in, b, data_range=1.0, reduction="sum", dim=(1, 2, 3)).backward()
+    torch.testing.assert_close(ours_in.grad, ref_in.grad, rtol=1e-6, atol=1e-9)

@@ -77,7 +77,7 @@ def _rpe_for(frames: torch.Tensor, geometry_dir: Optional[Path], name: str, offs
     if not path.is_file():
         raise FileNotFoundError(f"geometry for clip {name!r} not found: {path}")
     geometry = load_geometry(path, frames)
-    return reprojection_error(frames.cpu(), geometry["depth"], geometry["intrinsics"], geometry["c2w"], offsets=offsets).rpe
+    return reprojection_error(frames, geometry["depth"], geometry["intrinsics"], geometry["c2w"], offsets=offsets).rpe
 
 
 def evaluate(config: EvalConfig) -> dict:

@@ -23,7 +23,7 @@ def to_gray(image: torch.Tensor) -> torch.Tensor:
     dtype = torch.float64 if image.dtype == torch.float64 else torch.float32
     image = image.to(dtype)
     if image.shape[0] == 3:
-        weights = torch.tensor([0.299, 0.587, 0.114], dtype=dtype).view(3, 1, 1)
+        weights = torch.tensor([0.299, 0.587, 0.114], dtype=dtype, device=image.device).view(3, 1, 1)
         image = (image * weights).sum(0, keepdim=True)
     elif image.shape[0] != 1:
         image = image.mean(0, keepdim=True)
@@ -38,7 +38,9 @@ def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """Sample image [N, C, H, W] at (x + dx, y + dy) for flow [N, 2, H, W] (bilinear, border)."""
     _, _, height, width = image.shape
     ys, xs = torch.meshgrid(
-        torch.arange(height, dtype=flow.dtype), torch.arange(width, dtype=flow.dtype), indexing="ij"
+        torch.arange(height, dtype=flow.dtype, device=flow.device),
+        torch.arange(width, dtype=flow.dtype, device=flow.device),
+        indexing="ij",
     )
     grid = _normalised_grid(xs + flow[:, 0], ys + flow[:, 1], height, width)
     return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
@@ -78,9 +80,10 @@ def _refine(img_i: torch.Tensor, img_j: torch.Tensor, flow: torch.Tensor, window
     det = a11 * a22 - a12 * a12
 
     r = window // 2
-    offsets = torch.arange(-r, r + 1, dtype=img_i.dtype)
+    like = dict(dtype=img_i.dtype, device=img_i.device)
+    offsets = torch.arange(-r, r + 1, **like)
     off_y, off_x = torch.meshgrid(offsets, offsets, indexing="ij")
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=img_i.dtype), torch.arange(width, dtype=img_i.dtype), indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(height, **like), torch.arange(width, **like), indexing="ij")
     base_x = xs.reshape(-1, 1) + off_x.reshape(1, -1)
     base_y = ys.reshape(-1, 1) + off_y.reshape(1, -1)
     disp = flow.reshape(2, -1).T.clone()  # [H*W, 2]
@@ -109,13 +112,13 @@ def lucas_kanade_flow(
     """
     pyr_i = _pyramid(to_gray(image_i), levels)
     pyr_j = _pyramid(to_gray(image_j), levels)
-    flow = torch.zeros(2, *pyr_i[-1].shape[-2:], dtype=pyr_i[0].dtype)
+    flow = torch.zeros(2, *pyr_i[-1].shape[-2:], dtype=pyr_i[0].dtype, device=pyr_i[0].device)
     for level in reversed(range(len(pyr_i))):
         img_i, img_j = pyr_i[level], pyr_j[level]
         if flow.shape[-2:] != img_i.shape[-2:]:
-            scale = torch.tensor([img_i.shape[-1] / flow.shape[-1], img_i.shape[-2] / flow.shape[-2]], dtype=flow.dtype)
+            scale_x, scale_y = img_i.shape[-1] / flow.shape[-1], img_i.shape[-2] / flow.shape[-2]
             flow = F.interpolate(flow[None], size=img_i.shape[-2:], mode="bilinear", align_corners=False)[0]
-            flow = flow * scale.view(2, 1, 1)
+            flow = torch.stack([flow[0] * scale_x, flow[1] * scale_y])
         flow = _refine(img_i, img_j, flow, window, iterations)
 
     gx, gy = _gradients(pyr_i[0])

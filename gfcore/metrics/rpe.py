@@ -43,9 +43,10 @@ class RPEResult:
     per_pair: dict = field(default_factory=dict)  # "i-j" -> mean error of that pair
 
 
-def pixel_grid(height: int, width: int, dtype=torch.float32) -> torch.Tensor:
+def pixel_grid(height: int, width: int, dtype=torch.float32, device=None) -> torch.Tensor:
     """Homogeneous pixel coordinates [3, H, W] (x = column, y = row, pixel centres at integers)."""
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=dtype), torch.arange(width, dtype=dtype), indexing="ij")
+    like = dict(dtype=dtype, device=device)
+    ys, xs = torch.meshgrid(torch.arange(height, **like), torch.arange(width, **like), indexing="ij")
     return torch.stack([xs, ys, torch.ones_like(xs)])
 
 
@@ -54,12 +55,13 @@ def reproject(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Where pixels of frame i land in frame j: returns xy_j [2, H, W] and depth in camera j [H, W]."""
     height, width = depth_i.shape
-    dtype = torch.float64  # composing poses in fp64 keeps the fp32 round-off out of the metric
-    rays = torch.linalg.inv(k_i.to(dtype)) @ pixel_grid(height, width, dtype).reshape(3, -1)
-    points_i = rays * depth_i.to(dtype).reshape(1, -1)
-    i_to_j = torch.linalg.inv(c2w_j.to(dtype)) @ c2w_i.to(dtype)
+    # composing poses in fp64 keeps the fp32 round-off out of the metric
+    like = dict(dtype=torch.float64, device=depth_i.device)
+    rays = torch.linalg.inv(k_i.to(**like)) @ pixel_grid(height, width, **like).reshape(3, -1)
+    points_i = rays * depth_i.to(**like).reshape(1, -1)
+    i_to_j = torch.linalg.inv(c2w_j.to(**like)) @ c2w_i.to(**like)
     points_j = i_to_j[:3, :3] @ points_i + i_to_j[:3, 3:]
-    projected = k_j.to(dtype) @ points_j
+    projected = k_j.to(**like) @ points_j
     z = projected[2]
     xy = projected[:2] / z.clamp_min(1e-12)
     return xy.reshape(2, height, width), z.reshape(height, width)
@@ -94,7 +96,7 @@ def pair_errors(
     xy_geo, z_geo = reproject(depth_i, k_i, c2w_i, k_j, c2w_j)
     flow_ij, texture = lucas_kanade_flow(frame_i, frame_j)
     flow_ji, _ = lucas_kanade_flow(frame_j, frame_i)
-    xy_obs = pixel_grid(height, width, torch.float64)[:2] + flow_ij.double()
+    xy_obs = pixel_grid(height, width, torch.float64, frame_i.device)[:2] + flow_ij.double()
 
     depth_ok = torch.isfinite(depth_i) & (depth_i > 0)
     in_front = (z_geo > 0) & _inside(xy_geo, height, width)
@@ -130,6 +132,7 @@ def reprojection_error(
     check_shape(depth, "depth", "T,H,W", T=t, H=height, W=width)
     check_shape(intrinsics, "intrinsics", "T,3,3", T=t)
     check_shape(c2w, "c2w", "T,4,4", T=t)
+    depth, intrinsics, c2w = (x.to(frames.device) for x in (depth, intrinsics, c2w))
     total, count, considered, per_pair = 0.0, 0, 0, {}
     with torch.no_grad():
         for offset in offsets:
