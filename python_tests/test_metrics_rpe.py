@@ -97,3 +97,12 @@ def test_bad_input_is_named(scene):
         reprojection_error(f, d, k, c[..., :3, :])
     with pytest.raises(TypeError, match="frames"):
         reprojection_error((f * 255).to(torch.uint8), d, k, c)
+
+
+def test_paper_intrinsics():
+    from gfcore.metrics.rpe import paper_intrinsics
+
+    k = paper_intrinsics(3, 48, 64)
+    assert k.shape == (3, 3, 3)
+    assert k[0, 0, 0] == k[0, 1, 1] == pytest.approx(0.9 * 64)
+    assert (k[2, 0, 2], k[2, 1, 2]) == (31.5, 23.5)

@@ -47,6 +47,8 @@ def format_cell(column: str, value: Any) -> str:
         return "n/a"
     if isinstance(value, float) and math.isinf(value):
         return "inf"
+    if column in ("FVD", "RVE") and abs(value) < 1:
+        return "{:.3g}".format(value)  # keep near-zero distances from printing as 0.0
     return _FORMATS.get(column, "{:.4f}").format(value)
 
 
@@ -81,6 +83,7 @@ def plot_curves(curves: dict, out_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     written = []
     labels = {"psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS"}
@@ -92,6 +95,10 @@ def plot_curves(curves: dict, out_dir: Path) -> list[Path]:
         points = [(t, v) for t, v in enumerate(values) if isinstance(v, float) and math.isfinite(v)]
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.plot([t for t, _ in points], [v for _, v in points], marker="." if len(points) < 64 else None)
+        if len(points) < len(values):
+            ax.text(0.01, 0.02, f"{len(values) - len(points)} frame(s) identical to the reference (inf) not drawn",
+                    transform=ax.transAxes, fontsize=8, color="gray")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("frame index")
         ax.set_ylabel(label)
         ax.set_title(f"{label} vs frame (mean over clips)")

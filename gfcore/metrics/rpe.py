@@ -164,3 +164,11 @@ def rpe_summary(generated: Sequence[float], ground_truth: Sequence[float]) -> di
     gen, gt = mean(generated), mean(ground_truth)
     ratio = gen / gt if gt == gt and gt > 0 and gen == gen else float("nan")
     return {"generated": gen, "ground_truth": gt, "ratio": ratio}
+
+
+def paper_intrinsics(frames: int, height: int, width: int) -> torch.Tensor:
+    """The paper's assumed intrinsics for RPE: fx = fy = 0.9 max(H, W), principal point at the
+    image centre. [T, 3, 3]; for generated clips whose estimator gives no intrinsics."""
+    focal = 0.9 * max(height, width)
+    k = torch.tensor([[focal, 0.0, (width - 1) / 2], [0.0, focal, (height - 1) / 2], [0.0, 0.0, 1.0]])
+    return k.expand(frames, 3, 3).clone()
