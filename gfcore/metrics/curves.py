@@ -48,7 +48,10 @@ class FrameMetricAccumulator:
                 "ssim": ssim(generated, reference, border=self.ssim_border).double(),
             }
             if self.lpips_model is not None:
-                clip["lpips"] = self.lpips_model(generated, reference).double()
+                # chunks bound the backbone's activation memory on long rollouts
+                clip["lpips"] = torch.cat(
+                    [self.lpips_model(g, r).double() for g, r in zip(generated.split(32), reference.split(32))]
+                )
         for name, per_frame in clip.items():
             self.values[name].append(per_frame.cpu())
         return clip
