@@ -90,7 +90,10 @@ def reference_lpips(monkeypatch):
         ours.load_backbone({f"features.{k}": v for k, v in _backbone_state(ref).items()})
         return ref, ours
 
-    return factory
+    yield factory
+    # drop the lpips modules bound to the stand-in, so later imports start afresh
+    for name in [m for m in sys.modules if m == "lpips" or m.startswith("lpips.")]:
+        sys.modules.pop(name, None)  # (monkeypatch then restores any lpips imported before)
 
 
 def _backbone_state(ref) -> dict:
