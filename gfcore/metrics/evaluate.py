@@ -97,6 +97,8 @@ def evaluate(config: EvalConfig) -> dict:
         gen, ref = load_clip(gen_path).to(device), load_clip(ref_path).to(device)
         if gen.shape != ref.shape:
             raise ValueError(f"clip {name!r}: generated {list(gen.shape)} and reference {list(ref.shape)} differ in shape")
+        if config.context_frames >= gen.shape[0]:
+            raise ValueError(f"clip {name!r}: --context-frames {config.context_frames} leaves none of its {gen.shape[0]} frames")
         values = frames_acc.add(gen[config.context_frames:], ref[config.context_frames:])
         per_clip[name] = {k: finite_mean(v) for k, v in values.items()}
         if video_features is not None:
