@@ -1,0 +1,5 @@
+import sys
+
+from gfcore.metrics.cli import main
+
+sys.exit(main())

@@ -1,0 +1,55 @@
+"""Command line: python -m gfcore.metrics --generated DIR --reference DIR --out DIR [...]."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from gfcore.metrics.evaluate import EvalConfig, evaluate
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m gfcore.metrics",
+        description=(
+            "Evaluate generated clips against reference clips: FVD, LPIPS, SSIM, PSNR, RPE, RVE. "
+            "Writes results.json, results.md (table in the paper's column order) and PNG plots. "
+            "Metrics whose weights or inputs are absent are reported as 'unavailable: <why>'."
+        ),
+    )
+    parser.add_argument("--generated", type=Path, required=True, help="folder of generated clips (.npy/.npz/.pt/.mp4)")
+    parser.add_argument("--reference", type=Path, required=True, help="folder of reference clips with the same names")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--geometry", type=Path, help="reference geometry: <name>.npz with depth, intrinsics, c2w")
+    parser.add_argument("--generated-geometry", type=Path, help="geometry estimated on the generated clips (e.g. VGGT)")
+    parser.add_argument("--revisit", type=Path, help="folder of generated 360-degree revisit clips (for RVE)")
+    parser.add_argument("--lpips-weights", type=Path, help="folder with alexnet-owt-7be5be79.pth / vgg16-397923af.pth and alex.pth / vgg.pth")
+    parser.add_argument("--lpips-net", choices=("alex", "vgg"), default="alex")
+    parser.add_argument("--i3d", type=Path, help="StyleGAN-V's i3d_torchscript.pt (for FVD)")
+    parser.add_argument("--inception", type=Path, help="TorchScript Inception-v3 of the StyleGAN FID code (for RVE FID)")
+    parser.add_argument("--context-frames", type=int, default=0, help="leading given frames left out of PSNR/SSIM/LPIPS")
+    parser.add_argument("--fvd-frames", type=int, help="frames per clip fed to I3D for FVD (default: all)")
+    parser.add_argument("--fvd-window", type=int, default=16)
+    parser.add_argument("--fvd-stride", type=int, default=8)
+    parser.add_argument("--ssim-border", choices=("reflect", "valid"), default="reflect",
+                        help="reflect: torchmetrics convention (default); valid: scikit-image convention")
+    parser.add_argument("--rpe-offsets", type=int, nargs="+", default=[1], help="frame distances compared by RPE")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--max-clips", type=int, help="evaluate only the first N clip names")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.context_frames < 0:
+        raise SystemExit("--context-frames must be >= 0")
+    config = EvalConfig(**{k: v for k, v in vars(args).items() if k != "rpe_offsets"}, rpe_offsets=tuple(args.rpe_offsets))
+    try:
+        results = evaluate(config)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print((args.out / "results.md").read_text(), end="")
+    print(f"wrote {args.out / 'results.json'}, {args.out / 'results.md'} and {len(results['plots'])} plots")
+    return 0

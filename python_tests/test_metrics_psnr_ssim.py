@@ -1,0 +1,117 @@
+"""PSNR and SSIM against torchmetrics and scikit-image."""
+import math
+
+import pytest
+import torch
+
+from gfcore.metrics.psnr_ssim import psnr, ssim
+
+torchmetrics_image = pytest.importorskip("torchmetrics.functional.image", reason="torchmetrics not installed")
+skimage_metrics = pytest.importorskip("skimage.metrics", reason="scikit-image not installed")
+
+
+def _pair(shape, noise=0.1, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.rand(shape, generator=g, dtype=torch.float64)
+    b = (a + noise * torch.randn(shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    return a.to(dtype), b.to(dtype)
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 37, 45), (2, 1, 16, 23)])
+def test_psnr_matches_torchmetrics_and_skimage(shape):
+    a, b = _pair(shape)
+    got = psnr(a, b)
+    tm = torchmetrics_image.peak_signal_noise_ratio(a, b, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    sk = [skimage_metrics.peak_signal_noise_ratio(a[i].numpy(), b[i].numpy(), data_range=1.0) for i in range(shape[0])]
+    torch.testing.assert_close(got, tm, rtol=0, atol=1e-4)
+    torch.testing.assert_close(got, torch.tensor(sk, dtype=torch.float64), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(3, 3, 37, 45), (2, 1, 16, 23)])
+def test_ssim_matches_torchmetrics_reflect(shape, dtype):
+    a, b = _pair(shape, dtype=dtype)
+    expected = torchmetrics_image.structural_similarity_index_measure(
+        a.double(), b.double(), data_range=1.0, reduction="none", gaussian_kernel=True, sigma=1.5, kernel_size=11
+    )
+    torch.testing.assert_close(ssim(a, b).double(), expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ssim_matches_skimage_valid(dtype):
+    a, b = _pair((2, 3, 33, 40), noise=0.2, seed=3, dtype=dtype)
+    expected = [
+        skimage_metrics.structural_similarity(
+            a[i].double().numpy(), b[i].double().numpy(), channel_axis=0, gaussian_weights=True,
+            sigma=1.5, use_sample_covariance=False, data_range=1.0,
+        )
+        for i in range(2)
+    ]
+    torch.testing.assert_close(ssim(a, b, border="valid").double(), torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-4)
+
+
+def test_video_layout_and_non_contiguous():
+    a, b = _pair((2, 5, 3, 24, 30), dtype=torch.float32)  # [B, T, C, H, W]
+    flat = ssim(a.flatten(0, 1), b.flatten(0, 1)).view(2, 5)
+    torch.testing.assert_close(ssim(a, b), flat)
+    a_nc = a.transpose(-1, -2).contiguous().transpose(-1, -2)  # same values, strided
+    assert not a_nc.is_contiguous()
+    torch.testing.assert_close(ssim(a_nc, b), flat)
+    torch.testing.assert_close(psnr(a_nc, b), psnr(a, b))
+
+
+def test_bf16_input_close_to_fp32():
+    a, b = _pair((2, 3, 32, 32), dtype=torch.float32)
+    torch.testing.assert_close(ssim(a.bfloat16(), b.bfloat16()), ssim(a, b), rtol=0, atol=1e-2)
+    torch.testing.assert_close(psnr(a.bfloat16(), b.bfloat16()), psnr(a, b), rtol=0, atol=0.1)
+    assert ssim(a.bfloat16(), b.bfloat16()).dtype == torch.float32
+
+
+def test_identical_frames():
+    a, _ = _pair((2, 3, 20, 20))
+    assert torch.isinf(psnr(a, a)).all() and (psnr(a, a) > 0).all()
+    torch.testing.assert_close(ssim(a, a), torch.ones(2, dtype=torch.float64))
+
+
+def test_hand_computed_psnr():
+    a = torch.zeros(1, 1, 4, 4)
+    b = torch.full((1, 1, 4, 4), 0.1)  # MSE 0.01 -> 20 dB
+    assert psnr(a, b).item() == pytest.approx(20.0, abs=1e-4)
+
+
+def test_corruptions_move_metrics_the_right_way():
+    g = torch.Generator().manual_seed(5)
+    # a smooth image so that blur and shift are mild, graded corruptions
+    base = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 72, 72, generator=g), 5, 1, 2)[..., 4:-4, 4:-4]
+    shifted1 = torch.roll(base, 1, dims=-1)
+    shifted4 = torch.roll(base, 4, dims=-1)
+    assert psnr(base, shifted1) > psnr(base, shifted4)
+    assert ssim(base, shifted1) > ssim(base, shifted4)
+    blurred = torch.nn.functional.avg_pool2d(base, 5, 1, 2)
+    assert ssim(base, blurred) < 1 and math.isfinite(psnr(base, blurred).item())
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="pred and target"):
+        psnr(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 9))
+    with pytest.raises(TypeError, match="pred"):
+        ssim(torch.zeros(1, 3, 16, 16, dtype=torch.uint8), torch.rand(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="at least 11x11"):
+        ssim(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="border"):
+        ssim(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16), border="zeros")
+
+
+def test_gradients_match_torchmetrics():
+    """SSIM and PSNR are differentiable (usable as losses); gradients agree with torchmetrics."""
+    a, b = _pair((2, 3, 21, 19), seed=7)
+    ours_in = a.clone().requires_grad_(True)
+    ref_in = a.clone().requires_grad_(True)
+    ssim(ours_in, b).sum().backward()
+    torchmetrics_image.structural_similarity_index_measure(ref_in, b, data_range=1.0, reduction="sum").backward()
+    torch.testing.assert_close(ours_in.grad, ref_in.grad, rtol=1e-6, atol=1e-9)
+    ours_in.grad = None
+    ref_in.grad = None
+    psnr(ours_in, b).sum().backward()
+    torchmetrics_image.peak_signal_noise_ratio(ref_in, b, data_range=1.0, reduction="sum", dim=(1, 2, 3)).backward()
+    torch.testing.assert_close(ours_in.grad, ref_in.grad, rtol=1e-6, atol=1e-9)
