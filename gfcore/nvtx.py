@@ -6,26 +6,18 @@ import contextlib
 
 try:
     import nvtx as _nvtx
-
-    _DOMAIN = _nvtx.get_domain("gfcore")
 except ImportError:  # pragma: no cover - depends on the environment
     _nvtx = None
-    _DOMAIN = None
+
+DOMAIN = "gfcore"
 
 
 def enabled() -> bool:
     return _nvtx is not None
 
 
-@contextlib.contextmanager
 def nvtx_range(name: str):
     """`with nvtx_range("forward"):` marks a range that Nsight Systems shows."""
-    if _DOMAIN is None:
-        yield
-        return
-    attributes = _nvtx.EventAttributes(message=name)
-    range_id = _DOMAIN.start_range(attributes)
-    try:
-        yield
-    finally:
-        _DOMAIN.end_range(range_id)
+    if _nvtx is None:
+        return contextlib.nullcontext()
+    return _nvtx.annotate(name, domain=DOMAIN)
