@@ -3,16 +3,8 @@
 // Kernels register per backend with TORCH_LIBRARY_IMPL in each family's folder
 // (csrc/<family>/*.cpp for CPU, csrc/<family>/*.cu for CUDA). Fake kernels (for
 // torch.compile) and autograd formulas are registered from Python in gfcore/ops/.
-#include <Python.h>
+// C++ users link the same sources without Python (CMakeLists.txt).
 #include <torch/library.h>
-
-extern "C" {
-// Importing gfcore._C runs the static registrations below; the module itself is empty.
-PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
-}
-}
 
 TORCH_LIBRARY(gfcore, m) {
   // ---- Geometry alignment loss (csrc/alignment) ----------------------------------------

@@ -4,6 +4,8 @@ torch.cuda.nvtx raises on CPU-only torch builds, so the standalone `nvtx` packag
 """
 import contextlib
 
+import torch
+
 try:
     import nvtx as _nvtx
 except ImportError:  # pragma: no cover - depends on the environment
@@ -17,7 +19,9 @@ def enabled() -> bool:
 
 
 def nvtx_range(name: str):
-    """`with nvtx_range("forward"):` marks a range that Nsight Systems shows."""
-    if _nvtx is None:
+    """`with nvtx_range("forward"):` marks a range that Nsight Systems shows.
+
+    Inside torch.compile tracing it is a no-op: markers are host calls, not graph ops."""
+    if _nvtx is None or torch.compiler.is_compiling():
         return contextlib.nullcontext()
     return _nvtx.annotate(name, domain=DOMAIN)

@@ -29,6 +29,9 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   fi
 fi
 "$PY" -m pip install -q -r requirements-dev.txt
+# lpips is the LPIPS reference in the tests; its own requirements would pull torchvision
+# (and with it another torch), which gfcore does not need.
+"$PY" -m pip install -q --no-deps lpips
 # --no-build-isolation: build against the torch just installed (an isolated build would
 # fetch another torch, with a different ABI).
 MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install -q --no-build-isolation .
