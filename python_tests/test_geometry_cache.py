@@ -10,7 +10,8 @@ import torch
 
 from gfcore.geometry import VGGT, VGGTTeacher, save_state_dict, small_config
 from gfcore.geometry.cache import FeatureCache, build_feature_cache, read_video, to_unit_range
-from geometry_helpers import single_thread  # noqa: F401  (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 HEADLESS = {"enable_camera": False, "enable_depth": False, "enable_point": False}
 SIZE = 56

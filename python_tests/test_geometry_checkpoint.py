@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from gfcore.geometry import VGGT, CheckpointError, load_vggt_checkpoint, read_state_dict, save_state_dict, small_config
-from geometry_helpers import single_thread  # noqa: F401  (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 HEADLESS = {"enable_camera": False, "enable_depth": False, "enable_point": False}
 

@@ -1,11 +1,13 @@
 """Camera and DPT heads against functional references written from the architecture notes."""
+import pytest
 import math
 
 import torch
 import torch.nn.functional as F
 
 from gfcore.geometry import VGGT, small_config
-from geometry_helpers import single_thread  # noqa: F401  (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 SMALL_HEADS = {"dpt_features": 16, "dpt_out_channels": (8, 16, 24, 24), "camera_trunk_depth": 2,
                "camera_num_heads": 4}

@@ -13,7 +13,8 @@ from gfcore.geometry.camera import activate_pose
 from gfcore.geometry.dino import resize_pos_embed
 from gfcore.geometry.dpt import FusionBlock, ResidualConvUnit, uv_embedding
 from gfcore.geometry.rope import RoPE2D, patch_positions
-from geometry_helpers import single_thread  # noqa: F401  (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 HEADLESS = {"enable_camera": False, "enable_depth": False, "enable_point": False}

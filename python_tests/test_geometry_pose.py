@@ -5,7 +5,10 @@ import pytest
 import torch
 
 from gfcore.geometry.pose import (cameras_to_pose_encoding, matrix_to_quaternion, pose_encoding_to_cameras,
+
                                   quaternion_to_matrix, se3_inverse, unproject_depth)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def random_quaternions(n, generator):

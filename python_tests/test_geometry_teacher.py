@@ -5,7 +5,8 @@ import torch
 
 from gfcore.geometry import VGGT, VGGTTeacher, resize_for_vggt, save_state_dict, small_config
 from gfcore.geometry.preprocess import target_size
-from geometry_helpers import single_thread  # noqa: F401  (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 HEADLESS = {"enable_camera": False, "enable_depth": False, "enable_point": False}
 SIZE = 56  # stands in for 518 to keep CPU tests fast; 4 x 4 patches

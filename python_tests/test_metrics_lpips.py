@@ -17,15 +17,7 @@ from gfcore.metrics.lpips import LPIPS, load_lpips
 from gfcore.metrics.weights import WeightsUnavailable, lpips_package_weight_dir
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many small tensor ops; on a busy 2-core machine thread hand-offs cost
-    far more than they save (measured 0.03 s vs 1.8 s per flow field), so use one thread here
-    and restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 needs_lpips = pytest.mark.skipif(

@@ -9,15 +9,7 @@ from gfcore.metrics.rpe import reproject, reprojection_error, rpe_summary
 from gfcore.metrics.synthetic import camera_path, render_plane_scene, yaw_matrix
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many small tensor ops; on a busy 2-core machine thread hand-offs cost
-    far more than they save (measured 0.03 s vs 1.8 s per flow field), so use one thread here
-    and restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 

@@ -107,17 +107,11 @@ std::tuple<at::Tensor, at::Tensor> bias_silu_backward_cuda(const at::Tensor& gra
     auto* gxp = grad_x.mutable_data_ptr<scalar_t>();
     auto launch = [&](auto vec_tag) {
       constexpr int VEC = decltype(vec_tag)::value;
-      const int64_t packs_per_row = cols / VEC;
-      const int threads = static_cast<int>(std::min<int64_t>(256, ceil_div(packs_per_row, kWarp) * kWarp));
-      const int64_t col_blocks = ceil_div(packs_per_row, threads);
-      // Enough row groups to fill the GPU (8 blocks per SM), at least 8 rows each.
-      const int64_t groups = std::max<int64_t>(
-          1, std::min<int64_t>(ceil_div(rows, 8), ceil_div(int64_t(num_sms()) * 8, col_blocks)));
-      const int64_t rows_per_group = ceil_div(rows, groups);
-      partial = at::empty({ceil_div(rows, rows_per_group), cols}, x.options().dtype(at::kFloat));
-      const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(partial.size(0)));
-      bias_silu_backward_kernel<scalar_t, VEC><<<grid, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          gp, xp, bp, gxp, partial.mutable_data_ptr<float>(), rows, cols, rows_per_group);
+      const auto g = column_pack_grid(rows, cols, VEC, 256);
+      partial = at::empty({g.groups, cols}, x.options().dtype(at::kFloat));
+      const dim3 grid(static_cast<unsigned>(g.col_blocks), static_cast<unsigned>(g.groups));
+      bias_silu_backward_kernel<scalar_t, VEC><<<grid, g.threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          gp, xp, bp, gxp, partial.mutable_data_ptr<float>(), rows, cols, g.rows_per_group);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     if (pack_width<scalar_t>(cols, {gp, xp, bp, gxp}) > 1)

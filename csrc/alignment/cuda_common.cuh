@@ -8,6 +8,7 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace gfcore {
@@ -61,6 +62,28 @@ inline int pack_width(int64_t cols, std::initializer_list<const void*> ptrs) {
 inline int num_sms() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Launch shape of the "thread owns a pack of columns, walks a group of rows" kernels:
+// blocks of up to max_threads threads across the columns (grid.x) and enough row groups
+// (grid.y) to fill the GPU with 8 blocks per SM, at least 8 rows each.
+struct ColumnPackGrid {
+  int threads;
+  int64_t col_blocks;
+  int64_t rows_per_group;
+  int64_t groups;
+};
+
+inline ColumnPackGrid column_pack_grid(int64_t rows, int64_t cols, int vec, int max_threads) {
+  ColumnPackGrid g;
+  const int64_t packs_per_row = cols / vec;
+  g.threads = static_cast<int>(std::min<int64_t>(max_threads, ceil_div(packs_per_row, kWarp) * kWarp));
+  g.col_blocks = ceil_div(packs_per_row, g.threads);
+  const int64_t wanted = std::max<int64_t>(
+      1, std::min<int64_t>(ceil_div(rows, 8), ceil_div(int64_t(num_sms()) * 8, g.col_blocks)));
+  g.rows_per_group = ceil_div(rows, wanted);
+  g.groups = ceil_div(rows, g.rows_per_group);
+  return g;
+}
 
 // Sums partial[groups, cols] (float32) over groups into out[cols] (float32): a block of
 // 32 columns x 32 row slices, then a shared-memory reduction over the slices.

@@ -71,19 +71,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bias_mse_cuda(const at::Tensor& x
     auto* dp = diff.mutable_data_ptr<scalar_t>();
     auto launch = [&](auto vec_tag) {
       constexpr int VEC = decltype(vec_tag)::value;
-      const int64_t packs_per_row = cols / VEC;
-      const int threads = static_cast<int>(std::min<int64_t>(kMaxThreads, ceil_div(packs_per_row, kWarp) * kWarp));
-      const int64_t col_blocks = ceil_div(packs_per_row, threads);
-      const int64_t groups = std::max<int64_t>(
-          1, std::min<int64_t>(ceil_div(rows, 8), ceil_div(int64_t(num_sms()) * 8, col_blocks)));
-      const int64_t rows_per_group = ceil_div(rows, groups);
-      const int64_t used_groups = ceil_div(rows, rows_per_group);
-      partial_colsum = at::empty({used_groups, cols}, x.options().dtype(at::kFloat));
-      partial_squares = at::empty({used_groups * col_blocks}, x.options().dtype(at::kFloat));
-      const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(used_groups));
-      bias_mse_kernel<scalar_t, VEC><<<grid, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      const auto g = column_pack_grid(rows, cols, VEC, kMaxThreads);
+      partial_colsum = at::empty({g.groups, cols}, x.options().dtype(at::kFloat));
+      partial_squares = at::empty({g.groups * g.col_blocks}, x.options().dtype(at::kFloat));
+      const dim3 grid(static_cast<unsigned>(g.col_blocks), static_cast<unsigned>(g.groups));
+      bias_mse_kernel<scalar_t, VEC><<<grid, g.threads, 0, at::cuda::getCurrentCUDAStream()>>>(
           xp, bp, yp, dp, partial_colsum.mutable_data_ptr<float>(), partial_squares.mutable_data_ptr<float>(), rows,
-          cols, rows_per_group);
+          cols, g.rows_per_group);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     if (pack_width<scalar_t>(cols, {xp, bp, yp, dp}) > 1)
