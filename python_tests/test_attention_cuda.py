@@ -128,6 +128,16 @@ def test_lse_and_strided_grad_out(mode, causal):
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
 
+    # out.sum() hands the backward an expanded (all-zero-stride) grad_out.
+    leaves = [x.detach().requires_grad_() for x in (q, k, v)]
+    o = _run("fused", mode, causal, *leaves, (cos, sin))
+    o.sum().backward()
+    ones = torch.ones_like(o)
+    want = bwd(ones, *[x.detach() for x in leaves], o.detach(), lse, cos, sin,
+               64 ** -0.5, *extra)
+    for leaf, w in zip(leaves, want):
+        torch.testing.assert_close(leaf.grad, w, atol=0, rtol=0)
+
 
 def test_long_spatial_sequence_4096():
     """A 64 x 64 grid, the largest the issue asks for."""

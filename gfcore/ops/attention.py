@@ -110,8 +110,14 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(lse)
 
 
+def _kernel_grad(grad_out: torch.Tensor) -> torch.Tensor:
+    """The kernels read any strides but need a unit stride on D (out.sum() gives stride 0)."""
+    return grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
+
+
 def _spatial_backward(ctx, grad_out, _grad_lse):
     q, k, v, out, lse, rope_cos, rope_sin = ctx.saved_tensors
+    grad_out = _kernel_grad(grad_out)
     dq, dk, dv = torch.ops.gfcore.spatial_attention_bwd(
         grad_out, q, k, v, out, lse, rope_cos, rope_sin, ctx.scale)
     return dq, dk, dv, None, None, None
@@ -119,6 +125,7 @@ def _spatial_backward(ctx, grad_out, _grad_lse):
 
 def _temporal_backward(ctx, grad_out, _grad_lse):
     q, k, v, out, lse, rope_cos, rope_sin = ctx.saved_tensors
+    grad_out = _kernel_grad(grad_out)
     dq, dk, dv = torch.ops.gfcore.temporal_attention_bwd(
         grad_out, q, k, v, out, lse, rope_cos, rope_sin, ctx.scale, ctx.causal)
     return dq, dk, dv, None, None, None, None
