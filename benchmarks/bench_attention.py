@@ -81,7 +81,7 @@ def time_fn(fn, device: str, min_total_ms: float, min_iters: int):
 
 def copy_bandwidth_gbs(device: str) -> float:
     """Device-to-device copy bandwidth (read + write), the memory roofline of this run."""
-    x = torch.empty(256 * 2**20, dtype=torch.uint8, device=device)
+    x = torch.empty((256 if device == "cuda" else 32) * 2**20, dtype=torch.uint8, device=device)
     y = torch.empty_like(x)
     stats = time_fn(lambda: y.copy_(x), device, 100.0, 10)
     return 2 * x.numel() / (stats["median_ms"] * 1e-3) / 1e9
@@ -191,9 +191,9 @@ def main(argv=None):
         r["speedup_vs_reference"] = ref["median_ms"] / r["median_ms"] if ref else None
         r["roofline_fraction"] = r["gbs"] / roofline
 
-    meta = {"benchmark": "attention", "device": device,
-            "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor()
-            or platform.machine(),
+    device_name = (torch.cuda.get_device_name() if device == "cuda"
+                   else platform.processor() or platform.machine())
+    meta = {"benchmark": "attention", "device": device, "device_name": device_name,
             "torch": torch.__version__, "cuda": torch.version.cuda, "dtype": str(dtype),
             "git_commit": _git_commit(), "copy_bandwidth_gbs": roofline,
             "utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

@@ -80,7 +80,8 @@ def _check_accuracy_rule(mode, causal, shape, dtype, use_rope, packed, seed=0):
         assert torch.isfinite(got).all(), name
         err = (got.double() - want).abs().max().item()
         eager_err = (base.double() - want).abs().max().item()
-        assert err <= 2 * eager_err + 1e-6, f"{name}: fused error {err:.3g} > 2 x eager {eager_err:.3g}"
+        assert err <= 2 * eager_err + 1e-6, (
+            f"{name}: fused error {err:.3g} > 2 x eager error {eager_err:.3g}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -195,8 +196,8 @@ def test_auto_dispatch_and_fallbacks(monkeypatch):
     monkeypatch.setattr(extension, "_warned", set())
     q, k, v = _inputs((1, 4, 9, 2, 48), torch.bfloat16, 15, packed=False)
     with pytest.warns(UserWarning, match="no fused kernel for head dim 48"):
-        out = attn.spatial_attention(q, k, v)  # auto: falls back to the reference
-    torch.testing.assert_close(out, attn.spatial_attention(q, k, v, impl="reference"))
+        out = attn.temporal_attention(q, k, v)  # auto: falls back to the reference
+    torch.testing.assert_close(out, attn.temporal_attention(q, k, v, impl="reference"))
     with pytest.raises(ValueError, match="head dims"):
         attn.spatial_attention(q, k, v, impl="fused")
     q32, k32, v32 = _inputs((1, 4, 9, 2, 64), torch.float32, 16, packed=False)
@@ -205,7 +206,8 @@ def test_auto_dispatch_and_fallbacks(monkeypatch):
     torch.testing.assert_close(attn.temporal_attention(q32, k32, v32, causal=True),
                                naive_attention(q32, k32, v32, "temporal", True).float(),
                                atol=1e-5, rtol=1e-4)
-    assert attn._use_fused(q32.bfloat16(), "auto", "temporal")
+    for mode, prefers_kernel in attn.AUTO_PREFERS_KERNEL.items():
+        assert attn._use_fused(q32.bfloat16(), "auto", mode) == prefers_kernel
 
 
 @cuda_only

@@ -54,7 +54,7 @@ inline void check_inputs(const char* op, const at::Tensor& q, const at::Tensor& 
     TORCH_CHECK(t.device() == q.device(), op, ": ", name, " is on ", t.device(), " but q on ",
                 q.device());
     TORCH_CHECK(t.dim() == 2 && t.size(0) == seq_len && t.size(1) == D, op, ": ", name,
-                " must be [", seq_len, ", ", D, "] (positions on the attended axis, head dim), got ",
+                " must be [", seq_len, ", ", D, "] (attended-axis positions, head dim), got ",
                 t.sizes());
     TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
   }
@@ -176,12 +176,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(
           grad_out.stride(2), grad_out.stride(3));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       const dim3 grid = make_grid(pb, NUM_WARPS * R, op);
-      attention_bwd_dq_kernel<scalar_t, D, NUM_WARPS, R><<<grid, NUM_WARPS * kWarpSize, 0, stream>>>(
+      constexpr int kThreads = NUM_WARPS * kWarpSize;
+      attention_bwd_dq_kernel<scalar_t, D, NUM_WARPS, R><<<grid, kThreads, 0, stream>>>(
           q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
           grad_out.data_ptr<scalar_t>(), lse.data_ptr<float>(), delta.data_ptr<float>(),
           grad_q.data_ptr<scalar_t>(), lq, lk, lv, lg, ll, lo, pb);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      attention_bwd_dkdv_kernel<scalar_t, D, NUM_WARPS, R><<<grid, NUM_WARPS * kWarpSize, 0, stream>>>(
+      attention_bwd_dkdv_kernel<scalar_t, D, NUM_WARPS, R><<<grid, kThreads, 0, stream>>>(
           q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
           grad_out.data_ptr<scalar_t>(), lse.data_ptr<float>(), delta.data_ptr<float>(),
           grad_k.data_ptr<scalar_t>(), grad_v.data_ptr<scalar_t>(), lq, lk, lv, lg, ll, lo, pb);

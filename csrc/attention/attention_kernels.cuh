@@ -320,7 +320,8 @@ attention_bwd_dq_kernel(const scalar_t* __restrict__ q, const scalar_t* __restri
 #pragma unroll
   for (int r = 0; r < ROWS; ++r)
 #pragma unroll
-    for (int c = 0; c < kPerLane; ++c) q_s[warp * ROWS + r][lane + c * kWarpSize] = dq[r][c] * pb.scale;
+    for (int c = 0; c < kPerLane; ++c)
+      q_s[warp * ROWS + r][lane + c * kWarpSize] = dq[r][c] * pb.scale;
   __syncwarp();
   scalar_t* dqb = grad_q + sequence_offset(lo, seq);
 #pragma unroll

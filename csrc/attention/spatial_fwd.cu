@@ -11,8 +11,8 @@ std::tuple<at::Tensor, at::Tensor> spatial_attention_fwd_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const std::optional<at::Tensor>& rope_cos, const std::optional<at::Tensor>& rope_sin,
     double scale) {
-  return run_forward<8, 8, 4, 2>("gfcore::spatial_attention_fwd", q, k, v, rope_cos, rope_sin, scale,
-                            false, /*temporal=*/false);
+  return run_forward<8, 8, 4, 2>("gfcore::spatial_attention_fwd", q, k, v, rope_cos, rope_sin,
+                                 scale, false, /*temporal=*/false);
 }
 
 }  // namespace

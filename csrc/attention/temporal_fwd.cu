@@ -12,8 +12,8 @@ std::tuple<at::Tensor, at::Tensor> temporal_attention_fwd_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const std::optional<at::Tensor>& rope_cos, const std::optional<at::Tensor>& rope_sin,
     double scale, bool causal) {
-  return run_forward<4, 4, 4, 4>("gfcore::temporal_attention_fwd", q, k, v, rope_cos, rope_sin, scale,
-                            causal, /*temporal=*/true);
+  return run_forward<4, 4, 4, 4>("gfcore::temporal_attention_fwd", q, k, v, rope_cos, rope_sin,
+                                 scale, causal, /*temporal=*/true);
 }
 
 }  // namespace

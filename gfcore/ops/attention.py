@@ -8,8 +8,9 @@ a packed qkv [B, T, P, 3, H, D]); o is [B, T, P, H, D] contiguous. impl picks th
   "reference": einops + F.scaled_dot_product_attention (attention_reference.py);
   "fused":     the gfcore::*_attention_fwd/bwd ops (CUDA kernels in csrc/attention; on CPU the
                explicit-math kernels of attention_math.py, registered here);
-  "auto":      fused on CUDA for fp16/bf16 and head dims 32/64/128, else the reference
-               (with a one-time warning when only the head dim stands in the way).
+  "auto":      the reference, except where AUTO_PREFERS_KERNEL says the kernel wins: then
+               the kernel on CUDA for fp16/bf16 and head dims 32/64/128 (a one-time warning
+               when only the head dim stands in the way).
 """
 import math
 from typing import Optional, Sequence
@@ -17,13 +18,16 @@ from typing import Optional, Sequence
 import torch
 
 from gfcore._extension import has_kernel, warn_once
-from gfcore.nvtx import nvtx_range
 from gfcore.ops import attention_math, attention_reference
 from gfcore.ops.attention_reference import RopeTables
 
 KERNEL_HEAD_DIMS = (32, 64, 128)
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 IMPLS = ("auto", "fused", "reference")
+# Which passes impl="auto" sends to the CUDA kernels. The spatial kernel uses fp32 CUDA-core
+# FMAs, not tensor cores, so SDPA's flash backend (even with the layout copies) is expected to
+# beat it at P >= 256; flip this once bench_attention shows the kernel ahead.
+AUTO_PREFERS_KERNEL = {"spatial": False, "temporal": True}
 
 # Must match csrc/registration.cpp; defined here too when the extension is not built.
 _SCHEMAS = {
@@ -197,6 +201,8 @@ def _use_fused(q: torch.Tensor, impl: str, mode: str) -> bool:
             raise ValueError(f"impl='fused': the CUDA kernels take fp16/bf16 and head dims "
                              f"{KERNEL_HEAD_DIMS}, got {q.dtype} and D={q.shape[-1]}")
         return True
+    if not AUTO_PREFERS_KERNEL[mode]:
+        return False
     if compiled and q.dtype in KERNEL_DTYPES and not supported:
         warn_once(f"gfcore {mode}_attention: no fused kernel for head dim {q.shape[-1]} "
                   f"(have {KERNEL_HEAD_DIMS}); using the PyTorch reference")
@@ -225,11 +231,10 @@ def spatial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """
     check_attention_inputs(q, k, v, rope, "spatial")
     scale = _default_scale(q, scale)
-    with nvtx_range("gfcore.spatial_attention"):
-        if _use_fused(q, impl, "spatial"):
-            cos, sin = _op_rope(rope, q)
-            return torch.ops.gfcore.spatial_attention_fwd(q, k, v, cos, sin, scale)[0]
-        return attention_reference.spatial_attention(q, k, v, rope=rope, scale=scale)
+    if _use_fused(q, impl, "spatial"):
+        cos, sin = _op_rope(rope, q)
+        return torch.ops.gfcore.spatial_attention_fwd(q, k, v, cos, sin, scale)[0]
+    return attention_reference.spatial_attention(q, k, v, rope=rope, scale=scale)
 
 
 def temporal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
@@ -243,10 +248,8 @@ def temporal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal
     """
     check_attention_inputs(q, k, v, rope, "temporal")
     scale = _default_scale(q, scale)
-    with nvtx_range("gfcore.temporal_attention"):
-        if _use_fused(q, impl, "temporal"):
-            cos, sin = _op_rope(rope, q)
-            return torch.ops.gfcore.temporal_attention_fwd(q, k, v, cos, sin, scale,
-                                                           bool(causal))[0]
-        return attention_reference.temporal_attention(q, k, v, causal=bool(causal), rope=rope,
-                                                      scale=scale)
+    if _use_fused(q, impl, "temporal"):
+        cos, sin = _op_rope(rope, q)
+        return torch.ops.gfcore.temporal_attention_fwd(q, k, v, cos, sin, scale, bool(causal))[0]
+    return attention_reference.temporal_attention(q, k, v, causal=bool(causal), rope=rope,
+                                                  scale=scale)
