@@ -180,10 +180,12 @@ attention_fwd_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict_
       for (int c = 0; c < kPerLane; ++c) acc[r][c] *= rescale;
     }
     __syncwarp();
+    // Keys at or past n_end have p = 0 for every row: skip them (T < 32 in the temporal pass).
+    const int n_live = min(kTile, n_end - n0);
 #pragma unroll
     for (int c = 0; c < kPerLane; ++c) {
       const int d = lane + c * kWarpSize;
-      for (int n = 0; n < kTile; ++n) {
+      for (int n = 0; n < n_live; ++n) {
         const float vd = v_s[n][d];
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) acc[r][c] += p_s[warp][r][n] * vd;
@@ -304,10 +306,11 @@ attention_bwd_dq_kernel(const scalar_t* __restrict__ q, const scalar_t* __restri
       ds_s[warp][r][lane] = p * (dp[r] - row_delta[r]);
     }
     __syncwarp();
+    const int n_live = min(kTile, n_end - n0);  // keys past n_end have ds = 0 for every row
 #pragma unroll
     for (int c = 0; c < kPerLane; ++c) {
       const int d = lane + c * kWarpSize;
-      for (int n = 0; n < kTile; ++n) {
+      for (int n = 0; n < n_live; ++n) {
         const float kd = k_s[n][d];
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) dq[r][c] += ds_s[warp][r][n] * kd;
@@ -420,10 +423,11 @@ attention_bwd_dkdv_kernel(const scalar_t* __restrict__ q, const scalar_t* __rest
       ds_s[warp][r][lane] = p * (dp[r] - delta_t[lane]);
     }
     __syncwarp();
+    const int n_live = min(kTile, S - i0);  // queries past the end have p = ds = 0
 #pragma unroll
     for (int c = 0; c < kPerLane; ++c) {
       const int d = lane + c * kWarpSize;
-      for (int n = 0; n < kTile; ++n) {
+      for (int n = 0; n < n_live; ++n) {
         const float dod = do_t[n][d], qd = q_t[n][d];
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) {
