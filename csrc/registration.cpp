@@ -23,4 +23,15 @@ TORCH_LIBRARY(gfcore, m) {
   // diff = x + bias - y; loss = mean(diff^2) (fp32 scalar); diff_colsum = sum over rows of
   // diff (fp32). The gradient of loss w.r.t. x is 2 * diff / numel: computed in one pass.
   m.def("bias_mse(Tensor x, Tensor bias, Tensor y) -> (Tensor loss, Tensor diff, Tensor diff_colsum)");
+
+  // ---- Factorized attention (csrc/attention) ------------------------------------------
+  // q, k, v: [B, T, P, H, D], any strides with a unit stride on D (e.g. views of a packed
+  // qkv); out and the gradients: [B, T, P, H, D] contiguous in q's dtype. spatial attends over
+  // P within each (b, t, h), temporal over T within each (b, p, h) (key j <= query i if causal).
+  // rope_cos/rope_sin: optional float32 [S, D] rotate-half tables (S = P or T) applied to q, k.
+  // lse: float32 [B, T, P, H] log-sum-exp of the scaled scores, saved for the backward.
+  m.def("spatial_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? rope_cos, Tensor? rope_sin, float scale) -> (Tensor out, Tensor lse)");
+  m.def("spatial_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? rope_cos, Tensor? rope_sin, float scale) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v)");
+  m.def("temporal_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? rope_cos, Tensor? rope_sin, float scale, bool causal) -> (Tensor out, Tensor lse)");
+  m.def("temporal_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? rope_cos, Tensor? rope_sin, float scale, bool causal) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v)");
 }

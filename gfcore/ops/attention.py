@@ -1,0 +1,255 @@
+"""Factorized spatiotemporal attention: the public ops and their torch.library plumbing.
+
+    o = spatial_attention(q, k, v, rope=None, scale=None, impl="auto")
+    o = temporal_attention(q, k, v, causal=False, rope=None, scale=None, impl="auto")
+
+q, k, v are [B, T, P, H, D] with any strides but a unit stride on D (e.g. the three views of
+a packed qkv [B, T, P, 3, H, D]); o is [B, T, P, H, D] contiguous. impl picks the path:
+  "reference": einops + F.scaled_dot_product_attention (attention_reference.py);
+  "fused":     the gfcore::*_attention_fwd/bwd ops (CUDA kernels in csrc/attention; on CPU the
+               explicit-math kernels of attention_math.py, registered here);
+  "auto":      the reference, except where AUTO_PREFERS_KERNEL says the kernel wins: then
+               the kernel on CUDA for fp16/bf16 and head dims 32/64/128 (a one-time warning
+               when only the head dim stands in the way).
+"""
+import math
+from typing import Optional, Sequence
+
+import torch
+
+from gfcore._extension import has_kernel, warn_once
+from gfcore.ops import attention_math, attention_reference
+from gfcore.ops.attention_reference import RopeTables
+
+KERNEL_HEAD_DIMS = (32, 64, 128)
+KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+IMPLS = ("auto", "fused", "reference")
+# Which passes impl="auto" sends to the CUDA kernels. The spatial kernel uses fp32 CUDA-core
+# FMAs, not tensor cores, so SDPA's flash backend (even with the layout copies) is expected to
+# beat it at P >= 256; flip this once bench_attention shows the kernel ahead.
+AUTO_PREFERS_KERNEL = {"spatial": False, "temporal": True}
+
+# Must match csrc/registration.cpp; defined here too when the extension is not built.
+_SCHEMAS = {
+    "spatial_attention_fwd":
+        "(Tensor q, Tensor k, Tensor v, Tensor? rope_cos, Tensor? rope_sin, float scale)"
+        " -> (Tensor out, Tensor lse)",
+    "spatial_attention_bwd":
+        "(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse,"
+        " Tensor? rope_cos, Tensor? rope_sin, float scale)"
+        " -> (Tensor grad_q, Tensor grad_k, Tensor grad_v)",
+    "temporal_attention_fwd":
+        "(Tensor q, Tensor k, Tensor v, Tensor? rope_cos, Tensor? rope_sin, float scale,"
+        " bool causal) -> (Tensor out, Tensor lse)",
+    "temporal_attention_bwd":
+        "(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse,"
+        " Tensor? rope_cos, Tensor? rope_sin, float scale, bool causal)"
+        " -> (Tensor grad_q, Tensor grad_k, Tensor grad_v)",
+}
+
+
+def _op_exists(name: str) -> bool:
+    try:
+        getattr(torch.ops.gfcore, name)
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
+for _name, _schema in _SCHEMAS.items():
+    if not _op_exists(_name):
+        torch.library.define(f"gfcore::{_name}", _schema)
+
+
+# ---- CPU kernels (explicit math) and fake kernels ------------------------------------------
+
+def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_kernel("gfcore::spatial_attention_fwd", "cpu")
+def _spatial_fwd_cpu(q, k, v, rope_cos, rope_sin, scale):
+    return attention_math.attention_forward(q, k, v, rope_cos, rope_sin, scale, False, "spatial")
+
+
+@torch.library.register_kernel("gfcore::temporal_attention_fwd", "cpu")
+def _temporal_fwd_cpu(q, k, v, rope_cos, rope_sin, scale, causal):
+    return attention_math.attention_forward(q, k, v, rope_cos, rope_sin, scale, causal,
+                                            "temporal")
+
+
+@torch.library.register_kernel("gfcore::spatial_attention_bwd", "cpu")
+def _spatial_bwd_cpu(grad_out, q, k, v, out, lse, rope_cos, rope_sin, scale):
+    return attention_math.attention_backward(grad_out, q, k, v, out, lse, rope_cos, rope_sin,
+                                             scale, False, "spatial")
+
+
+@torch.library.register_kernel("gfcore::temporal_attention_bwd", "cpu")
+def _temporal_bwd_cpu(grad_out, q, k, v, out, lse, rope_cos, rope_sin, scale, causal):
+    return attention_math.attention_backward(grad_out, q, k, v, out, lse, rope_cos, rope_sin,
+                                             scale, causal, "temporal")
+
+
+def _fake_fwd(q, k, v, rope_cos, rope_sin, scale, causal=False):
+    return q.new_empty(q.shape), q.new_empty(q.shape[:4], dtype=_lse_dtype(q.dtype))
+
+
+def _fake_bwd(grad_out, q, k, v, out, lse, rope_cos, rope_sin, scale, causal=False):
+    return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
+
+
+for _mode in ("spatial", "temporal"):
+    torch.library.register_fake(f"gfcore::{_mode}_attention_fwd", _fake_fwd)
+    torch.library.register_fake(f"gfcore::{_mode}_attention_bwd", _fake_bwd)
+
+
+# ---- Autograd: the backward ops recompute the probabilities from the saved log-sum-exp ------
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, rope_cos, rope_sin, scale = inputs[:6]
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, rope_cos, rope_sin)
+    ctx.scale = scale
+    ctx.causal = inputs[6] if len(inputs) > 6 else None
+    ctx.mark_non_differentiable(lse)
+
+
+def _kernel_grad(grad_out: torch.Tensor) -> torch.Tensor:
+    """The kernels read any strides but need a unit stride on D (out.sum() gives stride 0)."""
+    return grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
+
+
+def _spatial_backward(ctx, grad_out, _grad_lse):
+    q, k, v, out, lse, rope_cos, rope_sin = ctx.saved_tensors
+    grad_out = _kernel_grad(grad_out)
+    dq, dk, dv = torch.ops.gfcore.spatial_attention_bwd(
+        grad_out, q, k, v, out, lse, rope_cos, rope_sin, ctx.scale)
+    return dq, dk, dv, None, None, None
+
+
+def _temporal_backward(ctx, grad_out, _grad_lse):
+    q, k, v, out, lse, rope_cos, rope_sin = ctx.saved_tensors
+    grad_out = _kernel_grad(grad_out)
+    dq, dk, dv = torch.ops.gfcore.temporal_attention_bwd(
+        grad_out, q, k, v, out, lse, rope_cos, rope_sin, ctx.scale, ctx.causal)
+    return dq, dk, dv, None, None, None, None
+
+
+torch.library.register_autograd("gfcore::spatial_attention_fwd", _spatial_backward,
+                                setup_context=_setup_context)
+torch.library.register_autograd("gfcore::temporal_attention_fwd", _temporal_backward,
+                                setup_context=_setup_context)
+
+
+# ---- Input checks and dispatch ---------------------------------------------------------------
+
+def check_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           rope: Optional[Sequence[torch.Tensor]], mode: str) -> None:
+    """Raise ValueError/TypeError naming the argument when the inputs do not fit the ops."""
+    axis = attention_reference.seq_axis(mode)
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{mode}_attention: {name} must be a tensor, got {type(x).__name__}")
+        if x.dim() != 5:
+            raise ValueError(f"{mode}_attention: {name} must be [B, T, P, H, D], got shape "
+                             f"{tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"{mode}_attention: {name} must be floating point, got {x.dtype}")
+        if x.shape[-1] > 1 and x.stride(-1) != 1:
+            raise ValueError(f"{mode}_attention: {name} must have unit stride on D (the last "
+                             f"dim), got strides {x.stride()}")
+    for name, x in (("k", k), ("v", v)):
+        if x.shape != q.shape:
+            raise ValueError(f"{mode}_attention: {name} has shape {tuple(x.shape)} but q has "
+                             f"{tuple(q.shape)}")
+        if x.dtype != q.dtype:
+            raise TypeError(f"{mode}_attention: {name} is {x.dtype} but q is {q.dtype}")
+        if x.device != q.device:
+            raise ValueError(f"{mode}_attention: {name} is on {x.device} but q on {q.device}")
+    if rope is None:
+        return
+    if not isinstance(rope, (tuple, list)) or len(rope) != 2:
+        raise TypeError(f"{mode}_attention: rope must be a (cos, sin) pair of tensors")
+    seq_len, head_dim = q.shape[axis], q.shape[-1]
+    if head_dim % 2:
+        raise ValueError(f"{mode}_attention: rope needs an even head dim, got D={head_dim}")
+    for name, t in zip(("rope[0] (cos)", "rope[1] (sin)"), rope):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{mode}_attention: {name} must be a tensor")
+        if tuple(t.shape) != (seq_len, head_dim):
+            raise ValueError(f"{mode}_attention: {name} must be [{seq_len}, {head_dim}] "
+                             f"([{'T' if mode == 'temporal' else 'P'}, D]), got "
+                             f"{tuple(t.shape)}")
+        if t.device != q.device:
+            raise ValueError(f"{mode}_attention: {name} is on {t.device} but q on {q.device}")
+
+
+def _use_fused(q: torch.Tensor, impl: str, mode: str) -> bool:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "reference":
+        return False
+    op = f"{mode}_attention_fwd"
+    if q.device.type != "cuda":
+        return impl == "fused"  # the CPU registration of the op (explicit math)
+    compiled = has_kernel(op, "cuda")
+    supported = q.dtype in KERNEL_DTYPES and q.shape[-1] in KERNEL_HEAD_DIMS
+    if impl == "fused":
+        if not compiled:
+            raise RuntimeError(f"impl='fused': gfcore::{op} has no CUDA kernel in this build")
+        if not supported:
+            raise ValueError(f"impl='fused': the CUDA kernels take fp16/bf16 and head dims "
+                             f"{KERNEL_HEAD_DIMS}, got {q.dtype} and D={q.shape[-1]}")
+        return True
+    if not AUTO_PREFERS_KERNEL[mode]:
+        return False
+    if compiled and q.dtype in KERNEL_DTYPES and not supported:
+        warn_once(f"gfcore {mode}_attention: no fused kernel for head dim {q.shape[-1]} "
+                  f"(have {KERNEL_HEAD_DIMS}); using the PyTorch reference")
+    return compiled and supported
+
+
+def _op_rope(rope: Optional[RopeTables], q: torch.Tensor):
+    """The tables as the ops take them: float32 (float64 for float64 q), contiguous."""
+    if rope is None:
+        return None, None
+    dtype = _lse_dtype(q.dtype)
+    return tuple(t.to(dtype).contiguous() for t in rope)
+
+
+def _default_scale(q: torch.Tensor, scale: Optional[float]) -> float:
+    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+
+
+def spatial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      rope: Optional[RopeTables] = None, scale: Optional[float] = None,
+                      impl: str = "auto") -> torch.Tensor:
+    """The P tokens of each frame attend to each other: [B, T, P, H, D] -> same, contiguous.
+
+    rope: optional (cos, sin) tables of shape [P, D] (rotate-half), applied to q and k.
+    scale: softmax scale, 1/sqrt(D) by default.
+    """
+    check_attention_inputs(q, k, v, rope, "spatial")
+    scale = _default_scale(q, scale)
+    if _use_fused(q, impl, "spatial"):
+        cos, sin = _op_rope(rope, q)
+        return torch.ops.gfcore.spatial_attention_fwd(q, k, v, cos, sin, scale)[0]
+    return attention_reference.spatial_attention(q, k, v, rope=rope, scale=scale)
+
+
+def temporal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+                       rope: Optional[RopeTables] = None, scale: Optional[float] = None,
+                       impl: str = "auto") -> torch.Tensor:
+    """The T frames of each patch position attend to each other: [B, T, P, H, D] -> same.
+
+    causal: frame i attends to frames j <= i only (autoregressive rollouts).
+    rope: optional (cos, sin) tables of shape [T, D] (rotate-half), applied to q and k.
+    scale: softmax scale, 1/sqrt(D) by default.
+    """
+    check_attention_inputs(q, k, v, rope, "temporal")
+    scale = _default_scale(q, scale)
+    if _use_fused(q, impl, "temporal"):
+        cos, sin = _op_rope(rope, q)
+        return torch.ops.gfcore.temporal_attention_fwd(q, k, v, cos, sin, scale, bool(causal))[0]
+    return attention_reference.temporal_attention(q, k, v, causal=bool(causal), rope=rope,
+                                                  scale=scale)

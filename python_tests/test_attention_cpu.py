@@ -1,0 +1,262 @@
+"""Factorized attention on CPU: the reference, the ops' CPU kernels, the module, RoPE tables,
+opcheck, torch.compile and bad inputs. Everything is compared against the independent float64
+attention in _attention_naive.py."""
+import math
+
+import pytest
+import torch
+
+from _attention_naive import naive_attention, random_rope
+from gfcore.nn import FactorizedAttention, rope_1d, rope_2d
+from gfcore.ops import attention as attn
+from gfcore.ops import attention_reference as ref
+
+# (B, T, P, H, D): an odd 7 x 9 grid, a single frame, an odd T.
+SHAPES = [(2, 3, 63, 2, 16), (2, 1, 12, 3, 8), (1, 5, 6, 2, 32)]
+CASES = [("spatial", False), ("temporal", False), ("temporal", True)]
+
+
+def _inputs(shape, dtype=torch.float32, seed=0, packed=False):
+    g = torch.Generator().manual_seed(seed)
+    if packed:  # the three strided views of one [B, T, P, 3, H, D] qkv tensor
+        b, t, p, h, d = shape
+        qkv = torch.randn(b, t, p, 3, h, d, generator=g).to(dtype)
+        return list(qkv.unbind(3))
+    return [torch.randn(shape, generator=g).to(dtype) for _ in range(3)]
+
+
+def _run(impl, mode, causal, q, k, v, rope=None, scale=None):
+    if mode == "spatial":
+        return attn.spatial_attention(q, k, v, rope=rope, scale=scale, impl=impl)
+    return attn.temporal_attention(q, k, v, causal=causal, rope=rope, scale=scale, impl=impl)
+
+
+def _seq_len(shape, mode):
+    return shape[1] if mode == "temporal" else shape[2]
+
+
+def _forward_and_grads(impl, mode, causal, q, k, v, rope, grad_out):
+    leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+    out = _run(impl, mode, causal, *leaves, rope=rope)
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("mode,causal", CASES)
+@pytest.mark.parametrize("use_rope", [False, True])
+@pytest.mark.parametrize("impl", ["reference", "fused"])
+def test_matches_naive_fp32(impl, mode, causal, use_rope, shape):
+    q, k, v = _inputs(shape)
+    rope = random_rope(_seq_len(shape, mode), shape[-1]) if use_rope else None
+    grad_out = torch.randn(shape)
+    out, grads = _forward_and_grads(impl, mode, causal, q, k, v, rope, grad_out)
+    leaves = [x.double().requires_grad_() for x in (q, k, v)]
+    expected = naive_attention(*leaves, mode, causal, rope)
+    expected_grads = torch.autograd.grad(expected, leaves, grad_out.double())
+    assert out.dtype == torch.float32 and out.is_contiguous() and out.shape == shape
+    torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=1e-4)
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g.double(), e, atol=5e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode,causal", CASES)
+def test_fused_bf16_meets_accuracy_rule(mode, causal):
+    """bf16 op kernel vs float64: at most twice the error of the eager reference in bf16."""
+    shape = (2, 4, 63, 2, 32)
+    q, k, v = _inputs(shape, torch.bfloat16, seed=1)
+    rope = random_rope(_seq_len(shape, mode), shape[-1])
+    grad_out = torch.randn(shape).bfloat16()
+    fused, fused_grads = _forward_and_grads("fused", mode, causal, q, k, v, rope, grad_out)
+    eager, eager_grads = _forward_and_grads("reference", mode, causal, q, k, v, rope, grad_out)
+    leaves = [x.double().requires_grad_() for x in (q, k, v)]
+    exact = naive_attention(*leaves, mode, causal, rope)
+    exact_grads = torch.autograd.grad(exact, leaves, grad_out.double())
+    assert fused.dtype == torch.bfloat16 and all(g.dtype == torch.bfloat16 for g in fused_grads)
+    for got, base, want in zip((fused, *fused_grads), (eager, *eager_grads), (exact, *exact_grads)):
+        err = (got.double() - want).abs().max().item()
+        eager_err = (base.double() - want).abs().max().item()
+        assert err <= 2 * eager_err + 1e-6, (err, eager_err)
+
+
+@pytest.mark.parametrize("mode,causal", CASES)
+def test_packed_qkv_views_match_contiguous(mode, causal):
+    shape = (2, 3, 10, 2, 16)
+    q, k, v = _inputs(shape, packed=True)
+    assert not q.is_contiguous() and q.stride(-1) == 1
+    rope = random_rope(_seq_len(shape, mode), shape[-1])
+    for impl in ("reference", "fused"):
+        out = _run(impl, mode, causal, q, k, v, rope=rope)
+        want = _run(impl, mode, causal, q.contiguous(), k.contiguous(), v.contiguous(), rope=rope)
+        assert out.is_contiguous()
+        torch.testing.assert_close(out, want, atol=1e-6, rtol=1e-6)
+
+
+def test_lse_and_custom_scale():
+    shape = (1, 4, 9, 2, 8)
+    q, k, v = _inputs(shape, seed=3)
+    for mode, causal in CASES:
+        if mode == "spatial":
+            out, lse = torch.ops.gfcore.spatial_attention_fwd(q, k, v, None, None, 0.3)
+        else:
+            out, lse = torch.ops.gfcore.temporal_attention_fwd(q, k, v, None, None, 0.3, causal)
+        want, want_lse = naive_attention(q, k, v, mode, causal, scale=0.3, return_lse=True)
+        assert lse.dtype == torch.float32 and lse.shape == shape[:4]
+        torch.testing.assert_close(out.double(), want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(lse.double(), want_lse, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode,causal", CASES)
+def test_opcheck_cpu(mode, causal):
+    shape = (1, 3, 5, 2, 8)
+    q, k, v = (x.requires_grad_() for x in _inputs(shape, seed=4))
+    cos, sin = random_rope(_seq_len(shape, mode), shape[-1])
+    extra = () if mode == "spatial" else (causal,)
+    fwd = getattr(torch.ops.gfcore, f"{mode}_attention_fwd").default
+    bwd = getattr(torch.ops.gfcore, f"{mode}_attention_bwd").default
+    torch.library.opcheck(fwd, (q, k, v, cos, sin, 0.5) + extra)
+    torch.library.opcheck(fwd, (q, k, v, None, None, 0.5) + extra)
+    out, lse = fwd(q.detach(), k.detach(), v.detach(), cos, sin, 0.5, *extra)
+    grad_out = torch.randn(shape)
+    torch.library.opcheck(bwd, (grad_out, q.detach(), k.detach(), v.detach(), out, lse, cos, sin,
+                                0.5) + extra)
+
+
+def test_gradcheck_float64_op():
+    shape = (1, 3, 4, 1, 4)
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
+               for _ in range(3))
+    cos, sin = (t.double() for t in random_rope(3, 4))
+    assert torch.autograd.gradcheck(
+        lambda a, b, c: attn.temporal_attention(a, b, c, causal=True, rope=(cos, sin),
+                                                impl="fused"), (q, k, v))
+    assert torch.autograd.gradcheck(
+        lambda a, b, c: attn.spatial_attention(a, b, c, impl="fused"), (q, k, v))
+
+
+def test_torch_compile_fullgraph():
+    shape = (2, 3, 6, 2, 8)
+    q, k, v = _inputs(shape, seed=6)
+    rope = random_rope(3, 8)
+
+    def step(a, b, c):
+        x = attn.spatial_attention(a, b, c, impl="fused")
+        return attn.temporal_attention(x, b, c, causal=True, rope=rope, impl="fused")
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    out = compiled(*leaves)
+    out.square().sum().backward()
+    eager_leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    want = step(*eager_leaves)
+    want.square().sum().backward()
+    torch.testing.assert_close(out, want)
+    for a, b in zip(leaves, eager_leaves):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+# ---- the module ------------------------------------------------------------------------------
+
+def _module_by_hand(m: FactorizedAttention, x, mode, causal, rope):
+    b, t, p, _ = x.shape
+    qkv = (x.double() @ m.qkv.weight.double().T + m.qkv.bias.double())
+    q, k, v = qkv.view(b, t, p, 3, m.num_heads, m.head_dim).unbind(3)
+    if m.q_norm_weight is not None:
+        rms = lambda y, w: y / torch.sqrt(y.square().mean(-1, keepdim=True) + m.eps) * w.double()
+        q, k = rms(q, m.q_norm_weight), rms(k, m.k_norm_weight)
+    o = naive_attention(q, k, v, mode, causal, rope).reshape(b, t, p, m.dim)
+    return o @ m.proj.weight.double().T + m.proj.bias.double()
+
+
+@pytest.mark.parametrize("mode,causal", CASES)
+@pytest.mark.parametrize("qk_norm", [True, False])
+@pytest.mark.parametrize("impl", ["reference", "fused", "auto"])
+def test_module_matches_hand_computation(impl, qk_norm, mode, causal):
+    torch.manual_seed(7)
+    m = FactorizedAttention(48, 3, qk_norm=qk_norm, impl=impl)
+    if qk_norm:
+        with torch.no_grad():
+            m.q_norm_weight.uniform_(0.5, 1.5)
+            m.k_norm_weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, 4, 6, 48)
+    rope = rope_1d(4, 16) if mode == "temporal" else rope_2d(2, 3, 16)
+    y = m(x, mode=mode, causal=causal, rope=rope)
+    torch.testing.assert_close(y.double(), _module_by_hand(m, x, mode, causal, rope),
+                               atol=1e-5, rtol=1e-4)
+    y.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+def test_module_bad_arguments():
+    with pytest.raises(ValueError, match="divisible"):
+        FactorizedAttention(50, 3)
+    with pytest.raises(ValueError, match="impl"):
+        FactorizedAttention(48, 3, impl="flash")
+    m = FactorizedAttention(48, 3)
+    with pytest.raises(ValueError, match=r"x must be \[B, T, P, 48\]"):
+        m(torch.randn(2, 6, 48))
+    with pytest.raises(ValueError, match="mode"):
+        m(torch.randn(1, 2, 3, 48), mode="full")
+    with pytest.raises(ValueError, match="causal"):
+        m(torch.randn(1, 2, 3, 48), mode="spatial", causal=True)
+
+
+# ---- RoPE tables -----------------------------------------------------------------------------
+
+def test_rope_1d_values_and_relative_positions():
+    cos, sin = rope_1d(6, 8, base=100.0)
+    assert cos.shape == sin.shape == (6, 8) and cos.dtype == torch.float32
+    inv_freq = 100.0 ** (-torch.arange(4, dtype=torch.float64) / 4)
+    torch.testing.assert_close(cos[5, :4].double(), torch.cos(5 * inv_freq), atol=1e-6, rtol=0)
+    torch.testing.assert_close(sin[5, 4:].double(), torch.sin(5 * inv_freq), atol=1e-6, rtol=0)
+    # Rotated dot products depend on the position difference only.
+    g = torch.Generator().manual_seed(8)
+    a, b = torch.randn(8, generator=g, dtype=torch.float64), torch.randn(8, generator=g,
+                                                                         dtype=torch.float64)
+    rot = lambda x, i: x * cos[i].double() + ref.rotate_half(x) * sin[i].double()
+    assert math.isclose(rot(a, 1) @ rot(b, 3), rot(a, 2) @ rot(b, 4), rel_tol=1e-5)
+
+
+def test_rope_2d_is_shift_invariant_on_the_grid():
+    h, w, d = 3, 4, 16
+    cos, sin = rope_2d(h, w, d)
+    assert cos.shape == (h * w, d)
+    g = torch.Generator().manual_seed(9)
+    a, b = torch.randn(d, generator=g, dtype=torch.float64), torch.randn(d, generator=g,
+                                                                         dtype=torch.float64)
+    rot = lambda x, r, c: x * cos[r * w + c].double() + ref.rotate_half(x) * sin[r * w + c].double()
+    assert math.isclose(rot(a, 0, 0) @ rot(b, 1, 2), rot(a, 1, 1) @ rot(b, 2, 3), rel_tol=1e-5)
+    assert not math.isclose(rot(a, 0, 0) @ rot(b, 1, 2), rot(a, 0, 0) @ rot(b, 2, 1),
+                            rel_tol=1e-3)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        rope_2d(2, 2, 6)
+    with pytest.raises(ValueError, match="even"):
+        rope_1d(3, 7)
+
+
+# ---- bad inputs ------------------------------------------------------------------------------
+
+def test_bad_inputs_name_the_argument():
+    q = torch.randn(1, 2, 3, 2, 8)
+    with pytest.raises(ValueError, match=r"q must be \[B, T, P, H, D\]"):
+        attn.spatial_attention(q[0], q[0], q[0])
+    with pytest.raises(ValueError, match="k has shape"):
+        attn.temporal_attention(q, q[:, :1], q)
+    with pytest.raises(TypeError, match="v is torch.float64"):
+        attn.spatial_attention(q, q, q.double())
+    with pytest.raises(ValueError, match="k must have unit stride on D"):
+        attn.temporal_attention(q, q.transpose(3, 4).contiguous().transpose(3, 4), q)
+    with pytest.raises(ValueError, match=r"rope\[0\] \(cos\) must be \[2, 8\]"):
+        attn.temporal_attention(q, q, q, rope=(torch.ones(3, 8), torch.ones(3, 8)))
+    with pytest.raises(ValueError, match=r"rope\[1\] \(sin\) must be \[3, 8\]"):
+        attn.spatial_attention(q, q, q, rope=(torch.ones(3, 8), torch.ones(3, 4)))
+    with pytest.raises(TypeError, match="rope must be a"):
+        attn.spatial_attention(q, q, q, rope=torch.ones(3, 8))
+    with pytest.raises(ValueError, match="even head dim"):
+        odd = torch.randn(1, 2, 3, 2, 7)
+        attn.spatial_attention(odd, odd, odd, rope=(torch.ones(3, 7), torch.ones(3, 7)))
+    with pytest.raises(ValueError, match="impl must be one of"):
+        attn.spatial_attention(q, q, q, impl="triton")
+    with pytest.raises(TypeError, match="floating point"):
+        attn.spatial_attention(q.long(), q.long(), q.long())
