@@ -6,6 +6,7 @@ from gfcore.ops.alignment import (
     bias_silu,
     bias_silu_backward,
 )
+from gfcore.ops.attention import spatial_attention, temporal_attention
 
 __all__ = [
     "bias_mse",
@@ -13,4 +14,6 @@ __all__ = [
     "bias_normalize_cosine_backward",
     "bias_silu",
     "bias_silu_backward",
+    "spatial_attention",
+    "temporal_attention",
 ]
