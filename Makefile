@@ -12,8 +12,10 @@ demo: setup
 
 test: setup test-python test-cpp
 
+# $(VENV)/bin/pytest, not `python -m pytest`: the latter puts the checkout on sys.path and the
+# tests would import its gfcore/ (without the compiled extension) instead of the installed one.
 test-python:
-	$(PY) -m pytest python_tests -q -ra
+	$(VENV)/bin/pytest python_tests -q -ra
 
 test-cpp:
 	bash scripts/build_cpp.sh $(PY)

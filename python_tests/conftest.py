@@ -17,6 +17,10 @@ def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
     return float((a - ref).norm() / ref.norm().clamp_min(1e-300))
 
 
+def pytest_report_header(config):
+    return f"gfcore from {gfcore.__file__}, compiled backends {gfcore.backends()}"
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-python3}
-bin=$(dirname "$PY")
+bin=$(cd "$(dirname "$(command -v "$PY")")" && pwd)
 prefix=$("$PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')
 cmake="$bin/cmake"; [ -x "$cmake" ] || cmake=cmake
 ctest="$bin/ctest"; [ -x "$ctest" ] || ctest=ctest

@@ -12,7 +12,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
-PY="$VENV/bin/python"
+PY="$(cd "$VENV/bin" && pwd)/python"
 
 want_cuda=0
 if [ "${GFCORE_CUDA:-auto}" != "0" ] && { command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; }; then
@@ -35,4 +35,5 @@ fi
 # --no-build-isolation: build against the torch just installed (an isolated build would
 # fetch another torch, with a different ABI).
 MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install -q --no-build-isolation .
-"$PY" -c "import gfcore; print('setup: gfcore', gfcore.__version__, 'backends', gfcore.backends())"
+# From outside the checkout, so that the installed package is the one imported.
+(cd / && "$PY" -c "import gfcore; print('setup: gfcore', gfcore.__version__, 'backends', gfcore.backends())")
