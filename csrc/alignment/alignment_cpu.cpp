@@ -177,6 +177,44 @@ void bias_mse_rows(const scalar_t* x, const scalar_t* bias, const scalar_t* y, s
   colsum[cols] += squares;
 }
 
+// ---- float32 entry points compiled twice: AVX2+FMA and baseline, chosen at load time ----
+// (flatten inlines the row kernel into each clone so that it is vectorised for that target)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define GFCORE_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default"), flatten))
+#else
+#define GFCORE_VECTOR_CLONES
+#endif
+
+GFCORE_VECTOR_CLONES void bias_silu_rows(const float* x, const float* bias, float* out, int64_t r0, int64_t r1,
+                                         int64_t cols) {
+  bias_silu_rows<float, float>(x, bias, out, r0, r1, cols);
+}
+
+GFCORE_VECTOR_CLONES void bias_silu_backward_rows(const float* grad, const float* x, const float* bias,
+                                                  float* grad_x, float* colsum, int64_t r0, int64_t r1,
+                                                  int64_t cols) {
+  bias_silu_backward_rows<float, float>(grad, x, bias, grad_x, colsum, r0, r1, cols);
+}
+
+GFCORE_VECTOR_CLONES void bias_normalize_cosine_rows(const float* x, const float* bias, const float* y, float* zhat,
+                                                     float* cos, float* norms, float eps, int64_t r0, int64_t r1,
+                                                     int64_t cols) {
+  bias_normalize_cosine_rows<float, float>(x, bias, y, zhat, cos, norms, eps, r0, r1, cols);
+}
+
+GFCORE_VECTOR_CLONES void bias_normalize_cosine_backward_rows(const float* grad_zhat, const float* grad_cos,
+                                                              const float* zhat, const float* y, const float* cos,
+                                                              const float* norms, float eps, float* grad_x,
+                                                              float* colsum, int64_t r0, int64_t r1, int64_t cols) {
+  bias_normalize_cosine_backward_rows<float, float>(grad_zhat, grad_cos, zhat, y, cos, norms, eps, grad_x, colsum, r0,
+                                                    r1, cols);
+}
+
+GFCORE_VECTOR_CLONES void bias_mse_rows(const float* x, const float* bias, const float* y, float* diff, float* colsum,
+                                        int64_t r0, int64_t r1, int64_t cols) {
+  bias_mse_rows<float, float>(x, bias, y, diff, colsum, r0, r1, cols);
+}
+
 // ---- op entry points --------------------------------------------------------------------
 
 int64_t grain_rows(int64_t cols) { return 1 + 16384 / std::max<int64_t>(cols, 1); }

@@ -16,11 +16,15 @@ from gfcore import ops
 from gfcore.ops.alignment_reference import stat_dtype
 
 
+# torch.mm(..., out_dtype=float32) for 16-bit CUDA inputs exists in recent torch only.
+_MM_HAS_OUT_DTYPE = hasattr(torch.ops.aten.mm, "dtype")
+
+
 def mm_acc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b in the accumulation dtype (float32, float64 for float64): for weight gradients,
     which are summed over targets or chunks. On CUDA a 16-bit product is kept in float32
     straight out of the GEMM, without rounding to 16 bits first."""
-    if a.is_cuda and a.dtype in (torch.bfloat16, torch.float16):
+    if a.is_cuda and a.dtype in (torch.bfloat16, torch.float16) and _MM_HAS_OUT_DTYPE:
         return torch.mm(a, b, out_dtype=torch.float32)
     return torch.mm(a, b).to(stat_dtype(a.dtype))
 
