@@ -271,7 +271,7 @@ def test_eval_prefers_geometry_files_and_notes_mixed_sources(eval_inputs, tmp_pa
     d = eval_inputs
     out = tmp_path / "out"
     argv = ["--generated", str(d["gen"]), "--reference", str(d["ref"]), "--out", str(out), "--geometry", str(d["geo"]),
-            "--vggt", str(d["checkpoint"]), "--vggt-config", str(d["config"])]
+            "--vggt", str(d["checkpoint"]), "--vggt-config", str(d["config"]), "--vggt-dtype", "bfloat16"]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["details"]["rpe"]["geometry_sources"] == {"generated": {"vggt": 2}, "ground_truth": {"file": 2}}

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="frames per VGGT call; longer clips are chained over one shared frame")
     parser.add_argument("--vggt-resize", choices=("square", "crop", "pad"), default="square",
                         help="how frames are resized to VGGT's input (see gfcore.geometry.preprocess)")
+    parser.add_argument("--vggt-dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="autocast dtype of VGGT's aggregator (bfloat16 is what VGGT uses on recent GPUs)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-clips", type=int, help="evaluate only the first N clip names")
     return parser

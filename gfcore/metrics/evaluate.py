@@ -51,6 +51,7 @@ class EvalConfig:
     vggt_config: Optional[Path] = None  # JSON of VGGT arguments (default: VGGT-1B)
     vggt_frames_per_call: int = 16
     vggt_resize: str = "square"
+    vggt_dtype: str = "float32"  # autocast dtype of VGGT's aggregator: float32 (none), bfloat16, float16
     notes: list = field(default_factory=list)
 
 
@@ -85,7 +86,8 @@ def _rpe_for(frames: torch.Tensor, geometry_dir: Optional[Path], name: str, side
     if path is not None and path.is_file():
         geometry, source = load_geometry(path, frames), "file"
     elif vggt is not None:
-        estimate = estimate_geometry(frames, vggt, config.vggt_frames_per_call, config.vggt_resize)
+        estimate = estimate_geometry(frames, vggt, config.vggt_frames_per_call, config.vggt_resize,
+                                     dtype=getattr(torch, config.vggt_dtype))
         out_dir = config.out / "vggt_geometry" / side
         out_dir.mkdir(parents=True, exist_ok=True)
         estimate.to_npz(out_dir / f"{name}.npz")
@@ -104,6 +106,8 @@ def _load_vggt(config: EvalConfig, device: torch.device):
         return None
     if config.vggt_frames_per_call < 1:
         raise ValueError(f"--vggt-frames-per-call must be >= 1, got {config.vggt_frames_per_call}")
+    if config.vggt_dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"--vggt-dtype must be float32, bfloat16 or float16, got {config.vggt_dtype!r}")
     return load_geometry_model(config.vggt, read_vggt_config(config.vggt_config), device)
 
 
