@@ -288,6 +288,8 @@ def test_eval_vggt_errors_name_the_flag(eval_inputs, tmp_path, capsys):
     assert main(base + ["--vggt", str(d["checkpoint"]), "--vggt-config", str(tmp_path / "bad.json")]) == 2
     err = capsys.readouterr().err
     assert "--vggt-config" in err and "bad.json" in err
+    assert main(base + ["--vggt", str(d["checkpoint"]), "--vggt-frames-per-call", "1"]) == 2
+    assert "--vggt-frames-per-call must be >= 2" in capsys.readouterr().err
     # the default (VGGT-1B) architecture does not match the tiny checkpoint: the file is named
     assert main(base + ["--vggt", str(d["checkpoint"])]) == 2
     assert "vggt_tiny.pt" in capsys.readouterr().err

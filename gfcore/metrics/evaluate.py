@@ -18,8 +18,8 @@ import torch
 
 from gfcore.metrics.clips import list_clips, load_clip, load_geometry
 from gfcore.metrics.curves import FrameMetricAccumulator, finite_mean, sliding_window_fvd_from_features, window_features
-from gfcore.metrics.geometry_estimate import estimate_geometry, load_geometry_model, read_vggt_config
 from gfcore.metrics.fvd import frechet_distance_features, i3d_feature_fn, load_i3d
+from gfcore.metrics.geometry_estimate import estimate_geometry, load_geometry_model, read_vggt_config
 from gfcore.metrics.lpips import load_lpips
 from gfcore.metrics.report import markdown_report, plot_curves, unavailable, write_json
 from gfcore.metrics.rpe import reprojection_error, rpe_summary
@@ -104,8 +104,8 @@ def _load_vggt(config: EvalConfig, device: torch.device):
     """The geometry model of --vggt, or None; a named file that is absent or wrong is an error."""
     if config.vggt is None:
         return None
-    if config.vggt_frames_per_call < 1:
-        raise ValueError(f"--vggt-frames-per-call must be >= 1, got {config.vggt_frames_per_call}")
+    if config.vggt_frames_per_call < 2:  # chunks overlap by one frame
+        raise ValueError(f"--vggt-frames-per-call must be >= 2, got {config.vggt_frames_per_call}")
     if config.vggt_dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"--vggt-dtype must be float32, bfloat16 or float16, got {config.vggt_dtype!r}")
     return load_geometry_model(config.vggt, read_vggt_config(config.vggt_config), device)
@@ -152,7 +152,8 @@ def evaluate(config: EvalConfig) -> dict:
     metrics["RPE"], rpe_detail = _rpe(rpe_values, config)
     if rpe_detail is not None:
         rpe_detail["geometry_sources"] = rpe_sources
-        if set(rpe_sources["generated"]) != set(rpe_sources["ground_truth"]):
+        generated, ground_truth = set(rpe_sources["generated"]), set(rpe_sources["ground_truth"])
+        if generated and ground_truth and generated != ground_truth:
             config.notes.append("RPE: generated and ground-truth geometry come from different sources "
                                 f"({rpe_sources}); their ratio mixes estimator and ground-truth errors")
     metrics["RVE"], rve_detail = _rve(config, lpips_model, lpips_reason, device)
