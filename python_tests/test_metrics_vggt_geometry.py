@@ -241,6 +241,7 @@ def eval_inputs(tmp_path_factory):
     # a near-static camera and smooth depth keep pixels co-visible, so RPE is a finite number
     model = tiny_vggt(seed=1, pose_noise=0.0)
     save_state_dict(model, root / "vggt_tiny.pt")
+    save_state_dict(model, root / "vggt_tiny.safetensors")
     (root / "vggt_tiny.json").write_text(json.dumps(TINY))
     dirs.update(root=root, model=model, checkpoint=root / "vggt_tiny.pt", config=root / "vggt_tiny.json")
     return dirs
@@ -271,7 +272,8 @@ def test_eval_prefers_geometry_files_and_notes_mixed_sources(eval_inputs, tmp_pa
     d = eval_inputs
     out = tmp_path / "out"
     argv = ["--generated", str(d["gen"]), "--reference", str(d["ref"]), "--out", str(out), "--geometry", str(d["geo"]),
-            "--vggt", str(d["checkpoint"]), "--vggt-config", str(d["config"]), "--vggt-dtype", "bfloat16"]
+            "--vggt", str(d["root"] / "vggt_tiny.safetensors"), "--vggt-config", str(d["config"]),
+            "--vggt-dtype", "bfloat16"]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["details"]["rpe"]["geometry_sources"] == {"generated": {"vggt": 2}, "ground_truth": {"file": 2}}
