@@ -1,4 +1,4 @@
-"""RPE geometry estimation: time of gfcore.metrics.estimate_geometry per clip (VGGT camera + depth heads).
+"""RPE geometry: time per clip of gfcore.metrics.geometry_estimate.estimate_geometry (VGGT camera + depth).
 
     python -m benchmarks.bench_vggt_geometry                                  # CPU: small config, 224 input
     python -m benchmarks.bench_vggt_geometry --device cuda --config vggt1b    # GPU: VGGT-1B sizes, 518 input
