@@ -35,6 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ssim-border", choices=("reflect", "valid"), default="reflect",
                         help="reflect: torchmetrics convention (default); valid: scikit-image convention")
     parser.add_argument("--rpe-offsets", type=int, nargs="+", default=[1], help="frame distances compared by RPE")
+    parser.add_argument("--vggt", type=Path, help="local VGGT checkpoint (.pt/.safetensors): estimates the geometry of "
+                        "clips without a --geometry / --generated-geometry file (camera and depth heads)")
+    parser.add_argument("--vggt-config", type=Path, help="JSON of VGGT arguments for --vggt (default: VGGT-1B)")
+    parser.add_argument("--vggt-frames-per-call", type=int, default=16,
+                        help="frames per VGGT call; longer clips are chained over one shared frame")
+    parser.add_argument("--vggt-resize", choices=("square", "crop", "pad"), default="square",
+                        help="how frames are resized to VGGT's input (see gfcore.geometry.preprocess)")
+    parser.add_argument("--vggt-dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="autocast dtype of VGGT's aggregator (bfloat16 is what VGGT uses on recent GPUs)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-clips", type=int, help="evaluate only the first N clip names")
     return parser

@@ -4,6 +4,9 @@ Inputs: a folder of generated clips and a folder of reference clips with the sam
 optionally folders of per-clip geometry (<name>.npz, see gfcore.metrics.clips) for the
 reference and for the generated clips, a folder of 360-degree revisit clips, and local
 paths to the LPIPS, I3D and Inception weights. Clips are processed one at a time.
+With a local VGGT checkpoint (--vggt), the geometry of every clip that has no geometry file
+is estimated with VGGT's camera and depth heads (gfcore.metrics.geometry_estimate) and
+written to <out>/vggt_geometry/{generated,ground_truth}/<name>.npz.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import torch
 from gfcore.metrics.clips import list_clips, load_clip, load_geometry
 from gfcore.metrics.curves import FrameMetricAccumulator, finite_mean, sliding_window_fvd_from_features, window_features
 from gfcore.metrics.fvd import frechet_distance_features, i3d_feature_fn, load_i3d
+from gfcore.metrics.geometry_estimate import estimate_geometry, load_geometry_model, read_vggt_config
 from gfcore.metrics.lpips import load_lpips
 from gfcore.metrics.report import markdown_report, plot_curves, unavailable, write_json
 from gfcore.metrics.rpe import reprojection_error, rpe_summary
@@ -43,6 +47,11 @@ class EvalConfig:
     rpe_offsets: tuple = (1,)
     device: str = "cpu"
     max_clips: Optional[int] = None
+    vggt: Optional[Path] = None  # local VGGT checkpoint: estimates geometry missing from the folders above
+    vggt_config: Optional[Path] = None  # JSON of VGGT arguments (default: VGGT-1B)
+    vggt_frames_per_call: int = 16
+    vggt_resize: str = "square"
+    vggt_dtype: str = "float32"  # autocast dtype of VGGT's aggregator: float32 (none), bfloat16, float16
     notes: list = field(default_factory=list)
 
 
@@ -70,14 +79,36 @@ def _paired_clips(config: EvalConfig) -> list[tuple[str, Path, Path]]:
     return [(name, generated[name], reference[name]) for name in names]
 
 
-def _rpe_for(frames: torch.Tensor, geometry_dir: Optional[Path], name: str, offsets) -> Optional[float]:
-    if geometry_dir is None:
-        return None
-    path = geometry_dir / f"{name}.npz"
-    if not path.is_file():
+def _rpe_for(frames: torch.Tensor, geometry_dir: Optional[Path], name: str, side: str, vggt,
+             config: EvalConfig) -> tuple[Optional[float], Optional[str]]:
+    """RPE of one clip and where its geometry came from ("file" or "vggt"); (None, None) without any."""
+    path = geometry_dir / f"{name}.npz" if geometry_dir is not None else None
+    if path is not None and path.is_file():
+        geometry, source = load_geometry(path, frames), "file"
+    elif vggt is not None:
+        estimate = estimate_geometry(frames, vggt, config.vggt_frames_per_call, config.vggt_resize,
+                                     dtype=getattr(torch, config.vggt_dtype))
+        out_dir = config.out / "vggt_geometry" / side
+        out_dir.mkdir(parents=True, exist_ok=True)
+        estimate.to_npz(out_dir / f"{name}.npz")
+        geometry, source = {"depth": estimate.depth, "intrinsics": estimate.intrinsics, "c2w": estimate.c2w}, "vggt"
+    elif path is not None:
         raise FileNotFoundError(f"geometry for clip {name!r} not found: {path}")
-    geometry = load_geometry(path, frames)
-    return reprojection_error(frames, geometry["depth"], geometry["intrinsics"], geometry["c2w"], offsets=offsets).rpe
+    else:
+        return None, None
+    result = reprojection_error(frames, geometry["depth"], geometry["intrinsics"], geometry["c2w"], offsets=config.rpe_offsets)
+    return result.rpe, source
+
+
+def _load_vggt(config: EvalConfig, device: torch.device):
+    """The geometry model of --vggt, or None; a named file that is absent or wrong is an error."""
+    if config.vggt is None:
+        return None
+    if config.vggt_frames_per_call < 2:  # chunks overlap by one frame
+        raise ValueError(f"--vggt-frames-per-call must be >= 2, got {config.vggt_frames_per_call}")
+    if config.vggt_dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"--vggt-dtype must be float32, bfloat16 or float16, got {config.vggt_dtype!r}")
+    return load_geometry_model(config.vggt, read_vggt_config(config.vggt_config), device)
 
 
 def evaluate(config: EvalConfig) -> dict:
@@ -89,10 +120,12 @@ def evaluate(config: EvalConfig) -> dict:
         lpips_model = lpips_model.to(device)
     i3d, i3d_reason = _try(load_i3d, config.i3d, device)
     video_features = i3d_feature_fn(i3d, device) if i3d is not None else None
+    vggt = _load_vggt(config, device)
 
     frames_acc = FrameMetricAccumulator(lpips_model, config.ssim_border)
     per_clip, fvd_feats, window_feats = {}, {"generated": [], "reference": []}, {"generated": [], "reference": []}
     rpe_values = {"generated": {}, "ground_truth": {}}
+    rpe_sources = {"generated": {}, "ground_truth": {}}
     for name, gen_path, ref_path in _paired_clips(config):
         gen, ref = load_clip(gen_path).to(device), load_clip(ref_path).to(device)
         if gen.shape != ref.shape:
@@ -106,9 +139,10 @@ def evaluate(config: EvalConfig) -> dict:
                 fvd_feats[side].append(video_features(clip[None, : config.fvd_frames]))
                 window_feats[side].append(window_features(clip, video_features, config.fvd_window, config.fvd_stride))
         for side, frames, folder in (("ground_truth", ref, config.geometry), ("generated", gen, config.generated_geometry)):
-            value = _rpe_for(frames, folder, name, config.rpe_offsets)
+            value, source = _rpe_for(frames, folder, name, side, vggt, config)
             if value is not None:
                 rpe_values[side][name] = value
+                rpe_sources[side][source] = rpe_sources[side].get(source, 0) + 1
                 per_clip[name][f"rpe_{side}"] = value
 
     means = frames_acc.means()
@@ -116,6 +150,12 @@ def evaluate(config: EvalConfig) -> dict:
     metrics = {"PSNR": means["psnr"], "SSIM": means["ssim"], "LPIPS": means.get("lpips", unavailable(lpips_reason or ""))}
     metrics["FVD"], curves["fvd_windows"] = _fvd(fvd_feats, window_feats, i3d_reason, config)
     metrics["RPE"], rpe_detail = _rpe(rpe_values, config)
+    if rpe_detail is not None:
+        rpe_detail["geometry_sources"] = rpe_sources
+        generated, ground_truth = set(rpe_sources["generated"]), set(rpe_sources["ground_truth"])
+        if generated and ground_truth and generated != ground_truth:
+            config.notes.append("RPE: generated and ground-truth geometry come from different sources "
+                                f"({rpe_sources}); their ratio mixes estimator and ground-truth errors")
     metrics["RVE"], rve_detail = _rve(config, lpips_model, lpips_reason, device)
 
     results = {
@@ -151,10 +191,11 @@ def _fvd(fvd_feats: dict, window_feats: dict, i3d_reason: Optional[str], config:
 
 def _rpe(rpe_values: dict, config: EvalConfig):
     if not rpe_values["generated"] and not rpe_values["ground_truth"]:
-        return unavailable("no geometry given (--geometry for the reference, --generated-geometry for the generated clips)"), None
+        return unavailable("no geometry given (--vggt CHECKPOINT to estimate it, or --geometry for the reference "
+                           "and --generated-geometry for the generated clips)"), None
     summary = rpe_summary(list(rpe_values["generated"].values()), list(rpe_values["ground_truth"].values()))
     if not rpe_values["generated"]:
-        return unavailable("no geometry for the generated clips (--generated-geometry, e.g. VGGT estimates)"), summary
+        return unavailable("no geometry for the generated clips (--vggt CHECKPOINT or --generated-geometry)"), summary
     return summary["generated"], summary
 
 
