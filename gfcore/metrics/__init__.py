@@ -6,6 +6,7 @@ JSON, a markdown table in the paper's column order and PNG plots.
 """
 from gfcore.metrics.curves import FrameMetricAccumulator, sliding_window_fvd
 from gfcore.metrics.evaluate import EvalConfig, evaluate
+from gfcore.metrics.geometry_estimate import EstimatedGeometry, estimate_geometry, load_geometry_model
 from gfcore.metrics.fvd import frechet_distance, frechet_distance_features, fvd, i3d_feature_fn, load_i3d
 from gfcore.metrics.lpips import LPIPS, load_lpips
 from gfcore.metrics.psnr_ssim import psnr, ssim
@@ -24,6 +25,9 @@ __all__ = [
     "i3d_feature_fn",
     "load_i3d",
     "reprojection_error",
+    "EstimatedGeometry",
+    "estimate_geometry",
+    "load_geometry_model",
     "rpe_summary",
     "RPEResult",
     "revisit_pair_metrics",

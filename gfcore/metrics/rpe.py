@@ -16,7 +16,7 @@ How this differs from the paper: the paper runs DROID-SLAM on the video (cameras
 from its dense bundle adjustment, flow from its learned RAFT-style update operator,
 intrinsics assumed fx = fy = 0.9 max(h, w)) and measures the same kind of distance between
 reprojected points and flow targets. Here cameras and depth are inputs (ground truth of the
-built-in scenes, or VGGT estimates from gfcore.geometry), the flow is classical
+built-in scenes, or VGGT estimates from gfcore.metrics.geometry_estimate), the flow is classical
 Lucas-Kanade (no learned weights; less accurate on large motion, blur and low texture), and
 there is no bundle adjustment. Absolute values are therefore not comparable with the
 paper's; the generated / ground-truth ratio computed with the same pipeline is.
