@@ -11,6 +11,7 @@ Switches (environment variables):
 import glob
 import os
 import shutil
+import sys
 
 from setuptools import find_packages, setup
 
@@ -74,13 +75,40 @@ def _want_cuda(torch):
     return True
 
 
-def _extension():
+def _import_torch():
+    """torch of the environment gfcore is being installed into.
+
+    A plain `pip install .` builds in an isolated environment that hides it; the extension
+    must be compiled against that very torch (same version and ABI), so look for it in the
+    target environment's site-packages rather than letting pip fetch another one.
+    """
     try:
         import torch
-        from torch.utils import cpp_extension
+
+        return torch
     except ImportError:
-        print("gfcore: torch is not installed; installing the pure-Python package only")
+        pass
+    import sysconfig
+
+    for key in ("purelib", "platlib"):
+        path = sysconfig.get_paths()[key]
+        if os.path.isdir(os.path.join(path, "torch")) and path not in sys.path:
+            sys.path.append(path)
+    try:
+        import torch
+
+        return torch
+    except ImportError:
+        return None
+
+
+def _extension():
+    torch = _import_torch()
+    if torch is None:
+        print("gfcore: torch is not installed; installing the pure-Python package only "
+              "(install torch first, then gfcore, to get the compiled kernels)")
         return [], {}
+    from torch.utils import cpp_extension
 
     with_cuda = _want_cuda(torch)
     # Every family of ops lives in csrc/<family>/: *.cpp are CPU kernels, *.cu CUDA kernels.

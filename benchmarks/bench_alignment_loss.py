@@ -3,7 +3,7 @@
     python -m benchmarks.bench_alignment_loss --device cuda   # 8k..128k tokens, bf16, H=1152 D=2048 P=2048
     python -m benchmarks.bench_alignment_loss --device cpu    # 2 threads, 16k tokens, fp32, H=384 D=512 P=512
 
-Modes: forward (with autograd recording, as in training), backward (of a retained graph),
+Modes: forward (with autograd recording, as in training), backward (of a fresh graph),
 full (forward + backward). Times: median with p20/p80 of CUDA events (perf_counter on CPU)
 over >= --min-time-ms of repetitions. Peak memory: torch.cuda.max_memory_allocated during
 one full step, total and above the inputs. The GEMM floor runs the same 15 matrix products
@@ -89,7 +89,9 @@ def bench_point(args, variant: str, loss_fn, rows: int, device, dtype) -> List[D
 
         steps = {
             "forward": (forward, clear_grads),
-            "backward": (lambda: holder["out"].backward(retain_graph=True), make_graph),
+            # A fresh graph per repetition (built outside the timed region): compiled
+            # backwards donate their buffers and cannot run twice on one graph.
+            "backward": (lambda: holder["out"].backward(), make_graph),
             "full": (lambda: loss_fn(h, y).loss.backward(), clear_grads),
         }
     rows_out = []
