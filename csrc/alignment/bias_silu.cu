@@ -98,7 +98,8 @@ std::tuple<at::Tensor, at::Tensor> bias_silu_backward_cuda(const at::Tensor& gra
   const c10::cuda::CUDAGuard guard(x.device());
   auto grad_x = at::empty_like(x);
   const int64_t rows = x.size(0), cols = x.size(1);
-  if (rows == 0) return {grad_x, at::zeros({cols}, x.options().dtype(at::kFloat))};
+  // Empty x: nothing to launch (cols == 0 would also make column_pack_grid divide by zero).
+  if (x.numel() == 0) return {grad_x, at::zeros({cols}, x.options().dtype(at::kFloat))};
   at::Tensor partial;
   GFCORE_DISPATCH_CUDA_FLOATS(x.scalar_type(), "bias_silu_backward_cuda", [&] {
     const auto* gp = grad_out.const_data_ptr<scalar_t>();
