@@ -1,0 +1,310 @@
+"""CPU emulation of the CUDA attention kernels' index math and tile loops (csrc/attention).
+
+No GPU is needed: this replays, in numpy (float64), what attention_kernels.cuh does block by
+block, warp by warp and tile by tile -- sequence_of_block, the Layout strides read from the
+caller's (possibly packed, non-contiguous) views, the causal n_end / i_begin tile bounds, the
+n_live cut, the online-softmax rescale, the -inf masking, RoPE on load and RoPE^T on the way
+out, the delta kernel's row decomposition -- with raw flat-storage addressing, and compares
+the results with gfcore.ops.attention_math (the tested CPU path).
+
+It checks the kernels' *logic*, not the CUDA compiler or hardware (warp shuffles, __expf,
+shared-memory races are not modelled). Run: PYTHONPATH=. python scripts/emulate_attention_kernels.py
+"""
+import itertools
+
+import numpy as np
+import torch
+
+from gfcore.ops import attention_math
+
+TILE = 32
+# (NUM_WARPS, {D: ROWS}) of the four launches (csrc/attention/*.cu).
+SPATIAL_FWD = (8, {32: 8, 64: 4, 128: 2})
+TEMPORAL_FWD = (4, {32: 4, 64: 4, 128: 4})
+BWD = (4, {32: 4, 64: 4, 128: 2})
+
+
+class Flat:
+    """A tensor seen as the kernels see it: a flat storage, an offset and element strides."""
+
+    def __init__(self, t: torch.Tensor):
+        self.storage = t.untyped_storage()
+        base = torch.tensor([], dtype=t.dtype, device=t.device).set_(self.storage)
+        self.flat = base.double().numpy()
+        self.offset = t.storage_offset()
+        self.stride = t.stride()
+
+    def layout(self, temporal):
+        s = self.stride
+        return (s[0], s[2], s[1], s[3]) if temporal else (s[0], s[1], s[2], s[3])
+
+
+def sequence_of_block(x, heads, n_other):
+    h = x % heads
+    x //= heads
+    return x // n_other, x % n_other, h  # b, other, h
+
+
+def seq_offset(layout, b, other, h):
+    return b * layout[0] + other * layout[1] + h * layout[3]
+
+
+def rot_row(row, pos, cos, sin):
+    if cos is None:
+        return row
+    half = row.shape[0] // 2
+    d = np.arange(row.shape[0])
+    partner = row[np.where(d < half, d + half, d - half)]
+    return row * cos[pos] + np.where(d < half, -partner, partner) * sin[pos]
+
+
+def unrotate(g, pos, cos, sin):
+    if cos is None:
+        return g
+    half = g.shape[0] // 2
+    d = np.arange(g.shape[0])
+    transposed = np.where(d < half, np.roll(g * sin[pos], -half), -np.roll(g * sin[pos], half))
+    return g * cos[pos] + transposed
+
+
+def load_row(f: Flat, base, i, lseq, D):
+    start = f.offset + base + i * lseq
+    return f.flat[start:start + D]
+
+
+def forward(q, k, v, cos, sin, scale, causal, temporal, cfg):
+    NW, rows = cfg
+    B, T, P, H, D = q.shape
+    R = rows[D]
+    BM = NW * R
+    S = T if temporal else P
+    n_other = P if temporal else T
+    fq, fk, fv = Flat(q), Flat(k), Flat(v)
+    out = torch.full(q.shape, float("nan"), dtype=torch.float64)
+    lse = torch.full(q.shape[:4], float("nan"), dtype=torch.float64)
+    fo, fl = Flat(out), Flat(lse)
+    lq, lk, lv, lo, ll = (f.layout(temporal) for f in (fq, fk, fv, fo, fl))
+    on, ln = fo.flat, fl.flat  # views of out / lse storage (written in place)
+    grid_y = (S + BM - 1) // BM
+    for bx in range(B * n_other * H):
+        b, other, h = sequence_of_block(bx, H, n_other)
+        qb, kb, vb = seq_offset(lq, b, other, h), seq_offset(lk, b, other, h), seq_offset(lv, b, other, h)
+        for by in range(grid_y):
+            m0 = by * BM
+            q_s = np.zeros((BM, D))
+            for r in range(BM):
+                i = m0 + r
+                if i < S:
+                    q_s[r] = rot_row(load_row(fq, qb, i, lq[2], D), i, cos, sin) * scale
+            n_end = min(S, m0 + BM) if causal else S
+            row_max = np.full((NW, R), -np.inf)
+            row_sum = np.zeros((NW, R))
+            acc = np.zeros((NW, R, D))
+            for n0 in range(0, n_end, TILE):
+                k_s = np.zeros((TILE, D))
+                v_s = np.zeros((TILE, D))
+                for n in range(TILE):
+                    j = n0 + n
+                    if j < S:
+                        k_s[n] = rot_row(load_row(fk, kb, j, lk[2], D), j, cos, sin)
+                        v_s[n] = load_row(fv, vb, j, lv[2], D)
+                j = n0 + np.arange(TILE)  # lane l scores key n0 + l
+                for w in range(NW):
+                    s = q_s[w * R:(w + 1) * R] @ k_s.T
+                    p_s = np.zeros((R, TILE))
+                    for r in range(R):
+                        i = m0 + w * R + r
+                        visible = (j < S) & ((not causal) | (j <= i))
+                        score = np.where(visible, s[r], -np.inf)
+                        new_max = max(row_max[w, r], score.max())
+                        with np.errstate(invalid="ignore"):
+                            p = np.where(visible, np.exp(score - new_max), 0.0)
+                        rescale = 0.0 if row_max[w, r] == -np.inf else np.exp(row_max[w, r] - new_max)
+                        row_sum[w, r] = row_sum[w, r] * rescale + p.sum()
+                        row_max[w, r] = new_max
+                        p_s[r] = p
+                        acc[w, r] *= rescale
+                    n_live = min(TILE, n_end - n0)
+                    acc[w] += p_s[:, :n_live] @ v_s[:n_live]
+            ob, lb = seq_offset(lo, b, other, h), seq_offset(ll, b, other, h)
+            for w in range(NW):
+                for r in range(R):
+                    i = m0 + w * R + r
+                    if i >= S:
+                        continue
+                    start = ob + i * lo[2]
+                    on[start:start + D] = acc[w, r] / row_sum[w, r]
+                    ln[lb + i * ll[2]] = row_max[w, r] + np.log(row_sum[w, r])
+    return torch.from_numpy(on.reshape(out.shape)), torch.from_numpy(ln.reshape(lse.shape))
+
+
+def backward(grad_out, q, k, v, out, lse, cos, sin, scale, causal, temporal, cfg):
+    NW, rows = cfg
+    B, T, P, H, D = q.shape
+    R = rows[D]
+    BM = NW * R
+    S = T if temporal else P
+    n_other = P if temporal else T
+    fq, fk, fv, fg = Flat(q), Flat(k), Flat(v), Flat(grad_out)
+    out_c = out.contiguous().double().numpy().reshape(-1)
+    # delta kernel: rows enumerate [B, T, P, H]; out contiguous, grad_out any strides.
+    rows_n = B * T * P * H
+    delta = np.zeros(rows_n)
+    gs = grad_out.stride()
+    for row in range(rows_n):
+        hh = row % H
+        pp = (row // H) % P
+        tt = (row // (H * P)) % T
+        bb = row // (H * P * T)
+        start = fg.offset + bb * gs[0] + tt * gs[1] + pp * gs[2] + hh * gs[3]
+        delta[row] = (fg.flat[start:start + D] * out_c[row * D:(row + 1) * D]).sum()
+    lse_flat = lse.contiguous().double().numpy().reshape(-1)
+    lse_t = torch.zeros(q.shape[:4], dtype=torch.float64)
+    ll = Flat(lse_t).layout(temporal)  # lse / delta: contiguous [B, T, P, H]
+    grads = [torch.full(q.shape, float("nan"), dtype=torch.float64) for _ in range(3)]
+    fdq, fdk, fdv = (Flat(g) for g in grads)
+    lo = fdq.layout(temporal)
+    lq, lk, lv, lg = (f.layout(temporal) for f in (fq, fk, fv, fg))
+    grid_y = (S + BM - 1) // BM
+    for bx in range(B * n_other * H):
+        b, other, h = sequence_of_block(bx, H, n_other)
+        qb, kb, vb, gb = (seq_offset(l, b, other, h) for l in (lq, lk, lv, lg))
+        lb = seq_offset(ll, b, other, h)
+        ob = seq_offset(lo, b, other, h)
+        for by in range(grid_y):
+            # ---- dQ: this block's query rows, keys streamed
+            m0 = by * BM
+            q_s = np.zeros((BM, D))
+            do_s = np.zeros((BM, D))
+            row_lse = np.zeros(BM)
+            row_delta = np.zeros(BM)
+            for r in range(BM):
+                i = m0 + r
+                if i < S:
+                    q_s[r] = rot_row(load_row(fq, qb, i, lq[2], D), i, cos, sin) * scale
+                    do_s[r] = load_row(fg, gb, i, lg[2], D)
+                    row_lse[r] = lse_flat[lb + i * ll[2]]
+                    row_delta[r] = delta[lb + i * ll[2]]
+            dq = np.zeros((BM, D))
+            n_end = min(S, m0 + BM) if causal else S
+            for n0 in range(0, n_end, TILE):
+                k_s = np.zeros((TILE, D))
+                v_s = np.zeros((TILE, D))
+                for n in range(TILE):
+                    j = n0 + n
+                    if j < S:
+                        k_s[n] = rot_row(load_row(fk, kb, j, lk[2], D), j, cos, sin)
+                        v_s[n] = load_row(fv, vb, j, lv[2], D)
+                j = n0 + np.arange(TILE)
+                s = q_s @ k_s.T
+                dp = do_s @ v_s.T
+                i = (m0 + np.arange(BM))[:, None]
+                visible = (i < S) & (j[None] < S) & ((not causal) | (j[None] <= i))
+                p = np.where(visible, np.exp(np.where(visible, s - row_lse[:, None], 0.0)), 0.0)
+                ds = p * (dp - row_delta[:, None])
+                n_live = min(TILE, n_end - n0)
+                dq += ds[:, :n_live] @ k_s[:n_live]
+            for r in range(BM):
+                i = m0 + r
+                if i < S:
+                    start = fdq.offset + ob + i * lo[2]
+                    fdq.flat[start:start + D] = unrotate(dq[r] * scale, i, cos, sin)
+            # ---- dK, dV: this block's key rows, queries streamed
+            n0 = by * BM
+            k_s = np.zeros((BM, D))
+            v_s = np.zeros((BM, D))
+            for r in range(BM):
+                j = n0 + r
+                if j < S:
+                    k_s[r] = rot_row(load_row(fk, kb, j, lk[2], D), j, cos, sin)
+                    v_s[r] = load_row(fv, vb, j, lv[2], D)
+            dk = np.zeros((BM, D))
+            dv = np.zeros((BM, D))
+            i_begin = (n0 // TILE) * TILE if causal else 0
+            for i0 in range(i_begin, S, TILE):
+                q_t = np.zeros((TILE, D))
+                do_t = np.zeros((TILE, D))
+                lse_tile = np.zeros(TILE)
+                delta_tile = np.zeros(TILE)
+                for n in range(TILE):
+                    i = i0 + n
+                    if i < S:
+                        q_t[n] = rot_row(load_row(fq, qb, i, lq[2], D), i, cos, sin) * scale
+                        do_t[n] = load_row(fg, gb, i, lg[2], D)
+                        lse_tile[n] = lse_flat[lb + i * ll[2]]
+                        delta_tile[n] = delta[lb + i * ll[2]]
+                i = i0 + np.arange(TILE)
+                j = (n0 + np.arange(BM))[:, None]
+                s = k_s @ q_t.T
+                dp = v_s @ do_t.T
+                visible = (i[None] < S) & (j < S) & ((not causal) | (j <= i[None]))
+                p = np.where(visible, np.exp(np.where(visible, s - lse_tile[None], 0.0)), 0.0)
+                ds = p * (dp - delta_tile[None])
+                n_live = min(TILE, S - i0)
+                dv += p[:, :n_live] @ do_t[:n_live]
+                dk += ds[:, :n_live] @ q_t[:n_live]
+            for r in range(BM):
+                j = n0 + r
+                if j < S:
+                    start = fdk.offset + ob + j * lo[2]
+                    fdk.flat[start:start + D] = unrotate(dk[r], j, cos, sin)
+                    fdv.flat[start:start + D] = dv[r]
+    return [torch.from_numpy(f.flat.reshape(q.shape)) for f in (fdq, fdk, fdv)]
+
+
+def rope_tables(S, D, gen):
+    pos = torch.arange(S, dtype=torch.float64)[:, None]
+    freq = torch.rand(D // 2, generator=gen, dtype=torch.float64) * 0.7
+    ang = torch.cat([pos * freq, pos * freq], dim=1)
+    return ang.cos(), ang.sin()
+
+
+def check(shape, mode, causal, use_rope, packed, gen):
+    B, T, P, H, D = shape
+    temporal = mode == "temporal"
+    S = T if temporal else P
+    if packed:  # three views of [B, T, P, 3, H, D] (non-contiguous, offset views)
+        qkv = torch.randn(B, T, P, 3, H, D, generator=gen, dtype=torch.float64)
+        q, k, v = qkv.unbind(3)
+    else:
+        q, k, v = (torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(3))
+    grad_packed = torch.randn(B, T, P, 2, H, D, generator=gen, dtype=torch.float64)
+    grad_out = grad_packed[:, :, :, 1]  # strided grad_out with a storage offset
+    cos, sin = rope_tables(S, D, gen) if use_rope else (None, None)
+    scale = 0.37
+    ref_out, ref_lse = attention_math.attention_forward(q, k, v, cos, sin, scale, causal, mode)
+    ref_grads = attention_math.attention_backward(grad_out, q, k, v, ref_out, ref_lse, cos, sin,
+                                                  scale, causal, mode)
+    cfg = TEMPORAL_FWD if temporal else SPATIAL_FWD
+    np_cos = None if cos is None else cos.numpy()
+    np_sin = None if sin is None else sin.numpy()
+    out, lse = forward(q, k, v, np_cos, np_sin, scale, causal, temporal, cfg)
+    grads = backward(grad_out, q, k, v, out, lse, np_cos, np_sin, scale, causal, temporal, BWD)
+    errs = [(out - ref_out).abs().max().item(), (lse - ref_lse).abs().max().item()]
+    errs += [(g - r).abs().max().item() for g, r in zip(grads, ref_grads)]
+    ok = all(e < 1e-9 for e in errs)  # NaN (an unwritten element) fails too
+    print(f"{'ok  ' if ok else 'FAIL'} {mode:8s} causal={causal!s:5s} rope={use_rope!s:5s} "
+          f"packed={packed!s:5s} shape={shape} max|err| out/lse/dq/dk/dv = "
+          + " ".join(f"{e:.1e}" for e in errs))
+    return ok
+
+
+def main():
+    gen = torch.Generator().manual_seed(0)
+    cases = []
+    # seq lengths around tile and block edges: 1, < 32, 32, 33, block multiples +- 1
+    for D, S in [(32, 1), (32, 7), (32, 33), (32, 65), (64, 31), (64, 32), (64, 47), (128, 9),
+                 (128, 40), (128, 70)]:
+        for mode, causal in [("spatial", False), ("temporal", False), ("temporal", True)]:
+            shape = (2, S, 3, 2, D) if mode == "temporal" else (2, 3, S, 2, D)
+            cases.append((shape, mode, causal))
+    ok = True
+    for (shape, mode, causal), (use_rope, packed) in zip(
+            cases, itertools.cycle([(True, True), (False, False), (True, False), (False, True)])):
+        ok &= check(shape, mode, causal, use_rope, packed, gen)
+    print("ALL OK" if ok else "MISMATCHES FOUND")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
