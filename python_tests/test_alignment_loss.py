@@ -228,3 +228,20 @@ def test_fused_without_kernels_for_the_device_says_so():
     if not gfcore.backends()["cuda"]:
         with pytest.raises(RuntimeError, match="no compiled cuda kernels"):
             loss_fn.resolved_impl(torch.device("cuda"))
+
+
+def test_rows_too_wide_for_the_cuda_kernels_fall_back():
+    from gfcore.ops.alignment import fused_row_supported
+
+    assert fused_row_supported("cuda", torch.bfloat16, 4096)
+    assert not fused_row_supported("cuda", torch.bfloat16, 4104)
+    assert fused_row_supported("cuda", torch.float32, 2048)
+    assert not fused_row_supported("cuda", torch.float32, 4096)
+    assert fused_row_supported("cuda", torch.float32, 511) and not fused_row_supported("cuda", torch.float32, 515)
+    assert fused_row_supported("cpu", torch.float32, 1 << 20)
+    loss_fn = make_loss(target_dim=4096)
+    if gfcore.backends()["cuda"]:
+        assert loss_fn.resolved_impl(torch.device("cuda"), torch.float32) == "reference"
+        loss_fn.impl = "fused"
+        with pytest.raises(ValueError, match="do not take target_dim=4096"):
+            loss_fn.resolved_impl(torch.device("cuda"), torch.float32)

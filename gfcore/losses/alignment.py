@@ -8,7 +8,8 @@ from gfcore.losses.chunked_path import ChunkedAlignmentFunction
 from gfcore.losses.fused_path import FusedAlignmentFunction
 from gfcore.losses.reference import reference_alignment_terms
 from gfcore.nvtx import nvtx_range
-from gfcore.ops.alignment import fused_available
+from gfcore._extension import warn_once
+from gfcore.ops.alignment import fused_available, fused_row_supported
 
 IMPLS = ("auto", "fused", "reference")
 
@@ -95,15 +96,25 @@ class GeometryAlignmentLoss(nn.Module):
                 flat += [linear.weight, linear.bias]
         return flat
 
-    def resolved_impl(self, device: torch.device) -> str:
-        if self.impl == "auto":
-            return "fused" if fused_available(device.type) else "reference"
-        if self.impl == "fused" and not fused_available(device.type):
-            from gfcore import backends
+    def resolved_impl(self, device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
+        """The implementation that runs for tensors on `device` computed in `dtype`."""
+        if self.impl == "reference":
+            return "reference"
+        if not fused_available(device.type):
+            if self.impl == "fused":
+                from gfcore import backends
 
-            raise RuntimeError(f"impl='fused' but gfcore has no compiled {device.type} kernels "
-                               f"(gfcore.backends() == {backends()}); use impl='auto' or rebuild the extension")
-        return self.impl
+                raise RuntimeError(f"impl='fused' but gfcore has no compiled {device.type} kernels "
+                                   f"(gfcore.backends() == {backends()}); use impl='auto' or rebuild the extension")
+            return "reference"
+        if dtype is not None and not fused_row_supported(device.type, dtype, self.target_dim):
+            message = (f"the fused {device.type} kernels do not take target_dim={self.target_dim} in {dtype} "
+                       f"(rows are held in registers)")
+            if self.impl == "fused":
+                raise ValueError(message + "; use impl='auto' or 'reference'")
+            warn_once(f"GeometryAlignmentLoss: {message}; using the reference implementation")
+            return "reference"
+        return "fused"
 
     # -- input checks: every message names the argument ------------------------------------
 
@@ -145,8 +156,9 @@ class GeometryAlignmentLoss(nn.Module):
     def forward(self, h: torch.Tensor, y: torch.Tensor) -> AlignmentOutput:
         h2d, y3d = self._check_inputs(h, y)
         y3d = y3d.detach()
-        impl = self.resolved_impl(h.device)
+        impl = self.resolved_impl(h.device, self._compute_dtype(h))
         with nvtx_range(f"gfcore.alignment_loss.{impl}{'.chunked' if self.chunk_size else ''}"):
+            # Chunked mode runs the fused ops, each on its compiled kernel or its reference.
             if self.chunk_size is not None:
                 loss, angular, scale, cosine = ChunkedAlignmentFunction.apply(
                     h2d, y3d, self._compute_dtype(h), self.eps, self.check_finite, self.chunk_size,

@@ -26,6 +26,21 @@ def fused_available(device_type: str) -> bool:
     return all(has_kernel(name, device_type) for name in OP_NAMES)
 
 
+# The CUDA normalize/cosine kernels hold a row in registers: at most 16 packs per lane of a
+# warp, a pack being 16 bytes when the row length allows it (else one value).
+_MAX_PACKS_PER_ROW = 16 * 32
+
+
+def fused_row_supported(device_type: str, dtype: torch.dtype, cols: int) -> bool:
+    """Whether the fused kernels take rows of `cols` values of `dtype` on device_type."""
+    if device_type != "cuda":
+        return True
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False
+    per_pack = 16 // torch.empty((), dtype=dtype).element_size()
+    return cols <= _MAX_PACKS_PER_ROW * (per_pack if cols % per_pack == 0 else 1)
+
+
 def _impl(name: str, device: torch.device):
     if has_kernel(name, device.type):
         return getattr(torch.ops.gfcore, name)
