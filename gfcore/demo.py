@@ -65,17 +65,18 @@ def _write_clip_files(folder: str, key: str, video: np.ndarray, videos: bool = T
 
 
 def _rollouts(run_dir: str, clips: List[Dict], out: str, cfg, device: str) -> None:
+    """All test clips in one batch (same length): rollouts from their first frames along their paths."""
     from gfcore.sample import rollout, to_uint8
     from gfcore.sample.run import load_trained_model
 
     model, _ = load_trained_model(run_dir, use_ema=True, device=device)
     generator = torch.Generator().manual_seed(cfg.sample.seed)
-    for clip in clips:
-        frames = clip["frames"][None].to(device)
-        video = rollout(model, frames[:, :cfg.sample.context_frames], frames.shape[1], cfg.sample.window,
-                        cfg.sample.context_frames, cfg.sample.steps, cfg.sample.method,
-                        intrinsics=clip["intrinsics"][None], c2w=clip["c2w"][None], generator=generator,
-                        guidance_scale=cfg.sample.guidance_scale)[0]
+    frames = torch.stack([clip["frames"] for clip in clips]).to(device)
+    videos = rollout(model, frames[:, :cfg.sample.context_frames], frames.shape[1], cfg.sample.window,
+                     cfg.sample.context_frames, cfg.sample.steps, cfg.sample.method,
+                     intrinsics=torch.stack([c["intrinsics"] for c in clips]), c2w=torch.stack([c["c2w"] for c in clips]),
+                     generator=generator, guidance_scale=cfg.sample.guidance_scale)
+    for clip, video in zip(clips, videos):
         _write_clip_files(out, clip["key"], to_uint8(video))
         if clip["kind"] == "turn360":  # a 360-degree turn back to the start pose: the RVE input
             _write_clip_files(os.path.join(out, "revisit"), clip["key"], to_uint8(video), videos=False)

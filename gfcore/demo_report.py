@@ -67,13 +67,26 @@ def write_report(out: str, cfg, runs: Dict, summaries: Dict, results: Dict, clip
         "",
         "## Metrics (frames after the context)",
         "",
-        "| model | " + " | ".join(COLUMNS) + " |",
-        "|---|" + "---|" * len(COLUMNS),
+        "| model | " + " | ".join(COLUMNS) + " | RVE PSNR | RVE SSIM |",
+        "|---|" + "---|" * (len(COLUMNS) + 2),
     ]
+    reasons: List[str] = []
+
+    def cell(column: str, value) -> str:
+        if isinstance(value, str) and value.startswith("unavailable"):
+            if value not in reasons:
+                reasons.append(value)
+            return f"unavailable [{reasons.index(value) + 1}]"
+        return format_cell(column, value)
+
     for name in runs:
         metrics = results[name]["metrics"]
+        rve = results[name]["details"].get("rve") or {}
         lines.append(f"| {LABELS[name]} | " + " | ".join(
-            format_cell(c, metrics.get(c, unavailable("not computed"))) for c in COLUMNS) + " |")
+            cell(c, metrics.get(c, unavailable("not computed"))) for c in COLUMNS) +
+            f" | {cell('PSNR', rve.get('psnr', unavailable('no revisit clips')))}"
+            f" | {cell('SSIM', rve.get('ssim', unavailable('no revisit clips')))} |")
+    lines += [""] + [f"[{i + 1}] {reason}" for i, reason in enumerate(reasons)]
     lines += ["", "RPE: pixels, Lucas-Kanade flow against the ground-truth cameras and depth of the path "
               "(ground truth itself: " + format_cell("RPE", (results["gf"]["details"].get("rpe") or {}).get("ground_truth"))
               + "). RVE: first vs last frame of the turn360 (360-degree revisit) rollouts; FID needs Inception "

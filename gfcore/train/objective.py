@@ -48,10 +48,14 @@ def noisy_input(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.T
 
 
 def flow_matching_loss(v_hat: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-    """Mean squared error of v_hat against eps - x0 over the non-context frames."""
+    """Squared error of v_hat against eps - x0: mean over each clip's non-context frames, then over clips.
+
+    Averaging per clip first keeps the loss of a batch equal to the mean of its shards' losses,
+    so DDP's gradient average matches one process on the whole batch.
+    """
     per_frame = (v_hat.float() - (eps - x0).float()).pow(2).mean(dim=(2, 3, 4))  # [B, T]
     weight = (~context).float()
-    return (per_frame * weight).sum() / weight.sum().clamp_min(1.0)
+    return ((per_frame * weight).sum(1) / weight.sum(1).clamp_min(1.0)).mean()
 
 
 class GFObjective(torch.nn.Module):

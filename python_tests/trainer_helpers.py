@@ -1,0 +1,31 @@
+"""Shared set-up for the model / trainer / sampler / demo tests: tiny configs on tiny synthetic data."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+TINY_MODEL = ["model.hidden_dim=32", "model.depth=2", "model.num_heads=2", "model.align_depth=1",
+              "loss.projector_dim=32", "loss.head_dim=16"]
+
+
+def tiny_overrides(data_root: str, out_dir: str, *extra: str) -> list:
+    """A 16 px, 4-clip, 2-block run that takes well under a second per step on one CPU core."""
+    return ["experiment=demo", f"data.root={data_root}", "data.num_clips=4", "data.clip_frames=8",
+            "data.resolution=[16,16]", "train.batch_size=2", "train.num_frames=4", "train.steps=6",
+            "train.ckpt_every=2", "train.log_every=1", "train.warmup_steps=2", "train.progress=false",
+            "train.device=cpu", f"out_dir={out_dir}", *TINY_MODEL, *extra]
+
+
+def generate_tiny_data(root: str) -> str:
+    from gfcore.data.synthetic import generate
+
+    if not os.path.isfile(os.path.join(root, "train", "generator.json")):
+        generate(root, num_clips=4, num_frames=8, resolution=16, seed=0, task="camera", split="train")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data_root(tmp_path_factory):
+    """4 synthetic camera clips x 8 frames at 16 px, generated once per test session."""
+    return generate_tiny_data(str(tmp_path_factory.mktemp("gf_tiny_data")))
