@@ -29,3 +29,29 @@ def generate_tiny_data(root: str) -> str:
 def tiny_data_root(tmp_path_factory):
     """4 synthetic camera clips x 8 frames at 16 px, generated once per test session."""
     return generate_tiny_data(str(tmp_path_factory.mktemp("gf_tiny_data")))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ddp_worker(rank: int, world_size: int, port: int, overrides: list) -> None:
+    """torch.multiprocessing.spawn target: one gloo rank of a training run, as torchrun would start it."""
+    import torch
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from gfcore.train import load_config, train
+
+    try:
+        train(load_config(overrides))
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,57 @@
+"""hydra-core configs: presets, command-line overrides, and the gfcore command."""
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from gfcore.cli import main
+from gfcore.train import load_config
+from trainer_helpers import tiny_data_root, tiny_overrides  # noqa: F401  (fixture)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_overrides_and_presets():
+    cfg = load_config(["model.depth=3", "teacher=none", "train.lr=1e-3", "data.resolution=[48,64]"])
+    assert cfg.model.depth == 3 and cfg.teacher.name == "none" and cfg.train.lr == pytest.approx(1e-3)
+    assert list(cfg.data.resolution) == [48, 64] and cfg.data.root.endswith("synthetic_48px_32f")
+    assert cfg.loss.lambda_angular == 0.5 and cfg.loss.lambda_scale == 0.05  # paper defaults
+    re10k = load_config(["experiment=re10k", "data.root=/data/re10k", "teacher.checkpoint=/w/vggt.pt"])
+    assert (re10k.model.hidden_dim, re10k.data.kind, re10k.teacher.name, re10k.train.lr) == (768, "re10k", "vggt", 8e-6)
+    mc = load_config(["experiment=minecraft", "data.root=/data/mc"])
+    assert mc.model.action_dim == 7 and mc.model.camera_cond is False and mc.train.num_frames == 32
+    demo = load_config(["experiment=demo", "train.steps=7"])
+    assert demo.train.steps == 7 and demo.name == "demo"
+
+
+def test_bad_overrides_are_reported():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="trian"):
+        load_config(["trian.steps=3"])
+    with pytest.raises(ConfigCompositionException, match="teacher"):
+        load_config(["teacher=dinov2"])
+
+
+def test_gfcore_train_command_applies_overrides(tmp_path, tiny_data_root, capsys):  # noqa: F811
+    out = str(tmp_path / "run")
+    assert main(["train", *tiny_overrides(tiny_data_root, out, "teacher=none", "train.steps=2", "model.depth=1",
+                                          "train.lr=0.002")]) == 0
+    saved = yaml.safe_load(open(os.path.join(out, "config.yaml")))
+    assert saved["model"]["depth"] == 1 and saved["train"]["lr"] == 0.002 and saved["teacher"]["name"] == "none"
+    assert os.path.isfile(os.path.join(out, "final.pt")) and os.path.isfile(os.path.join(out, "log.jsonl"))
+
+
+def test_cli_help_and_unknown_command(capsys):
+    assert main(["--help"]) == 0 and "demo" in capsys.readouterr().out
+    assert main(["frobnicate"]) == 2 and "unknown command" in capsys.readouterr().err
+    assert main(["train", "--help"]) == 0 and "hydra overrides" in capsys.readouterr().out
+
+
+def test_python_dash_m_gfcore_runs():
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "-m", "gfcore", "--help"], capture_output=True, text=True, env=env,
+                            cwd=ROOT, timeout=60)
+    assert result.returncode == 0 and "gfcore COMMAND" in result.stdout
