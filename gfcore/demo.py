@@ -69,7 +69,7 @@ def _rollouts(run_dir: str, clips: List[Dict], out: str, cfg, device: str) -> No
     from gfcore.sample import rollout, to_uint8
     from gfcore.sample.run import load_trained_model
 
-    model, _ = load_trained_model(run_dir, use_ema=True, device=device)
+    model, _ = load_trained_model(run_dir, use_ema=cfg.sample.use_ema, device=device)
     generator = torch.Generator().manual_seed(cfg.sample.seed)
     frames = torch.stack([clip["frames"] for clip in clips]).to(device)
     videos = rollout(model, frames[:, :cfg.sample.context_frames], frames.shape[1], cfg.sample.window,

@@ -60,7 +60,7 @@ def write_report(out: str, cfg, runs: Dict, summaries: Dict, results: Dict, clip
         f"{cfg.train.steps} steps, batch {cfg.train.batch_size}, {cfg.train.num_frames}-frame windows, "
         "both runs from the same initial weights and the same batches and noise",
         f"- sampling: {cfg.sample.method}, {cfg.sample.steps} steps, {cfg.sample.context_frames} context frames, "
-        f"window {cfg.sample.window}; rollouts of {args.rollout_frames} frames from the first "
+        f"window {cfg.sample.window}, {'EMA' if cfg.sample.use_ema else 'raw (non-EMA)'} weights; rollouts of {args.rollout_frames} frames from the first "
         f"{cfg.sample.context_frames} ground-truth frames along the ground-truth camera path",
         f"- scale preset: {args.scale}; wall time {timings['total_s']:.0f} s "
         f"(train {timings['train_baseline_s']:.0f} + {timings['train_gf_s']:.0f} s)",

@@ -1,6 +1,7 @@
-"""DDP with 2 CPU processes (gloo) agrees with one process on the same global batch."""
+"""DDP (and FSDP) with 2 CPU processes (gloo) agree with one process on the same global batch."""
 import os
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -9,8 +10,10 @@ from gfcore.train.trainer import build_training
 from trainer_helpers import ddp_worker, free_port, tiny_data_root, tiny_overrides  # noqa: F401  (fixture)
 
 
-def test_two_gloo_ranks_match_one_process(tmp_path, tiny_data_root):  # noqa: F811
-    extra = ["teacher=pointmap", "train.steps=3", "train.ckpt_every=3", "train.batch_size=4"]
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_gloo_ranks_match_one_process(tmp_path, tiny_data_root, strategy):  # noqa: F811
+    extra = ["teacher=pointmap", "train.steps=3", "train.ckpt_every=3", "train.batch_size=4",
+             f"train.strategy={strategy}"]
     single = str(tmp_path / "single")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -40,15 +40,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--steps", type=int, help="ODE steps (default: the run's sample.steps)")
     parser.add_argument("--method", choices=("euler", "heun"), help="ODE solver (default: the run's sample.method)")
     parser.add_argument("--context-frames", type=int, help="clean frames carried between windows")
-    parser.add_argument("--no-ema", action="store_true", help="sample with the raw weights instead of the EMA")
+    parser.add_argument("--weights", choices=("run", "ema", "raw"), default="run",
+                        help="EMA or raw weights (default: the run's sample.use_ema)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 
     from omegaconf import OmegaConf
 
-    model, run_cfg = load_trained_model(args.run, not args.no_ema, args.device)
+    model, run_cfg = load_trained_model(args.run, args.weights != "raw", args.device)
     cfg = OmegaConf.create(run_cfg)
+    if args.weights == "run" and not cfg.sample.get("use_ema", True):
+        model, _ = load_trained_model(args.run, False, args.device)
     dataset = build_dataset(cfg.data, with_depth=False, split=args.split, generate_missing=False)
     steps, method = args.steps or cfg.sample.steps, args.method or cfg.sample.method
     context = args.context_frames or cfg.sample.context_frames

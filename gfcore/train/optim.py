@@ -48,16 +48,32 @@ class EMA:
                 self.shadow[key].lerp_(value.detach().float(), 1.0 - self.decay)
 
     def copy_to(self, module: torch.nn.Module) -> None:
+        """Copy the averages into a plain (unsharded) module; a collective under FSDP."""
         state = module.state_dict()
-        for key, value in self.shadow.items():
+        for key, value in self.state_dict()["shadow"].items():
             state[key].copy_(value.to(state[key].dtype))
 
     def state_dict(self) -> Dict:
-        return {"decay": self.decay, "shadow": self.shadow}
+        """Full tensors (FSDP shards are gathered: every rank must call this)."""
+        return {"decay": self.decay, "shadow": {k: full_tensor(v) for k, v in self.shadow.items()}}
 
     def load_state_dict(self, state: Dict) -> None:
         missing = set(self.shadow) - set(state["shadow"])
         if missing:
             raise KeyError(f"EMA state lacks {sorted(missing)[:5]}")
         self.decay = state["decay"]
-        self.shadow = {k: v.float().clone() for k, v in state["shadow"].items()}
+        self.shadow = {k: shard_like(state["shadow"][k].float(), v) for k, v in self.shadow.items()}
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of an FSDP-sharded DTensor (a collective), or t itself."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """full, laid out like `like` (sharded the same way when `like` is a DTensor)."""
+    if hasattr(like, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(full.to(like.device), like.device_mesh, like.placements)
+    return full.to(like.device).clone()

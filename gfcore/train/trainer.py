@@ -24,7 +24,7 @@ from gfcore.train.data import StepBatcher, build_dataset
 from gfcore.train.distributed import DistInfo, barrier, gather_objects, mean_across_ranks, setup_distributed
 from gfcore.train.flops import forward_flops, peak_flops
 from gfcore.train.objective import GFObjective, draw_noise
-from gfcore.train.optim import EMA, build_optimizer, build_scheduler
+from gfcore.train.optim import EMA, build_optimizer, build_scheduler, full_tensor
 from gfcore.train.teachers import TEACHER_LABELS, build_teacher
 
 
@@ -153,13 +153,36 @@ def _wrap(module: TrainModule, cfg: DictConfig, info: DistInfo, device: torch.de
     raise ValueError(f"train.strategy must be 'ddp' or 'fsdp', got {strategy!r}")
 
 
-def _state_for_checkpoint(module: TrainModule, optimizer, scheduler, ema: EMA, step: int, cfg, info: DistInfo) -> Dict:
+def _full_state_dict(module: torch.nn.Module) -> Dict:
+    return {k: full_tensor(v).detach().cpu() for k, v in module.state_dict().items()}
+
+
+def _optimizer_state(module, optimizer, sharded: bool) -> Dict:
+    if not sharded:
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(module, optimizer, options=StateDictOptions(full_state_dict=True))
+
+
+def _load_optimizer(module, optimizer, state: Dict, sharded: bool) -> None:
+    if not sharded:
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def _state_for_checkpoint(module: TrainModule, optimizer, scheduler, ema: EMA, step: int, cfg, info: DistInfo,
+                          sharded: bool) -> Dict:
+    """Everything a resume needs; collectives inside, so every rank calls it."""
     rngs = gather_objects(rng_state(), info)
     return {
         "step": step,
-        "model": module.model.state_dict(),
-        "objective": module.objective.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "model": _full_state_dict(module.model),
+        "objective": _full_state_dict(module.objective),
+        "optimizer": _optimizer_state(module, optimizer, sharded),
         "scheduler": scheduler.state_dict(),
         "ema": ema.state_dict(),
         "rng": rngs,  # one entry per rank
@@ -193,18 +216,22 @@ def train(cfg: DictConfig) -> Dict:
 
     model, objective, teacher = build_training(cfg, device)
     module = TrainModule(model, objective)
+    found = _find_resume(cfg, ckpt_dir)
+    if found is not None:  # weights go into the plain module, before DDP / FSDP wrap it
+        model.load_state_dict(found[1]["model"])
+        objective.load_state_dict(found[1]["objective"])
+    wrapped = _wrap(module, cfg, info, device)
+    # Built after wrapping: FSDP replaces the parameters by sharded ones.
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg.train.lr, cfg.train.weight_decay, cfg.train.betas)
     scheduler = build_scheduler(optimizer, cfg.train.warmup_steps, cfg.train.steps, cfg.train.lr_decay)
     ema = EMA(model, cfg.train.ema_decay)
+    sharded = info.enabled and cfg.train.strategy == "fsdp"
 
     start_step = 0
-    found = _find_resume(cfg, ckpt_dir)
     if found is not None:
         path, state = found
-        model.load_state_dict(state["model"])
-        objective.load_state_dict(state["objective"])
-        optimizer.load_state_dict(state["optimizer"])
+        _load_optimizer(module, optimizer, state["optimizer"], sharded)
         scheduler.load_state_dict(state["scheduler"])
         ema.load_state_dict(state["ema"])
         start_step = int(state["step"])
@@ -212,7 +239,6 @@ def train(cfg: DictConfig) -> Dict:
             set_rng_state(state["rng"][info.rank])
         if info.is_main:
             print(f"resumed from {path} at step {start_step}")
-    wrapped = _wrap(module, cfg, info, device)
 
     with_depth = cfg.teacher.name == "pointmap"
     dataset = build_dataset(cfg.data, with_depth=with_depth, generate_missing=info.is_main)
@@ -260,7 +286,7 @@ def train(cfg: DictConfig) -> Dict:
         if done % cfg.train.log_every == 0 or done == cfg.train.steps:
             logged = mean_across_ranks(terms, info)
             elapsed = time.perf_counter() - window_start
-            record = {"step": done, **logged, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
+            record = {"step": done, **logged, "grad_norm": float(full_tensor(grad_norm)), "lr": scheduler.get_last_lr()[0],
                       "samples_per_s": window_steps * cfg.train.batch_size / elapsed,
                       "achieved_tflops": window_steps * step_flops / elapsed / 1e12,
                       "mfu": (window_steps * step_flops / elapsed / peak) if peak else None, "teacher": label}
@@ -272,7 +298,7 @@ def train(cfg: DictConfig) -> Dict:
         if bar is not None:
             bar.update(1)
         if done % cfg.train.ckpt_every == 0 or done == cfg.train.steps:
-            state = _state_for_checkpoint(module, optimizer, scheduler, ema, done, cfg, info)
+            state = _state_for_checkpoint(module, optimizer, scheduler, ema, done, cfg, info, sharded)
             if info.is_main:
                 save_checkpoint(ckpt_dir, done, state, cfg.train.keep_last)
             barrier(info)
@@ -285,10 +311,11 @@ def train(cfg: DictConfig) -> Dict:
 
     summary = {"steps": cfg.train.steps, "resumed_from": start_step, "teacher": label, "final": last_terms,
                "step_flops": step_flops, "out_dir": out_dir}
+    ema_model = build_model(model_config(cfg))
+    ema.copy_to(ema_model)  # gathers FSDP shards: every rank takes part
+    final_weights = _full_state_dict(model)
     if info.is_main:
-        ema_model = build_model(model_config(cfg))
-        ema.copy_to(ema_model)
-        atomic_save({"model": model.state_dict(), "ema": ema_model.state_dict(), "model_config": model_config(cfg),
+        atomic_save({"model": final_weights, "ema": ema_model.state_dict(), "model_config": model_config(cfg),
                      "config": OmegaConf.to_container(cfg, resolve=True), "teacher": label},
                     os.path.join(out_dir, "final.pt"))
         with open(os.path.join(out_dir, "summary.json"), "w") as handle:
