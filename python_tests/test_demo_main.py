@@ -5,7 +5,7 @@ import os
 import numpy as np
 
 from gfcore.cli import main
-from trainer_helpers import TINY_MODEL
+from trainer_helpers import TINY_MODEL, one_torch_thread  # noqa: F401  (autouse fixture)
 
 
 def test_demo_writes_a_labelled_report(tmp_path):
@@ -39,3 +39,8 @@ def test_demo_writes_a_labelled_report(tmp_path):
     gf_log = [json.loads(line) for line in open(out / "runs" / "gf" / "log.jsonl")]
     assert all(r["teacher"] == "oracle pointmap teacher" for r in gf_log)
     assert os.path.isfile(out / "timings.json")
+
+    # gfcore sample on the trained GF run: a revisit rollout longer than the training window
+    assert main(["sample", str(out / "runs" / "gf"), "--out", str(out / "extra"), "--num-frames", "9",
+                 "--num-clips", "1", "--path", "revisit", "--steps", "1", "--method", "euler"]) == 0
+    assert len(list((out / "extra").glob("*_revisit_9f.mp4"))) == 1 and len(list((out / "extra").glob("*.gif"))) == 1

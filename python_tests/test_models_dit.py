@@ -6,6 +6,7 @@ import torch
 
 from gfcore.models import FactorizedAttention, VideoDiT, VideoDiTConfig, build_model
 from gfcore.models.rope import rope_1d, rope_2d
+from trainer_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
 
 def naive_attention(attn: FactorizedAttention, x, mode, causal=False, rope=None):

@@ -7,6 +7,7 @@ import torch
 
 from gfcore.models import build_model
 from gfcore.sample import denoise_window, revisit_path, rollout
+from trainer_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
 
 class FieldModel(torch.nn.Module):

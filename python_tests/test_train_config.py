@@ -4,11 +4,12 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from gfcore.cli import main
-from gfcore.train import load_config
-from trainer_helpers import tiny_data_root, tiny_overrides  # noqa: F401  (fixture)
+from gfcore.train import load_config, train
+from trainer_helpers import one_torch_thread, tiny_data_root, tiny_overrides  # noqa: F401  (fixtures)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,6 +49,24 @@ def test_cli_help_and_unknown_command(capsys):
     assert main(["--help"]) == 0 and "demo" in capsys.readouterr().out
     assert main(["frobnicate"]) == 2 and "unknown command" in capsys.readouterr().err
     assert main(["train", "--help"]) == 0 and "hydra overrides" in capsys.readouterr().out
+    for command in ("synthetic", "eval", "sample", "demo"):  # delegated parsers answer --help
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+
+
+def test_action_conditioned_training_on_the_synthetic_walker(tmp_path):
+    """Minecraft layout (task=action): actions condition the model, the oracle teacher uses the walker's geometry."""
+    out = str(tmp_path / "run")
+    overrides = tiny_overrides(str(tmp_path / "data"), out, "data.task=action", "data.camera=false",
+                               "data.action_dim=7", "data.num_clips=2", "teacher=pointmap", "train.steps=2")
+    cfg = load_config(overrides)
+    assert cfg.model.action_dim == 7 and cfg.model.camera_cond is False
+    summary = train(cfg)
+    assert summary["final"]["teacher"] == "oracle pointmap teacher" and "cosine" in summary["final"]
+    state = torch.load(os.path.join(out, "final.pt"), weights_only=False)
+    assert any(k.startswith("action_embed") for k in state["model"]) and not any(
+        k.startswith("ray_embed") for k in state["model"])
 
 
 def test_python_dash_m_gfcore_runs():

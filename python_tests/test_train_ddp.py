@@ -7,7 +7,7 @@ import torch.multiprocessing as mp
 
 from gfcore.train import load_config, train
 from gfcore.train.trainer import build_training
-from trainer_helpers import ddp_worker, free_port, tiny_data_root, tiny_overrides  # noqa: F401  (fixture)
+from trainer_helpers import ddp_worker, free_port, one_torch_thread, tiny_data_root, tiny_overrides  # noqa: F401
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
@@ -15,12 +15,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path, tiny_data_root, strategy):  
     extra = ["teacher=pointmap", "train.steps=3", "train.ckpt_every=3", "train.batch_size=4",
              f"train.strategy={strategy}"]
     single = str(tmp_path / "single")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(load_config(tiny_overrides(tiny_data_root, single, *extra)))
-    finally:
-        torch.set_num_threads(threads)
+    train(load_config(tiny_overrides(tiny_data_root, single, *extra)))  # one thread, as each rank uses
     double = str(tmp_path / "ddp")
     mp.spawn(ddp_worker, args=(2, free_port(), tiny_overrides(tiny_data_root, double, *extra)), nprocs=2, join=True)
 

@@ -6,6 +6,7 @@ from gfcore.losses import GeometryAlignmentLoss
 from gfcore.models import build_model
 from gfcore.train.objective import GFObjective, draw_noise, flow_matching_loss, noisy_input
 from gfcore.train.teachers import ORACLE_LABEL, PointmapTeacher, backproject
+from trainer_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
 
 def test_noisy_input_and_loss_against_formula():

@@ -8,7 +8,7 @@ import torch
 from gfcore.train import load_config, train
 from gfcore.train.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
 from gfcore.train.trainer import CrashForTesting
-from trainer_helpers import tiny_data_root, tiny_overrides  # noqa: F401  (fixture)
+from trainer_helpers import one_torch_thread, tiny_data_root, tiny_overrides  # noqa: F401  (fixtures)
 
 
 def test_checkpoints_are_atomic_and_damaged_ones_skipped(tmp_path):

@@ -55,3 +55,14 @@ def ddp_worker(rank: int, world_size: int, port: int, overrides: list) -> None:
 
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models run faster on one thread, and do not stall when other processes hold the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 
 from gfcore.data.geometry import plucker_rays, relative_to_first
@@ -111,6 +112,6 @@ def revisit_path(num_frames: int, degrees: float = 360.0) -> torch.Tensor:
     return c2w
 
 
-def to_uint8(video: torch.Tensor) -> "numpy.ndarray":  # noqa: F821
+def to_uint8(video: torch.Tensor) -> np.ndarray:
     """[T, C, H, W] in [-1, 1] -> uint8 [T, H, W, 3] for write_video / write_gif."""
     return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

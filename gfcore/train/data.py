@@ -120,9 +120,7 @@ class StepBatcher:
             window = slice(start, start + self.num_frames)
             item = {k: v[window] for k, v in clip.items() if isinstance(v, torch.Tensor) and v.dim() > 0
                     and v.shape[0] == total}
-            item["key"] = clip.get("key", str(index))
-            if "frame_indices" in clip:
-                item["frame_indices"] = clip["frame_indices"][window]
+            item["key"] = clip.get("key", str(index))  # frame_indices come along: a per-frame tensor
             if self.camera:
                 add_rays(item)
             items.append(item)
