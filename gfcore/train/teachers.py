@@ -86,13 +86,13 @@ class VGGTFeatureTeacher(torch.nn.Module):
 
     def __init__(self, grid: Tuple[int, int], checkpoint: Optional[str] = None, cache: Optional[str] = None,
                  layers=(-1,), frames_per_call: int = 16, dtype: str = "bfloat16", config: Optional[dict] = None,
-                 device: Optional[str] = None):
+                 device: Optional[str] = None, image_size: int = 518):
         super().__init__()
         self.grid = tuple(grid)
         self.cache = None
         self.teacher = None
         if cache:
-            from gfcore.geometry import FeatureCache
+            from gfcore.geometry.cache import FeatureCache
 
             self.cache = FeatureCache(cache)
             if tuple(self.cache.grid) != self.grid:
@@ -103,7 +103,7 @@ class VGGTFeatureTeacher(torch.nn.Module):
 
             self.teacher = VGGTTeacher(checkpoint, layers=tuple(layers), dtype=getattr(torch, dtype),
                                        frames_per_call=frames_per_call, config=config, device=device,
-                                       out_dtype=torch.float32)
+                                       out_dtype=torch.float32, image_size=image_size)
             self._feature_dim, self.num_layers = self.teacher.feature_dim, len(self.teacher.layers)
         else:
             raise ValueError("teacher=vggt needs teacher.checkpoint (a local VGGT checkpoint) or teacher.cache "
@@ -135,5 +135,5 @@ def build_teacher(cfg, grid: Tuple[int, int], device: Optional[str] = None):
     if name == "vggt":
         return VGGTFeatureTeacher(grid, cfg.get("checkpoint"), cfg.get("cache"), list(cfg.get("layers", [-1])),
                                   cfg.get("frames_per_call", 16), cfg.get("dtype", "bfloat16"),
-                                  cfg.get("vggt_config"), device)
+                                  cfg.get("vggt_config"), device, cfg.get("image_size", 518))
     raise ValueError(f"teacher.name must be one of {sorted(TEACHER_LABELS)}, got {name!r}")
