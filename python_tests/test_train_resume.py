@@ -75,3 +75,36 @@ def test_resume_none_starts_over_and_finished_run_is_a_no_op(tmp_path, tiny_data
     assert train(load_config(overrides + ["train.resume=none"]))["resumed_from"] == 0
     with pytest.raises(FileNotFoundError, match="train.resume"):
         train(load_config(overrides + [f"train.resume={tmp_path}/missing.pt"]))
+
+
+def test_sigkilled_process_resumes_bit_identical(tmp_path, tiny_data_root):  # noqa: F811
+    """A real `gfcore train` process killed with SIGKILL right after its first checkpoint, then resumed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    extra = ("teacher=pointmap", "train.steps=60", "train.ckpt_every=2", "train.log_every=5")
+    straight = str(tmp_path / "straight")
+    train(load_config(tiny_overrides(tiny_data_root, straight, *extra)))
+
+    killed = str(tmp_path / "killed")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    process = subprocess.Popen([sys.executable, "-m", "gfcore", "train", *tiny_overrides(tiny_data_root, killed, *extra)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt_dir = os.path.join(killed, "checkpoints")
+    deadline = time.time() + 60
+    while not list_checkpoints(ckpt_dir) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not os.path.exists(os.path.join(killed, "final.pt"))
+    summary = train(load_config(tiny_overrides(tiny_data_root, killed, *extra)))
+    assert 0 < summary["resumed_from"] < 60
+    a, b = _final(straight), _final(killed)
+    for part in ("model", "ema"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after SIGKILL + resume"
+    assert [r["loss"] for r in _log(straight)] == [r["loss"] for r in _log(killed)]
