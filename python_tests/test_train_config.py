@@ -1,4 +1,5 @@
 """hydra-core configs: presets, command-line overrides, and the gfcore command."""
+import json
 import os
 import subprocess
 import sys
@@ -78,3 +79,16 @@ def test_python_dash_m_gfcore_runs():
     result = subprocess.run([sys.executable, "-m", "gfcore", "--help"], capture_output=True, text=True, env=env,
                             cwd=ROOT, timeout=60)
     assert result.returncode == 0 and "gfcore COMMAND" in result.stdout
+
+
+def test_bf16_autocast_training_tracks_fp32(tmp_path, tiny_data_root):  # noqa: F811
+    """train.precision=bf16 (the GPU default) exercised on CPU autocast: same losses to bf16 precision."""
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        out = str(tmp_path / precision)
+        train(load_config(tiny_overrides(tiny_data_root, out, f"train.precision={precision}", "train.steps=2")))
+        with open(os.path.join(out, "log.jsonl")) as handle:
+            runs[precision] = [json.loads(line) for line in handle]
+    for fp32, bf16 in zip(runs["fp32"], runs["bf16"]):
+        assert abs(fp32["diffusion"] - bf16["diffusion"]) < 0.02 * fp32["diffusion"]
+        assert abs(fp32["cosine"] - bf16["cosine"]) < 0.05

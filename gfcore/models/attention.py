@@ -54,7 +54,8 @@ class FactorizedAttention(nn.Module):
         batch, frames, patches, _ = x.shape
         pattern = "b t p (k h d) -> k (b t) h p d" if mode == "spatial" else "b t p (k h d) -> k (b p) h t d"
         q, k, v = rearrange(self.qkv(x), pattern, k=3, h=self.num_heads)
-        q, k = self.q_norm(q), self.k_norm(k)
+        # Norms in fp32 (under bf16 autocast too), then back to the attention dtype.
+        q, k = self.q_norm(q.float()).to(v.dtype), self.k_norm(k.float()).to(v.dtype)
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
