@@ -45,6 +45,14 @@ class FactorizedAttention(nn.Module):
         self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
 
+    @staticmethod
+    def _norm(norm: nn.Module, t: torch.Tensor) -> torch.Tensor:
+        """QK-norm in its weight's dtype (fp32 under bf16 autocast), back in t's dtype."""
+        weight = getattr(norm, "weight", None)
+        if weight is None:
+            return norm(t)
+        return norm(t.to(weight.dtype)).to(t.dtype)
+
     def forward(self, x: torch.Tensor, mode: str = "spatial", causal: bool = False,
                 rope: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
         if x.dim() != 4 or x.shape[-1] != self.dim:
@@ -54,8 +62,7 @@ class FactorizedAttention(nn.Module):
         batch, frames, patches, _ = x.shape
         pattern = "b t p (k h d) -> k (b t) h p d" if mode == "spatial" else "b t p (k h d) -> k (b p) h t d"
         q, k, v = rearrange(self.qkv(x), pattern, k=3, h=self.num_heads)
-        # Norms in fp32 (under bf16 autocast too), then back to the attention dtype.
-        q, k = self.q_norm(q.float()).to(v.dtype), self.k_norm(k.float()).to(v.dtype)
+        q, k = self._norm(self.q_norm, q), self._norm(self.k_norm, k)
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
