@@ -1,0 +1,59 @@
+"""The `gfcore` command: demo, train, sample, eval and synthetic subcommands."""
+from __future__ import annotations
+
+import sys
+from typing import Optional, Sequence
+
+USAGE = """usage: gfcore COMMAND [ARGS]
+
+commands:
+  demo [--out DIR] [--scale cpu|gpu] [overrides]   the main job: data, baseline + GF training, rollouts, report
+  train [hydra overrides]                           train, e.g. gfcore train experiment=demo teacher=none
+  sample RUN --out DIR [...]                        sliding-window rollouts of a trained run (mp4 + gif)
+  eval --generated DIR --reference DIR --out DIR    the paper's metrics (python -m gfcore.metrics)
+  synthetic ROOT [...]                              render the built-in synthetic scenes
+"""
+
+
+def _train(argv: Sequence[str]) -> int:
+    from omegaconf import OmegaConf
+
+    from gfcore.train import load_config, train
+
+    if any(a in ("-h", "--help") for a in argv):
+        print("usage: gfcore train [hydra overrides]\n\nconfigs: gfcore/configs (model, data, teacher, train, sample, "
+              "experiment=demo|re10k|minecraft)\nexample: gfcore train experiment=demo teacher=none train.steps=50\n"
+              "multi-GPU: torchrun --nproc_per_node=8 -m gfcore train experiment=re10k data.root=...")
+        return 0
+    cfg = load_config(argv)
+    print(OmegaConf.to_yaml(cfg))
+    train(cfg)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "demo":
+        from gfcore.demo import main as demo_main
+
+        return demo_main(rest)
+    if command == "train":
+        return _train(rest)
+    if command == "sample":
+        from gfcore.sample.run import main as sample_main
+
+        return sample_main(rest)
+    if command == "eval":
+        from gfcore.metrics.cli import main as eval_main
+
+        return eval_main(rest)
+    if command == "synthetic":
+        from gfcore.data.synthetic.__main__ import main as synthetic_main
+
+        return synthetic_main(rest)
+    print(f"gfcore: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2

@@ -1,0 +1,77 @@
+"""`gfcore sample`: load a trained run and write rollouts (mp4 + gif) along data or revisit paths."""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Optional, Sequence
+
+import torch
+
+from gfcore.models.dit import VideoDiT, build_model
+from gfcore.sample.sampler import revisit_path, rollout, to_uint8
+
+
+def load_trained_model(path: str, use_ema: bool = True, device: str | torch.device = "cpu") -> tuple[VideoDiT, dict]:
+    """(model in eval mode, run config) from a run folder (its final.pt) or a final.pt file."""
+    file = os.path.join(path, "final.pt") if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"no trained model at {file!r} (expected a run folder with final.pt)")
+    state = torch.load(file, map_location="cpu", weights_only=False)
+    missing = [k for k in ("model", "ema", "model_config", "config") if k not in state]
+    if missing:
+        raise KeyError(f"{file}: not a gfcore final.pt, lacks {missing}")
+    model = build_model(state["model_config"])
+    model.load_state_dict(state["ema" if use_ema else "model"])
+    return model.to(device).eval(), state["config"]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from gfcore.data import write_gif, write_video
+    from gfcore.train.data import build_dataset
+
+    parser = argparse.ArgumentParser(prog="gfcore sample", description="Roll out a trained model by sliding window.")
+    parser.add_argument("run", help="run folder (holding final.pt) or a final.pt file")
+    parser.add_argument("--out", required=True, help="output folder for mp4 and gif files")
+    parser.add_argument("--num-frames", type=int, default=64, help="frames per rollout")
+    parser.add_argument("--num-clips", type=int, default=2, help="clips of the run's dataset to start from")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--path", choices=("data", "revisit"), default="data",
+                        help="camera path: the clip's own (repeated if shorter) or a 360-degree in-place turn")
+    parser.add_argument("--steps", type=int, help="ODE steps (default: the run's sample.steps)")
+    parser.add_argument("--method", choices=("euler", "heun"), help="ODE solver (default: the run's sample.method)")
+    parser.add_argument("--context-frames", type=int, help="clean frames carried between windows")
+    parser.add_argument("--weights", choices=("run", "ema", "raw"), default="run",
+                        help="EMA or raw weights (default: the run's sample.use_ema)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+
+    from omegaconf import OmegaConf
+
+    model, run_cfg = load_trained_model(args.run, args.weights != "raw", args.device)
+    cfg = OmegaConf.create(run_cfg)
+    if args.weights == "run" and not cfg.sample.get("use_ema", True):
+        model, _ = load_trained_model(args.run, False, args.device)
+    dataset = build_dataset(cfg.data, with_depth=False, split=args.split, generate_missing=False)
+    steps, method = args.steps or cfg.sample.steps, args.method or cfg.sample.method
+    context = args.context_frames or cfg.sample.context_frames
+    generator = torch.Generator().manual_seed(args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    for index in range(min(args.num_clips, len(dataset))):
+        clip = dataset[index]
+        total = clip["frames"].shape[0]
+        repeat = lambda x: x[torch.arange(args.num_frames) % total]  # noqa: E731
+        kwargs = {}
+        if model.config.camera_cond:
+            c2w = revisit_path(args.num_frames).float() if args.path == "revisit" else repeat(clip["c2w"])
+            kwargs.update(intrinsics=clip["intrinsics"][:1].expand(args.num_frames, 3, 3)[None], c2w=c2w[None])
+        if model.config.action_dim:
+            kwargs["actions"] = repeat(clip["actions"])[None]
+        video = rollout(model, clip["frames"][None, :context].to(args.device), args.num_frames, cfg.sample.window,
+                        context, steps, method, generator=generator, **kwargs)[0]
+        frames = to_uint8(video)
+        name = f"{clip['key']}_{args.path}_{args.num_frames}f"
+        write_video(os.path.join(args.out, f"{name}.mp4"), frames)
+        write_gif(os.path.join(args.out, f"{name}.gif"), frames)
+        print(f"wrote {args.out}/{name}.mp4 and .gif")
+    return 0

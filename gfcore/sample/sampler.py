@@ -1,0 +1,117 @@
+"""ODE sampling of a flow-matching VideoDiT: Euler or Heun steps, clean context frames, and a
+sliding window for rollouts much longer than the training clip.
+
+The model predicts v = eps - x_0 for x_t = (1 - t) x_0 + t eps, so dx/dt = v and sampling
+integrates from t = 1 (noise) to t = 0 (data). Context frames stay clean (t = 0) throughout.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from gfcore.data.geometry import plucker_rays, relative_to_first
+
+METHODS = ("euler", "heun")
+
+
+def _velocity(model, x: torch.Tensor, t_new: float, num_context: int, rays, actions, guidance_scale: float):
+    batch, frames = x.shape[:2]
+    t = torch.full((batch, frames), float(t_new), device=x.device, dtype=torch.float32)
+    t[:, :num_context] = 0.0
+    v, _ = model(x, t, rays=rays, actions=actions)
+    if guidance_scale != 1.0:  # classifier-free guidance on the camera / action condition
+        drop = torch.ones(batch, dtype=torch.bool, device=x.device)
+        v_uncond, _ = model(x, t, rays=rays, actions=actions, drop_cond=drop)
+        v = v_uncond + guidance_scale * (v - v_uncond)
+    return v[:, num_context:]
+
+
+@torch.no_grad()
+def denoise_window(model, context: torch.Tensor, num_new: int, steps: int = 10, method: str = "heun",
+                   rays: Optional[torch.Tensor] = None, actions: Optional[torch.Tensor] = None,
+                   generator: Optional[torch.Generator] = None, guidance_scale: float = 1.0) -> torch.Tensor:
+    """Generate num_new frames after the clean context [B, c, C, H, W]; returns [B, num_new, C, H, W].
+
+    rays / actions cover the c + num_new frames of the window.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if steps < 1 or num_new < 1:
+        raise ValueError(f"steps ({steps}) and num_new ({num_new}) must be >= 1")
+    batch, num_context = context.shape[:2]
+    shape = (batch, num_new, *context.shape[2:])
+    x_new = torch.randn(shape, generator=generator, dtype=torch.float32).to(context.device, context.dtype)
+    times = torch.linspace(1.0, 0.0, steps + 1).tolist()
+    for t_now, t_next in zip(times[:-1], times[1:]):
+        dt = t_next - t_now
+        v = _velocity(model, torch.cat([context, x_new], 1), t_now, num_context, rays, actions, guidance_scale)
+        x_pred = x_new + dt * v
+        if method == "heun" and t_next > 0:  # trapezoidal correction; the last step to t = 0 stays Euler
+            v_next = _velocity(model, torch.cat([context, x_pred], 1), t_next, num_context, rays, actions,
+                               guidance_scale)
+            x_pred = x_new + dt * 0.5 * (v + v_next)
+        x_new = x_pred
+    return x_new
+
+
+@torch.no_grad()
+def rollout(model, first_frames: torch.Tensor, num_frames: int, window: int, context_frames: int = 2,
+            steps: int = 10, method: str = "heun", intrinsics: Optional[torch.Tensor] = None,
+            c2w: Optional[torch.Tensor] = None, actions: Optional[torch.Tensor] = None,
+            generator: Optional[torch.Generator] = None, guidance_scale: float = 1.0) -> torch.Tensor:
+    """A video of num_frames frames [B, N, C, H, W] from the given first frames [B, k, C, H, W].
+
+    Sliding window: each window holds up to `window` frames; its first frames are clean context
+    (the given frames for the first window, then the last `context_frames` generated ones).
+    Camera models need intrinsics [B, N, 3, 3] and c2w [B, N, 4, 4] for the whole path (rays
+    are recomputed per window, poses relative to the window's first frame, as in training);
+    action models need actions [B, N, A].
+    """
+    batch, given = first_frames.shape[:2]
+    if not 1 <= given < window:
+        raise ValueError(f"first_frames holds {given} frames; need 1 <= k < window={window}")
+    if not 1 <= context_frames < window:
+        raise ValueError(f"context_frames must lie in [1, window-1={window - 1}], got {context_frames}")
+    camera = getattr(model, "config", None) is not None and model.config.camera_cond
+    if camera and (intrinsics is None or c2w is None):
+        raise ValueError("this model is camera-conditioned: pass intrinsics [B, N, 3, 3] and c2w [B, N, 4, 4]")
+    for name, value, tail in (("intrinsics", intrinsics, (3, 3)), ("c2w", c2w, (4, 4))):
+        if camera and tuple(value.shape) != (batch, num_frames, *tail):
+            raise ValueError(f"{name} must be [B, N, {tail[0]}, {tail[1]}] = {(batch, num_frames, *tail)}, "
+                             f"got {tuple(value.shape)}")
+    if actions is not None and tuple(actions.shape[:2]) != (batch, num_frames):
+        raise ValueError(f"actions must be [B, N, A] with B, N = {batch}, {num_frames}, got {tuple(actions.shape)}")
+    height, width = first_frames.shape[-2:]
+    video = [first_frames[:, i] for i in range(given)]
+    context = given
+    while len(video) < num_frames:
+        start = len(video) - context
+        num_new = min(window - context, num_frames - len(video))
+        index = slice(start, len(video) + num_new)
+        rays = None
+        if camera:
+            relative = relative_to_first(c2w[:, index].double()).float()
+            rays = plucker_rays(intrinsics[:, index].float(), relative, height, width).to(first_frames.dtype)
+        window_actions = actions[:, index] if actions is not None else None
+        ctx = torch.stack(video[start:], 1)
+        new = denoise_window(model, ctx, num_new, steps, method, rays, window_actions, generator, guidance_scale)
+        video += [new[:, i].clamp(-1, 1) for i in range(num_new)]
+        context = min(context_frames, len(video))
+    return torch.stack(video, 1)
+
+
+def revisit_path(num_frames: int, degrees: float = 360.0) -> torch.Tensor:
+    """c2w [N, 4, 4]: the camera turns `degrees` about its vertical (y) axis in place at constant
+    speed; with 360 the last pose equals the first (the revisit path of the RVE metric)."""
+    angles = torch.linspace(0.0, torch.pi * degrees / 180.0, num_frames, dtype=torch.float64)
+    c2w = torch.eye(4, dtype=torch.float64).repeat(num_frames, 1, 1)
+    c2w[:, 0, 0], c2w[:, 0, 2] = angles.cos(), angles.sin()
+    c2w[:, 2, 0], c2w[:, 2, 2] = -angles.sin(), angles.cos()
+    return c2w
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """[T, C, H, W] in [-1, 1] -> uint8 [T, H, W, 3] for write_video / write_gif."""
+    return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

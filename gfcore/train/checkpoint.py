@@ -1,0 +1,83 @@
+"""Checkpoints written atomically (temp file, fsync, os.replace) and found again for resume=auto.
+
+Files are {dir}/step_{step:08d}.pt; a crash mid-write leaves only a *.tmp file, which is
+ignored. `latest_checkpoint` returns the newest file that loads, skipping damaged ones.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+PATTERN = re.compile(r"^step_(\d{8})\.pt$")
+
+
+def checkpoint_path(directory: str, step: int) -> str:
+    return os.path.join(directory, f"step_{step:08d}.pt")
+
+
+def atomic_save(obj, path: str) -> str:
+    """torch.save to a temp file in the same folder, fsync, then os.replace onto path."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def save_checkpoint(directory: str, step: int, state: Dict, keep_last: int = 2) -> str:
+    """Write state to step_{step}.pt atomically and prune all but the newest keep_last files."""
+    final = atomic_save(state, checkpoint_path(directory, step))
+    if keep_last > 0:
+        for _, old in list_checkpoints(directory)[:-keep_last]:
+            os.remove(old)
+    return final
+
+
+def list_checkpoints(directory: str) -> List[Tuple[int, str]]:
+    if not os.path.isdir(directory):
+        return []
+    found = [(int(m.group(1)), os.path.join(directory, name))
+             for name in os.listdir(directory) if (m := PATTERN.match(name))]
+    return sorted(found)
+
+
+def latest_checkpoint(directory: str) -> Optional[Tuple[str, Dict]]:
+    """(path, state) of the newest checkpoint that loads, or None."""
+    for _, path in reversed(list_checkpoints(directory)):
+        try:
+            return path, torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # a damaged file: fall back to the one before
+            import warnings
+
+            warnings.warn(f"skipping unreadable checkpoint {path}: {type(exc).__name__}: {exc}")
+    return None
+
+
+def rng_state() -> Dict:
+    """Python, numpy and torch (CPU and CUDA) generator states of this process."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,133 @@
+"""Training data: the dataset named in the config and a step-indexed, deterministic batcher.
+
+The batch of step s is a function of (seed, s) only: clip indices and window starts come
+from a generator seeded with (seed, s), so a resumed run sees exactly the batches it would
+have seen, and every DDP rank can take its own slice of the same global batch.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional
+
+import torch
+
+from gfcore.data.geometry import plucker_rays, relative_to_first
+
+DATA_KINDS = ("synthetic", "re10k", "minecraft")
+
+
+def ensure_synthetic(root: str, num_clips: int, num_frames: int, resolution, seed: int, task: str,
+                     split: str = "train") -> None:
+    """Generate the built-in scenes into root/split unless a matching generator.json is there."""
+    import json
+
+    from gfcore.data.synthetic import generate
+
+    marker = os.path.join(root, split, "generator.json")
+    if os.path.isfile(marker):
+        with open(marker) as handle:
+            meta = json.load(handle)
+        wanted = {"num_clips": num_clips, "num_frames": num_frames, "seed": seed, "task": task}
+        if all(meta.get(k) == v for k, v in wanted.items()):
+            return
+    generate(root, num_clips, num_frames, resolution, seed, task, split)
+
+
+def build_dataset(cfg, with_depth: bool, split: str = "train", generate_missing: bool = True):
+    """A gfcore.data reader yielding whole clips (random_start off; windows are cut here)."""
+    kind = cfg.kind
+    if kind not in DATA_KINDS:
+        raise ValueError(f"data.kind must be one of {DATA_KINDS}, got {kind!r}")
+    resolution = list(cfg.resolution)
+    if kind == "synthetic":
+        root = os.path.expanduser(cfg.root)
+        if generate_missing:
+            ensure_synthetic(root, cfg.num_clips, cfg.clip_frames, resolution, cfg.seed, cfg.task, split)
+        if cfg.task == "action":
+            from gfcore.data import Minecraft
+
+            return Minecraft(root, split, num_frames=cfg.clip_frames, resolution=resolution, random_start=False,
+                             with_depth=with_depth)
+        from gfcore.data import RealEstate10K
+
+        return RealEstate10K(root, split, num_frames=cfg.clip_frames, resolution=resolution, random_start=False,
+                             with_depth=with_depth, layout="raw")
+    if kind == "re10k":
+        from gfcore.data import RealEstate10K
+
+        return RealEstate10K(os.path.expanduser(cfg.root), split, num_frames=cfg.clip_frames, resolution=resolution,
+                             frame_skip=cfg.get("frame_skip", 1), random_start=False, with_depth=with_depth)
+    from gfcore.data import Minecraft
+
+    return Minecraft(os.path.expanduser(cfg.root), split, num_frames=cfg.clip_frames, resolution=resolution,
+                     frame_skip=cfg.get("frame_skip", 1), random_start=False, with_depth=with_depth)
+
+
+def add_rays(item: Dict, patch_size: int = 1) -> Dict:
+    """Pluecker rays [T, 6, H, W] of a clip window, poses made relative to the window's first frame."""
+    height, width = item["frames"].shape[-2:]
+    c2w = relative_to_first(item["c2w"].double()).float()
+    item["c2w"] = c2w
+    item["rays"] = plucker_rays(item["intrinsics"], c2w, height, width, patch_size)
+    return item
+
+
+class StepBatcher:
+    """batch(step) -> the global batch of that step (or this rank's slice of it).
+
+    Clips are loaded once and kept in memory when `cache` (the built-in scenes are small);
+    each sample is a random window of `num_frames` frames of a random clip.
+    """
+
+    def __init__(self, dataset, num_frames: int, batch_size: int, seed: int, camera: bool,
+                 cache: bool = True, rank: int = 0, world_size: int = 1):
+        if batch_size % world_size:
+            raise ValueError(f"train.batch_size={batch_size} must be divisible by the world size {world_size}")
+        if len(dataset) == 0:
+            raise ValueError("the training dataset is empty")
+        self.dataset, self.num_frames, self.batch_size, self.seed = dataset, num_frames, batch_size, seed
+        self.camera, self.cache = camera, cache
+        self.rank, self.world_size = rank, world_size
+        self._clips: Dict[int, Dict] = {}
+
+    def _clip(self, index: int) -> Dict:
+        if index in self._clips:
+            return self._clips[index]
+        clip = self.dataset[index]
+        total = clip["frames"].shape[0]
+        if total < self.num_frames:
+            raise ValueError(f"clip {clip.get('key', index)!r} has {total} frames, fewer than train num_frames "
+                             f"{self.num_frames}")
+        if self.cache:
+            self._clips[index] = clip
+        return clip
+
+    def plan(self, step: int) -> List[tuple]:
+        """(clip index, window start) for every sample of the global batch of `step`."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        indices = torch.randint(len(self.dataset), (self.batch_size,), generator=generator).tolist()
+        fractions = torch.rand(self.batch_size, generator=generator).tolist()
+        return list(zip(indices, fractions))
+
+    def batch(self, step: int, device: Optional[torch.device] = None) -> Dict:
+        per_rank = self.batch_size // self.world_size
+        plan = self.plan(step)[self.rank * per_rank:(self.rank + 1) * per_rank]
+        items = []
+        for index, fraction in plan:
+            clip = self._clip(index)
+            total = clip["frames"].shape[0]
+            start = int(fraction * (total - self.num_frames + 1))
+            window = slice(start, start + self.num_frames)
+            item = {k: v[window] for k, v in clip.items() if isinstance(v, torch.Tensor) and v.dim() > 0
+                    and v.shape[0] == total}
+            item["key"] = clip.get("key", str(index))  # frame_indices come along: a per-frame tensor
+            if self.camera:
+                add_rays(item)
+            items.append(item)
+        batch = {}
+        for key in items[0]:
+            values = [item[key] for item in items]
+            batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+        if device is not None:
+            batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        return batch

@@ -1,0 +1,89 @@
+"""Flow matching with per-frame noise levels (diffusion forcing) plus Geometry Forcing alignment.
+
+x_t = (1 - t) x_0 + t eps, target v = eps - x_0, loss = mean ||v_hat - v||^2 over the noisy
+frames. Context frames (t = 0) are inputs only and carry no diffusion loss. The alignment
+term GeometryAlignmentLoss(hidden, teacher features) is added when a teacher is given.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import torch
+
+from gfcore.losses import GeometryAlignmentLoss
+
+
+@dataclass
+class NoiseDraw:
+    """Everything random about one training step, drawn up front for the whole global batch."""
+    t: torch.Tensor          # [B, T] noise levels, 0 on context frames
+    eps: torch.Tensor        # [B, T, C, H, W]
+    context: torch.Tensor    # [B, T] bool, True on clean context frames
+    drop_cond: torch.Tensor  # [B] bool, conditioning dropped (guidance)
+
+    def slice(self, start: int, stop: int) -> "NoiseDraw":
+        return NoiseDraw(self.t[start:stop], self.eps[start:stop], self.context[start:stop], self.drop_cond[start:stop])
+
+
+def draw_noise(shape, generator: torch.Generator, context_prob: float = 0.5, max_context: int = 2,
+               cond_drop_prob: float = 0.1) -> NoiseDraw:
+    """Independent noise levels t ~ U(0, 1) per frame; with probability context_prob a clip's
+    first k ~ U{1..max_context} frames are clean context; conditioning dropped with cond_drop_prob."""
+    batch, frames = shape[:2]
+    t = torch.rand(batch, frames, generator=generator)
+    eps = torch.randn(shape, generator=generator)
+    use_context = torch.rand(batch, generator=generator) < context_prob
+    k = torch.randint(1, max(1, min(max_context, frames - 1)) + 1, (batch,), generator=generator)
+    context = (torch.arange(frames)[None] < k[:, None]) & use_context[:, None]
+    if max_context < 1 or frames < 2:
+        context = torch.zeros_like(context)
+    drop_cond = torch.rand(batch, generator=generator) < cond_drop_prob
+    return NoiseDraw(t.masked_fill(context, 0.0), eps, context, drop_cond)
+
+
+def noisy_input(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    tt = t[:, :, None, None, None].to(x0.dtype)
+    return (1 - tt) * x0 + tt * eps
+
+
+def flow_matching_loss(v_hat: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """Squared error of v_hat against eps - x0: mean over each clip's non-context frames, then over clips.
+
+    Averaging per clip first keeps the loss of a batch equal to the mean of its shards' losses,
+    so DDP's gradient average matches one process on the whole batch.
+    """
+    per_frame = (v_hat.float() - (eps - x0).float()).pow(2).mean(dim=(2, 3, 4))  # [B, T]
+    weight = (~context).float()
+    return ((per_frame * weight).sum(1) / weight.sum(1).clamp_min(1.0)).mean()
+
+
+class GFObjective(torch.nn.Module):
+    """Diffusion loss + optional alignment: forward(model, batch, noise, features) -> terms.
+
+    alignment: a GeometryAlignmentLoss (None for the baseline). features: teacher targets
+    [B, T, P, target_dim] or [B, T, P, L, target_dim] matching the model's hidden state.
+    Returns a dict with loss (to backpropagate), diffusion, and when aligning angular,
+    scale, cosine, alignment.
+    """
+
+    def __init__(self, alignment: Optional[GeometryAlignmentLoss] = None):
+        super().__init__()
+        self.alignment = alignment
+
+    def forward(self, model, batch: Dict[str, torch.Tensor], noise: NoiseDraw,
+                features: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        x0 = batch["frames"]
+        x_t = noisy_input(x0, noise.t, noise.eps)
+        v_hat, hidden = model(x_t, noise.t, rays=batch.get("rays"), actions=batch.get("actions"),
+                              drop_cond=noise.drop_cond)
+        diffusion = flow_matching_loss(v_hat, x0, noise.eps, noise.context)
+        terms = {"diffusion": diffusion, "loss": diffusion}
+        if self.alignment is not None:
+            if features is None:
+                raise ValueError("GFObjective has an alignment loss but no teacher features were given")
+            out = self.alignment(hidden, features.to(hidden.dtype) if not torch.is_autocast_enabled(hidden.device.type)
+                                 else features)
+            terms.update(loss=diffusion + out.loss, alignment=out.loss, angular=out.angular, scale=out.scale,
+                         cosine=out.cosine)
+        return terms

@@ -1,0 +1,324 @@
+"""The training loop: flow matching + Geometry Forcing, checkpoints, resume=auto, DDP, logs.
+
+train(cfg) runs cfg.train.steps steps and returns a summary. All randomness of step s
+(batch choice, noise, context, guidance dropout) comes from generators seeded with
+(cfg.seed, s), so a run resumed from any checkpoint ends bit-identical to one never stopped,
+and N DDP ranks each take their slice of the same global batch as one process would.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import nullcontext
+from typing import Dict, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from gfcore.losses import GeometryAlignmentLoss
+from gfcore.models.dit import VideoDiT, build_model
+from gfcore.nvtx import nvtx_range
+from gfcore.train.checkpoint import atomic_save, latest_checkpoint, rng_state, save_checkpoint, set_rng_state
+from gfcore.train.data import StepBatcher, build_dataset
+from gfcore.train.distributed import DistInfo, barrier, gather_objects, mean_across_ranks, setup_distributed
+from gfcore.train.flops import forward_flops, peak_flops
+from gfcore.train.objective import GFObjective, draw_noise
+from gfcore.train.optim import EMA, build_optimizer, build_scheduler, full_tensor
+from gfcore.train.teachers import TEACHER_LABELS, build_teacher
+
+
+class CrashForTesting(RuntimeError):
+    """Raised by train.crash_after_step: simulates a run killed mid-way."""
+
+
+class TrainModule(torch.nn.Module):
+    """Model + objective (with its projector/head) as one module, so DDP sees every trained parameter."""
+
+    def __init__(self, model: VideoDiT, objective: GFObjective):
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, batch, noise, features):
+        return self.objective(self.model, batch, noise, features)
+
+
+def resolve_device(name: str, info: Optional[DistInfo] = None) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and info is not None and info.enabled:
+        return torch.device("cuda", info.local_rank)
+    return torch.device(name)
+
+
+def build_alignment(cfg: DictConfig, model: VideoDiT, teacher) -> Optional[GeometryAlignmentLoss]:
+    if teacher is None:
+        return None
+    loss_cfg = cfg.loss
+    return GeometryAlignmentLoss(model.hidden_dim, teacher.feature_dim, num_targets=getattr(teacher, "num_layers", 1),
+                                 projector_dim=loss_cfg.projector_dim, head_dim=loss_cfg.head_dim,
+                                 lambda_angular=loss_cfg.lambda_angular, lambda_scale=loss_cfg.lambda_scale,
+                                 impl=loss_cfg.impl)
+
+
+def model_config(cfg: DictConfig) -> dict:
+    """The model node, with sizes the data decides (image size, camera / action conditioning)."""
+    node = OmegaConf.to_container(cfg.model, resolve=True)
+    node.setdefault("image_size", list(cfg.data.resolution))
+    return node
+
+
+def build_training(cfg: DictConfig, device: torch.device):
+    """(model, objective, teacher): the model is built first from cfg.seed, so baseline and GF
+    runs start from the same weights; the projector/head come from a separate seed."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_config(cfg)).to(device)
+    teacher = build_teacher(cfg.teacher, model.config.grid, str(device))
+    torch.manual_seed(cfg.seed + 1)
+    objective = GFObjective(build_alignment(cfg, model, teacher)).to(device)
+    return model, objective, teacher
+
+
+class JsonlLog:
+    """Append-only JSONL log; on resume, lines from steps after the checkpoint are dropped."""
+
+    def __init__(self, path: str, resume_step: int, enabled: bool):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        kept = []
+        if resume_step > 0 and os.path.isfile(path):
+            with open(path) as handle:
+                for line in handle:
+                    try:
+                        if json.loads(line).get("step", 0) <= resume_step:
+                            kept.append(line)
+                    except json.JSONDecodeError:
+                        break  # a line cut by the crash: everything after it is stale
+        with open(path, "w") as handle:
+            handle.writelines(kept)
+
+    def last(self) -> Dict:
+        """The newest record, or {} when there is none."""
+        record = {}
+        if os.path.isfile(self.path):
+            with open(self.path) as handle:
+                for line in handle:
+                    if line.strip():
+                        record = json.loads(line)
+        return record
+
+    def write(self, record: Dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+
+def _progress(total: int, initial: int, enabled: bool, label: str):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, desc=label, dynamic_ncols=True, leave=True)
+
+
+def _precision(cfg: DictConfig, device: torch.device) -> Optional[torch.dtype]:
+    mode = cfg.train.precision
+    if mode == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if mode in ("fp32", "float32"):
+        return None
+    if mode in ("bf16", "bfloat16"):
+        return torch.bfloat16
+    raise ValueError(f"train.precision must be auto, fp32 or bf16, got {mode!r}")
+
+
+def _wrap(module: TrainModule, cfg: DictConfig, info: DistInfo, device: torch.device):
+    if not info.enabled:
+        return module
+    strategy = cfg.train.strategy
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in module.model.blocks:
+            fully_shard(block)
+        return fully_shard(module)
+    raise ValueError(f"train.strategy must be 'ddp' or 'fsdp', got {strategy!r}")
+
+
+def _full_state_dict(module: torch.nn.Module) -> Dict:
+    return {k: full_tensor(v).detach().cpu() for k, v in module.state_dict().items()}
+
+
+def _optimizer_state(module, optimizer, sharded: bool) -> Dict:
+    if not sharded:
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(module, optimizer, options=StateDictOptions(full_state_dict=True))
+
+
+def _load_optimizer(module, optimizer, state: Dict, sharded: bool) -> None:
+    if not sharded:
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def _state_for_checkpoint(module: TrainModule, optimizer, scheduler, ema: EMA, step: int, cfg, info: DistInfo,
+                          sharded: bool) -> Dict:
+    """Everything a resume needs; collectives inside, so every rank calls it."""
+    rngs = gather_objects(rng_state(), info)
+    return {
+        "step": step,
+        "model": _full_state_dict(module.model),
+        "objective": _full_state_dict(module.objective),
+        "optimizer": _optimizer_state(module, optimizer, sharded),
+        "scheduler": scheduler.state_dict(),
+        "ema": ema.state_dict(),
+        "rng": rngs,  # one entry per rank
+        "data": {"next_step": step, "seed": int(cfg.seed)},  # the batcher is indexed by step
+        "world_size": info.world_size,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def _find_resume(cfg: DictConfig, ckpt_dir: str):
+    resume = cfg.train.resume
+    if resume in (None, "none", False):
+        return None
+    if resume == "auto":
+        return latest_checkpoint(ckpt_dir)
+    if not os.path.isfile(resume):
+        raise FileNotFoundError(f"train.resume={resume!r}: no such checkpoint file")
+    return resume, torch.load(resume, map_location="cpu", weights_only=False)
+
+
+def train(cfg: DictConfig) -> Dict:
+    """Train as cfg says; writes {out_dir}/checkpoints, log.jsonl, config.yaml, final.pt, summary.json."""
+    device_type = resolve_device(cfg.train.device).type
+    info = setup_distributed(device_type)
+    device = resolve_device(cfg.train.device, info)
+    out_dir = os.path.expanduser(cfg.out_dir)
+    ckpt_dir = os.path.join(out_dir, "checkpoints")
+    if info.is_main:
+        os.makedirs(out_dir, exist_ok=True)
+        OmegaConf.save(cfg, os.path.join(out_dir, "config.yaml"))
+
+    model, objective, teacher = build_training(cfg, device)
+    module = TrainModule(model, objective)
+    found = _find_resume(cfg, ckpt_dir)
+    if found is not None:  # weights go into the plain module, before DDP / FSDP wrap it
+        model.load_state_dict(found[1]["model"])
+        objective.load_state_dict(found[1]["objective"])
+    wrapped = _wrap(module, cfg, info, device)
+    # Built after wrapping: FSDP replaces the parameters by sharded ones.
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, cfg.train.lr, cfg.train.weight_decay, cfg.train.betas)
+    scheduler = build_scheduler(optimizer, cfg.train.warmup_steps, cfg.train.steps, cfg.train.lr_decay)
+    ema = EMA(model, cfg.train.ema_decay)
+    sharded = info.enabled and cfg.train.strategy == "fsdp"
+
+    start_step = 0
+    if found is not None:
+        path, state = found
+        _load_optimizer(module, optimizer, state["optimizer"], sharded)
+        scheduler.load_state_dict(state["scheduler"])
+        ema.load_state_dict(state["ema"])
+        start_step = int(state["step"])
+        if state.get("world_size", 1) == info.world_size:
+            set_rng_state(state["rng"][info.rank])
+        if info.is_main:
+            print(f"resumed from {path} at step {start_step}")
+
+    with_depth = cfg.teacher.name == "pointmap"
+    dataset = build_dataset(cfg.data, with_depth=with_depth, generate_missing=info.is_main)
+    barrier(info)
+    batcher = StepBatcher(dataset, cfg.train.num_frames, cfg.train.batch_size, cfg.seed, camera=bool(cfg.data.camera),
+                          cache=cfg.data.get("cache_in_memory", True), rank=info.rank, world_size=info.world_size)
+    per_rank = cfg.train.batch_size // info.world_size
+    frame_shape = (cfg.train.batch_size, cfg.train.num_frames, 3, *cfg.data.resolution)
+    autocast_dtype = _precision(cfg, device)
+    align_params = sum(p.numel() for p in objective.parameters() if p.dim() == 2)
+    step_flops = 3 * forward_flops(model, cfg.train.batch_size, cfg.train.num_frames, align_params)
+    peak = peak_flops(device, cfg.train.get("peak_tflops"))
+    label = TEACHER_LABELS[cfg.teacher.name]
+    log = JsonlLog(os.path.join(out_dir, "log.jsonl"), start_step, info.is_main)
+    bar = _progress(cfg.train.steps, start_step, info.is_main and cfg.train.progress, f"train [{label}]")
+
+    last_terms: Dict[str, float] = {}
+    window_start, window_steps = time.perf_counter(), 0
+    for step in range(start_step, cfg.train.steps):
+        module.train()
+        with nvtx_range("train.data"):
+            batch = batcher.batch(step, device)
+            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 7_919)
+            noise = draw_noise(frame_shape, generator, cfg.train.context_prob, cfg.train.max_context,
+                               cfg.train.cond_drop_prob).slice(info.rank * per_rank, (info.rank + 1) * per_rank)
+            noise.t, noise.eps = noise.t.to(device), noise.eps.to(device)
+            noise.context, noise.drop_cond = noise.context.to(device), noise.drop_cond.to(device)
+        with nvtx_range("train.teacher"):
+            features = teacher(batch) if teacher is not None else None
+        with nvtx_range("train.forward"):
+            autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                        else nullcontext())
+            with autocast:
+                terms = wrapped(batch, noise, features)
+        with nvtx_range("train.backward"):
+            terms["loss"].backward()
+        with nvtx_range("train.optimizer"):
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip if cfg.train.grad_clip else float("inf"))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            ema.update(model)
+        done = step + 1
+        window_steps += 1
+        if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+            logged = mean_across_ranks(terms, info)
+            elapsed = time.perf_counter() - window_start
+            record = {"step": done, **logged, "grad_norm": float(full_tensor(grad_norm)), "lr": scheduler.get_last_lr()[0],
+                      "samples_per_s": window_steps * cfg.train.batch_size / elapsed,
+                      "achieved_tflops": window_steps * step_flops / elapsed / 1e12,
+                      "mfu": (window_steps * step_flops / elapsed / peak) if peak else None, "teacher": label}
+            log.write(record)
+            last_terms = record
+            window_start, window_steps = time.perf_counter(), 0
+            if bar is not None:
+                bar.set_postfix(loss=f"{logged['loss']:.4f}", **({"cos": f"{logged['cosine']:.3f}"} if "cosine" in logged else {}))
+        if bar is not None:
+            bar.update(1)
+        if done % cfg.train.ckpt_every == 0 or done == cfg.train.steps:
+            state = _state_for_checkpoint(module, optimizer, scheduler, ema, done, cfg, info, sharded)
+            if info.is_main:
+                save_checkpoint(ckpt_dir, done, state, cfg.train.keep_last)
+            barrier(info)
+        if cfg.train.get("crash_after_step") is not None and done == cfg.train.crash_after_step:
+            raise CrashForTesting(f"train.crash_after_step={done}: stopping as if killed")
+    if bar is not None:
+        bar.close()
+    if not last_terms and info.is_main:  # nothing left to run after a resume: report the logged end
+        last_terms = log.last()
+
+    summary = {"steps": cfg.train.steps, "resumed_from": start_step, "teacher": label, "final": last_terms,
+               "step_flops": step_flops, "out_dir": out_dir}
+    ema_model = build_model(model_config(cfg))
+    ema.copy_to(ema_model)  # gathers FSDP shards: every rank takes part
+    final_weights = _full_state_dict(model)
+    if info.is_main:
+        atomic_save({"model": final_weights, "ema": ema_model.state_dict(), "model_config": model_config(cfg),
+                     "config": OmegaConf.to_container(cfg, resolve=True), "teacher": label},
+                    os.path.join(out_dir, "final.pt"))
+        with open(os.path.join(out_dir, "summary.json"), "w") as handle:
+            json.dump(summary, handle, indent=1)
+    barrier(info)
+    return summary

@@ -1,0 +1,46 @@
+"""The main job end to end at toy size: data, two runs, rollouts, metrics, report."""
+import json
+import os
+
+import numpy as np
+
+from gfcore.cli import main
+from trainer_helpers import TINY_MODEL, one_torch_thread  # noqa: F401  (autouse fixture)
+
+
+def test_demo_writes_a_labelled_report(tmp_path):
+    out = tmp_path / "demo"
+    code = main(["demo", "--out", str(out), "--test-clips", "4", "--rollout-frames", "10",
+                 "data.num_clips=2", "data.clip_frames=8", "data.resolution=[16,16]", "train.steps=2",
+                 "train.batch_size=2", "train.num_frames=4", "train.progress=false", "train.device=cpu",
+                 "sample.steps=1", "sample.method=euler", *TINY_MODEL])
+    assert code == 0
+    report = (out / "report.md").read_text()
+    assert "oracle pointmap teacher" in report and "baseline (no alignment)" in report
+    assert (out / "loss.png").stat().st_size > 0
+    for name in ("baseline", "gf"):
+        clips = sorted((out / "samples" / name / "clips").glob("*.npy"))
+        assert len(clips) == 4
+        video = np.load(clips[0])
+        assert video.shape == (10, 16, 16, 3) and video.dtype == np.uint8
+        assert len(list((out / "samples" / name / "videos").glob("*.gif"))) == 4
+        assert len(list((out / "samples" / name / "videos").glob("*.mp4"))) == 4
+        # the test split's 4th clip is a 360-degree turn: the revisit rollout
+        assert len(list((out / "samples" / name / "revisit" / "clips").glob("*.npy"))) == 1
+        results = json.loads((out / "eval" / name / "results.json").read_text())
+        assert isinstance(results["metrics"]["PSNR"], float)
+        assert isinstance(results["details"]["rve"]["psnr"], float)
+        assert str(results["metrics"]["FVD"]).startswith("unavailable")  # no I3D weights here
+        assert f"samples/{name}/videos/" in report
+    # given frames are copied, not generated
+    ref = np.load(sorted((out / "samples" / "reference" / "clips").glob("*.npy"))[0])
+    gen = np.load(sorted((out / "samples" / "gf" / "clips").glob("*.npy"))[0])
+    assert np.array_equal(ref[:2], gen[:2])
+    gf_log = [json.loads(line) for line in open(out / "runs" / "gf" / "log.jsonl")]
+    assert all(r["teacher"] == "oracle pointmap teacher" for r in gf_log)
+    assert os.path.isfile(out / "timings.json")
+
+    # gfcore sample on the trained GF run: a revisit rollout longer than the training window
+    assert main(["sample", str(out / "runs" / "gf"), "--out", str(out / "extra"), "--num-frames", "9",
+                 "--num-clips", "1", "--path", "revisit", "--steps", "1", "--method", "euler"]) == 0
+    assert len(list((out / "extra").glob("*_revisit_9f.mp4"))) == 1 and len(list((out / "extra").glob("*.gif"))) == 1

@@ -1,0 +1,138 @@
+"""Flow-matching objective, the oracle pointmap teacher, and baseline vs GF equivalence."""
+import pytest
+import torch
+
+from gfcore.losses import GeometryAlignmentLoss
+from gfcore.models import build_model
+from gfcore.train.objective import GFObjective, draw_noise, flow_matching_loss, noisy_input
+from gfcore.train.teachers import ORACLE_LABEL, PointmapTeacher, backproject
+from trainer_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
+
+
+def test_noisy_input_and_loss_against_formula():
+    x0, eps = torch.randn(2, 3, 3, 4, 5), torch.randn(2, 3, 3, 4, 5)
+    t = torch.tensor([[0.0, 0.3, 1.0], [0.5, 0.9, 0.1]])
+    xt = noisy_input(x0, t, eps)
+    for b in range(2):
+        for f in range(3):
+            torch.testing.assert_close(xt[b, f], (1 - t[b, f]) * x0[b, f] + t[b, f] * eps[b, f])
+    v_hat = torch.randn_like(x0, requires_grad=True)
+    context = torch.tensor([[True, False, False], [False, False, False]])
+    loss = flow_matching_loss(v_hat, x0, eps, context)
+    err = (v_hat - (eps - x0)).pow(2).mean(dim=(2, 3, 4))
+    expected = ((err[0, 1] + err[0, 2]) / 2 + err[1].mean()) / 2  # per clip over noisy frames, then over clips
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert torch.count_nonzero(v_hat.grad[0, 0]) == 0  # context frames carry no loss
+    assert torch.count_nonzero(v_hat.grad[0, 1]) > 0
+
+
+def test_draw_noise_is_seeded_and_context_is_clean():
+    a = draw_noise((64, 6, 3, 2, 2), torch.Generator().manual_seed(3), context_prob=0.5, max_context=2)
+    b = draw_noise((64, 6, 3, 2, 2), torch.Generator().manual_seed(3), context_prob=0.5, max_context=2)
+    assert torch.equal(a.t, b.t) and torch.equal(a.eps, b.eps) and torch.equal(a.context, b.context)
+    assert (a.t[a.context] == 0).all() and (a.t[~a.context] > 0).all()
+    counts = a.context.sum(1)
+    assert set(counts.tolist()) <= {0, 1, 2} and (counts > 0).any() and (counts == 0).any()
+    # context frames are always a prefix of the clip
+    for row in a.context:
+        k = int(row.sum())
+        assert row[:k].all() and not row[k:].any()
+
+
+def test_backproject_reprojects_to_pixels():
+    """World points projected back with K and the inverse pose land on the pixel centres, at the depth."""
+    H, W = 5, 7
+    K = torch.tensor([[6.0, 0, 3.5], [0, 5.0, 2.5], [0, 0, 1]])
+    angle = torch.tensor(0.3)
+    c2w = torch.eye(4)
+    c2w[0, 0], c2w[0, 2], c2w[2, 0], c2w[2, 2] = angle.cos(), angle.sin(), -angle.sin(), angle.cos()
+    c2w[:3, 3] = torch.tensor([0.5, -0.2, 1.0])
+    depth = torch.rand(H, W) + 1.0
+    world = backproject(depth, K, c2w)
+    w2c = torch.linalg.inv(c2w)
+    cam = world @ w2c[:3, :3].T + w2c[:3, 3]
+    torch.testing.assert_close(cam[..., 2], depth, atol=1e-5, rtol=1e-5)
+    uv = (cam @ K.T)[..., :2] / cam[..., 2:]
+    v, u = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+    torch.testing.assert_close(uv, torch.stack([u, v], -1), atol=1e-4, rtol=1e-4)
+
+
+def test_pointmap_teacher_features():
+    teacher = PointmapTeacher((2, 3), num_frequencies=2)
+    assert teacher.label == ORACLE_LABEL and teacher.feature_dim == 7 * 5
+    B, T, H, W = 2, 3, 4, 6
+    K = torch.tensor([[5.0, 0, 3], [0, 5.0, 2], [0, 0, 1]]).expand(B, T, 3, 3)
+    batch = {"depth": torch.rand(B, T, H, W) + 1, "intrinsics": K, "c2w": torch.eye(4).expand(B, T, 4, 4)}
+    feats = teacher(batch)
+    assert feats.shape == (B, T, 6, 35)
+    # identity pose: the world point equals the camera point; channel 6 is the mean log depth of each 2x2 patch
+    torch.testing.assert_close(feats[..., :3], feats[..., 3:6])
+    log_depth = batch["depth"].log().reshape(B, T, 2, 2, 3, 2).mean(dim=(3, 5)).reshape(B, T, 6)
+    torch.testing.assert_close(feats[..., 6], log_depth)
+    with pytest.raises(KeyError, match="depth"):
+        teacher({"intrinsics": K, "c2w": batch["c2w"]})
+
+
+def _setup(seed=0):
+    torch.manual_seed(seed)
+    model = build_model(dict(image_size=[8, 8], hidden_dim=32, depth=2, num_heads=2, align_depth=1))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "modulation" in name or name.startswith("out."):
+                p.normal_(0, 0.05)
+    batch = {"frames": torch.rand(2, 4, 3, 8, 8) * 2 - 1, "rays": torch.randn(2, 4, 6, 8, 8)}
+    noise = draw_noise((2, 4, 3, 8, 8), torch.Generator().manual_seed(1), cond_drop_prob=0.5)
+    features = torch.randn(2, 4, 4, 10)
+    return model, batch, noise, features
+
+
+def test_baseline_and_gf_differ_only_by_the_alignment_term():
+    model, batch, noise, features = _setup()
+    torch.manual_seed(5)
+    alignment = GeometryAlignmentLoss(32, 10, projector_dim=16, head_dim=8, impl="reference")
+    base = GFObjective(None)(model, batch, noise)
+    base["loss"].backward()
+    g_base = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    gf = GFObjective(alignment)(model, batch, noise, features)
+    torch.testing.assert_close(gf["diffusion"], base["diffusion"], rtol=0, atol=0)
+    torch.testing.assert_close(gf["loss"], gf["diffusion"] + gf["alignment"])
+    assert set(gf) == {"loss", "diffusion", "alignment", "angular", "scale", "cosine"}
+    gf["loss"].backward()
+    g_gf = {n: p.grad.clone() for n, p in model.named_parameters()}
+    # the alignment term alone, through the hidden state
+    model.zero_grad()
+    _, hidden = model(noisy_input(batch["frames"], noise.t, noise.eps), noise.t, rays=batch["rays"],
+                      drop_cond=noise.drop_cond)
+    alignment(hidden, features).loss.backward()
+    for name, p in model.named_parameters():
+        g_align = p.grad if p.grad is not None else torch.zeros_like(g_base[name])
+        torch.testing.assert_close(g_gf[name], g_base[name] + g_align, atol=1e-6, rtol=1e-5)
+    # blocks after the alignment block get no alignment gradient
+    assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in model.blocks[1].parameters())
+
+
+def test_gf_objective_needs_features():
+    model, batch, noise, _ = _setup()
+    with pytest.raises(ValueError, match="teacher features"):
+        GFObjective(GeometryAlignmentLoss(32, 10, projector_dim=16, head_dim=8))(model, batch, noise)
+
+
+def test_tiny_model_overfits_one_clip():
+    """One clip and one noise draw (the classic overfit-one-batch check): the loss falls to ~0."""
+    torch.manual_seed(0)
+    model = build_model(dict(image_size=[8, 8], patch_size=4, hidden_dim=48, depth=2, num_heads=2, align_depth=1,
+                             camera_cond=False))
+    clip = (torch.rand(1, 4, 3, 8, 8) * 2 - 1).expand(4, -1, -1, -1, -1)
+    noise = draw_noise((4, 4, 3, 8, 8), torch.Generator().manual_seed(0), context_prob=0.0, cond_drop_prob=0.0)
+    objective = GFObjective(None)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(80):
+        loss = objective(model, {"frames": clip}, noise)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.02 * losses[0], (losses[0], losses[-1])

@@ -1,0 +1,110 @@
+"""Atomic checkpoints, resume=auto, and a killed-then-resumed run matching an uninterrupted one."""
+import json
+import os
+
+import pytest
+import torch
+
+from gfcore.train import load_config, train
+from gfcore.train.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
+from gfcore.train.trainer import CrashForTesting
+from trainer_helpers import one_torch_thread, tiny_data_root, tiny_overrides  # noqa: F401  (fixtures)
+
+
+def test_checkpoints_are_atomic_and_damaged_ones_skipped(tmp_path):
+    for step in (1, 2, 3):
+        save_checkpoint(str(tmp_path), step, {"step": step, "w": torch.full((3,), float(step))}, keep_last=2)
+    assert [s for s, _ in list_checkpoints(str(tmp_path))] == [2, 3]
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    # a crash mid-write leaves a temp file, never a half-written step file; it is ignored
+    (tmp_path / "step_00000004.pt.123.tmp").write_bytes(b"partial")
+    # a damaged newest file (disk trouble) falls back to the previous one
+    (tmp_path / "step_00000005.pt").write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match="step_00000005"):
+        path, state = latest_checkpoint(str(tmp_path))
+    assert state["step"] == 3 and path.endswith("step_00000003.pt")
+
+
+def _final(out_dir):
+    return torch.load(os.path.join(out_dir, "final.pt"), weights_only=False)
+
+
+def _log(out_dir):
+    with open(os.path.join(out_dir, "log.jsonl")) as handle:
+        return [json.loads(line) for line in handle]
+
+
+@pytest.mark.parametrize("teacher", ["pointmap"])
+def test_killed_run_resumes_bit_identical(tmp_path, tiny_data_root, teacher):  # noqa: F811
+    straight = str(tmp_path / "straight")
+    train(load_config(tiny_overrides(tiny_data_root, straight, f"teacher={teacher}")))
+
+    interrupted = str(tmp_path / "interrupted")
+    # killed after step 3: the newest checkpoint is step 2, step 3's work is lost
+    with pytest.raises(CrashForTesting):
+        train(load_config(tiny_overrides(tiny_data_root, interrupted, f"teacher={teacher}", "train.crash_after_step=3")))
+    assert [s for s, _ in list_checkpoints(os.path.join(interrupted, "checkpoints"))] == [2]
+    assert not os.path.exists(os.path.join(interrupted, "final.pt"))
+    summary = train(load_config(tiny_overrides(tiny_data_root, interrupted, f"teacher={teacher}")))
+    assert summary["resumed_from"] == 2
+
+    a, b = _final(straight), _final(interrupted)
+    for part in ("model", "ema"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after resume"
+    ckpt_a = torch.load(os.path.join(straight, "checkpoints", "step_00000006.pt"), weights_only=False)
+    ckpt_b = torch.load(os.path.join(interrupted, "checkpoints", "step_00000006.pt"), weights_only=False)
+    for key, value in ckpt_a["objective"].items():  # projector and head too
+        assert torch.equal(value, ckpt_b["objective"][key])
+    assert ckpt_a["optimizer"]["state"].keys() == ckpt_b["optimizer"]["state"].keys()
+    for key, value in ckpt_a["optimizer"]["state"].items():
+        assert torch.equal(value["exp_avg_sq"], ckpt_b["optimizer"]["state"][key]["exp_avg_sq"])
+    # the log holds each step once, with the same losses
+    log_a, log_b = _log(straight), _log(interrupted)
+    assert [r["step"] for r in log_b] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
+    assert {"diffusion", "angular", "scale", "cosine", "samples_per_s", "mfu", "lr", "grad_norm"} <= set(log_a[-1])
+    assert log_a[-1]["teacher"] == "oracle pointmap teacher"
+
+
+def test_resume_none_starts_over_and_finished_run_is_a_no_op(tmp_path, tiny_data_root):  # noqa: F811
+    out = str(tmp_path / "run")
+    overrides = tiny_overrides(tiny_data_root, out, "teacher=none", "train.steps=2")
+    train(load_config(overrides))
+    assert train(load_config(overrides))["resumed_from"] == 2  # resume=auto: nothing left to do
+    assert train(load_config(overrides + ["train.resume=none"]))["resumed_from"] == 0
+    with pytest.raises(FileNotFoundError, match="train.resume"):
+        train(load_config(overrides + [f"train.resume={tmp_path}/missing.pt"]))
+
+
+def test_sigkilled_process_resumes_bit_identical(tmp_path, tiny_data_root):  # noqa: F811
+    """A real `gfcore train` process killed with SIGKILL right after its first checkpoint, then resumed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    extra = ("teacher=pointmap", "train.steps=60", "train.ckpt_every=2", "train.log_every=5")
+    straight = str(tmp_path / "straight")
+    train(load_config(tiny_overrides(tiny_data_root, straight, *extra)))
+
+    killed = str(tmp_path / "killed")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    process = subprocess.Popen([sys.executable, "-m", "gfcore", "train", *tiny_overrides(tiny_data_root, killed, *extra)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt_dir = os.path.join(killed, "checkpoints")
+    deadline = time.time() + 60
+    while not list_checkpoints(ckpt_dir) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not os.path.exists(os.path.join(killed, "final.pt"))
+    summary = train(load_config(tiny_overrides(tiny_data_root, killed, *extra)))
+    assert 0 < summary["resumed_from"] < 60
+    a, b = _final(straight), _final(killed)
+    for part in ("model", "ema"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after SIGKILL + resume"
+    assert [r["loss"] for r in _log(straight)] == [r["loss"] for r in _log(killed)]
