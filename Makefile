@@ -8,7 +8,7 @@ setup:
 	VENV=$(VENV) bash scripts/setup_env.sh
 
 demo: setup
-	$(PY) -m benchmarks.bench_alignment_loss --device cpu
+	$(PY) -m gfcore demo
 
 test: setup test-python test-cpp
 

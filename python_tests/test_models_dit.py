@@ -22,7 +22,7 @@ def naive_attention(attn: FactorizedAttention, x, mode, causal=False, rope=None)
     def rms(t, weight):
         return t / torch.sqrt(t.pow(2).mean(-1, keepdim=True) + 1e-6) * weight
 
-    q, k = rms(q, attn.q_norm.weight), rms(k, attn.k_norm.weight)
+    q, k = rms(q, attn.q_norm_weight), rms(k, attn.k_norm_weight)
     if rope is not None:
         cos, sin = rope  # rotate pairs (i, i + d/2) by the table's angle
         angle = torch.atan2(sin[:, : d // 2], cos[:, : d // 2])  # [S, d/2]
@@ -47,8 +47,8 @@ def naive_attention(attn: FactorizedAttention, x, mode, causal=False, rope=None)
 def test_attention_matches_reference_odd_noncontiguous(mode, causal):
     attn = FactorizedAttention(24, 3)
     with torch.no_grad():
-        attn.q_norm.weight.uniform_(0.5, 1.5)
-        attn.k_norm.weight.uniform_(0.5, 1.5)
+        attn.q_norm_weight.uniform_(0.5, 1.5)
+        attn.k_norm_weight.uniform_(0.5, 1.5)
     x = torch.randn(2, 24, 5, 3).permute(0, 3, 2, 1)  # [2, 3, 5, 24], non-contiguous
     assert not x.is_contiguous()
     seq = 5 if mode == "spatial" else 3

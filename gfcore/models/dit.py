@@ -18,8 +18,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-# Swap to `from gfcore.nn import FactorizedAttention` once that module lands on main.
-from gfcore.models.attention import FactorizedAttention
+from gfcore.nn import FactorizedAttention
 from gfcore.models.rope import rope_1d, rope_2d
 
 
