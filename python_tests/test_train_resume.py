@@ -89,10 +89,15 @@ def test_sigkilled_process_resumes_bit_identical(tmp_path, tiny_data_root):  # n
     train(load_config(tiny_overrides(tiny_data_root, straight, *extra)))
 
     killed = str(tmp_path / "killed")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # The child must import the very gfcore this test imported (installed, or the checkout with
+    # its in-place build): another copy may lack the compiled kernels and round differently.
+    # Hence PYTHONPATH below, and a cwd outside the checkout (`python -m` puts the cwd first).
+    import gfcore
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(gfcore.__file__)))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     process = subprocess.Popen([sys.executable, "-m", "gfcore", "train", *tiny_overrides(tiny_data_root, killed, *extra)],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt_dir = os.path.join(killed, "checkpoints")
     deadline = time.time() + 60
     while not list_checkpoints(ckpt_dir) and process.poll() is None and time.time() < deadline:
