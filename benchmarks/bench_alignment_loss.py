@@ -25,7 +25,7 @@ PRESETS = {
     "cuda": dict(tokens=[8192, 16384, 32768, 65536, 131072], hidden=1152, target=2048, projector=2048, head=512,
                  dtype="bfloat16", chunk=16384, min_time_ms=100.0, min_reps=10),
     "cpu": dict(tokens=[4096, 16384], hidden=384, target=512, projector=512, head=512, dtype="float32", chunk=4096,
-                min_time_ms=1000.0, min_reps=3),
+                min_time_ms=2000.0, min_reps=5),
 }
 VARIANTS = ["eager", "compile", "fused", "fused_chunked", "gemm_floor"]
 MODES = ["forward", "backward", "full"]

@@ -53,18 +53,22 @@ def sync(device: torch.device) -> None:
 
 
 def measure(fn: Callable[[], None], device: torch.device, min_time_ms: float = 100.0, min_reps: int = 10,
-            warmup: int = 3, setup: Optional[Callable[[], None]] = None) -> Dict[str, float]:
+            warmup: int = 3, setup: Optional[Callable[[], None]] = None,
+            max_wall_s: float = 30.0) -> Dict[str, float]:
     """Median, p20 and p80 of fn's time in ms over >= min_reps runs and >= min_time_ms in total.
 
-    CUDA: events around each run (setup runs outside them); CPU: perf_counter.
+    CUDA: events around each run (setup runs outside them); CPU: perf_counter. Once min_reps
+    runs are in, a costly setup (say, a forward before each timed backward) ends the loop
+    after max_wall_s of wall time even if the timed total is still under min_time_ms.
     """
+    wall_start = time.perf_counter()
     for _ in range(warmup):
         if setup:
             setup()
         fn()
     sync(device)
     times: List[float] = []
-    while len(times) < min_reps or sum(times) < min_time_ms:
+    while len(times) < min_reps or (sum(times) < min_time_ms and time.perf_counter() - wall_start < max_wall_s):
         if setup:
             setup()
         if device.type == "cuda":
