@@ -176,9 +176,10 @@ def load_lpips(
         Path(backbone_path) if backbone_path else _find_in([folder, torch_hub_checkpoint_dir()], BACKBONE_FILES[net])
     )
     if backbone_file is None:
+        searched = " or ".join(str(d) for d in (folder, torch_hub_checkpoint_dir()) if d)
         raise WeightsUnavailable(
-            f"LPIPS backbone {BACKBONE_FILES[net]} (torchvision ImageNet weights) not found in "
-            f"{folder or ''} or {torch_hub_checkpoint_dir()}"
+            f"LPIPS backbone {BACKBONE_FILES[net]} (torchvision ImageNet weights) not found in {searched} "
+            f"(pass --lpips-weights DIR)"
         )
     model.load_backbone(load_state_dict_file(backbone_file, "LPIPS backbone"))
     return model
