@@ -12,37 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.common import RESULTS_DIR as RESULTS, device_name, git_commit, sync
 from gfcore.geometry import VGGT, VGGTTeacher, small_config
 from gfcore.nvtx import nvtx_range
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_teacher(teacher: VGGTTeacher, frames: torch.Tensor, grid, warmup: int, repeats: int, tag: str):
