@@ -113,9 +113,17 @@ def _extension():
     with_cuda = _want_cuda(torch)
     # Every family of ops lives in csrc/<family>/: *.cpp are CPU kernels, *.cu CUDA kernels.
     sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
-    # -fopenmp-simd: honour the CPU kernels' `#pragma omp simd` (vectorised reductions), no
-    # runtime; -fno-trapping-math: let the compiler turn clamps into vector selects.
-    cxx_flags = ["-O3", "-std=c++20", "-fopenmp-simd", "-fno-trapping-math"]
+    # -fopenmp: at::parallel_for is an inline `#pragma omp parallel` in torch's headers, so
+    # without it every CPU kernel runs on one thread. The libgomp it links is the one torch
+    # already loaded (same soname), so both share one thread pool and torch.set_num_threads.
+    # -fno-trapping-math: let the compiler turn clamps into vector selects.
+    cxx_flags = ["-O3", "-std=c++20", "-fno-trapping-math"]
+    link_flags = []
+    if sys.platform.startswith("linux"):
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
+    else:
+        cxx_flags.append("-fopenmp-simd")  # the `omp simd` loops still vectorise
     define_macros = []
     extra = {"cxx": cxx_flags}
     if with_cuda:
@@ -147,6 +155,7 @@ def _extension():
         include_dirs=[os.path.join(ROOT, "csrc")],
         define_macros=define_macros,
         extra_compile_args=extra,
+        extra_link_args=link_flags,
     )
     return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
 

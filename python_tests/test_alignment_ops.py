@@ -43,6 +43,23 @@ def test_bias_silu_matches_reference(shape, dtype):
     close_sums(got[1], want[1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bias_silu_saturates_like_reference(dtype):
+    """Past |x| ~ 87 the kernels' exp is clamped: SiLU must still give x or 0 (and its
+    gradient 1 or 0), never inf or NaN, across the row so both vector and tail lanes see it."""
+    values = torch.tensor([-1e30, -1e4, -200.0, -88.5, -87.5, -30.0, 0.0, 30.0, 87.5, 88.5, 200.0, 1e4, 1e30])
+    x = values.repeat(3, 5).to(dtype)  # 3 x 65: 8 full vectors and a tail per row
+    bias = torch.zeros(x.shape[1], dtype=dtype)
+    grad = torch.ones_like(x)
+    out = ops.bias_silu(x, bias)
+    assert torch.isfinite(out).all()
+    close(out, reference.bias_silu(x, bias), dtype)
+    got_grad, _ = ops.bias_silu_backward(grad, x, bias)
+    expected_grad, _ = reference.bias_silu_backward(grad, x, bias)
+    assert torch.isfinite(got_grad).all()
+    close(got_grad, expected_grad, dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_normalize_cosine_matches_reference(shape, dtype):
