@@ -8,7 +8,8 @@ out, the delta kernel's row decomposition -- with raw flat-storage addressing, a
 the results with gfcore.ops.attention_math (the tested CPU path).
 
 It checks the kernels' *logic*, not the CUDA compiler or hardware (warp shuffles, __expf,
-shared-memory races are not modelled). Run: PYTHONPATH=. python scripts/emulate_attention_kernels.py
+shared-memory races are not modelled). The tensor-core forward (attention_mma.cuh) is replayed
+lane by lane, with mma.sync.m16n8k16 assembled from the PTX ISA fragment layouts. Run: PYTHONPATH=. python scripts/emulate_attention_kernels.py
 """
 import itertools
 
@@ -135,6 +136,129 @@ def forward(q, k, v, cos, sin, scale, causal, temporal, cfg):
                     start = ob + i * lo[2]
                     on[start:start + D] = acc[w, r] / row_sum[w, r]
                     ln[lb + i * ll[2]] = row_max[w, r] + np.log(row_sum[w, r])
+    return torch.from_numpy(on.reshape(out.shape)), torch.from_numpy(ln.reshape(lse.shape))
+
+
+# ---- The tensor-core forward (attention_mma.cuh), lane by lane -------------------------------
+# Registers are numpy arrays over the 32 lanes; a 32-bit register of two 16-bit elements is a
+# trailing axis of 2 (values kept in float64: this checks the index math, not the rounding).
+MMA_WARPS = 4
+LANES = np.arange(32)
+GROUP, QUAD = LANES // 4, LANES % 4  # g and t of the fragment layouts
+
+
+def mma_16816(c, a, b):
+    """What mma.sync.m16n8k16.row.col does: c (32, 4) += A (from a: 32 x 4 x 2) B (b: 32 x 2 x 2),
+    with A and B assembled from the lanes' registers by the PTX ISA fragment layouts."""
+    g, t = GROUP, QUAD
+    A = np.zeros((16, 16))
+    B = np.zeros((16, 8))
+    for reg, (row, col) in enumerate([(g, 2 * t), (g + 8, 2 * t), (g, 2 * t + 8), (g + 8, 2 * t + 8)]):
+        A[row, col], A[row, col + 1] = a[:, reg, 0], a[:, reg, 1]
+    for reg, row in enumerate([2 * t, 2 * t + 8]):
+        B[row, g], B[row + 1, g] = b[:, reg, 0], b[:, reg, 1]
+    C = A @ B
+    c[:, 0] += C[g, 2 * t]
+    c[:, 1] += C[g, 2 * t + 1]
+    c[:, 2] += C[g + 8, 2 * t]
+    c[:, 3] += C[g + 8, 2 * t + 1]
+
+
+def pair_at(tile, rows, col):
+    """pair_at(row, col) of every lane: (tile[rows, col], tile[rows, col + 1]) -> (32, 2)."""
+    return np.stack([tile[rows, col], tile[rows, col + 1]], axis=-1)
+
+
+def quad_reduce(x, op):
+    """Two __shfl_xor_sync steps (1, 2): every lane gets op over its quad."""
+    x = op(x, x[LANES ^ 1])
+    return op(x, x[LANES ^ 2])
+
+
+def forward_mma(q, k, v, cos, sin, scale, causal, temporal):
+    B, T, P, H, D = q.shape
+    BM, BN = 16 * MMA_WARPS, (32 if D == 128 else 64)
+    S = T if temporal else P
+    n_other = P if temporal else T
+    fq, fk, fv = Flat(q), Flat(k), Flat(v)
+    out = torch.full(q.shape, float("nan"), dtype=torch.float64)
+    lse = torch.full(q.shape[:4], float("nan"), dtype=torch.float64)
+    fo, fl = Flat(out), Flat(lse)
+    lq, lk, lv, lo, ll = (f.layout(temporal) for f in (fq, fk, fv, fo, fl))
+    on, ln = fo.flat, fl.flat
+    g, t = GROUP, QUAD
+    scale_log2 = scale / np.log(2.0)
+    for bx in range(B * n_other * H):
+        b, other, h = sequence_of_block(bx, H, n_other)
+        qb, kb, vb = seq_offset(lq, b, other, h), seq_offset(lk, b, other, h), seq_offset(lv, b, other, h)
+        ob, lb = seq_offset(lo, b, other, h), seq_offset(ll, b, other, h)
+        for m0 in range(0, S, BM):
+            q_s = np.zeros((BM, D))
+            for r in range(BM):
+                if m0 + r < S:
+                    q_s[r] = rot_row(load_row(fq, qb, m0 + r, lq[2], D), m0 + r, cos, sin)
+            n_end = min(S, m0 + BM) if causal else S
+            for warp in range(MMA_WARPS):
+                row0 = warp * 16 + g
+                rows = [m0 + row0, m0 + row0 + 8]
+                q_frag = [np.stack([pair_at(q_s, row0, kk * 16 + 2 * t), pair_at(q_s, row0 + 8, kk * 16 + 2 * t),
+                                    pair_at(q_s, row0, kk * 16 + 8 + 2 * t),
+                                    pair_at(q_s, row0 + 8, kk * 16 + 8 + 2 * t)], axis=1)
+                          for kk in range(D // 16)]
+                row_max = [np.full(32, -np.inf), np.full(32, -np.inf)]
+                row_sum = [np.zeros(32), np.zeros(32)]
+                o_acc = np.zeros((D // 8, 32, 4))
+                for n0 in range(0, n_end, BN):
+                    k_s = np.zeros((BN, D))
+                    vt_s = np.zeros((D, BN))
+                    for n in range(BN):
+                        if n0 + n < S:
+                            k_s[n] = rot_row(load_row(fk, kb, n0 + n, lk[2], D), n0 + n, cos, sin)
+                            vt_s[:, n] = load_row(fv, vb, n0 + n, lv[2], D)
+                    s = np.zeros((BN // 8, 32, 4))
+                    for nt in range(BN // 8):
+                        for kk in range(D // 16):
+                            b_frag = np.stack([pair_at(k_s, nt * 8 + g, kk * 16 + 2 * t),
+                                               pair_at(k_s, nt * 8 + g, kk * 16 + 8 + 2 * t)], axis=1)
+                            mma_16816(s[nt], q_frag[kk], b_frag)
+                    for half in range(2):
+                        tile_max = np.full(32, -np.inf)
+                        for nt in range(BN // 8):
+                            for e in (2 * half, 2 * half + 1):
+                                j = n0 + nt * 8 + 2 * t + (e & 1)
+                                visible = (j < S) & ((not causal) | (j <= rows[half]))
+                                s[nt][:, e] = np.where(visible, s[nt][:, e] * scale_log2, -np.inf)
+                                tile_max = np.maximum(tile_max, s[nt][:, e])
+                        tile_max = quad_reduce(tile_max, np.maximum)
+                        new_max = np.maximum(row_max[half], tile_max)
+                        rescale = np.exp2(row_max[half] - new_max)
+                        total = np.zeros(32)
+                        for nt in range(BN // 8):
+                            for e in (2 * half, 2 * half + 1):
+                                s[nt][:, e] = np.exp2(s[nt][:, e] - new_max)
+                                total += s[nt][:, e]
+                        row_sum[half] = row_sum[half] * rescale + total
+                        row_max[half] = new_max
+                        o_acc[:, :, 2 * half:2 * half + 2] *= rescale[None, :, None]
+                    for kk in range(BN // 16):
+                        p_frag = np.stack([s[2 * kk][:, 0:2], s[2 * kk][:, 2:4],
+                                           s[2 * kk + 1][:, 0:2], s[2 * kk + 1][:, 2:4]], axis=1)
+                        for dt in range(D // 8):
+                            b_frag = np.stack([pair_at(vt_s, dt * 8 + g, kk * 16 + 2 * t),
+                                               pair_at(vt_s, dt * 8 + g, kk * 16 + 8 + 2 * t)], axis=1)
+                            mma_16816(o_acc[dt], p_frag, b_frag)
+                for half in range(2):
+                    total = quad_reduce(row_sum[half], np.add)
+                    for lane in range(32):
+                        i = rows[half][lane]
+                        if i >= S:
+                            continue
+                        for dt in range(D // 8):
+                            d = dt * 8 + 2 * t[lane]
+                            on[ob + i * lo[2] + d] = o_acc[dt][lane, 2 * half] / total[lane]
+                            on[ob + i * lo[2] + d + 1] = o_acc[dt][lane, 2 * half + 1] / total[lane]
+                        if t[lane] == 0:
+                            ln[lb + i * ll[2]] = (row_max[half][lane] + np.log2(total[lane])) * np.log(2.0)
     return torch.from_numpy(on.reshape(out.shape)), torch.from_numpy(ln.reshape(lse.shape))
 
 
@@ -282,9 +406,13 @@ def check(shape, mode, causal, use_rope, packed, gen):
     grads = backward(grad_out, q, k, v, out, lse, np_cos, np_sin, scale, causal, temporal, BWD)
     errs = [(out - ref_out).abs().max().item(), (lse - ref_lse).abs().max().item()]
     errs += [(g - r).abs().max().item() for g, r in zip(grads, ref_grads)]
+    # The tensor-core forward serves the spatial pass on sm80+; it takes a causal flag too, so
+    # every case replays it.
+    mma_out, mma_lse = forward_mma(q, k, v, np_cos, np_sin, scale, causal, temporal)
+    errs += [(mma_out - ref_out).abs().max().item(), (mma_lse - ref_lse).abs().max().item()]
     ok = all(e < 1e-9 for e in errs)  # NaN (an unwritten element) fails too
     print(f"{'ok  ' if ok else 'FAIL'} {mode:8s} causal={causal!s:5s} rope={use_rope!s:5s} "
-          f"packed={packed!s:5s} shape={shape} max|err| out/lse/dq/dk/dv = "
+          f"packed={packed!s:5s} shape={shape} max|err| out/lse/dq/dk/dv[/mma out/lse] = "
           + " ".join(f"{e:.1e}" for e in errs))
     return ok
 

@@ -1,0 +1,242 @@
+// Tensor-core forward of the factorized attention (sm80+: mma.sync.m16n8k16, fp32 accumulate).
+//
+// Flash-attention-2 style: a block of kMmaWarps warps owns kMmaBlockM = 16 * kMmaWarps query
+// rows of one sequence, each warp 16 of them; key/value tiles of BLOCK_N rows are staged in
+// shared memory as 16-bit values. Per tile a warp computes S = Q K^T (16 x BLOCK_N) with the
+// Q fragments held in registers, folds S into the running max / sum of the online softmax, and
+// feeds the probabilities straight from the S accumulators into O += P V (the accumulator
+// layout of m16n8 is the A-operand layout of m16n8k16, so P never touches shared memory).
+//
+// Fragment layouts (PTX ISA, mma.m16n8k16 with 16-bit A/B and f32 C), with g = lane / 4 and
+// t = lane % 4; each 32-bit register holds two consecutive 16-bit elements, lower index low:
+//   A (16 x 16, row-major): reg0 = A[g][2t, 2t+1], reg1 = A[g+8][2t, 2t+1],
+//                           reg2 = A[g][2t+8, 2t+9], reg3 = A[g+8][2t+8, 2t+9]
+//   B (16 x 8, "col"):      reg0 = B[2t, 2t+1][g],  reg1 = B[2t+8, 2t+9][g]
+//   C (16 x 8, f32):        c0, c1 = C[g][2t, 2t+1], c2, c3 = C[g+8][2t, 2t+1]
+// For S = Q K^T, B[d][n] = K[n][d]: a pair along d of one key row. For O = P V, B[n][d] =
+// V[n][d]: a pair along the key axis, so V is stored transposed in shared memory.
+//
+// scripts/emulate_attention_mma.py replays this kernel's index math lane by lane on the CPU.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "attention/attention_kernels.cuh"
+
+namespace gfcore {
+namespace attention {
+
+constexpr int kMmaWarps = 4;
+constexpr int kMmaBlockM = 16 * kMmaWarps;
+constexpr int kMmaPad = 8;  // 16 bytes per row: the 8 row groups of a fragment hit distinct banks
+
+// Key/value tile rows per step: 32 for D = 128 keeps the three tiles under 48 KiB of static
+// shared memory; 64 otherwise.
+template <int D>
+constexpr int mma_block_n() {
+  return D == 128 ? 32 : 64;
+}
+
+// Bits of a 16-bit value rounded from float (round to nearest even), and the mma for the type.
+template <typename scalar_t>
+struct Mma16816;
+
+template <>
+struct Mma16816<at::BFloat16> {
+  __device__ static uint16_t bits(float x) { return __bfloat16_as_ushort(__float2bfloat16_rn(x)); }
+  __device__ static uint32_t pack(float lo, float hi) {
+    return static_cast<uint32_t>(bits(lo)) | (static_cast<uint32_t>(bits(hi)) << 16);
+  }
+  __device__ static void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    __trap();  // the host only launches this kernel on sm80+
+#endif
+  }
+};
+
+template <>
+struct Mma16816<at::Half> {
+  __device__ static uint16_t bits(float x) { return __half_as_ushort(__float2half_rn(x)); }
+  __device__ static uint32_t pack(float lo, float hi) {
+    return static_cast<uint32_t>(bits(lo)) | (static_cast<uint32_t>(bits(hi)) << 16);
+  }
+  __device__ static void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    __trap();
+#endif
+  }
+};
+
+// Two consecutive 16-bit elements of a shared-memory row (column even: 4-byte aligned).
+__device__ inline uint32_t pair_at(const uint16_t* row, int col) {
+  return *reinterpret_cast<const uint32_t*>(row + col);
+}
+
+// Grid: (sequences, ceil(S / kMmaBlockM)); block: kMmaWarps warps.
+template <typename scalar_t, int D>
+__global__ void __launch_bounds__(kMmaWarps * kWarpSize)
+attention_fwd_mma_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
+                         const scalar_t* __restrict__ v, scalar_t* __restrict__ out,
+                         float* __restrict__ lse, Layout lq, Layout lk, Layout lv, Layout lo,
+                         Layout ll, Problem pb) {
+  using Mma = Mma16816<scalar_t>;
+  constexpr int kBlockN = mma_block_n<D>();
+  constexpr int kThreads = kMmaWarps * kWarpSize;
+  static_assert(D % 16 == 0 && kBlockN % 16 == 0, "tiles are whole mma steps");
+  static_assert(2 * (kMmaBlockM * (D + kMmaPad) + kBlockN * (D + kMmaPad) +
+                     D * (kBlockN + kMmaPad)) <= kStaticSmemLimit,
+                "mma forward tiles do not fit in static shared memory");
+  __shared__ __align__(16) uint16_t q_s[kMmaBlockM][D + kMmaPad];  // rotated query rows
+  __shared__ __align__(16) uint16_t k_s[kBlockN][D + kMmaPad];     // rotated key rows
+  __shared__ __align__(16) uint16_t vt_s[D][kBlockN + kMmaPad];    // value tile, transposed
+
+  const int tid = threadIdx.x, warp = tid / kWarpSize, lane = tid % kWarpSize;
+  const int g = lane / 4, t = lane % 4;
+  const int S = pb.seq_len;
+  const int m0 = blockIdx.y * kMmaBlockM;
+  const Sequence seq = sequence_of_block(pb);
+  const scalar_t* qb = q + sequence_offset(lq, seq);
+  const scalar_t* kb = k + sequence_offset(lk, seq);
+  const scalar_t* vb = v + sequence_offset(lv, seq);
+
+  // Queries are rotated in fp32 and rounded once to 16 bits; the softmax scale is applied to
+  // the fp32 scores instead, so it costs no rounding.
+  for (int idx = tid; idx < kMmaBlockM * D; idx += kThreads) {
+    const int r = idx / D, d = idx % D, i = m0 + r;
+    q_s[r][d] = Mma::bits(i < S ? load_rotated<scalar_t, D>(qb + i * lq.seq, d, i, pb) : 0.f);
+  }
+  __syncthreads();
+
+  const int row0 = warp * 16 + g;  // this thread's rows in the block: row0 and row0 + 8
+  uint32_t q_frag[D / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    q_frag[kk][0] = pair_at(q_s[row0], kk * 16 + 2 * t);
+    q_frag[kk][1] = pair_at(q_s[row0 + 8], kk * 16 + 2 * t);
+    q_frag[kk][2] = pair_at(q_s[row0], kk * 16 + 8 + 2 * t);
+    q_frag[kk][3] = pair_at(q_s[row0 + 8], kk * 16 + 8 + 2 * t);
+  }
+
+  // Online softmax in base 2: scores are scaled by scale * log2(e) so exp2 does the work.
+  const float scale_log2 = pb.scale * 1.4426950408889634f;
+  const int rows[2] = {m0 + row0, m0 + row0 + 8};
+  float row_max[2] = {-INFINITY, -INFINITY};
+  float row_sum[2] = {0.f, 0.f};  // this thread's share; the quad's four are added at the end
+  float o_acc[D / 8][4];
+#pragma unroll
+  for (int dt = 0; dt < D / 8; ++dt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o_acc[dt][e] = 0.f;
+
+  const int n_end = pb.causal ? min(S, m0 + kMmaBlockM) : S;
+  for (int n0 = 0; n0 < n_end; n0 += kBlockN) {
+    __syncthreads();  // every warp is done with the previous tile
+    for (int idx = tid; idx < kBlockN * D; idx += kThreads) {
+      const int n = idx / D, d = idx % D, j = n0 + n;
+      k_s[n][d] = Mma::bits(j < S ? load_rotated<scalar_t, D>(kb + j * lk.seq, d, j, pb) : 0.f);
+      vt_s[d][n] = Mma::bits(j < S ? to_float(vb[j * lv.seq + d]) : 0.f);
+    }
+    __syncthreads();
+
+    // S = Q K^T: n-tile nt covers keys n0 + 8 nt .. n0 + 8 nt + 7.
+    float s[kBlockN / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < kBlockN / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk)
+        Mma::run(s[nt], q_frag[kk], pair_at(k_s[nt * 8 + g], kk * 16 + 2 * t),
+                 pair_at(k_s[nt * 8 + g], kk * 16 + 8 + 2 * t));
+    }
+
+    // Mask, scale, and fold into the running max / sum. Element e of an n-tile is row
+    // rows[e / 2], key n0 + 8 nt + 2t + e % 2. Key n0 is visible to every row of the first
+    // tile, so row_max is finite from then on and a fully masked row of a later tile adds
+    // exp2(-inf) = 0.
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float tile_max = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < kBlockN / 8; ++nt)
+#pragma unroll
+        for (int e = 2 * half; e < 2 * half + 2; ++e) {
+          const int j = n0 + nt * 8 + 2 * t + (e & 1);
+          const bool visible = j < S && (!pb.causal || j <= rows[half]);
+          s[nt][e] = visible ? s[nt][e] * scale_log2 : -INFINITY;
+          tile_max = fmaxf(tile_max, s[nt][e]);
+        }
+      // The quad (4 lanes with the same g) holds the row's other columns.
+      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+      const float new_max = fmaxf(row_max[half], tile_max);
+      const float rescale = exp2f(row_max[half] - new_max);  // 0 on the first tile
+      float sum = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < kBlockN / 8; ++nt)
+#pragma unroll
+        for (int e = 2 * half; e < 2 * half + 2; ++e) {
+          s[nt][e] = exp2f(s[nt][e] - new_max);
+          sum += s[nt][e];
+        }
+      row_sum[half] = row_sum[half] * rescale + sum;
+      row_max[half] = new_max;
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        o_acc[dt][2 * half] *= rescale;
+        o_acc[dt][2 * half + 1] *= rescale;
+      }
+    }
+
+    // O += P V over the tile's keys, 16 at a time; P is rounded to 16 bits as SDPA does.
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      const uint32_t p_frag[4] = {Mma::pack(s[2 * kk][0], s[2 * kk][1]),
+                                  Mma::pack(s[2 * kk][2], s[2 * kk][3]),
+                                  Mma::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                  Mma::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt)
+        Mma::run(o_acc[dt], p_frag, pair_at(vt_s[dt * 8 + g], kk * 16 + 2 * t),
+                 pair_at(vt_s[dt * 8 + g], kk * 16 + 8 + 2 * t));
+    }
+  }
+
+  scalar_t* ob = out + sequence_offset(lo, seq);
+  float* lb = lse + sequence_offset(ll, seq);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float total = row_sum[half];
+    total += __shfl_xor_sync(0xffffffffu, total, 1);
+    total += __shfl_xor_sync(0xffffffffu, total, 2);
+    const int i = rows[half];
+    if (i >= S) continue;
+    const float inv_sum = 1.f / total;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      const int d = dt * 8 + 2 * t;
+      ob[i * lo.seq + d] = static_cast<scalar_t>(o_acc[dt][2 * half] * inv_sum);
+      ob[i * lo.seq + d + 1] = static_cast<scalar_t>(o_acc[dt][2 * half + 1] * inv_sum);
+    }
+    // Natural-log LSE of the scaled scores, as the backward kernels expect.
+    if (t == 0) lb[i * ll.seq] = (row_max[half] + log2f(total)) * 0.6931471805599453f;
+  }
+}
+
+}  // namespace attention
+}  // namespace gfcore
