@@ -262,6 +262,166 @@ def forward_mma(q, k, v, cos, sin, scale, causal, temporal):
     return torch.from_numpy(on.reshape(out.shape)), torch.from_numpy(ln.reshape(lse.shape))
 
 
+def a_frag(tile, row0, k0):
+    """load_a_frag: rows row0 and row0 + 8 (per lane), columns k0 .. k0 + 15 -> (32, 4, 2)."""
+    t = QUAD
+    return np.stack([pair_at(tile, row0, k0 + 2 * t), pair_at(tile, row0 + 8, k0 + 2 * t),
+                     pair_at(tile, row0, k0 + 8 + 2 * t), pair_at(tile, row0 + 8, k0 + 8 + 2 * t)], axis=1)
+
+
+def b_frag(tile, n, k0):
+    """load_b_frag: B[k][n] = tile[n][k0 + k] -> (32, 2, 2)."""
+    t = QUAD
+    return np.stack([pair_at(tile, n, k0 + 2 * t), pair_at(tile, n, k0 + 8 + 2 * t)], axis=1)
+
+
+def acc_frag(lo, hi):
+    """acc_to_a_frag: two adjacent accumulator n-tiles (32, 4) -> A fragment (32, 4, 2)."""
+    return np.stack([lo[:, 0:2], lo[:, 2:4], hi[:, 0:2], hi[:, 2:4]], axis=1)
+
+
+def stage(f, base, lseq, r0, rows, D, S, rot):
+    """stage_rows: rows r0 .. r0 + rows - 1, rotated if rot is a (cos, sin) pair, zeros past S."""
+    tile = np.zeros((rows, D))
+    for r in range(rows):
+        if r0 + r < S:
+            row = load_row(f, base, r0 + r, lseq, D)
+            tile[r] = rot_row(row, r0 + r, *rot) if rot else row
+    return tile
+
+
+def unrotate_acc(acc, pos, cos, sin, S):
+    """unrotate_acc: RoPE^T on accumulator tiles (D/8, 32, 4), partner tile dt +- D/16."""
+    if cos is None:
+        return acc
+    n_tiles = acc.shape[0]
+    half_tiles, D = n_tiles // 2, n_tiles * 8
+    out = acc.copy()
+    for dt in range(n_tiles):
+        for e in range(4):
+            p = pos[e // 2]
+            live = p < S
+            pc = np.where(live, p, 0)
+            d = dt * 8 + 2 * QUAD + (e & 1)
+            if dt < half_tiles:
+                val = acc[dt][:, e] * cos[pc, d] + acc[dt + half_tiles][:, e] * sin[pc, d + D // 2]
+            else:
+                val = acc[dt][:, e] * cos[pc, d] - acc[dt - half_tiles][:, e] * sin[pc, d - D // 2]
+            out[dt][:, e] = np.where(live, val, acc[dt][:, e])
+    return out
+
+
+def store_acc(flat, base, lseq, acc, pos, scale, S):
+    for half in range(2):
+        for lane in range(32):
+            i = pos[half][lane]
+            if i >= S:
+                continue
+            for dt in range(acc.shape[0]):
+                d = dt * 8 + 2 * QUAD[lane]
+                flat[base + i * lseq + d] = acc[dt][lane, 2 * half] * scale
+                flat[base + i * lseq + d + 1] = acc[dt][lane, 2 * half + 1] * scale
+
+
+def backward_mma(grad_out, q, k, v, out, lse, cos, sin, scale, causal, temporal):
+    """attention_bwd_dq_mma_kernel and attention_bwd_dkdv_mma_kernel, lane by lane."""
+    B, T, P, H, D = q.shape
+    OWN, STREAM = 16 * MMA_WARPS, (32 if D == 128 else 64)
+    S = T if temporal else P
+    n_other = P if temporal else T
+    rot = (cos, sin) if cos is not None else None
+    lse = lse.contiguous()  # as the host checks; delta shares its layout
+    fq, fk, fv, fg = Flat(q), Flat(k), Flat(v), Flat(grad_out)
+    delta_t = (grad_out * out).sum(-1)  # the delta kernel (checked by backward() above)
+    fl, fd = Flat(lse), Flat(delta_t)
+    grads = [torch.full(q.shape, float("nan"), dtype=torch.float64) for _ in range(3)]
+    fdq, fdk, fdv = (Flat(x) for x in grads)
+    lq, lk, lv, lg, ll, lo = (f.layout(temporal) for f in (fq, fk, fv, fg, fl, fdq))
+    g, t = GROUP, QUAD
+    log2e = 1.0 / np.log(2.0)
+    scale_log2 = scale * log2e
+
+    def lse_delta(base, i):
+        live = i < S
+        idx = fl.offset + base + np.where(live, i, 0) * ll[2]
+        return np.where(live, fl.flat[idx] * log2e, 0.0), np.where(live, fd.flat[fd.offset + base + np.where(live, i, 0) * ll[2]], 0.0)
+
+    for bx in range(B * n_other * H):
+        b, other, h = sequence_of_block(bx, H, n_other)
+        qb, kb, vb, gb = (seq_offset(l, b, other, h) for l in (lq, lk, lv, lg))
+        lb, ob = seq_offset(ll, b, other, h), seq_offset(lo, b, other, h)
+        for m0 in range(0, S, OWN):  # dQ kernel, block y = m0 / 64
+            q_s = stage(fq, qb, lq[2], m0, OWN, D, S, rot)
+            do_s = stage(fg, gb, lg[2], m0, OWN, D, S, None)
+            n_end = min(S, m0 + OWN) if causal else S
+            for warp in range(MMA_WARPS):
+                row0 = warp * 16 + g
+                rows = [m0 + row0, m0 + row0 + 8]
+                lse2, dlt = zip(*(lse_delta(lb, r) for r in rows))
+                dq_acc = np.zeros((D // 8, 32, 4))
+                for n0 in range(0, n_end, STREAM):
+                    k_s = stage(fk, kb, lk[2], n0, STREAM, D, S, rot)
+                    kt_s = k_s.T
+                    v_s = stage(fv, vb, lv[2], n0, STREAM, D, S, None)
+                    s = np.zeros((STREAM // 8, 32, 4))
+                    dp = np.zeros((STREAM // 8, 32, 4))
+                    for kk in range(D // 16):
+                        qa, da = a_frag(q_s, row0, kk * 16), a_frag(do_s, row0, kk * 16)
+                        for nt in range(STREAM // 8):
+                            mma_16816(s[nt], qa, b_frag(k_s, nt * 8 + g, kk * 16))
+                            mma_16816(dp[nt], da, b_frag(v_s, nt * 8 + g, kk * 16))
+                    for nt in range(STREAM // 8):
+                        for e in range(4):
+                            i, j = rows[e // 2], n0 + nt * 8 + 2 * t + (e & 1)
+                            visible = (i < S) & (j < S) & ((not causal) | (j <= i))
+                            p = np.where(visible, np.exp2(s[nt][:, e] * scale_log2 - lse2[e // 2]), 0.0)
+                            s[nt][:, e] = p * (dp[nt][:, e] - dlt[e // 2])
+                    for kk in range(STREAM // 16):
+                        ds = acc_frag(s[2 * kk], s[2 * kk + 1])
+                        for dt in range(D // 8):
+                            mma_16816(dq_acc[dt], ds, b_frag(kt_s, dt * 8 + g, kk * 16))
+                dq_acc = unrotate_acc(dq_acc, rows, cos, sin, S)
+                store_acc(fdq.flat, fdq.offset + ob, lo[2], dq_acc, rows, scale, S)
+        for n0 in range(0, S, OWN):  # dK/dV kernel
+            k_s = stage(fk, kb, lk[2], n0, OWN, D, S, rot)
+            v_s = stage(fv, vb, lv[2], n0, OWN, D, S, None)
+            i_begin = (n0 // STREAM) * STREAM if causal else 0
+            for warp in range(MMA_WARPS):
+                row0 = warp * 16 + g
+                keys = [n0 + row0, n0 + row0 + 8]
+                dk_acc = np.zeros((D // 8, 32, 4))
+                dv_acc = np.zeros((D // 8, 32, 4))
+                for m0 in range(i_begin, S, STREAM):
+                    q_s = stage(fq, qb, lq[2], m0, STREAM, D, S, rot)
+                    do_s = stage(fg, gb, lg[2], m0, STREAM, D, S, None)
+                    qt_s, dot_s = q_s.T, do_s.T
+                    lse_s, delta_s = lse_delta(lb, m0 + np.arange(STREAM))
+                    st = np.zeros((STREAM // 8, 32, 4))
+                    dpt = np.zeros((STREAM // 8, 32, 4))
+                    for kk in range(D // 16):
+                        ka, va = a_frag(k_s, row0, kk * 16), a_frag(v_s, row0, kk * 16)
+                        for mt in range(STREAM // 8):
+                            mma_16816(st[mt], ka, b_frag(q_s, mt * 8 + g, kk * 16))
+                            mma_16816(dpt[mt], va, b_frag(do_s, mt * 8 + g, kk * 16))
+                    for mt in range(STREAM // 8):
+                        for e in range(4):
+                            r = mt * 8 + 2 * t + (e & 1)
+                            i, j = m0 + r, keys[e // 2]
+                            visible = (i < S) & (j < S) & ((not causal) | (j <= i))
+                            p = np.where(visible, np.exp2(st[mt][:, e] * scale_log2 - lse_s[r]), 0.0)
+                            st[mt][:, e] = p
+                            dpt[mt][:, e] = p * (dpt[mt][:, e] - delta_s[r])
+                    for kk in range(STREAM // 16):
+                        pa, da = acc_frag(st[2 * kk], st[2 * kk + 1]), acc_frag(dpt[2 * kk], dpt[2 * kk + 1])
+                        for dt in range(D // 8):
+                            mma_16816(dv_acc[dt], pa, b_frag(dot_s, dt * 8 + g, kk * 16))
+                            mma_16816(dk_acc[dt], da, b_frag(qt_s, dt * 8 + g, kk * 16))
+                store_acc(fdv.flat, fdv.offset + ob, lo[2], dv_acc, keys, 1.0, S)
+                dk_acc = unrotate_acc(dk_acc, keys, cos, sin, S)
+                store_acc(fdk.flat, fdk.offset + ob, lo[2], dk_acc, keys, scale, S)
+    return [torch.from_numpy(f.flat.reshape(q.shape)) for f in (fdq, fdk, fdv)]
+
+
 def backward(grad_out, q, k, v, out, lse, cos, sin, scale, causal, temporal, cfg):
     NW, rows = cfg
     B, T, P, H, D = q.shape
@@ -406,13 +566,15 @@ def check(shape, mode, causal, use_rope, packed, gen):
     grads = backward(grad_out, q, k, v, out, lse, np_cos, np_sin, scale, causal, temporal, BWD)
     errs = [(out - ref_out).abs().max().item(), (lse - ref_lse).abs().max().item()]
     errs += [(g - r).abs().max().item() for g, r in zip(grads, ref_grads)]
-    # The tensor-core forward serves the spatial pass on sm80+; it takes a causal flag too, so
-    # every case replays it.
+    # The tensor-core kernels serve the spatial pass on sm80+; they take a causal flag too, so
+    # every case replays them.
     mma_out, mma_lse = forward_mma(q, k, v, np_cos, np_sin, scale, causal, temporal)
     errs += [(mma_out - ref_out).abs().max().item(), (mma_lse - ref_lse).abs().max().item()]
+    mma_grads = backward_mma(grad_out, q, k, v, ref_out, ref_lse, np_cos, np_sin, scale, causal, temporal)
+    errs += [(g - r).abs().max().item() for g, r in zip(mma_grads, ref_grads)]
     ok = all(e < 1e-9 for e in errs)  # NaN (an unwritten element) fails too
     print(f"{'ok  ' if ok else 'FAIL'} {mode:8s} causal={causal!s:5s} rope={use_rope!s:5s} "
-          f"packed={packed!s:5s} shape={shape} max|err| out/lse/dq/dk/dv[/mma out/lse] = "
+          f"packed={packed!s:5s} shape={shape} max|err| out/lse/dq/dk/dv, mma out/lse/dq/dk/dv = "
           + " ".join(f"{e:.1e}" for e in errs))
     return ok
 

@@ -15,6 +15,7 @@
 
 #include "attention/attention_kernels.cuh"
 #include "attention/attention_mma.cuh"
+#include "attention/attention_mma_bwd.cuh"
 
 namespace gfcore {
 namespace attention {
@@ -170,13 +171,10 @@ inline std::tuple<at::Tensor, at::Tensor> run_forward_mma(
   return {out, lse};
 }
 
-// Tile sizes: NUM_WARPS warps per block, R<D> rows per warp for head dim D.
-template <int NUM_WARPS, int R32, int R64, int R128>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(
-    const char* op, const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
-    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-    const std::optional<at::Tensor>& rope_cos, const std::optional<at::Tensor>& rope_sin,
-    double scale, bool causal, bool temporal) {
+inline void check_backward_inputs(const char* op, const at::Tensor& grad_out, const at::Tensor& q,
+                                  const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+                                  const at::Tensor& lse, const std::optional<at::Tensor>& rope_cos,
+                                  const std::optional<at::Tensor>& rope_sin, bool temporal) {
   check_inputs(op, q, k, v, rope_cos, rope_sin, temporal ? q.size(1) : q.size(2));
   check_operand(op, "grad_out", grad_out, q);
   check_operand(op, "out", out, q);
@@ -185,6 +183,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(
                   lse.sizes() == q.sizes().slice(0, 4) && lse.device() == q.device(),
               op, ": lse must be the forward's contiguous float32 [B, T, P, H] log-sum-exp, got ",
               lse.scalar_type(), " ", lse.sizes());
+}
+
+// delta = rowsum(dO * O) over [B, T, P, H] rows (out and delta contiguous).
+template <typename scalar_t, int D>
+void launch_delta(const at::Tensor& grad_out, const at::Tensor& out, at::Tensor& delta,
+                  cudaStream_t stream) {
+  constexpr int kDeltaWarps = 8;
+  const int64_t rows = delta.numel();
+  const auto blocks = static_cast<unsigned>((rows + kDeltaWarps - 1) / kDeltaWarps);
+  attention_bwd_delta_kernel<scalar_t, D><<<blocks, kDeltaWarps * kWarpSize, 0, stream>>>(
+      grad_out.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), delta.data_ptr<float>(), rows,
+      out.size(1), out.size(2), out.size(3), grad_out.stride(0), grad_out.stride(1),
+      grad_out.stride(2), grad_out.stride(3));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Tile sizes: NUM_WARPS warps per block, R<D> rows per warp for head dim D.
+template <int NUM_WARPS, int R32, int R64, int R128>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(
+    const char* op, const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    const std::optional<at::Tensor>& rope_cos, const std::optional<at::Tensor>& rope_sin,
+    double scale, bool causal, bool temporal) {
+  check_backward_inputs(op, grad_out, q, k, v, out, lse, rope_cos, rope_sin, temporal);
   const c10::cuda::CUDAGuard guard(q.device());
   const auto options = q.options().memory_format(at::MemoryFormat::Contiguous);
   auto grad_q = at::empty(q.sizes(), options);
@@ -201,14 +223,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(
     dispatch_head_dim(q.size(4), [&](auto head_dim) {
       constexpr int D = decltype(head_dim)::value;
       constexpr int R = rows_for<D, R32, R64, R128>();
-      constexpr int kDeltaWarps = 8;
-      const int64_t rows = lse.numel();
-      const auto delta_blocks = static_cast<unsigned>((rows + kDeltaWarps - 1) / kDeltaWarps);
-      attention_bwd_delta_kernel<scalar_t, D><<<delta_blocks, kDeltaWarps * kWarpSize, 0, stream>>>(
-          grad_out.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), delta.data_ptr<float>(), rows,
-          q.size(1), q.size(2), q.size(3), grad_out.stride(0), grad_out.stride(1),
-          grad_out.stride(2), grad_out.stride(3));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_delta<scalar_t, D>(grad_out, out, delta, stream);
       const dim3 grid = make_grid(pb, NUM_WARPS * R, op);
       constexpr int kThreads = NUM_WARPS * kWarpSize;
       attention_bwd_dq_kernel<scalar_t, D, NUM_WARPS, R><<<grid, kThreads, 0, stream>>>(
@@ -217,6 +232,55 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(
           grad_q.data_ptr<scalar_t>(), lq, lk, lv, lg, ll, lo, pb);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       attention_bwd_dkdv_kernel<scalar_t, D, NUM_WARPS, R><<<grid, kThreads, 0, stream>>>(
+          q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+          grad_out.data_ptr<scalar_t>(), lse.data_ptr<float>(), delta.data_ptr<float>(),
+          grad_k.data_ptr<scalar_t>(), grad_v.data_ptr<scalar_t>(), lq, lk, lv, lg, ll, lo, pb);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {grad_q, grad_k, grad_v};
+}
+
+// The backward on tensor cores (attention_mma_bwd.cuh); same checks and outputs as
+// run_backward, which serves devices older than sm80.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward_mma(
+    const char* op, const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    const std::optional<at::Tensor>& rope_cos, const std::optional<at::Tensor>& rope_sin,
+    double scale, bool causal, bool temporal) {
+  check_backward_inputs(op, grad_out, q, k, v, out, lse, rope_cos, rope_sin, temporal);
+  const c10::cuda::CUDAGuard guard(q.device());
+  const auto options = q.options().memory_format(at::MemoryFormat::Contiguous);
+  auto grad_q = at::empty(q.sizes(), options);
+  auto grad_k = at::empty(q.sizes(), options);
+  auto grad_v = at::empty(q.sizes(), options);
+  if (q.numel() == 0) return {grad_q, grad_k, grad_v};
+  auto delta = at::empty_like(lse);
+  const Problem pb = make_problem(q, rope_cos, rope_sin, scale, causal, temporal);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const Layout lq = layout_of(q, temporal), lk = layout_of(k, temporal),
+               lv = layout_of(v, temporal), lg = layout_of(grad_out, temporal),
+               ll = layout_of(lse, temporal), lo = layout_of(grad_q, temporal);
+  const dim3 grid = make_grid(pb, kMmaBlockM, op);
+  constexpr int kThreads = kMmaWarps * kWarpSize;
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(q.scalar_type(), "gfcore_attention_mma_bwd", [&] {
+    dispatch_head_dim(q.size(4), [&](auto head_dim) {
+      constexpr int D = decltype(head_dim)::value;
+      using Tiles = MmaBwdTiles<D>;
+      launch_delta<scalar_t, D>(grad_out, out, delta, stream);
+      // Above 48 KiB a kernel must opt in to its dynamic shared memory.
+      const auto dq_kernel = attention_bwd_dq_mma_kernel<scalar_t, D>;
+      C10_CUDA_CHECK(cudaFuncSetAttribute(dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(Tiles::kDqBytes)));
+      dq_kernel<<<grid, kThreads, Tiles::kDqBytes, stream>>>(
+          q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+          grad_out.data_ptr<scalar_t>(), lse.data_ptr<float>(), delta.data_ptr<float>(),
+          grad_q.data_ptr<scalar_t>(), lq, lk, lv, lg, ll, lo, pb);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const auto dkdv_kernel = attention_bwd_dkdv_mma_kernel<scalar_t, D>;
+      C10_CUDA_CHECK(cudaFuncSetAttribute(dkdv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(Tiles::kDkdvBytes)));
+      dkdv_kernel<<<grid, kThreads, Tiles::kDkdvBytes, stream>>>(
           q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
           grad_out.data_ptr<scalar_t>(), lse.data_ptr<float>(), delta.data_ptr<float>(),
           grad_k.data_ptr<scalar_t>(), grad_v.data_ptr<scalar_t>(), lq, lk, lv, lg, ll, lo, pb);

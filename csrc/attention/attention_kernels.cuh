@@ -6,7 +6,9 @@
 // kernels serves both, reading the caller's strided views directly (D has unit stride).
 //
 // The kernels are flash-attention style (online softmax, probabilities recomputed in the
-// backward from the saved log-sum-exp) with fp32 CUDA-core FMAs, not tensor cores:
+// backward from the saved log-sum-exp) with fp32 CUDA-core FMAs. They serve the temporal pass
+// (T <= 64: memory-bound) and GPUs older than sm80; on sm80+ the spatial pass runs on tensor
+// cores (attention_mma.cuh, attention_mma_bwd.cuh). Here:
 //   * one warp owns ROWS query rows (forward, dQ) or ROWS key rows (dK/dV);
 //   * the other side of the product is staged 32 rows at a time in shared memory, lane l
 //     computing the dot products of row l of that tile (rows padded to D + 1 floats so the

@@ -50,13 +50,13 @@ struct Mma16816<at::BFloat16> {
   __device__ static uint32_t pack(float lo, float hi) {
     return static_cast<uint32_t>(bits(lo)) | (static_cast<uint32_t>(bits(hi)) << 16);
   }
-  __device__ static void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  __device__ static void run(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 #else
     __trap();  // the host only launches this kernel on sm80+
 #endif
@@ -69,13 +69,13 @@ struct Mma16816<at::Half> {
   __device__ static uint32_t pack(float lo, float hi) {
     return static_cast<uint32_t>(bits(lo)) | (static_cast<uint32_t>(bits(hi)) << 16);
   }
-  __device__ static void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  __device__ static void run(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 #else
     __trap();
 #endif
@@ -87,6 +87,53 @@ __device__ inline uint32_t pair_at(const uint16_t* row, int col) {
   return *reinterpret_cast<const uint32_t*>(row + col);
 }
 
+// A fragment of a row-major tile (leading dimension ld): rows row0 and row0 + 8 (row0 = 16 w +
+// g for warp w), columns k0 .. k0 + 15.
+__device__ inline void load_a_frag(uint32_t (&a)[4], const uint16_t* tile, int ld, int row0, int k0,
+                                   int t) {
+  a[0] = pair_at(tile + row0 * ld, k0 + 2 * t);
+  a[1] = pair_at(tile + (row0 + 8) * ld, k0 + 2 * t);
+  a[2] = pair_at(tile + row0 * ld, k0 + 8 + 2 * t);
+  a[3] = pair_at(tile + (row0 + 8) * ld, k0 + 8 + 2 * t);
+}
+
+// B fragment whose column n is row n of a row-major tile: B[k][n] = tile[n][k0 + k].
+__device__ inline void load_b_frag(uint32_t (&b)[2], const uint16_t* tile, int ld, int n, int k0,
+                                   int t) {
+  b[0] = pair_at(tile + n * ld, k0 + 2 * t);
+  b[1] = pair_at(tile + n * ld, k0 + 8 + 2 * t);
+}
+
+// A fragment (16 x 16) from the accumulators of two adjacent n-tiles (16 x 8 each), rounded to
+// 16 bits: the C layout of m16n8 lines up with the A layout of m16n8k16.
+template <typename scalar_t>
+__device__ inline void acc_to_a_frag(uint32_t (&a)[4], const float (&lo)[4], const float (&hi)[4]) {
+  using Mma = Mma16816<scalar_t>;
+  a[0] = Mma::pack(lo[0], lo[1]);
+  a[1] = Mma::pack(lo[2], lo[3]);
+  a[2] = Mma::pack(hi[0], hi[1]);
+  a[3] = Mma::pack(hi[2], hi[3]);
+}
+
+// Rows [r0, r0 + ROWS) of one sequence into a 16-bit row-major tile and/or a transposed one
+// (either may be null), RoPE applied when `rotate` and tables are given, zeros past the end.
+template <typename scalar_t, int D, int ROWS>
+__device__ inline void stage_rows(uint16_t* rowmajor, int ld_rows, uint16_t* transposed, int ld_t,
+                                  const scalar_t* base, int64_t seq_stride, int r0, bool rotate,
+                                  const Problem& pb) {
+  using Mma = Mma16816<scalar_t>;
+  for (int idx = threadIdx.x; idx < ROWS * D; idx += blockDim.x) {
+    const int r = idx / D, d = idx % D, i = r0 + r;
+    float x = 0.f;
+    if (i < pb.seq_len)
+      x = rotate ? load_rotated<scalar_t, D>(base + i * seq_stride, d, i, pb)
+                 : to_float(base[i * seq_stride + d]);
+    const uint16_t bits = Mma::bits(x);
+    if (rowmajor != nullptr) rowmajor[r * ld_rows + d] = bits;
+    if (transposed != nullptr) transposed[d * ld_t + r] = bits;
+  }
+}
+
 // Grid: (sequences, ceil(S / kMmaBlockM)); block: kMmaWarps warps.
 template <typename scalar_t, int D>
 __global__ void __launch_bounds__(kMmaWarps * kWarpSize)
@@ -96,7 +143,6 @@ attention_fwd_mma_kernel(const scalar_t* __restrict__ q, const scalar_t* __restr
                          Layout ll, Problem pb) {
   using Mma = Mma16816<scalar_t>;
   constexpr int kBlockN = mma_block_n<D>();
-  constexpr int kThreads = kMmaWarps * kWarpSize;
   static_assert(D % 16 == 0 && kBlockN % 16 == 0, "tiles are whole mma steps");
   static_assert(2 * (kMmaBlockM * (D + kMmaPad) + kBlockN * (D + kMmaPad) +
                      D * (kBlockN + kMmaPad)) <= kStaticSmemLimit,
@@ -116,21 +162,13 @@ attention_fwd_mma_kernel(const scalar_t* __restrict__ q, const scalar_t* __restr
 
   // Queries are rotated in fp32 and rounded once to 16 bits; the softmax scale is applied to
   // the fp32 scores instead, so it costs no rounding.
-  for (int idx = tid; idx < kMmaBlockM * D; idx += kThreads) {
-    const int r = idx / D, d = idx % D, i = m0 + r;
-    q_s[r][d] = Mma::bits(i < S ? load_rotated<scalar_t, D>(qb + i * lq.seq, d, i, pb) : 0.f);
-  }
+  stage_rows<scalar_t, D, kMmaBlockM>(&q_s[0][0], D + kMmaPad, nullptr, 0, qb, lq.seq, m0, true, pb);
   __syncthreads();
 
   const int row0 = warp * 16 + g;  // this thread's rows in the block: row0 and row0 + 8
   uint32_t q_frag[D / 16][4];
 #pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) {
-    q_frag[kk][0] = pair_at(q_s[row0], kk * 16 + 2 * t);
-    q_frag[kk][1] = pair_at(q_s[row0 + 8], kk * 16 + 2 * t);
-    q_frag[kk][2] = pair_at(q_s[row0], kk * 16 + 8 + 2 * t);
-    q_frag[kk][3] = pair_at(q_s[row0 + 8], kk * 16 + 8 + 2 * t);
-  }
+  for (int kk = 0; kk < D / 16; ++kk) load_a_frag(q_frag[kk], &q_s[0][0], D + kMmaPad, row0, kk * 16, t);
 
   // Online softmax in base 2: scores are scaled by scale * log2(e) so exp2 does the work.
   const float scale_log2 = pb.scale * 1.4426950408889634f;
@@ -146,11 +184,8 @@ attention_fwd_mma_kernel(const scalar_t* __restrict__ q, const scalar_t* __restr
   const int n_end = pb.causal ? min(S, m0 + kMmaBlockM) : S;
   for (int n0 = 0; n0 < n_end; n0 += kBlockN) {
     __syncthreads();  // every warp is done with the previous tile
-    for (int idx = tid; idx < kBlockN * D; idx += kThreads) {
-      const int n = idx / D, d = idx % D, j = n0 + n;
-      k_s[n][d] = Mma::bits(j < S ? load_rotated<scalar_t, D>(kb + j * lk.seq, d, j, pb) : 0.f);
-      vt_s[d][n] = Mma::bits(j < S ? to_float(vb[j * lv.seq + d]) : 0.f);
-    }
+    stage_rows<scalar_t, D, kBlockN>(&k_s[0][0], D + kMmaPad, nullptr, 0, kb, lk.seq, n0, true, pb);
+    stage_rows<scalar_t, D, kBlockN>(nullptr, 0, &vt_s[0][0], kBlockN + kMmaPad, vb, lv.seq, n0, false, pb);
     __syncthreads();
 
     // S = Q K^T: n-tile nt covers keys n0 + 8 nt .. n0 + 8 nt + 7.
@@ -160,9 +195,11 @@ attention_fwd_mma_kernel(const scalar_t* __restrict__ q, const scalar_t* __restr
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[nt][e] = 0.f;
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk)
-        Mma::run(s[nt], q_frag[kk], pair_at(k_s[nt * 8 + g], kk * 16 + 2 * t),
-                 pair_at(k_s[nt * 8 + g], kk * 16 + 8 + 2 * t));
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t k_frag[2];
+        load_b_frag(k_frag, &k_s[0][0], D + kMmaPad, nt * 8 + g, kk * 16, t);
+        Mma::run(s[nt], q_frag[kk], k_frag);
+      }
     }
 
     // Mask, scale, and fold into the running max / sum. Element e of an n-tile is row
@@ -206,14 +243,14 @@ attention_fwd_mma_kernel(const scalar_t* __restrict__ q, const scalar_t* __restr
     // O += P V over the tile's keys, 16 at a time; P is rounded to 16 bits as SDPA does.
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      const uint32_t p_frag[4] = {Mma::pack(s[2 * kk][0], s[2 * kk][1]),
-                                  Mma::pack(s[2 * kk][2], s[2 * kk][3]),
-                                  Mma::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                  Mma::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      uint32_t p_frag[4];
+      acc_to_a_frag<scalar_t>(p_frag, s[2 * kk], s[2 * kk + 1]);
 #pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt)
-        Mma::run(o_acc[dt], p_frag, pair_at(vt_s[dt * 8 + g], kk * 16 + 2 * t),
-                 pair_at(vt_s[dt * 8 + g], kk * 16 + 8 + 2 * t));
+      for (int dt = 0; dt < D / 8; ++dt) {
+        uint32_t v_frag[2];
+        load_b_frag(v_frag, &vt_s[0][0], kBlockN + kMmaPad, dt * 8 + g, kk * 16, t);
+        Mma::run(o_acc[dt], p_frag, v_frag);
+      }
     }
   }
 

@@ -27,8 +27,8 @@ IMPLS = ("auto", "fused", "reference")
 # Which passes impl="auto" sends to the CUDA kernels. Neither kernel has run on a GPU yet
 # (no GPU was lent when they were written): until python_tests/test_attention_cuda.py passes
 # on one and bench_attention shows a kernel ahead of SDPA, "auto" keeps the reference and
-# the kernels are reached with impl="fused" only. The spatial kernel uses fp32 CUDA-core
-# FMAs, not tensor cores, so SDPA's flash backend is expected to beat it at P >= 256.
+# the kernels are reached with impl="fused" only. On sm80+ the spatial pass runs on tensor
+# cores (csrc/attention/attention_mma*.cuh); the temporal pass and older GPUs use fp32 FMAs.
 AUTO_PREFERS_KERNEL = {"spatial": False, "temporal": False}
 
 # Must match csrc/registration.cpp; defined here too when the extension is not built.

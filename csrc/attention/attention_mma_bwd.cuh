@@ -1,0 +1,303 @@
+// Tensor-core backward of the factorized attention (sm80+), two kernels that recompute the
+// probabilities from the forward's log-sum-exp (P = exp(scale q k^T - lse)) and the
+// delta = rowsum(dO * O) of attention_bwd_delta_kernel:
+//   dQ kernel:    a block owns 64 query rows and streams the keys:
+//                 S = Q K^T, dP = dO V^T, dS = P (dP - delta), dQ += dS K;
+//   dK/dV kernel: a block owns 64 key rows and streams the queries:
+//                 S^T = K Q^T, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q.
+// Two kernels instead of one with atomics: no fp32 scratch for dQ, and deterministic sums.
+// Each product uses the fragment helpers of attention_mma.cuh; an operand read along its
+// rows is staged row-major, one read along the streamed axis is staged transposed.
+// scripts/emulate_attention_kernels.py replays both kernels lane by lane on the CPU.
+#pragma once
+
+#include "attention/attention_mma.cuh"
+
+namespace gfcore {
+namespace attention {
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+// Rows and leading dimensions of the 16-bit tiles each backward kernel stages.
+template <int D>
+struct MmaBwdTiles {
+  static constexpr int kOwn = kMmaBlockM;           // rows a block owns (queries or keys)
+  static constexpr int kStream = mma_block_n<D>();  // rows streamed per step
+  static constexpr int kLdRow = D + kMmaPad;        // row-major tiles: [rows][kLdRow]
+  static constexpr int kLdT = kStream + kMmaPad;    // transposed tiles: [D][kLdT]
+  // dQ: q_s, do_s (own rows), k_s, v_s (streamed), kt_s (streamed keys, transposed).
+  static constexpr size_t kDqBytes =
+      2 * (2 * kOwn * kLdRow + 2 * kStream * kLdRow + D * kLdT);
+  // dK/dV: k_s, v_s (own rows), q_s, do_s (streamed), qt_s, dot_s (transposed), lse, delta.
+  static constexpr size_t kDkdvBytes =
+      2 * (2 * kOwn * kLdRow + 2 * kStream * kLdRow + 2 * D * kLdT) + 2 * sizeof(float) * kStream;
+};
+
+// RoPE^T in registers on accumulator tiles of head dim D: channel d = 8 dt + 2t + e % 2 of row
+// pos[e / 2]; its rotate-half partner d +- D/2 is tile dt +- D/16 of the same thread. Rows past
+// the sequence end are left as they are (they are not written).
+template <int D>
+__device__ inline void unrotate_acc(float (&acc)[D / 8][4], const int (&pos)[2], int t,
+                                    const Problem& pb) {
+  if (pb.rope_cos == nullptr) return;
+  constexpr int kHalfTiles = D / 16;
+  float rotated[D / 8][4];
+#pragma unroll
+  for (int dt = 0; dt < D / 8; ++dt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int p = pos[e / 2];
+      if (p >= pb.seq_len) {
+        rotated[dt][e] = acc[dt][e];
+        continue;
+      }
+      const int d = dt * 8 + 2 * t + (e & 1);
+      const int64_t base = static_cast<int64_t>(p) * D;
+      rotated[dt][e] = dt < kHalfTiles
+                           ? acc[dt][e] * pb.rope_cos[base + d] +
+                                 acc[dt + kHalfTiles][e] * pb.rope_sin[base + d + D / 2]
+                           : acc[dt][e] * pb.rope_cos[base + d] -
+                                 acc[dt - kHalfTiles][e] * pb.rope_sin[base + d - D / 2];
+    }
+#pragma unroll
+  for (int dt = 0; dt < D / 8; ++dt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[dt][e] = rotated[dt][e];
+}
+
+// Rows pos[0], pos[1] of accumulator tiles (times `scale`) into a [S, D] slice with row stride
+// seq_stride; rows past the sequence end are skipped.
+template <typename scalar_t, int D>
+__device__ inline void store_acc_rows(scalar_t* base, int64_t seq_stride, const float (&acc)[D / 8][4],
+                                      const int (&pos)[2], int t, float scale, int S) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int i = pos[half];
+    if (i >= S) continue;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      const int d = dt * 8 + 2 * t;
+      base[i * seq_stride + d] = static_cast<scalar_t>(acc[dt][2 * half] * scale);
+      base[i * seq_stride + d + 1] = static_cast<scalar_t>(acc[dt][2 * half + 1] * scale);
+    }
+  }
+}
+
+// ---- dQ: grid (sequences, ceil(S / 64)), kMmaWarps warps, MmaBwdTiles<D>::kDqBytes smem ----
+template <typename scalar_t, int D>
+__global__ void __launch_bounds__(kMmaWarps * kWarpSize)
+attention_bwd_dq_mma_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
+                            const scalar_t* __restrict__ v, const scalar_t* __restrict__ grad_out,
+                            const float* __restrict__ lse, const float* __restrict__ delta,
+                            scalar_t* __restrict__ grad_q, Layout lq, Layout lk, Layout lv,
+                            Layout lg, Layout ll, Layout lo, Problem pb) {
+  using Tiles = MmaBwdTiles<D>;
+  using Mma = Mma16816<scalar_t>;
+  constexpr int kOwn = Tiles::kOwn, kStream = Tiles::kStream;
+  constexpr int kLdRow = Tiles::kLdRow, kLdT = Tiles::kLdT;
+  extern __shared__ __align__(16) uint16_t smem_dq[];
+  uint16_t* q_s = smem_dq;                    // [kOwn][kLdRow] rotated queries
+  uint16_t* do_s = q_s + kOwn * kLdRow;       // [kOwn][kLdRow]
+  uint16_t* k_s = do_s + kOwn * kLdRow;       // [kStream][kLdRow] rotated keys
+  uint16_t* v_s = k_s + kStream * kLdRow;     // [kStream][kLdRow]
+  uint16_t* kt_s = v_s + kStream * kLdRow;    // [D][kLdT] the rotated keys, transposed
+
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int g = lane / 4, t = lane % 4;
+  const int S = pb.seq_len;
+  const int m0 = blockIdx.y * kOwn;
+  const Sequence seq = sequence_of_block(pb);
+  const scalar_t* qb = q + sequence_offset(lq, seq);
+  const scalar_t* kb = k + sequence_offset(lk, seq);
+  const scalar_t* vb = v + sequence_offset(lv, seq);
+  const scalar_t* gb = grad_out + sequence_offset(lg, seq);
+  const float* lse_b = lse + sequence_offset(ll, seq);
+  const float* delta_b = delta + sequence_offset(ll, seq);
+
+  stage_rows<scalar_t, D, kOwn>(q_s, kLdRow, nullptr, 0, qb, lq.seq, m0, true, pb);
+  stage_rows<scalar_t, D, kOwn>(do_s, kLdRow, nullptr, 0, gb, lg.seq, m0, false, pb);
+
+  const int row0 = warp * 16 + g;
+  const int rows[2] = {m0 + row0, m0 + row0 + 8};
+  float row_lse2[2], row_delta[2];  // lse in base 2, to go with exp2
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const bool live = rows[half] < S;
+    row_lse2[half] = live ? lse_b[rows[half] * ll.seq] * kLog2e : 0.f;
+    row_delta[half] = live ? delta_b[rows[half] * ll.seq] : 0.f;
+  }
+  const float scale_log2 = pb.scale * kLog2e;
+  float dq_acc[D / 8][4];
+#pragma unroll
+  for (int dt = 0; dt < D / 8; ++dt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dq_acc[dt][e] = 0.f;
+
+  const int n_end = pb.causal ? min(S, m0 + kOwn) : S;
+  for (int n0 = 0; n0 < n_end; n0 += kStream) {
+    __syncthreads();  // the previous key tile is consumed (q_s, do_s written, the first time)
+    stage_rows<scalar_t, D, kStream>(k_s, kLdRow, kt_s, kLdT, kb, lk.seq, n0, true, pb);
+    stage_rows<scalar_t, D, kStream>(v_s, kLdRow, nullptr, 0, vb, lv.seq, n0, false, pb);
+    __syncthreads();
+
+    float s[kStream / 8][4], dp[kStream / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < kStream / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t q_frag[4], do_frag[4];
+      load_a_frag(q_frag, q_s, kLdRow, row0, kk * 16, t);
+      load_a_frag(do_frag, do_s, kLdRow, row0, kk * 16, t);
+#pragma unroll
+      for (int nt = 0; nt < kStream / 8; ++nt) {
+        uint32_t b_frag[2];
+        load_b_frag(b_frag, k_s, kLdRow, nt * 8 + g, kk * 16, t);
+        Mma::run(s[nt], q_frag, b_frag);
+        load_b_frag(b_frag, v_s, kLdRow, nt * 8 + g, kk * 16, t);
+        Mma::run(dp[nt], do_frag, b_frag);
+      }
+    }
+    // dS = P (dP - delta), kept in s; element e is row rows[e / 2], key n0 + 8 nt + 2t + e % 2.
+#pragma unroll
+    for (int nt = 0; nt < kStream / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = rows[e / 2], j = n0 + nt * 8 + 2 * t + (e & 1);
+        const bool visible = i < S && j < S && (!pb.causal || j <= i);
+        const float p = visible ? exp2f(s[nt][e] * scale_log2 - row_lse2[e / 2]) : 0.f;
+        s[nt][e] = p * (dp[nt][e] - row_delta[e / 2]);
+      }
+#pragma unroll
+    for (int kk = 0; kk < kStream / 16; ++kk) {
+      uint32_t ds_frag[4];
+      acc_to_a_frag<scalar_t>(ds_frag, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        uint32_t k_frag[2];
+        load_b_frag(k_frag, kt_s, kLdT, dt * 8 + g, kk * 16, t);
+        Mma::run(dq_acc[dt], ds_frag, k_frag);
+      }
+    }
+  }
+
+  unrotate_acc<D>(dq_acc, rows, t, pb);
+  store_acc_rows<scalar_t, D>(grad_q + sequence_offset(lo, seq), lo.seq, dq_acc, rows, t, pb.scale, S);
+}
+
+// ---- dK/dV: grid (sequences, ceil(S / 64)), kMmaWarps warps, kDkdvBytes smem ---------------
+template <typename scalar_t, int D>
+__global__ void __launch_bounds__(kMmaWarps * kWarpSize)
+attention_bwd_dkdv_mma_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
+                              const scalar_t* __restrict__ v, const scalar_t* __restrict__ grad_out,
+                              const float* __restrict__ lse, const float* __restrict__ delta,
+                              scalar_t* __restrict__ grad_k, scalar_t* __restrict__ grad_v,
+                              Layout lq, Layout lk, Layout lv, Layout lg, Layout ll, Layout lo,
+                              Problem pb) {
+  using Tiles = MmaBwdTiles<D>;
+  using Mma = Mma16816<scalar_t>;
+  constexpr int kOwn = Tiles::kOwn, kStream = Tiles::kStream;
+  constexpr int kLdRow = Tiles::kLdRow, kLdT = Tiles::kLdT;
+  extern __shared__ __align__(16) uint16_t smem_dkdv[];
+  uint16_t* k_s = smem_dkdv;                  // [kOwn][kLdRow] rotated keys
+  uint16_t* v_s = k_s + kOwn * kLdRow;        // [kOwn][kLdRow]
+  uint16_t* q_s = v_s + kOwn * kLdRow;        // [kStream][kLdRow] rotated queries
+  uint16_t* do_s = q_s + kStream * kLdRow;    // [kStream][kLdRow]
+  uint16_t* qt_s = do_s + kStream * kLdRow;   // [D][kLdT] the rotated queries, transposed
+  uint16_t* dot_s = qt_s + D * kLdT;          // [D][kLdT] dO, transposed
+  float* lse_s = reinterpret_cast<float*>(dot_s + D * kLdT);  // [kStream], base 2
+  float* delta_s = lse_s + kStream;                            // [kStream]
+
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int g = lane / 4, t = lane % 4;
+  const int S = pb.seq_len;
+  const int n0 = blockIdx.y * kOwn;
+  const Sequence seq = sequence_of_block(pb);
+  const scalar_t* qb = q + sequence_offset(lq, seq);
+  const scalar_t* kb = k + sequence_offset(lk, seq);
+  const scalar_t* vb = v + sequence_offset(lv, seq);
+  const scalar_t* gb = grad_out + sequence_offset(lg, seq);
+  const float* lse_b = lse + sequence_offset(ll, seq);
+  const float* delta_b = delta + sequence_offset(ll, seq);
+
+  stage_rows<scalar_t, D, kOwn>(k_s, kLdRow, nullptr, 0, kb, lk.seq, n0, true, pb);
+  stage_rows<scalar_t, D, kOwn>(v_s, kLdRow, nullptr, 0, vb, lv.seq, n0, false, pb);
+
+  const int row0 = warp * 16 + g;
+  const int keys[2] = {n0 + row0, n0 + row0 + 8};
+  const float scale_log2 = pb.scale * kLog2e;
+  float dk_acc[D / 8][4], dv_acc[D / 8][4];
+#pragma unroll
+  for (int dt = 0; dt < D / 8; ++dt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk_acc[dt][e] = dv_acc[dt][e] = 0.f;
+
+  // With causal masking, queries before this block's first key see none of its keys.
+  const int i_begin = pb.causal ? (n0 / kStream) * kStream : 0;
+  for (int m0 = i_begin; m0 < S; m0 += kStream) {
+    __syncthreads();  // the previous query tile is consumed (k_s, v_s written, the first time)
+    stage_rows<scalar_t, D, kStream>(q_s, kLdRow, qt_s, kLdT, qb, lq.seq, m0, true, pb);
+    stage_rows<scalar_t, D, kStream>(do_s, kLdRow, dot_s, kLdT, gb, lg.seq, m0, false, pb);
+    for (int r = threadIdx.x; r < kStream; r += blockDim.x) {
+      const int i = m0 + r;
+      lse_s[r] = i < S ? lse_b[i * ll.seq] * kLog2e : 0.f;
+      delta_s[r] = i < S ? delta_b[i * ll.seq] : 0.f;
+    }
+    __syncthreads();
+
+    // S^T and dP^T: rows are this warp's keys, n-tile mt covers queries m0 + 8 mt .. + 7.
+    float st[kStream / 8][4], dpt[kStream / 8][4];
+#pragma unroll
+    for (int mt = 0; mt < kStream / 8; ++mt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) st[mt][e] = dpt[mt][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t k_frag[4], v_frag[4];
+      load_a_frag(k_frag, k_s, kLdRow, row0, kk * 16, t);
+      load_a_frag(v_frag, v_s, kLdRow, row0, kk * 16, t);
+#pragma unroll
+      for (int mt = 0; mt < kStream / 8; ++mt) {
+        uint32_t b_frag[2];
+        load_b_frag(b_frag, q_s, kLdRow, mt * 8 + g, kk * 16, t);
+        Mma::run(st[mt], k_frag, b_frag);
+        load_b_frag(b_frag, do_s, kLdRow, mt * 8 + g, kk * 16, t);
+        Mma::run(dpt[mt], v_frag, b_frag);
+      }
+    }
+    // P^T into st, dS^T into dpt; element e is key keys[e / 2], query m0 + 8 mt + 2t + e % 2.
+#pragma unroll
+    for (int mt = 0; mt < kStream / 8; ++mt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = mt * 8 + 2 * t + (e & 1);
+        const int i = m0 + r, j = keys[e / 2];
+        const bool visible = i < S && j < S && (!pb.causal || j <= i);
+        const float p = visible ? exp2f(st[mt][e] * scale_log2 - lse_s[r]) : 0.f;
+        st[mt][e] = p;
+        dpt[mt][e] = p * (dpt[mt][e] - delta_s[r]);
+      }
+#pragma unroll
+    for (int kk = 0; kk < kStream / 16; ++kk) {
+      uint32_t p_frag[4], ds_frag[4];
+      acc_to_a_frag<scalar_t>(p_frag, st[2 * kk], st[2 * kk + 1]);
+      acc_to_a_frag<scalar_t>(ds_frag, dpt[2 * kk], dpt[2 * kk + 1]);
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        uint32_t b_frag[2];
+        load_b_frag(b_frag, dot_s, kLdT, dt * 8 + g, kk * 16, t);
+        Mma::run(dv_acc[dt], p_frag, b_frag);
+        load_b_frag(b_frag, qt_s, kLdT, dt * 8 + g, kk * 16, t);
+        Mma::run(dk_acc[dt], ds_frag, b_frag);
+      }
+    }
+  }
+
+  store_acc_rows<scalar_t, D>(grad_v + sequence_offset(lo, seq), lo.seq, dv_acc, keys, t, 1.f, S);
+  unrotate_acc<D>(dk_acc, keys, t, pb);
+  store_acc_rows<scalar_t, D>(grad_k + sequence_offset(lo, seq), lo.seq, dk_acc, keys, t, pb.scale, S);
+}
+
+}  // namespace attention
+}  // namespace gfcore
