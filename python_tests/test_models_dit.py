@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from gfcore.models import FactorizedAttention, VideoDiT, VideoDiTConfig, build_model
-from gfcore.models.rope import rope_1d, rope_2d
+from gfcore.nn.rope import rope_1d, rope_2d
 from trainer_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
 
@@ -52,7 +52,7 @@ def test_attention_matches_reference_odd_noncontiguous(mode, causal):
     x = torch.randn(2, 24, 5, 3).permute(0, 3, 2, 1)  # [2, 3, 5, 24], non-contiguous
     assert not x.is_contiguous()
     seq = 5 if mode == "spatial" else 3
-    rope = rope_1d(torch.arange(seq), 8)
+    rope = rope_1d(seq, 8)
     got = attn(x, mode=mode, causal=causal, rope=rope)
     ref = naive_attention(attn, x.contiguous(), mode, causal, rope)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
@@ -66,7 +66,7 @@ def test_attention_matches_reference_odd_noncontiguous(mode, causal):
 def test_attention_bf16_close_to_fp32():
     attn = FactorizedAttention(32, 4)
     x = torch.randn(1, 4, 7, 32)
-    rope = rope_1d(torch.arange(7), 8)
+    rope = rope_1d(7, 8)
     ref = attn(x, mode="spatial", rope=rope)
     got = attn.to(torch.bfloat16)(x.bfloat16(), mode="spatial", rope=rope).float()
     assert (got - ref).abs().max() < 0.05 * ref.abs().max()

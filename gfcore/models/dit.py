@@ -19,7 +19,7 @@ from einops import rearrange
 from torch import nn
 
 from gfcore.nn import FactorizedAttention
-from gfcore.models.rope import rope_1d, rope_2d
+from gfcore.nn.rope import rope_1d, rope_2d
 
 
 @dataclass
@@ -171,7 +171,7 @@ class VideoDiT(nn.Module):
             action_cond = self.action_embed(actions.to(tokens.dtype))
             cond = cond + (action_cond if keep is None else action_cond * keep)
         spatial_rope = (self.spatial_cos, self.spatial_sin)
-        temporal_rope = rope_1d(torch.arange(x.shape[1], device=x.device), self.config.hidden_dim // self.config.num_heads)
+        temporal_rope = rope_1d(x.shape[1], self.config.hidden_dim // self.config.num_heads, device=x.device)
         hidden = None
         for depth, block in enumerate(self.blocks, start=1):
             tokens = block(tokens, cond, spatial_rope, temporal_rope)
