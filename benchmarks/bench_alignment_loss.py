@@ -1,11 +1,12 @@
 """GeometryAlignmentLoss: eager vs torch.compile vs fused vs fused-chunked, and the GEMM floor.
 
     python -m benchmarks.bench_alignment_loss --device cuda   # 8k..128k tokens, bf16, H=1152 D=2048 P=2048
-    python -m benchmarks.bench_alignment_loss --device cpu    # 2 threads, 16k tokens, fp32, H=384 D=512 P=512
+    python -m benchmarks.bench_alignment_loss --device cpu    # 2 threads, 4k and 16k tokens, fp32, H=384 D=512 P=512
 
 Modes: forward (with autograd recording, as in training), backward (of a fresh graph),
 full (forward + backward). Times: median with p20/p80 of CUDA events (perf_counter on CPU)
-over >= --min-time-ms of repetitions. Peak memory: torch.cuda.max_memory_allocated during
+over >= --min-time-ms of repetitions, gathered in --rounds interleaved rounds over the
+variants (4 on the CPU, where the machine's speed drifts). Peak memory: torch.cuda.max_memory_allocated during
 one full step, total and above the inputs. The GEMM floor runs the same 15 matrix products
 the fused path issues (5 forward, 10 backward) and nothing else. Each timed region is an
 NVTX range "bench.<variant>.<mode>.<tokens>" in the gfcore domain.
@@ -16,16 +17,19 @@ from typing import Callable, Dict, List
 
 import torch
 
-from benchmarks.common import copy_bandwidth_gbps, environment, markdown_table, measure, sync, write_results
+from benchmarks.common import (copy_bandwidth_gbps, environment, markdown_table, measure, sync, time_stats,
+                               write_results)
 from gfcore import GeometryAlignmentLoss, ops
 from gfcore.losses.fused_path import mm_acc
 from gfcore.nvtx import nvtx_range
 
 PRESETS = {
     "cuda": dict(tokens=[8192, 16384, 32768, 65536, 131072], hidden=1152, target=2048, projector=2048, head=512,
-                 dtype="bfloat16", chunk=16384, min_time_ms=100.0, min_reps=10),
+                 dtype="bfloat16", chunk=16384, min_time_ms=100.0, min_reps=10, rounds=1),
+    # A shared CPU drifts by several percent over minutes: variants take turns in 4 rounds and
+    # each pools its rounds' samples, so drift hits all variants alike.
     "cpu": dict(tokens=[4096, 16384], hidden=384, target=512, projector=512, head=512, dtype="float32", chunk=4096,
-                min_time_ms=2000.0, min_reps=5),
+                min_time_ms=2000.0, min_reps=5, rounds=4),
 }
 VARIANTS = ["eager", "compile", "fused", "fused_chunked", "gemm_floor"]
 MODES = ["forward", "backward", "full"]
@@ -63,11 +67,14 @@ def gemm_floor_steps(loss_fn, rows: int, device, dtype):
     return forward, backward
 
 
-def bench_point(args, variant: str, loss_fn, rows: int, device, dtype) -> List[Dict]:
+def bench_point(args, variant: str, loss_fn, rows: int, device, dtype, samples: Dict[str, List[float]]) -> Dict:
+    """Times each mode of one variant, adding the repetitions to samples[mode]; returns the
+    peak memory of one full step (CUDA), above the inputs and in total."""
     h = torch.randn(rows, args.hidden, device=device, dtype=dtype, requires_grad=True)
     y = torch.randn(rows, args.target, device=device, dtype=dtype)
     params = list(loss_fn.parameters()) if variant != "gemm_floor" else []
-    timing = dict(device=device, min_time_ms=args.min_time_ms, min_reps=args.min_reps)
+    timing = dict(device=device, min_time_ms=args.min_time_ms / args.rounds,
+                  min_reps=max(1, -(-args.min_reps // args.rounds)))
 
     def clear_grads():
         h.grad = None
@@ -94,13 +101,12 @@ def bench_point(args, variant: str, loss_fn, rows: int, device, dtype) -> List[D
             "backward": (lambda: holder["out"].backward(), make_graph),
             "full": (lambda: loss_fn(h, y).loss.backward(), clear_grads),
         }
-    rows_out = []
     for mode in args.modes:
         fn, setup = steps[mode]
         with nvtx_range(f"bench.{variant}.{mode}.{rows}"):
-            stats = measure(fn, setup=setup, **timing)
-        rows_out.append(dict(variant=variant, mode=mode, tokens=rows, **stats))
+            measure(fn, setup=setup, samples=samples.setdefault(mode, []), **timing)
     # Peak memory of one full step, above what the inputs and parameters already hold.
+    memory = {}
     if device.type == "cuda":
         clear_grads()
         holder = None
@@ -110,11 +116,9 @@ def bench_point(args, variant: str, loss_fn, rows: int, device, dtype) -> List[D
         steps["full"][0]()
         sync(device)
         peak = torch.cuda.max_memory_allocated(device)
-        for row in rows_out:
-            row["peak_GB"] = peak / 1e9
-            row["peak_above_inputs_GB"] = (peak - base) / 1e9
+        memory = {"peak_GB": peak / 1e9, "peak_above_inputs_GB": (peak - base) / 1e9}
     del h, y
-    return rows_out
+    return memory
 
 
 def bench_kernels(args, rows: int, device, dtype) -> List[Dict]:
@@ -180,6 +184,7 @@ def main(argv=None):
     parser.add_argument("--modes", type=lambda s: s.split(","), default=MODES)
     parser.add_argument("--min-time-ms", type=float)
     parser.add_argument("--min-reps", type=int)
+    parser.add_argument("--rounds", type=int, help="interleaved rounds over the variants (times pooled)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (CPU runs only)")
     parser.add_argument("--name", help="result file name (default alignment_loss_<device>)")
     args = parser.parse_args(argv)
@@ -196,12 +201,19 @@ def main(argv=None):
     args.reference_loss = losses["eager"]
     results, kernels = [], []
     for tokens in args.tokens:
+        samples = {variant: {} for variant in args.variants}
+        memory = {}
+        for round_index in range(args.rounds):
+            for variant in args.variants:
+                print(f"tokens={tokens} round={round_index + 1}/{args.rounds} variant={variant}", flush=True)
+                memory[variant] = bench_point(args, variant, losses.get(variant), tokens, device, dtype,
+                                              samples[variant])
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
         for variant in args.variants:
-            loss_fn = losses.get(variant)
-            print(f"tokens={tokens} variant={variant}", flush=True)
-            results += bench_point(args, variant, loss_fn, tokens, device, dtype)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            for mode in args.modes:
+                results.append(dict(variant=variant, mode=mode, tokens=tokens,
+                                    **time_stats(samples[variant][mode]), **memory[variant]))
     if device.type == "cuda":
         kernels = bench_kernels(args, max(args.tokens), device, dtype)
     summary = []
@@ -210,7 +222,7 @@ def main(argv=None):
 
     env = environment(device)
     config = {k: getattr(args, k) for k in ("tokens", "hidden", "target", "projector", "head", "dtype", "chunk",
-                                            "min_time_ms", "min_reps")}
+                                            "min_time_ms", "min_reps", "rounds")}
     payload = dict(env=env, config=config, results=results, summary=summary, kernels=kernels)
     if device.type == "cuda":
         payload["copy_bandwidth_GBps"] = copy_bandwidth_gbps(device)

@@ -52,14 +52,22 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_stats(times: Sequence[float]) -> Dict[str, float]:
+    """Median, p20 and p80 (ms) and the number of repetitions."""
+    times = list(times)
+    quantiles = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else [times[0]] * 9
+    return {"median_ms": statistics.median(times), "p20_ms": quantiles[1], "p80_ms": quantiles[7], "reps": len(times)}
+
+
 def measure(fn: Callable[[], None], device: torch.device, min_time_ms: float = 100.0, min_reps: int = 10,
             warmup: int = 3, setup: Optional[Callable[[], None]] = None,
-            max_wall_s: float = 30.0) -> Dict[str, float]:
+            max_wall_s: float = 30.0, samples: Optional[List[float]] = None) -> Dict[str, float]:
     """Median, p20 and p80 of fn's time in ms over >= min_reps runs and >= min_time_ms in total.
 
     CUDA: events around each run (setup runs outside them); CPU: perf_counter. Once min_reps
     runs are in, a costly setup (say, a forward before each timed backward) ends the loop
     after max_wall_s of wall time even if the timed total is still under min_time_ms.
+    `samples`, when given, receives every repetition's time (to pool interleaved rounds).
     """
     wall_start = time.perf_counter()
     for _ in range(warmup):
@@ -84,8 +92,9 @@ def measure(fn: Callable[[], None], device: torch.device, min_time_ms: float = 1
             times.append((time.perf_counter() - t0) * 1e3)
         if len(times) > 10000:
             break
-    quantiles = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else [times[0]] * 9
-    return {"median_ms": statistics.median(times), "p20_ms": quantiles[1], "p80_ms": quantiles[7], "reps": len(times)}
+    if samples is not None:
+        samples.extend(times)
+    return time_stats(times)
 
 
 def copy_bandwidth_gbps(device: torch.device, nbytes: int = 1 << 30) -> float:
