@@ -11,20 +11,14 @@ Modes: forward, backward (autograd of a retained graph), forward+backward. FLOPs
 FlashAttention's count (4 N S^2 D forward, half if causal; backward 2.5x). Bytes are the
 minimum traffic (forward: q, k, v, out, lse; backward: q, k, v, out, dout, lse, dq, dk, dv), so
 GB/s against the measured device-to-device copy bandwidth is the memory roofline fraction.
-Writes JSON to benchmarks/results/ and prints a markdown table.
+Writes benchmarks/results/attention_<device>.json and .md (environment, commit, table).
 """
 import argparse
-import datetime
-import json
-import os
-import platform
-import statistics
-import subprocess
-import time
 
 import torch
 from einops import rearrange
 
+from benchmarks.common import copy_bandwidth_gbps, environment, markdown_table, measure, write_results
 from gfcore.nvtx import nvtx_range
 from gfcore.ops import attention as attn
 
@@ -39,52 +33,6 @@ CPU_SHAPES = [("small", (1, 8, 64, 2, 32))]
 PASSES = [("spatial", False), ("temporal", False), ("temporal", True)]
 IMPLS = ("fused", "reference", "sdpa")
 MODES = ("forward", "backward", "fwd+bwd")
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True,
-                                       cwd=os.path.dirname(__file__)).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _quantiles(samples_ms):
-    s = sorted(samples_ms)
-    pick = lambda f: s[min(len(s) - 1, int(f * len(s)))]
-    return {"median_ms": statistics.median(s), "p20_ms": pick(0.2), "p80_ms": pick(0.8),
-            "iterations": len(s)}
-
-
-def time_fn(fn, device: str, min_total_ms: float, min_iters: int):
-    """Per-call times: CUDA events on CUDA, perf_counter on CPU; >= min_total_ms of calls."""
-    fn()  # warm-up (and autotuning / lazy init)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    samples, total = [], 0.0
-    while total < min_total_ms or len(samples) < min_iters:
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            ms = start.elapsed_time(end)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            ms = (time.perf_counter() - t0) * 1e3
-        samples.append(ms)
-        total += ms
-    return _quantiles(samples)
-
-
-def copy_bandwidth_gbs(device: str) -> float:
-    """Device-to-device copy bandwidth (read + write), the memory roofline of this run."""
-    x = torch.empty((256 if device == "cuda" else 32) * 2**20, dtype=torch.uint8, device=device)
-    y = torch.empty_like(x)
-    stats = time_fn(lambda: y.copy_(x), device, 100.0, 10)
-    return 2 * x.numel() / (stats["median_ms"] * 1e-3) / 1e9
 
 
 def _callable(impl, mode, causal, q, k, v, sdpa_inputs):
@@ -117,7 +65,8 @@ def bench_case(device, dtype, shape, mode, causal, impl, min_total_ms, min_iters
     results = {}
     for name, fn in (("forward", forward), ("backward", backward), ("fwd+bwd", forward_backward)):
         with nvtx_range(f"attention.{mode}{'.causal' if causal else ''}.{impl}.{name}"):
-            results[name] = time_fn(fn, device, min_total_ms, min_iters)
+            results[name] = measure(fn, torch.device(device), min_time_ms=min_total_ms, min_reps=min_iters,
+                                    warmup=1)
     return results
 
 
@@ -147,7 +96,7 @@ def main(argv=None):
     parser.add_argument("--min-iters", type=int, default=10)
     parser.add_argument("--shapes", nargs="*", help="subset of shape names")
     parser.add_argument("--impls", nargs="*", default=list(IMPLS), choices=IMPLS)
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--name", help="result file name (default attention_<device>)")
     args = parser.parse_args(argv)
 
     device = args.device
@@ -161,7 +110,7 @@ def main(argv=None):
     if device == "cuda":
         from torch.nn.attention import SDPBackend, sdpa_kernel
         sdpa_ctx = lambda: sdpa_kernel(SDPBackend.FLASH_ATTENTION)
-    roofline = copy_bandwidth_gbs(device)
+    roofline = copy_bandwidth_gbps(torch.device(device), nbytes=(1 << 30) if device == "cuda" else (1 << 26))
 
     rows = []
     for shape_name, shape in shapes:
@@ -188,33 +137,22 @@ def main(argv=None):
     by_key = {(r["shape_name"], r["pass"], r["mode"], r["impl"]): r for r in rows}
     for r in rows:
         ref = by_key.get((r["shape_name"], r["pass"], r["mode"], "reference"))
-        r["speedup_vs_reference"] = ref["median_ms"] / r["median_ms"] if ref else None
+        if ref:
+            r["speedup_vs_reference"] = ref["median_ms"] / r["median_ms"]
         r["roofline_fraction"] = r["gbs"] / roofline
 
-    device_name = (torch.cuda.get_device_name() if device == "cuda"
-                   else platform.processor() or platform.machine())
-    meta = {"benchmark": "attention", "device": device, "device_name": device_name,
-            "torch": torch.__version__, "cuda": torch.version.cuda, "dtype": str(dtype),
-            "git_commit": _git_commit(), "copy_bandwidth_gbs": roofline,
-            "utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    os.makedirs(args.out, exist_ok=True)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = os.path.join(args.out, f"attention_{device}_{stamp}.json")
-    with open(path, "w") as f:
-        json.dump({"meta": meta, "results": rows}, f, indent=1)
-
-    print(f"\n{meta['device_name']}, torch {meta['torch']}, CUDA {meta['cuda']}, {dtype}, "
-          f"commit {meta['git_commit'][:10]}, copy roofline {roofline:.0f} GB/s\n")
-    print("| shape | pass | impl | mode | median ms | p20 | p80 | TFLOP/s | GB/s | % roofline "
-          "| x reference |")
-    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    env = environment(torch.device(device))
+    payload = {"env": env, "dtype": str(dtype), "copy_bandwidth_GBps": roofline, "results": rows}
     for r in rows:
-        speed = f"{r['speedup_vs_reference']:.2f}" if r["speedup_vs_reference"] else "-"
-        print(f"| {r['shape_name']} {tuple(r['shape_BTPHD'])} | {r['pass']} | {r['impl']} | "
-              f"{r['mode']} | {r['median_ms']:.3f} | {r['p20_ms']:.3f} | {r['p80_ms']:.3f} | "
-              f"{r['tflops']:.1f} | {r['gbs']:.0f} | {100 * r['roofline_fraction']:.0f} | "
-              f"{speed} |")
-    print(f"\nwrote {path}")
+        r["shape"] = f"{r['shape_name']} {tuple(r['shape_BTPHD'])}"
+        r["pct_roofline"] = 100 * r["roofline_fraction"]
+    table = markdown_table(rows, ["shape", "pass", "impl", "mode", "median_ms", "p20_ms", "p80_ms", "tflops", "gbs",
+                                  "pct_roofline", "speedup_vs_reference"])
+    text = (f"{dtype}; device-to-device copy {roofline:.0f} GB/s (read + write), the roofline of the "
+            f"GB/s column\n\n{table}\n")
+    path = write_results(args.name or f"attention_{device}", payload, text)
+    print(text)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -11,12 +11,13 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from benchmarks.common import git_commit
 
 from gfcore.metrics.fvd import frechet_distance_features
 from gfcore.metrics.lpips import load_lpips
@@ -39,12 +40,6 @@ def _time(fn, device: torch.device, repeats: int, warmup: int = 1) -> dict:
         samples.append(time.perf_counter() - start)
     return {"median_s": statistics.median(samples), "min_s": min(samples), "repeats": repeats}
 
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:
@@ -75,7 +70,7 @@ def main() -> None:
         "device_name": device_name,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "results": [{"case": name, **timing, "frames_per_s": n / timing["median_s"] if n else None} for name, timing, n in rows],
     }
     out_dir = Path("benchmarks/results")

@@ -9,23 +9,17 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import tempfile
 import time
 
 import torch
 
+from benchmarks.common import git_commit
+
 from gfcore.data.synthetic.generate import _write_clip, clip_key, generate_clip
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _cpu_name() -> str:
@@ -71,7 +65,7 @@ def main(argv=None) -> dict:
         "benchmark": "bench_synthetic",
         "device": f"cpu: {_cpu_name()}, {os.cpu_count()} logical cores visible, 1 process",
         "torch": torch.__version__,
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "config": vars(args) | {"out": None},
         "total_s": round(total_s, 2),
         "process_cpu_s": round(cpu_s, 2),  # wall >> cpu means the machine was shared

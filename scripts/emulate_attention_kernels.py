@@ -175,6 +175,40 @@ def quad_reduce(x, op):
     return op(x, x[LANES ^ 2])
 
 
+def a_frag(tile, row0, k0):
+    """load_a_frag: rows row0 and row0 + 8 (per lane), columns k0 .. k0 + 15 -> (32, 4, 2)."""
+    t = QUAD
+    return np.stack([pair_at(tile, row0, k0 + 2 * t), pair_at(tile, row0 + 8, k0 + 2 * t),
+                     pair_at(tile, row0, k0 + 8 + 2 * t), pair_at(tile, row0 + 8, k0 + 8 + 2 * t)], axis=1)
+
+
+def b_frag(tile, n, k0):
+    """load_b_frag: B[k][n] = tile[n][k0 + k] -> (32, 2, 2)."""
+    t = QUAD
+    return np.stack([pair_at(tile, n, k0 + 2 * t), pair_at(tile, n, k0 + 8 + 2 * t)], axis=1)
+
+
+def acc_frag(lo, hi):
+    """acc_to_a_frag: two adjacent accumulator n-tiles (32, 4) -> A fragment (32, 4, 2)."""
+    return np.stack([lo[:, 0:2], lo[:, 2:4], hi[:, 0:2], hi[:, 2:4]], axis=1)
+
+
+def mma_rows_by_rows(acc, a, b, row0):
+    """mma_rows_by_rows: acc[nt] += A B, A rows row0 / row0 + 8 of a, B column n = row n of b."""
+    for kk in range(a.shape[1] // 16):
+        fa = a_frag(a, row0, kk * 16)
+        for nt in range(acc.shape[0]):
+            mma_16816(acc[nt], fa, b_frag(b, nt * 8 + GROUP, kk * 16))
+
+
+def mma_acc_by_transposed(out, p, bt):
+    """mma_acc_by_transposed: out[dt] += P B, P in accumulator tiles, B column d = row d of bt."""
+    for kk in range(p.shape[0] // 2):
+        fp = acc_frag(p[2 * kk], p[2 * kk + 1])
+        for dt in range(out.shape[0]):
+            mma_16816(out[dt], fp, b_frag(bt, dt * 8 + GROUP, kk * 16))
+
+
 def forward_mma(q, k, v, cos, sin, scale, causal, temporal):
     B, T, P, H, D = q.shape
     BM, BN = 16 * MMA_WARPS, (32 if D == 128 else 64)
@@ -201,10 +235,7 @@ def forward_mma(q, k, v, cos, sin, scale, causal, temporal):
             for warp in range(MMA_WARPS):
                 row0 = warp * 16 + g
                 rows = [m0 + row0, m0 + row0 + 8]
-                q_frag = [np.stack([pair_at(q_s, row0, kk * 16 + 2 * t), pair_at(q_s, row0 + 8, kk * 16 + 2 * t),
-                                    pair_at(q_s, row0, kk * 16 + 8 + 2 * t),
-                                    pair_at(q_s, row0 + 8, kk * 16 + 8 + 2 * t)], axis=1)
-                          for kk in range(D // 16)]
+                q_frag = [a_frag(q_s, row0, kk * 16) for kk in range(D // 16)]
                 row_max = [np.full(32, -np.inf), np.full(32, -np.inf)]
                 row_sum = [np.zeros(32), np.zeros(32)]
                 o_acc = np.zeros((D // 8, 32, 4))
@@ -218,9 +249,7 @@ def forward_mma(q, k, v, cos, sin, scale, causal, temporal):
                     s = np.zeros((BN // 8, 32, 4))
                     for nt in range(BN // 8):
                         for kk in range(D // 16):
-                            b_frag = np.stack([pair_at(k_s, nt * 8 + g, kk * 16 + 2 * t),
-                                               pair_at(k_s, nt * 8 + g, kk * 16 + 8 + 2 * t)], axis=1)
-                            mma_16816(s[nt], q_frag[kk], b_frag)
+                            mma_16816(s[nt], q_frag[kk], b_frag(k_s, nt * 8 + g, kk * 16))
                     for half in range(2):
                         tile_max = np.full(32, -np.inf)
                         for nt in range(BN // 8):
@@ -240,13 +269,7 @@ def forward_mma(q, k, v, cos, sin, scale, causal, temporal):
                         row_sum[half] = row_sum[half] * rescale + total
                         row_max[half] = new_max
                         o_acc[:, :, 2 * half:2 * half + 2] *= rescale[None, :, None]
-                    for kk in range(BN // 16):
-                        p_frag = np.stack([s[2 * kk][:, 0:2], s[2 * kk][:, 2:4],
-                                           s[2 * kk + 1][:, 0:2], s[2 * kk + 1][:, 2:4]], axis=1)
-                        for dt in range(D // 8):
-                            b_frag = np.stack([pair_at(vt_s, dt * 8 + g, kk * 16 + 2 * t),
-                                               pair_at(vt_s, dt * 8 + g, kk * 16 + 8 + 2 * t)], axis=1)
-                            mma_16816(o_acc[dt], p_frag, b_frag)
+                    mma_acc_by_transposed(o_acc, s, vt_s)
                 for half in range(2):
                     total = quad_reduce(row_sum[half], np.add)
                     for lane in range(32):
@@ -260,24 +283,6 @@ def forward_mma(q, k, v, cos, sin, scale, causal, temporal):
                         if t[lane] == 0:
                             ln[lb + i * ll[2]] = (row_max[half][lane] + np.log2(total[lane])) * np.log(2.0)
     return torch.from_numpy(on.reshape(out.shape)), torch.from_numpy(ln.reshape(lse.shape))
-
-
-def a_frag(tile, row0, k0):
-    """load_a_frag: rows row0 and row0 + 8 (per lane), columns k0 .. k0 + 15 -> (32, 4, 2)."""
-    t = QUAD
-    return np.stack([pair_at(tile, row0, k0 + 2 * t), pair_at(tile, row0 + 8, k0 + 2 * t),
-                     pair_at(tile, row0, k0 + 8 + 2 * t), pair_at(tile, row0 + 8, k0 + 8 + 2 * t)], axis=1)
-
-
-def b_frag(tile, n, k0):
-    """load_b_frag: B[k][n] = tile[n][k0 + k] -> (32, 2, 2)."""
-    t = QUAD
-    return np.stack([pair_at(tile, n, k0 + 2 * t), pair_at(tile, n, k0 + 8 + 2 * t)], axis=1)
-
-
-def acc_frag(lo, hi):
-    """acc_to_a_frag: two adjacent accumulator n-tiles (32, 4) -> A fragment (32, 4, 2)."""
-    return np.stack([lo[:, 0:2], lo[:, 2:4], hi[:, 0:2], hi[:, 2:4]], axis=1)
 
 
 def stage(f, base, lseq, r0, rows, D, S, rot):
@@ -365,21 +370,15 @@ def backward_mma(grad_out, q, k, v, out, lse, cos, sin, scale, causal, temporal)
                     v_s = stage(fv, vb, lv[2], n0, STREAM, D, S, None)
                     s = np.zeros((STREAM // 8, 32, 4))
                     dp = np.zeros((STREAM // 8, 32, 4))
-                    for kk in range(D // 16):
-                        qa, da = a_frag(q_s, row0, kk * 16), a_frag(do_s, row0, kk * 16)
-                        for nt in range(STREAM // 8):
-                            mma_16816(s[nt], qa, b_frag(k_s, nt * 8 + g, kk * 16))
-                            mma_16816(dp[nt], da, b_frag(v_s, nt * 8 + g, kk * 16))
+                    mma_rows_by_rows(s, q_s, k_s, row0)
+                    mma_rows_by_rows(dp, do_s, v_s, row0)
                     for nt in range(STREAM // 8):
                         for e in range(4):
                             i, j = rows[e // 2], n0 + nt * 8 + 2 * t + (e & 1)
                             visible = (i < S) & (j < S) & ((not causal) | (j <= i))
                             p = np.where(visible, np.exp2(s[nt][:, e] * scale_log2 - lse2[e // 2]), 0.0)
                             s[nt][:, e] = p * (dp[nt][:, e] - dlt[e // 2])
-                    for kk in range(STREAM // 16):
-                        ds = acc_frag(s[2 * kk], s[2 * kk + 1])
-                        for dt in range(D // 8):
-                            mma_16816(dq_acc[dt], ds, b_frag(kt_s, dt * 8 + g, kk * 16))
+                    mma_acc_by_transposed(dq_acc, s, kt_s)
                 dq_acc = unrotate_acc(dq_acc, rows, cos, sin, S)
                 store_acc(fdq.flat, fdq.offset + ob, lo[2], dq_acc, rows, scale, S)
         for n0 in range(0, S, OWN):  # dK/dV kernel
@@ -398,11 +397,8 @@ def backward_mma(grad_out, q, k, v, out, lse, cos, sin, scale, causal, temporal)
                     lse_s, delta_s = lse_delta(lb, m0 + np.arange(STREAM))
                     st = np.zeros((STREAM // 8, 32, 4))
                     dpt = np.zeros((STREAM // 8, 32, 4))
-                    for kk in range(D // 16):
-                        ka, va = a_frag(k_s, row0, kk * 16), a_frag(v_s, row0, kk * 16)
-                        for mt in range(STREAM // 8):
-                            mma_16816(st[mt], ka, b_frag(q_s, mt * 8 + g, kk * 16))
-                            mma_16816(dpt[mt], va, b_frag(do_s, mt * 8 + g, kk * 16))
+                    mma_rows_by_rows(st, k_s, q_s, row0)
+                    mma_rows_by_rows(dpt, v_s, do_s, row0)
                     for mt in range(STREAM // 8):
                         for e in range(4):
                             r = mt * 8 + 2 * t + (e & 1)
@@ -411,11 +407,8 @@ def backward_mma(grad_out, q, k, v, out, lse, cos, sin, scale, causal, temporal)
                             p = np.where(visible, np.exp2(st[mt][:, e] * scale_log2 - lse_s[r]), 0.0)
                             st[mt][:, e] = p
                             dpt[mt][:, e] = p * (dpt[mt][:, e] - delta_s[r])
-                    for kk in range(STREAM // 16):
-                        pa, da = acc_frag(st[2 * kk], st[2 * kk + 1]), acc_frag(dpt[2 * kk], dpt[2 * kk + 1])
-                        for dt in range(D // 8):
-                            mma_16816(dv_acc[dt], pa, b_frag(dot_s, dt * 8 + g, kk * 16))
-                            mma_16816(dk_acc[dt], da, b_frag(qt_s, dt * 8 + g, kk * 16))
+                    mma_acc_by_transposed(dv_acc, st, dot_s)
+                    mma_acc_by_transposed(dk_acc, dpt, qt_s)
                 store_acc(fdv.flat, fdv.offset + ob, lo[2], dv_acc, keys, 1.0, S)
                 dk_acc = unrotate_acc(dk_acc, keys, cos, sin, S)
                 store_acc(fdk.flat, fdk.offset + ob, lo[2], dk_acc, keys, scale, S)

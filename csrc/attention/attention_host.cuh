@@ -1,7 +1,8 @@
 // Host side of the factorized attention kernels: argument checks, layouts, launches.
 //
 // The .cu files of this folder instantiate run_forward / run_backward for one pass each
-// (spatial or temporal) with that pass's tile sizes, so nvcc compiles them in parallel.
+// (spatial or temporal) with that pass's tile sizes, so nvcc compiles them in parallel; the
+// spatial ones also hold the tensor-core launches (run_forward_mma, run_backward_mma).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -14,8 +15,6 @@
 #include <tuple>
 
 #include "attention/attention_kernels.cuh"
-#include "attention/attention_mma.cuh"
-#include "attention/attention_mma_bwd.cuh"
 
 namespace gfcore {
 namespace attention {
@@ -143,34 +142,6 @@ inline bool has_mma_16816(const at::Tensor& q) {
   return at::cuda::getDeviceProperties(q.get_device())->major >= 8;
 }
 
-// The forward on tensor cores (attention_mma.cuh); same checks, outputs and LSE convention as
-// run_forward, which serves devices older than sm80.
-inline std::tuple<at::Tensor, at::Tensor> run_forward_mma(
-    const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-    const std::optional<at::Tensor>& rope_cos, const std::optional<at::Tensor>& rope_sin,
-    double scale, bool causal, bool temporal) {
-  check_inputs(op, q, k, v, rope_cos, rope_sin, temporal ? q.size(1) : q.size(2));
-  const c10::cuda::CUDAGuard guard(q.device());
-  auto out = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
-  auto lse = at::empty(q.sizes().slice(0, 4), q.options().dtype(at::kFloat));
-  if (q.numel() == 0) return {out, lse};
-  const Problem pb = make_problem(q, rope_cos, rope_sin, scale, causal, temporal);
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  const dim3 grid = make_grid(pb, kMmaBlockM, op);
-  AT_DISPATCH_REDUCED_FLOATING_TYPES(q.scalar_type(), "gfcore_attention_mma", [&] {
-    dispatch_head_dim(q.size(4), [&](auto head_dim) {
-      constexpr int D = decltype(head_dim)::value;
-      attention_fwd_mma_kernel<scalar_t, D><<<grid, kMmaWarps * kWarpSize, 0, stream>>>(
-          q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-          out.data_ptr<scalar_t>(), lse.data_ptr<float>(), layout_of(q, temporal),
-          layout_of(k, temporal), layout_of(v, temporal), layout_of(out, temporal),
-          layout_of(lse, temporal), pb);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
-  return {out, lse};
-}
-
 inline void check_backward_inputs(const char* op, const at::Tensor& grad_out, const at::Tensor& q,
                                   const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
                                   const at::Tensor& lse, const std::optional<at::Tensor>& rope_cos,
@@ -232,55 +203,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(
           grad_q.data_ptr<scalar_t>(), lq, lk, lv, lg, ll, lo, pb);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       attention_bwd_dkdv_kernel<scalar_t, D, NUM_WARPS, R><<<grid, kThreads, 0, stream>>>(
-          q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-          grad_out.data_ptr<scalar_t>(), lse.data_ptr<float>(), delta.data_ptr<float>(),
-          grad_k.data_ptr<scalar_t>(), grad_v.data_ptr<scalar_t>(), lq, lk, lv, lg, ll, lo, pb);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
-  return {grad_q, grad_k, grad_v};
-}
-
-// The backward on tensor cores (attention_mma_bwd.cuh); same checks and outputs as
-// run_backward, which serves devices older than sm80.
-inline std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward_mma(
-    const char* op, const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
-    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-    const std::optional<at::Tensor>& rope_cos, const std::optional<at::Tensor>& rope_sin,
-    double scale, bool causal, bool temporal) {
-  check_backward_inputs(op, grad_out, q, k, v, out, lse, rope_cos, rope_sin, temporal);
-  const c10::cuda::CUDAGuard guard(q.device());
-  const auto options = q.options().memory_format(at::MemoryFormat::Contiguous);
-  auto grad_q = at::empty(q.sizes(), options);
-  auto grad_k = at::empty(q.sizes(), options);
-  auto grad_v = at::empty(q.sizes(), options);
-  if (q.numel() == 0) return {grad_q, grad_k, grad_v};
-  auto delta = at::empty_like(lse);
-  const Problem pb = make_problem(q, rope_cos, rope_sin, scale, causal, temporal);
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  const Layout lq = layout_of(q, temporal), lk = layout_of(k, temporal),
-               lv = layout_of(v, temporal), lg = layout_of(grad_out, temporal),
-               ll = layout_of(lse, temporal), lo = layout_of(grad_q, temporal);
-  const dim3 grid = make_grid(pb, kMmaBlockM, op);
-  constexpr int kThreads = kMmaWarps * kWarpSize;
-  AT_DISPATCH_REDUCED_FLOATING_TYPES(q.scalar_type(), "gfcore_attention_mma_bwd", [&] {
-    dispatch_head_dim(q.size(4), [&](auto head_dim) {
-      constexpr int D = decltype(head_dim)::value;
-      using Tiles = MmaBwdTiles<D>;
-      launch_delta<scalar_t, D>(grad_out, out, delta, stream);
-      // Above 48 KiB a kernel must opt in to its dynamic shared memory.
-      const auto dq_kernel = attention_bwd_dq_mma_kernel<scalar_t, D>;
-      C10_CUDA_CHECK(cudaFuncSetAttribute(dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(Tiles::kDqBytes)));
-      dq_kernel<<<grid, kThreads, Tiles::kDqBytes, stream>>>(
-          q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-          grad_out.data_ptr<scalar_t>(), lse.data_ptr<float>(), delta.data_ptr<float>(),
-          grad_q.data_ptr<scalar_t>(), lq, lk, lv, lg, ll, lo, pb);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      const auto dkdv_kernel = attention_bwd_dkdv_mma_kernel<scalar_t, D>;
-      C10_CUDA_CHECK(cudaFuncSetAttribute(dkdv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(Tiles::kDkdvBytes)));
-      dkdv_kernel<<<grid, kThreads, Tiles::kDkdvBytes, stream>>>(
           q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
           grad_out.data_ptr<scalar_t>(), lse.data_ptr<float>(), delta.data_ptr<float>(),
           grad_k.data_ptr<scalar_t>(), grad_v.data_ptr<scalar_t>(), lq, lk, lv, lg, ll, lo, pb);

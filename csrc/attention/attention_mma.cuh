@@ -115,6 +115,44 @@ __device__ inline void acc_to_a_frag(uint32_t (&a)[4], const float (&lo)[4], con
   a[3] = Mma::pack(hi[2], hi[3]);
 }
 
+// acc[nt] += A B over a reduction of length K (a multiple of 16), for the N / 8 n-tiles of
+// acc: A is rows row0 and row0 + 8 of the row-major tile a, and column n of B is row n of the
+// row-major tile b (both with leading dimension ld). S = Q K^T is this with a = Q, b = K.
+template <typename scalar_t, int K, int N>
+__device__ inline void mma_rows_by_rows(float (&acc)[N / 8][4], const uint16_t* a, const uint16_t* b,
+                                        int ld, int row0, int g, int t) {
+#pragma unroll
+  for (int kk = 0; kk < K / 16; ++kk) {
+    uint32_t a_frag[4];
+    load_a_frag(a_frag, a, ld, row0, kk * 16, t);
+#pragma unroll
+    for (int nt = 0; nt < N / 8; ++nt) {
+      uint32_t b_frag[2];
+      load_b_frag(b_frag, b, ld, nt * 8 + g, kk * 16, t);
+      Mma16816<scalar_t>::run(acc[nt], a_frag, b_frag);
+    }
+  }
+}
+
+// out[dt] += P B for the D / 8 tiles of out: P (16 x N) is held in accumulator tiles and
+// rounded to 16 bits; column d of B is row d of the transposed tile bt (D x N, leading
+// dimension ldt). O = P V is this with bt = V^T.
+template <typename scalar_t, int D, int N>
+__device__ inline void mma_acc_by_transposed(float (&out)[D / 8][4], const float (&p)[N / 8][4],
+                                             const uint16_t* bt, int ldt, int g, int t) {
+#pragma unroll
+  for (int kk = 0; kk < N / 16; ++kk) {
+    uint32_t p_frag[4];
+    acc_to_a_frag<scalar_t>(p_frag, p[2 * kk], p[2 * kk + 1]);
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      uint32_t b_frag[2];
+      load_b_frag(b_frag, bt, ldt, dt * 8 + g, kk * 16, t);
+      Mma16816<scalar_t>::run(out[dt], p_frag, b_frag);
+    }
+  }
+}
+
 // Rows [r0, r0 + ROWS) of one sequence into a 16-bit row-major tile and/or a transposed one
 // (either may be null), RoPE applied when `rotate` and tables are given, zeros past the end.
 template <typename scalar_t, int D, int ROWS>
@@ -240,18 +278,8 @@ attention_fwd_mma_kernel(const scalar_t* __restrict__ q, const scalar_t* __restr
       }
     }
 
-    // O += P V over the tile's keys, 16 at a time; P is rounded to 16 bits as SDPA does.
-#pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      uint32_t p_frag[4];
-      acc_to_a_frag<scalar_t>(p_frag, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        uint32_t v_frag[2];
-        load_b_frag(v_frag, &vt_s[0][0], kBlockN + kMmaPad, dt * 8 + g, kk * 16, t);
-        Mma::run(o_acc[dt], p_frag, v_frag);
-      }
-    }
+    // O += P V over the tile's keys; P is rounded to 16 bits as SDPA does.
+    mma_acc_by_transposed<scalar_t, D, kBlockN>(o_acc, s, &vt_s[0][0], kBlockN + kMmaPad, g, t);
   }
 
   scalar_t* ob = out + sequence_offset(lo, seq);

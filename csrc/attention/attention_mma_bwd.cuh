@@ -92,7 +92,6 @@ attention_bwd_dq_mma_kernel(const scalar_t* __restrict__ q, const scalar_t* __re
                             scalar_t* __restrict__ grad_q, Layout lq, Layout lk, Layout lv,
                             Layout lg, Layout ll, Layout lo, Problem pb) {
   using Tiles = MmaBwdTiles<D>;
-  using Mma = Mma16816<scalar_t>;
   constexpr int kOwn = Tiles::kOwn, kStream = Tiles::kStream;
   constexpr int kLdRow = Tiles::kLdRow, kLdT = Tiles::kLdT;
   extern __shared__ __align__(16) uint16_t smem_dq[];
@@ -145,20 +144,8 @@ attention_bwd_dq_mma_kernel(const scalar_t* __restrict__ q, const scalar_t* __re
     for (int nt = 0; nt < kStream / 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t q_frag[4], do_frag[4];
-      load_a_frag(q_frag, q_s, kLdRow, row0, kk * 16, t);
-      load_a_frag(do_frag, do_s, kLdRow, row0, kk * 16, t);
-#pragma unroll
-      for (int nt = 0; nt < kStream / 8; ++nt) {
-        uint32_t b_frag[2];
-        load_b_frag(b_frag, k_s, kLdRow, nt * 8 + g, kk * 16, t);
-        Mma::run(s[nt], q_frag, b_frag);
-        load_b_frag(b_frag, v_s, kLdRow, nt * 8 + g, kk * 16, t);
-        Mma::run(dp[nt], do_frag, b_frag);
-      }
-    }
+    mma_rows_by_rows<scalar_t, D, kStream>(s, q_s, k_s, kLdRow, row0, g, t);    // S = Q K^T
+    mma_rows_by_rows<scalar_t, D, kStream>(dp, do_s, v_s, kLdRow, row0, g, t);  // dP = dO V^T
     // dS = P (dP - delta), kept in s; element e is row rows[e / 2], key n0 + 8 nt + 2t + e % 2.
 #pragma unroll
     for (int nt = 0; nt < kStream / 8; ++nt)
@@ -169,17 +156,7 @@ attention_bwd_dq_mma_kernel(const scalar_t* __restrict__ q, const scalar_t* __re
         const float p = visible ? exp2f(s[nt][e] * scale_log2 - row_lse2[e / 2]) : 0.f;
         s[nt][e] = p * (dp[nt][e] - row_delta[e / 2]);
       }
-#pragma unroll
-    for (int kk = 0; kk < kStream / 16; ++kk) {
-      uint32_t ds_frag[4];
-      acc_to_a_frag<scalar_t>(ds_frag, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        uint32_t k_frag[2];
-        load_b_frag(k_frag, kt_s, kLdT, dt * 8 + g, kk * 16, t);
-        Mma::run(dq_acc[dt], ds_frag, k_frag);
-      }
-    }
+    mma_acc_by_transposed<scalar_t, D, kStream>(dq_acc, s, kt_s, kLdT, g, t);  // dQ += dS K
   }
 
   unrotate_acc<D>(dq_acc, rows, t, pb);
@@ -196,7 +173,6 @@ attention_bwd_dkdv_mma_kernel(const scalar_t* __restrict__ q, const scalar_t* __
                               Layout lq, Layout lk, Layout lv, Layout lg, Layout ll, Layout lo,
                               Problem pb) {
   using Tiles = MmaBwdTiles<D>;
-  using Mma = Mma16816<scalar_t>;
   constexpr int kOwn = Tiles::kOwn, kStream = Tiles::kStream;
   constexpr int kLdRow = Tiles::kLdRow, kLdT = Tiles::kLdT;
   extern __shared__ __align__(16) uint16_t smem_dkdv[];
@@ -252,20 +228,8 @@ attention_bwd_dkdv_mma_kernel(const scalar_t* __restrict__ q, const scalar_t* __
     for (int mt = 0; mt < kStream / 8; ++mt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) st[mt][e] = dpt[mt][e] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t k_frag[4], v_frag[4];
-      load_a_frag(k_frag, k_s, kLdRow, row0, kk * 16, t);
-      load_a_frag(v_frag, v_s, kLdRow, row0, kk * 16, t);
-#pragma unroll
-      for (int mt = 0; mt < kStream / 8; ++mt) {
-        uint32_t b_frag[2];
-        load_b_frag(b_frag, q_s, kLdRow, mt * 8 + g, kk * 16, t);
-        Mma::run(st[mt], k_frag, b_frag);
-        load_b_frag(b_frag, do_s, kLdRow, mt * 8 + g, kk * 16, t);
-        Mma::run(dpt[mt], v_frag, b_frag);
-      }
-    }
+    mma_rows_by_rows<scalar_t, D, kStream>(st, k_s, q_s, kLdRow, row0, g, t);    // S^T = K Q^T
+    mma_rows_by_rows<scalar_t, D, kStream>(dpt, v_s, do_s, kLdRow, row0, g, t);  // dP^T = V dO^T
     // P^T into st, dS^T into dpt; element e is key keys[e / 2], query m0 + 8 mt + 2t + e % 2.
 #pragma unroll
     for (int mt = 0; mt < kStream / 8; ++mt)
@@ -278,20 +242,8 @@ attention_bwd_dkdv_mma_kernel(const scalar_t* __restrict__ q, const scalar_t* __
         st[mt][e] = p;
         dpt[mt][e] = p * (dpt[mt][e] - delta_s[r]);
       }
-#pragma unroll
-    for (int kk = 0; kk < kStream / 16; ++kk) {
-      uint32_t p_frag[4], ds_frag[4];
-      acc_to_a_frag<scalar_t>(p_frag, st[2 * kk], st[2 * kk + 1]);
-      acc_to_a_frag<scalar_t>(ds_frag, dpt[2 * kk], dpt[2 * kk + 1]);
-#pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        uint32_t b_frag[2];
-        load_b_frag(b_frag, dot_s, kLdT, dt * 8 + g, kk * 16, t);
-        Mma::run(dv_acc[dt], p_frag, b_frag);
-        load_b_frag(b_frag, qt_s, kLdT, dt * 8 + g, kk * 16, t);
-        Mma::run(dk_acc[dt], ds_frag, b_frag);
-      }
-    }
+    mma_acc_by_transposed<scalar_t, D, kStream>(dv_acc, st, dot_s, kLdT, g, t);   // dV += P^T dO
+    mma_acc_by_transposed<scalar_t, D, kStream>(dk_acc, dpt, qt_s, kLdT, g, t);  // dK += dS^T Q
   }
 
   store_acc_rows<scalar_t, D>(grad_v + sequence_offset(lo, seq), lo.seq, dv_acc, keys, t, 1.f, S);
