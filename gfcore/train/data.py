@@ -7,6 +7,7 @@ have seen, and every DDP rank can take its own slice of the same global batch.
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Dict, List, Optional
 
 import torch
@@ -128,6 +129,60 @@ class StepBatcher:
         for key in items[0]:
             values = [item[key] for item in items]
             batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
-        if device is not None:
-            batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        return batch_to_device(batch, device)
+
+
+def batch_to_device(batch: Dict, device: Optional[torch.device], pin: bool = False) -> Dict:
+    """Tensors of a batch moved to device (pinned first when `pin`, so the copy can overlap)."""
+    if device is None:
         return batch
+    moved = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            if pin and device.type == "cuda":
+                value = value.pin_memory()
+            value = value.to(device, non_blocking=True)
+        moved[key] = value
+    return moved
+
+
+class BatchPrefetcher:
+    """The batches of steps start, start + 1, ... built `depth` steps ahead on `workers` threads.
+
+    A batch is a function of its step alone, so prefetching changes no value: get(step) returns
+    exactly batcher.batch(step). Video decoding and image loading release the GIL, which is
+    what the threads overlap with the training step. A batch that fails to build raises its
+    error from get() of that step.
+    """
+
+    def __init__(self, batcher: StepBatcher, start: int, end: int, depth: int = 2, workers: int = 2):
+        if depth < 1 or workers < 1:
+            raise ValueError(f"prefetch depth and workers must be >= 1, got {depth} and {workers}")
+        self.batcher, self.end, self.depth = batcher, end, depth
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gfcore-batches")
+        self._pending: Dict[int, Future] = {}
+        self._next = start
+        self._fill()
+
+    def _fill(self) -> None:
+        while len(self._pending) < self.depth and self._next < self.end:
+            self._pending[self._next] = self._pool.submit(self.batcher.batch, self._next)
+            self._next += 1
+
+    def get(self, step: int) -> Dict:
+        if step not in self._pending:
+            raise KeyError(f"step {step} was not prefetched (steps are taken in order from the start)")
+        batch = self._pending.pop(step).result()
+        self._fill()
+        return batch
+
+    def close(self) -> None:
+        for future in self._pending.values():
+            future.cancel()
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> "BatchPrefetcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -20,7 +20,7 @@ from gfcore.losses import GeometryAlignmentLoss
 from gfcore.models.dit import VideoDiT, build_model
 from gfcore.nvtx import nvtx_range
 from gfcore.train.checkpoint import atomic_save, latest_checkpoint, rng_state, save_checkpoint, set_rng_state
-from gfcore.train.data import StepBatcher, build_dataset
+from gfcore.train.data import BatchPrefetcher, StepBatcher, batch_to_device, build_dataset
 from gfcore.train.distributed import DistInfo, barrier, gather_objects, mean_across_ranks, setup_distributed
 from gfcore.train.flops import forward_flops, peak_flops
 from gfcore.train.objective import GFObjective, draw_noise
@@ -257,53 +257,63 @@ def train(cfg: DictConfig) -> Dict:
 
     last_terms: Dict[str, float] = {}
     window_start, window_steps = time.perf_counter(), 0
-    for step in range(start_step, cfg.train.steps):
-        module.train()
-        with nvtx_range("train.data"):
-            batch = batcher.batch(step, device)
-            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 7_919)
-            noise = draw_noise(frame_shape, generator, cfg.train.context_prob, cfg.train.max_context,
-                               cfg.train.cond_drop_prob).slice(info.rank * per_rank, (info.rank + 1) * per_rank)
-            noise.t, noise.eps = noise.t.to(device), noise.eps.to(device)
-            noise.context, noise.drop_cond = noise.context.to(device), noise.drop_cond.to(device)
-        with nvtx_range("train.teacher"):
-            features = teacher(batch) if teacher is not None else None
-        with nvtx_range("train.forward"):
-            autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
-                        else nullcontext())
-            with autocast:
-                terms = wrapped(batch, noise, features)
-        with nvtx_range("train.backward"):
-            terms["loss"].backward()
-        with nvtx_range("train.optimizer"):
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip if cfg.train.grad_clip else float("inf"))
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            ema.update(model)
-        done = step + 1
-        window_steps += 1
-        if done % cfg.train.log_every == 0 or done == cfg.train.steps:
-            logged = mean_across_ranks(terms, info)
-            elapsed = time.perf_counter() - window_start
-            record = {"step": done, **logged, "grad_norm": float(full_tensor(grad_norm)), "lr": scheduler.get_last_lr()[0],
-                      "samples_per_s": window_steps * cfg.train.batch_size / elapsed,
-                      "achieved_tflops": window_steps * step_flops / elapsed / 1e12,
-                      "mfu": (window_steps * step_flops / elapsed / peak) if peak else None, "teacher": label}
-            log.write(record)
-            last_terms = record
-            window_start, window_steps = time.perf_counter(), 0
+    # Batches are built ahead on threads (a batch depends on its step alone: same values).
+    prefetch_steps = int(cfg.data.get("prefetch_steps", 2))
+    prefetcher = (BatchPrefetcher(batcher, start_step, cfg.train.steps, depth=prefetch_steps,
+                                  workers=int(cfg.data.get("num_workers", 2)))
+                  if prefetch_steps > 0 and start_step < cfg.train.steps else None)
+    try:
+        for step in range(start_step, cfg.train.steps):
+            module.train()
+            with nvtx_range("train.data"):
+                batch = (batch_to_device(prefetcher.get(step), device, pin=True) if prefetcher is not None
+                         else batcher.batch(step, device))
+                generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 7_919)
+                noise = draw_noise(frame_shape, generator, cfg.train.context_prob, cfg.train.max_context,
+                                   cfg.train.cond_drop_prob).slice(info.rank * per_rank, (info.rank + 1) * per_rank)
+                noise.t, noise.eps = noise.t.to(device), noise.eps.to(device)
+                noise.context, noise.drop_cond = noise.context.to(device), noise.drop_cond.to(device)
+            with nvtx_range("train.teacher"):
+                features = teacher(batch) if teacher is not None else None
+            with nvtx_range("train.forward"):
+                autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                            else nullcontext())
+                with autocast:
+                    terms = wrapped(batch, noise, features)
+            with nvtx_range("train.backward"):
+                terms["loss"].backward()
+            with nvtx_range("train.optimizer"):
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip if cfg.train.grad_clip else float("inf"))
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                ema.update(model)
+            done = step + 1
+            window_steps += 1
+            if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+                logged = mean_across_ranks(terms, info)
+                elapsed = time.perf_counter() - window_start
+                record = {"step": done, **logged, "grad_norm": float(full_tensor(grad_norm)), "lr": scheduler.get_last_lr()[0],
+                          "samples_per_s": window_steps * cfg.train.batch_size / elapsed,
+                          "achieved_tflops": window_steps * step_flops / elapsed / 1e12,
+                          "mfu": (window_steps * step_flops / elapsed / peak) if peak else None, "teacher": label}
+                log.write(record)
+                last_terms = record
+                window_start, window_steps = time.perf_counter(), 0
+                if bar is not None:
+                    bar.set_postfix(loss=f"{logged['loss']:.4f}", **({"cos": f"{logged['cosine']:.3f}"} if "cosine" in logged else {}))
             if bar is not None:
-                bar.set_postfix(loss=f"{logged['loss']:.4f}", **({"cos": f"{logged['cosine']:.3f}"} if "cosine" in logged else {}))
-        if bar is not None:
-            bar.update(1)
-        if done % cfg.train.ckpt_every == 0 or done == cfg.train.steps:
-            state = _state_for_checkpoint(module, optimizer, scheduler, ema, done, cfg, info, sharded)
-            if info.is_main:
-                save_checkpoint(ckpt_dir, done, state, cfg.train.keep_last)
-            barrier(info)
-        if cfg.train.get("crash_after_step") is not None and done == cfg.train.crash_after_step:
-            raise CrashForTesting(f"train.crash_after_step={done}: stopping as if killed")
+                bar.update(1)
+            if done % cfg.train.ckpt_every == 0 or done == cfg.train.steps:
+                state = _state_for_checkpoint(module, optimizer, scheduler, ema, done, cfg, info, sharded)
+                if info.is_main:
+                    save_checkpoint(ckpt_dir, done, state, cfg.train.keep_last)
+                barrier(info)
+            if cfg.train.get("crash_after_step") is not None and done == cfg.train.crash_after_step:
+                raise CrashForTesting(f"train.crash_after_step={done}: stopping as if killed")
+    finally:
+        if prefetcher is not None:
+            prefetcher.close()
     if bar is not None:
         bar.close()
     if not last_terms and info.is_main:  # nothing left to run after a resume: report the logged end
