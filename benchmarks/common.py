@@ -1,6 +1,7 @@
 """Shared benchmark plumbing: timing with CUDA events, environment facts, result files."""
 import datetime
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -44,6 +45,8 @@ def environment(device: torch.device) -> Dict:
         "commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
+        # glibc's malloc settings change CPU timings a lot at >= 32 MiB tensors (README).
+        "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "LD_PRELOAD"},
     }
 
 
