@@ -214,8 +214,7 @@ def main(argv=None):
             for mode in args.modes:
                 results.append(dict(variant=variant, mode=mode, tokens=tokens,
                                     **time_stats(samples[variant][mode]), **memory[variant]))
-    if device.type == "cuda":
-        kernels = bench_kernels(args, max(args.tokens), device, dtype)
+    kernels = bench_kernels(args, max(args.tokens), device, dtype)
     summary = []
     for tokens in args.tokens:
         summary += summarize(results, tokens)
@@ -224,10 +223,9 @@ def main(argv=None):
     config = {k: getattr(args, k) for k in ("tokens", "hidden", "target", "projector", "head", "dtype", "chunk",
                                             "min_time_ms", "min_reps", "rounds")}
     payload = dict(env=env, config=config, results=results, summary=summary, kernels=kernels)
-    if device.type == "cuda":
-        payload["copy_bandwidth_GBps"] = copy_bandwidth_gbps(device)
-        for k in kernels:
-            k["pct_of_copy_bw"] = 100.0 * k["GBps"] / payload["copy_bandwidth_GBps"]
+    payload["copy_bandwidth_GBps"] = copy_bandwidth_gbps(device, nbytes=(1 << 30) if device.type == "cuda" else (1 << 28))
+    for k in kernels:
+        k["pct_of_copy_bw"] = 100.0 * k["GBps"] / payload["copy_bandwidth_GBps"]
     columns = ["tokens", "mode", "variant", "median_ms", "speedup_vs_eager", "speedup_vs_compile", "x_gemm_floor",
                "peak_vs_eager"]
     table = markdown_table(summary, columns)
@@ -237,7 +235,7 @@ def main(argv=None):
     if kernels:
         text += "\n## Memory-bound kernels alone\n\n" + markdown_table(
             kernels, ["kernel", "tokens", "MB", "median_ms", "GBps", "pct_of_copy_bw"])
-        text += f"\n\nDevice-to-device copy: {payload['copy_bandwidth_GBps']:.0f} GB/s (read + write)\n"
+        text += f"\n\nCopy bandwidth on this device: {payload['copy_bandwidth_GBps']:.0f} GB/s (read + write)\n"
     path = write_results(args.name or f"alignment_loss_{args.device}", payload, text)
     print(text)
     print(f"wrote {path}")
