@@ -107,6 +107,26 @@ void dispatch_head_dim(int64_t D, Fn&& fn) {
   }
 }
 
+// What every forward launcher needs: checked inputs, the outputs, the problem.
+struct ForwardLaunch {
+  at::Tensor out, lse;
+  Problem pb;
+  bool empty;  // nothing to compute
+};
+
+inline ForwardLaunch prepare_forward(const char* op, const at::Tensor& q, const at::Tensor& k,
+                                     const at::Tensor& v, const std::optional<at::Tensor>& rope_cos,
+                                     const std::optional<at::Tensor>& rope_sin, double scale,
+                                     bool causal, bool temporal) {
+  check_inputs(op, q, k, v, rope_cos, rope_sin, temporal ? q.size(1) : q.size(2));
+  ForwardLaunch f;
+  f.out = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
+  f.lse = at::empty(q.sizes().slice(0, 4), q.options().dtype(at::kFloat));
+  f.empty = q.numel() == 0;
+  if (!f.empty) f.pb = make_problem(q, rope_cos, rope_sin, scale, causal, temporal);
+  return f;
+}
+
 // Tile sizes: NUM_WARPS warps per block, R<D> rows per warp for head dim D.
 template <int NUM_WARPS, int R32, int R64, int R128>
 std::tuple<at::Tensor, at::Tensor> run_forward(const char* op, const at::Tensor& q,
@@ -114,12 +134,11 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const char* op, const at::Tensor&
                                                const std::optional<at::Tensor>& rope_cos,
                                                const std::optional<at::Tensor>& rope_sin,
                                                double scale, bool causal, bool temporal) {
-  check_inputs(op, q, k, v, rope_cos, rope_sin, temporal ? q.size(1) : q.size(2));
   const c10::cuda::CUDAGuard guard(q.device());
-  auto out = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
-  auto lse = at::empty(q.sizes().slice(0, 4), q.options().dtype(at::kFloat));
-  if (q.numel() == 0) return {out, lse};
-  const Problem pb = make_problem(q, rope_cos, rope_sin, scale, causal, temporal);
+  const ForwardLaunch f = prepare_forward(op, q, k, v, rope_cos, rope_sin, scale, causal, temporal);
+  const at::Tensor &out = f.out, &lse = f.lse;
+  if (f.empty) return {out, lse};
+  const Problem& pb = f.pb;
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_REDUCED_FLOATING_TYPES(q.scalar_type(), "gfcore_attention", [&] {
     dispatch_head_dim(q.size(4), [&](auto head_dim) {
@@ -170,6 +189,41 @@ void launch_delta(const at::Tensor& grad_out, const at::Tensor& out, at::Tensor&
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// What every backward launcher needs: checked inputs, the gradients and delta, the layouts of
+// the operands regrouped for the pass, the problem.
+struct BackwardLaunch {
+  at::Tensor grad_q, grad_k, grad_v, delta;
+  Layout lq, lk, lv, lg, ll, lo;
+  Problem pb;
+  bool empty;  // nothing to compute
+};
+
+inline BackwardLaunch prepare_backward(const char* op, const at::Tensor& grad_out,
+                                       const at::Tensor& q, const at::Tensor& k,
+                                       const at::Tensor& v, const at::Tensor& out,
+                                       const at::Tensor& lse,
+                                       const std::optional<at::Tensor>& rope_cos,
+                                       const std::optional<at::Tensor>& rope_sin, double scale,
+                                       bool causal, bool temporal) {
+  check_backward_inputs(op, grad_out, q, k, v, out, lse, rope_cos, rope_sin, temporal);
+  const auto options = q.options().memory_format(at::MemoryFormat::Contiguous);
+  BackwardLaunch b;
+  b.grad_q = at::empty(q.sizes(), options);
+  b.grad_k = at::empty(q.sizes(), options);
+  b.grad_v = at::empty(q.sizes(), options);
+  b.empty = q.numel() == 0;
+  if (b.empty) return b;
+  b.delta = at::empty_like(lse);
+  b.pb = make_problem(q, rope_cos, rope_sin, scale, causal, temporal);
+  b.lq = layout_of(q, temporal);
+  b.lk = layout_of(k, temporal);
+  b.lv = layout_of(v, temporal);
+  b.lg = layout_of(grad_out, temporal);
+  b.ll = layout_of(lse, temporal);
+  b.lo = layout_of(b.grad_q, temporal);
+  return b;
+}
+
 // Tile sizes: NUM_WARPS warps per block, R<D> rows per warp for head dim D.
 template <int NUM_WARPS, int R32, int R64, int R128>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(
@@ -177,39 +231,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(
     const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
     const std::optional<at::Tensor>& rope_cos, const std::optional<at::Tensor>& rope_sin,
     double scale, bool causal, bool temporal) {
-  check_backward_inputs(op, grad_out, q, k, v, out, lse, rope_cos, rope_sin, temporal);
   const c10::cuda::CUDAGuard guard(q.device());
-  const auto options = q.options().memory_format(at::MemoryFormat::Contiguous);
-  auto grad_q = at::empty(q.sizes(), options);
-  auto grad_k = at::empty(q.sizes(), options);
-  auto grad_v = at::empty(q.sizes(), options);
-  if (q.numel() == 0) return {grad_q, grad_k, grad_v};
-  auto delta = at::empty_like(lse);
-  const Problem pb = make_problem(q, rope_cos, rope_sin, scale, causal, temporal);
+  BackwardLaunch b = prepare_backward(op, grad_out, q, k, v, out, lse, rope_cos, rope_sin, scale,
+                                      causal, temporal);
+  if (b.empty) return {b.grad_q, b.grad_k, b.grad_v};
   const auto stream = at::cuda::getCurrentCUDAStream();
-  const Layout lq = layout_of(q, temporal), lk = layout_of(k, temporal),
-               lv = layout_of(v, temporal), lg = layout_of(grad_out, temporal),
-               ll = layout_of(lse, temporal), lo = layout_of(grad_q, temporal);
   AT_DISPATCH_REDUCED_FLOATING_TYPES(q.scalar_type(), "gfcore_attention", [&] {
     dispatch_head_dim(q.size(4), [&](auto head_dim) {
       constexpr int D = decltype(head_dim)::value;
       constexpr int R = rows_for<D, R32, R64, R128>();
-      launch_delta<scalar_t, D>(grad_out, out, delta, stream);
-      const dim3 grid = make_grid(pb, NUM_WARPS * R, op);
+      launch_delta<scalar_t, D>(grad_out, out, b.delta, stream);
+      const dim3 grid = make_grid(b.pb, NUM_WARPS * R, op);
       constexpr int kThreads = NUM_WARPS * kWarpSize;
       attention_bwd_dq_kernel<scalar_t, D, NUM_WARPS, R><<<grid, kThreads, 0, stream>>>(
           q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-          grad_out.data_ptr<scalar_t>(), lse.data_ptr<float>(), delta.data_ptr<float>(),
-          grad_q.data_ptr<scalar_t>(), lq, lk, lv, lg, ll, lo, pb);
+          grad_out.data_ptr<scalar_t>(), lse.data_ptr<float>(), b.delta.data_ptr<float>(),
+          b.grad_q.data_ptr<scalar_t>(), b.lq, b.lk, b.lv, b.lg, b.ll, b.lo, b.pb);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       attention_bwd_dkdv_kernel<scalar_t, D, NUM_WARPS, R><<<grid, kThreads, 0, stream>>>(
           q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-          grad_out.data_ptr<scalar_t>(), lse.data_ptr<float>(), delta.data_ptr<float>(),
-          grad_k.data_ptr<scalar_t>(), grad_v.data_ptr<scalar_t>(), lq, lk, lv, lg, ll, lo, pb);
+          grad_out.data_ptr<scalar_t>(), lse.data_ptr<float>(), b.delta.data_ptr<float>(),
+          b.grad_k.data_ptr<scalar_t>(), b.grad_v.data_ptr<scalar_t>(), b.lq, b.lk, b.lv, b.lg,
+          b.ll, b.lo, b.pb);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return {grad_q, grad_k, grad_v};
+  return {b.grad_q, b.grad_k, b.grad_v};
 }
 
 }  // namespace attention

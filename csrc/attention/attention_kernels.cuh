@@ -61,6 +61,23 @@ __device__ inline int64_t sequence_offset(const Layout& l, const Sequence& s) {
   return s.b * l.b + s.other * l.other + s.h * l.h;
 }
 
+// The backward inputs moved to the block's sequence (lse and delta share the layout ll).
+template <typename scalar_t>
+struct BackwardSequence {
+  const scalar_t *q, *k, *v, *grad_out;
+  const float *lse, *delta;
+};
+
+template <typename scalar_t>
+__device__ inline BackwardSequence<scalar_t> backward_sequence(
+    const scalar_t* q, const scalar_t* k, const scalar_t* v, const scalar_t* grad_out,
+    const float* lse, const float* delta, const Layout& lq, const Layout& lk, const Layout& lv,
+    const Layout& lg, const Layout& ll, const Sequence& seq) {
+  return {q + sequence_offset(lq, seq),        k + sequence_offset(lk, seq),
+          v + sequence_offset(lv, seq),        grad_out + sequence_offset(lg, seq),
+          lse + sequence_offset(ll, seq),      delta + sequence_offset(ll, seq)};
+}
+
 template <typename T>
 __device__ inline float to_float(T x) {
   return static_cast<float>(x);
@@ -256,24 +273,19 @@ attention_bwd_dq_kernel(const scalar_t* __restrict__ q, const scalar_t* __restri
   const int S = pb.seq_len;
   const int m0 = blockIdx.y * kBlockM;
   const Sequence seq = sequence_of_block(pb);
-  const scalar_t* qb = q + sequence_offset(lq, seq);
-  const scalar_t* kb = k + sequence_offset(lk, seq);
-  const scalar_t* vb = v + sequence_offset(lv, seq);
-  const scalar_t* gb = grad_out + sequence_offset(lg, seq);
-  const float* lse_b = lse + sequence_offset(ll, seq);
-  const float* delta_b = delta + sequence_offset(ll, seq);
+  const auto in = backward_sequence(q, k, v, grad_out, lse, delta, lq, lk, lv, lg, ll, seq);
 
   for (int idx = tid; idx < kBlockM * D; idx += NUM_WARPS * kWarpSize) {
     const int r = idx / D, d = idx % D, i = m0 + r;
-    q_s[r][d] = i < S ? load_rotated<scalar_t, D>(qb + i * lq.seq, d, i, pb) * pb.scale : 0.f;
-    do_s[r][d] = i < S ? to_float(gb[i * lg.seq + d]) : 0.f;
+    q_s[r][d] = i < S ? load_rotated<scalar_t, D>(in.q + i * lq.seq, d, i, pb) * pb.scale : 0.f;
+    do_s[r][d] = i < S ? to_float(in.grad_out[i * lg.seq + d]) : 0.f;
   }
   float row_lse[ROWS], row_delta[ROWS], dq[ROWS][kPerLane];
 #pragma unroll
   for (int r = 0; r < ROWS; ++r) {
     const int i = m0 + warp * ROWS + r;
-    row_lse[r] = i < S ? lse_b[i * ll.seq] : 0.f;
-    row_delta[r] = i < S ? delta_b[i * ll.seq] : 0.f;
+    row_lse[r] = i < S ? in.lse[i * ll.seq] : 0.f;
+    row_delta[r] = i < S ? in.delta[i * ll.seq] : 0.f;
 #pragma unroll
     for (int c = 0; c < kPerLane; ++c) dq[r][c] = 0.f;
   }
@@ -283,8 +295,8 @@ attention_bwd_dq_kernel(const scalar_t* __restrict__ q, const scalar_t* __restri
     __syncthreads();
     for (int idx = tid; idx < kTile * D; idx += NUM_WARPS * kWarpSize) {
       const int n = idx / D, d = idx % D, j = n0 + n;
-      k_s[n][d] = j < S ? load_rotated<scalar_t, D>(kb + j * lk.seq, d, j, pb) : 0.f;
-      v_s[n][d] = j < S ? to_float(vb[j * lv.seq + d]) : 0.f;
+      k_s[n][d] = j < S ? load_rotated<scalar_t, D>(in.k + j * lk.seq, d, j, pb) : 0.f;
+      v_s[n][d] = j < S ? to_float(in.v[j * lv.seq + d]) : 0.f;
     }
     __syncthreads();
 
@@ -369,17 +381,12 @@ attention_bwd_dkdv_kernel(const scalar_t* __restrict__ q, const scalar_t* __rest
   const int S = pb.seq_len;
   const int n0 = blockIdx.y * kBlockN;
   const Sequence seq = sequence_of_block(pb);
-  const scalar_t* qb = q + sequence_offset(lq, seq);
-  const scalar_t* kb = k + sequence_offset(lk, seq);
-  const scalar_t* vb = v + sequence_offset(lv, seq);
-  const scalar_t* gb = grad_out + sequence_offset(lg, seq);
-  const float* lse_b = lse + sequence_offset(ll, seq);
-  const float* delta_b = delta + sequence_offset(ll, seq);
+  const auto in = backward_sequence(q, k, v, grad_out, lse, delta, lq, lk, lv, lg, ll, seq);
 
   for (int idx = tid; idx < kBlockN * D; idx += NUM_WARPS * kWarpSize) {
     const int r = idx / D, d = idx % D, j = n0 + r;
-    k_s[r][d] = j < S ? load_rotated<scalar_t, D>(kb + j * lk.seq, d, j, pb) : 0.f;
-    v_s[r][d] = j < S ? to_float(vb[j * lv.seq + d]) : 0.f;
+    k_s[r][d] = j < S ? load_rotated<scalar_t, D>(in.k + j * lk.seq, d, j, pb) : 0.f;
+    v_s[r][d] = j < S ? to_float(in.v[j * lv.seq + d]) : 0.f;
   }
   float dk[ROWS][kPerLane], dv[ROWS][kPerLane];
 #pragma unroll
@@ -393,13 +400,13 @@ attention_bwd_dkdv_kernel(const scalar_t* __restrict__ q, const scalar_t* __rest
     __syncthreads();  // the previous tile is consumed (and k_s, v_s are written, the first time)
     for (int idx = tid; idx < kTile * D; idx += NUM_WARPS * kWarpSize) {
       const int n = idx / D, d = idx % D, i = i0 + n;
-      q_t[n][d] = i < S ? load_rotated<scalar_t, D>(qb + i * lq.seq, d, i, pb) * pb.scale : 0.f;
-      do_t[n][d] = i < S ? to_float(gb[i * lg.seq + d]) : 0.f;
+      q_t[n][d] = i < S ? load_rotated<scalar_t, D>(in.q + i * lq.seq, d, i, pb) * pb.scale : 0.f;
+      do_t[n][d] = i < S ? to_float(in.grad_out[i * lg.seq + d]) : 0.f;
     }
     if (tid < kTile) {
       const int i = i0 + tid;
-      lse_t[tid] = i < S ? lse_b[i * ll.seq] : 0.f;
-      delta_t[tid] = i < S ? delta_b[i * ll.seq] : 0.f;
+      lse_t[tid] = i < S ? in.lse[i * ll.seq] : 0.f;
+      delta_t[tid] = i < S ? in.delta[i * ll.seq] : 0.f;
     }
     __syncthreads();
 

@@ -106,15 +106,10 @@ attention_bwd_dq_mma_kernel(const scalar_t* __restrict__ q, const scalar_t* __re
   const int S = pb.seq_len;
   const int m0 = blockIdx.y * kOwn;
   const Sequence seq = sequence_of_block(pb);
-  const scalar_t* qb = q + sequence_offset(lq, seq);
-  const scalar_t* kb = k + sequence_offset(lk, seq);
-  const scalar_t* vb = v + sequence_offset(lv, seq);
-  const scalar_t* gb = grad_out + sequence_offset(lg, seq);
-  const float* lse_b = lse + sequence_offset(ll, seq);
-  const float* delta_b = delta + sequence_offset(ll, seq);
+  const auto in = backward_sequence(q, k, v, grad_out, lse, delta, lq, lk, lv, lg, ll, seq);
 
-  stage_rows<scalar_t, D, kOwn>(q_s, kLdRow, nullptr, 0, qb, lq.seq, m0, true, pb);
-  stage_rows<scalar_t, D, kOwn>(do_s, kLdRow, nullptr, 0, gb, lg.seq, m0, false, pb);
+  stage_rows<scalar_t, D, kOwn>(q_s, kLdRow, nullptr, 0, in.q, lq.seq, m0, true, pb);
+  stage_rows<scalar_t, D, kOwn>(do_s, kLdRow, nullptr, 0, in.grad_out, lg.seq, m0, false, pb);
 
   const int row0 = warp * 16 + g;
   const int rows[2] = {m0 + row0, m0 + row0 + 8};
@@ -122,8 +117,8 @@ attention_bwd_dq_mma_kernel(const scalar_t* __restrict__ q, const scalar_t* __re
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const bool live = rows[half] < S;
-    row_lse2[half] = live ? lse_b[rows[half] * ll.seq] * kLog2e : 0.f;
-    row_delta[half] = live ? delta_b[rows[half] * ll.seq] : 0.f;
+    row_lse2[half] = live ? in.lse[rows[half] * ll.seq] * kLog2e : 0.f;
+    row_delta[half] = live ? in.delta[rows[half] * ll.seq] : 0.f;
   }
   const float scale_log2 = pb.scale * kLog2e;
   float dq_acc[D / 8][4];
@@ -135,8 +130,8 @@ attention_bwd_dq_mma_kernel(const scalar_t* __restrict__ q, const scalar_t* __re
   const int n_end = pb.causal ? min(S, m0 + kOwn) : S;
   for (int n0 = 0; n0 < n_end; n0 += kStream) {
     __syncthreads();  // the previous key tile is consumed (q_s, do_s written, the first time)
-    stage_rows<scalar_t, D, kStream>(k_s, kLdRow, kt_s, kLdT, kb, lk.seq, n0, true, pb);
-    stage_rows<scalar_t, D, kStream>(v_s, kLdRow, nullptr, 0, vb, lv.seq, n0, false, pb);
+    stage_rows<scalar_t, D, kStream>(k_s, kLdRow, kt_s, kLdT, in.k, lk.seq, n0, true, pb);
+    stage_rows<scalar_t, D, kStream>(v_s, kLdRow, nullptr, 0, in.v, lv.seq, n0, false, pb);
     __syncthreads();
 
     float s[kStream / 8][4], dp[kStream / 8][4];
@@ -190,15 +185,10 @@ attention_bwd_dkdv_mma_kernel(const scalar_t* __restrict__ q, const scalar_t* __
   const int S = pb.seq_len;
   const int n0 = blockIdx.y * kOwn;
   const Sequence seq = sequence_of_block(pb);
-  const scalar_t* qb = q + sequence_offset(lq, seq);
-  const scalar_t* kb = k + sequence_offset(lk, seq);
-  const scalar_t* vb = v + sequence_offset(lv, seq);
-  const scalar_t* gb = grad_out + sequence_offset(lg, seq);
-  const float* lse_b = lse + sequence_offset(ll, seq);
-  const float* delta_b = delta + sequence_offset(ll, seq);
+  const auto in = backward_sequence(q, k, v, grad_out, lse, delta, lq, lk, lv, lg, ll, seq);
 
-  stage_rows<scalar_t, D, kOwn>(k_s, kLdRow, nullptr, 0, kb, lk.seq, n0, true, pb);
-  stage_rows<scalar_t, D, kOwn>(v_s, kLdRow, nullptr, 0, vb, lv.seq, n0, false, pb);
+  stage_rows<scalar_t, D, kOwn>(k_s, kLdRow, nullptr, 0, in.k, lk.seq, n0, true, pb);
+  stage_rows<scalar_t, D, kOwn>(v_s, kLdRow, nullptr, 0, in.v, lv.seq, n0, false, pb);
 
   const int row0 = warp * 16 + g;
   const int keys[2] = {n0 + row0, n0 + row0 + 8};
@@ -213,12 +203,12 @@ attention_bwd_dkdv_mma_kernel(const scalar_t* __restrict__ q, const scalar_t* __
   const int i_begin = pb.causal ? (n0 / kStream) * kStream : 0;
   for (int m0 = i_begin; m0 < S; m0 += kStream) {
     __syncthreads();  // the previous query tile is consumed (k_s, v_s written, the first time)
-    stage_rows<scalar_t, D, kStream>(q_s, kLdRow, qt_s, kLdT, qb, lq.seq, m0, true, pb);
-    stage_rows<scalar_t, D, kStream>(do_s, kLdRow, dot_s, kLdT, gb, lg.seq, m0, false, pb);
+    stage_rows<scalar_t, D, kStream>(q_s, kLdRow, qt_s, kLdT, in.q, lq.seq, m0, true, pb);
+    stage_rows<scalar_t, D, kStream>(do_s, kLdRow, dot_s, kLdT, in.grad_out, lg.seq, m0, false, pb);
     for (int r = threadIdx.x; r < kStream; r += blockDim.x) {
       const int i = m0 + r;
-      lse_s[r] = i < S ? lse_b[i * ll.seq] * kLog2e : 0.f;
-      delta_s[r] = i < S ? delta_b[i * ll.seq] : 0.f;
+      lse_s[r] = i < S ? in.lse[i * ll.seq] * kLog2e : 0.f;
+      delta_s[r] = i < S ? in.delta[i * ll.seq] : 0.f;
     }
     __syncthreads();
 

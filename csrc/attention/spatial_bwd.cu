@@ -16,46 +16,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward_mma(
     const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
     const std::optional<at::Tensor>& rope_cos, const std::optional<at::Tensor>& rope_sin,
     double scale, bool causal, bool temporal) {
-  check_backward_inputs(op, grad_out, q, k, v, out, lse, rope_cos, rope_sin, temporal);
   const c10::cuda::CUDAGuard guard(q.device());
-  const auto options = q.options().memory_format(at::MemoryFormat::Contiguous);
-  auto grad_q = at::empty(q.sizes(), options);
-  auto grad_k = at::empty(q.sizes(), options);
-  auto grad_v = at::empty(q.sizes(), options);
-  if (q.numel() == 0) return {grad_q, grad_k, grad_v};
-  auto delta = at::empty_like(lse);
-  const Problem pb = make_problem(q, rope_cos, rope_sin, scale, causal, temporal);
+  BackwardLaunch b = prepare_backward(op, grad_out, q, k, v, out, lse, rope_cos, rope_sin, scale,
+                                      causal, temporal);
+  if (b.empty) return {b.grad_q, b.grad_k, b.grad_v};
   const auto stream = at::cuda::getCurrentCUDAStream();
-  const Layout lq = layout_of(q, temporal), lk = layout_of(k, temporal),
-               lv = layout_of(v, temporal), lg = layout_of(grad_out, temporal),
-               ll = layout_of(lse, temporal), lo = layout_of(grad_q, temporal);
-  const dim3 grid = make_grid(pb, kMmaBlockM, op);
+  const dim3 grid = make_grid(b.pb, kMmaBlockM, op);
   constexpr int kThreads = kMmaWarps * kWarpSize;
   AT_DISPATCH_REDUCED_FLOATING_TYPES(q.scalar_type(), "gfcore_attention_mma_bwd", [&] {
     dispatch_head_dim(q.size(4), [&](auto head_dim) {
       constexpr int D = decltype(head_dim)::value;
       using Tiles = MmaBwdTiles<D>;
-      launch_delta<scalar_t, D>(grad_out, out, delta, stream);
+      launch_delta<scalar_t, D>(grad_out, out, b.delta, stream);
       // Above 48 KiB a kernel must opt in to its dynamic shared memory.
       const auto dq_kernel = attention_bwd_dq_mma_kernel<scalar_t, D>;
       C10_CUDA_CHECK(cudaFuncSetAttribute(dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(Tiles::kDqBytes)));
       dq_kernel<<<grid, kThreads, Tiles::kDqBytes, stream>>>(
           q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-          grad_out.data_ptr<scalar_t>(), lse.data_ptr<float>(), delta.data_ptr<float>(),
-          grad_q.data_ptr<scalar_t>(), lq, lk, lv, lg, ll, lo, pb);
+          grad_out.data_ptr<scalar_t>(), lse.data_ptr<float>(), b.delta.data_ptr<float>(),
+          b.grad_q.data_ptr<scalar_t>(), b.lq, b.lk, b.lv, b.lg, b.ll, b.lo, b.pb);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       const auto dkdv_kernel = attention_bwd_dkdv_mma_kernel<scalar_t, D>;
       C10_CUDA_CHECK(cudaFuncSetAttribute(dkdv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(Tiles::kDkdvBytes)));
       dkdv_kernel<<<grid, kThreads, Tiles::kDkdvBytes, stream>>>(
           q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-          grad_out.data_ptr<scalar_t>(), lse.data_ptr<float>(), delta.data_ptr<float>(),
-          grad_k.data_ptr<scalar_t>(), grad_v.data_ptr<scalar_t>(), lq, lk, lv, lg, ll, lo, pb);
+          grad_out.data_ptr<scalar_t>(), lse.data_ptr<float>(), b.delta.data_ptr<float>(),
+          b.grad_k.data_ptr<scalar_t>(), b.grad_v.data_ptr<scalar_t>(), b.lq, b.lk, b.lv, b.lg,
+          b.ll, b.lo, b.pb);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return {grad_q, grad_k, grad_v};
+  return {b.grad_q, b.grad_k, b.grad_v};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> spatial_attention_bwd_cuda(

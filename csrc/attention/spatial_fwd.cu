@@ -15,12 +15,11 @@ std::tuple<at::Tensor, at::Tensor> run_forward_mma(
     const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const std::optional<at::Tensor>& rope_cos, const std::optional<at::Tensor>& rope_sin,
     double scale, bool causal, bool temporal) {
-  check_inputs(op, q, k, v, rope_cos, rope_sin, temporal ? q.size(1) : q.size(2));
   const c10::cuda::CUDAGuard guard(q.device());
-  auto out = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
-  auto lse = at::empty(q.sizes().slice(0, 4), q.options().dtype(at::kFloat));
-  if (q.numel() == 0) return {out, lse};
-  const Problem pb = make_problem(q, rope_cos, rope_sin, scale, causal, temporal);
+  const ForwardLaunch f = prepare_forward(op, q, k, v, rope_cos, rope_sin, scale, causal, temporal);
+  const at::Tensor &out = f.out, &lse = f.lse;
+  if (f.empty) return {out, lse};
+  const Problem& pb = f.pb;
   const auto stream = at::cuda::getCurrentCUDAStream();
   const dim3 grid = make_grid(pb, kMmaBlockM, op);
   AT_DISPATCH_REDUCED_FLOATING_TYPES(q.scalar_type(), "gfcore_attention_mma", [&] {
