@@ -204,6 +204,9 @@ attention_fwd_mma_kernel(const scalar_t* __restrict__ q, const scalar_t* __restr
   __syncthreads();
 
   const int row0 = warp * 16 + g;  // this thread's rows in the block: row0 and row0 + 8
+  // The Q fragments stay in registers for the whole key loop (mma_rows_by_rows would reload
+  // them from shared memory per tile; the backward kernels do, their registers hold two
+  // accumulators).
   uint32_t q_frag[D / 16][4];
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) load_a_frag(q_frag[kk], &q_s[0][0], D + kMmaPad, row0, kk * 16, t);
