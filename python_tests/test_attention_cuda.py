@@ -35,8 +35,10 @@ DTYPES = [torch.bfloat16, torch.float16]
 # (B, T, P, H, D)
 SPATIAL_SHAPES = [(2, 3, 63, 4, 32), (2, 2, 63, 3, 64), (1, 2, 63, 2, 128),  # 7 x 9 grids
                   (1, 1, 1030, 2, 64), (1, 2, 300, 2, 128)]                  # many tiles, ragged
+# T <= 64 runs the one-kernel backward; T = 70 the three-kernel fallback.
 TEMPORAL_SHAPES = [(2, 1, 37, 3, 64),                                         # T = 1
-                   (2, 17, 20, 2, 32), (1, 33, 9, 2, 128), (1, 64, 6, 2, 64)]
+                   (2, 17, 20, 2, 32), (1, 33, 9, 2, 128), (1, 64, 6, 2, 64),
+                   (1, 70, 5, 2, 64)]
 
 
 def _seq_len(shape, mode):

@@ -415,6 +415,57 @@ def backward_mma(grad_out, q, k, v, out, lse, cos, sin, scale, causal, temporal)
     return [torch.from_numpy(f.flat.reshape(q.shape)) for f in (fdq, fdk, fdv)]
 
 
+FUSED_BWD_MAX_SEQ = 64
+
+
+def backward_temporal_fused(grad_out, q, k, v, out, lse, cos, sin, scale, causal):
+    """attention_bwd_fused_kernel (attention_temporal_bwd.cuh): one block per whole sequence."""
+    B, T, P, H, D = q.shape
+    S, temporal = T, True
+    lse = lse.contiguous()
+    fq, fk, fv, fg, fout, fl = Flat(q), Flat(k), Flat(v), Flat(grad_out), Flat(out), Flat(lse)
+    grads = [torch.full(q.shape, float("nan"), dtype=torch.float64) for _ in range(3)]
+    fdq, fdk, fdv = (Flat(x) for x in grads)
+    lq, lk, lv, lg, l_out, ll, lo = (f.layout(temporal) for f in (fq, fk, fv, fg, fout, fl, fdq))
+    rows = np.arange(S)
+    for bx in range(B * P * H):  # grid: one block per sequence
+        b, other, h = sequence_of_block(bx, H, P)
+        qb, kb, vb, gb = (seq_offset(l, b, other, h) for l in (lq, lk, lv, lg))
+        outb, lb, ob = seq_offset(l_out, b, other, h), seq_offset(ll, b, other, h), seq_offset(lo, b, other, h)
+        # 1. stage
+        q_s = np.stack([rot_row(load_row(fq, qb, i, lq[2], D), i, cos, sin) for i in rows]) * scale
+        k_s = np.stack([rot_row(load_row(fk, kb, i, lk[2], D), i, cos, sin) for i in rows])
+        v_s = np.stack([load_row(fv, vb, i, lv[2], D) for i in rows])
+        do_s = np.stack([load_row(fg, gb, i, lg[2], D) for i in rows])
+        delta_s = np.array([do_s[i] @ load_row(fout, outb, i, l_out[2], D) for i in rows])
+        lse_s = fl.flat[fl.offset + lb + rows * ll[2]]
+        # 2. P and dS for every (i, j)
+        p_s = np.zeros((S, S))
+        ds_s = np.zeros((S, S))
+        for i in rows:
+            for j in rows:
+                if not causal or j <= i:
+                    p = np.exp(q_s[i] @ k_s[j] - lse_s[i])
+                    p_s[i, j] = p
+                    ds_s[i, j] = p * (do_s[i] @ v_s[j] - delta_s[i])
+        # 3. element (r, d) of each gradient
+        dv = np.zeros((S, D))
+        dk_rot = np.zeros((S, D))
+        dq_rot = np.zeros((S, D))
+        for r in rows:
+            for d in range(D):
+                dv[r, d] = sum(p_s[i, r] * do_s[i, d] for i in rows)
+                dk_rot[r, d] = sum(ds_s[i, r] * q_s[i, d] for i in rows)
+                dq_rot[r, d] = sum(ds_s[r, i] * k_s[i, d] for i in rows) * scale
+        # 4. RoPE^T on the way out
+        for r in rows:
+            start = ob + r * lo[2]
+            fdv.flat[fdv.offset + start:fdv.offset + start + D] = dv[r]
+            fdq.flat[fdq.offset + start:fdq.offset + start + D] = unrotate(dq_rot[r], r, cos, sin)
+            fdk.flat[fdk.offset + start:fdk.offset + start + D] = unrotate(dk_rot[r], r, cos, sin)
+    return [torch.from_numpy(f.flat.reshape(q.shape)) for f in (fdq, fdk, fdv)]
+
+
 def backward(grad_out, q, k, v, out, lse, cos, sin, scale, causal, temporal, cfg):
     NW, rows = cfg
     B, T, P, H, D = q.shape
@@ -565,9 +616,12 @@ def check(shape, mode, causal, use_rope, packed, gen):
     errs += [(mma_out - ref_out).abs().max().item(), (mma_lse - ref_lse).abs().max().item()]
     mma_grads = backward_mma(grad_out, q, k, v, ref_out, ref_lse, np_cos, np_sin, scale, causal, temporal)
     errs += [(g - r).abs().max().item() for g, r in zip(mma_grads, ref_grads)]
+    if temporal and S <= FUSED_BWD_MAX_SEQ:  # the one-kernel temporal backward
+        fused_grads = backward_temporal_fused(grad_out, q, k, v, ref_out, ref_lse, np_cos, np_sin, scale, causal)
+        errs += [(g - r).abs().max().item() for g, r in zip(fused_grads, ref_grads)]
     ok = all(e < 1e-9 for e in errs)  # NaN (an unwritten element) fails too
     print(f"{'ok  ' if ok else 'FAIL'} {mode:8s} causal={causal!s:5s} rope={use_rope!s:5s} "
-          f"packed={packed!s:5s} shape={shape} max|err| out/lse/dq/dk/dv, mma out/lse/dq/dk/dv = "
+          f"packed={packed!s:5s} shape={shape} max|err| out/lse/dq/dk/dv, mma out/lse/dq/dk/dv[, fused temporal dq/dk/dv] = "
           + " ".join(f"{e:.1e}" for e in errs))
     return ok
 
