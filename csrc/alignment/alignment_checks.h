@@ -56,5 +56,39 @@ inline void check_grad_cos(const at::Tensor& grad_cos, const at::Tensor& cos) {
               ", got ", grad_cos.scalar_type(), " ", grad_cos.sizes(), " on ", grad_cos.device());
 }
 
+// ---- Each op's argument contract, shared by its CPU and CUDA entry points ----------------
+
+inline void check_bias_silu_args(const at::Tensor& x, const at::Tensor& bias) {
+  check_matrix(x, "x");
+  check_bias(bias, x);
+}
+
+inline void check_bias_silu_backward_args(const at::Tensor& grad_out, const at::Tensor& x,
+                                          const at::Tensor& bias) {
+  check_bias_silu_args(x, bias);
+  check_like(grad_out, x, "grad_out", "x");
+}
+
+// bias_normalize_cosine and bias_mse: x + bias against the target y.
+inline void check_bias_target_args(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& y) {
+  check_bias_silu_args(x, bias);
+  check_like(y, x, "y", "x");
+}
+
+inline void check_bias_mse_args(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& y) {
+  check_bias_target_args(x, bias, y);
+  TORCH_CHECK(x.numel() > 0, "x must not be empty");
+}
+
+inline void check_normalize_cosine_backward_args(const at::Tensor& grad_zhat, const at::Tensor& grad_cos,
+                                                 const at::Tensor& zhat, const at::Tensor& y,
+                                                 const at::Tensor& cos, const at::Tensor& norms) {
+  check_matrix(zhat, "zhat");
+  check_like(grad_zhat, zhat, "grad_zhat", "zhat");
+  check_like(y, zhat, "y", "zhat");
+  check_stats(cos, norms, zhat);
+  check_grad_cos(grad_cos, cos);
+}
+
 }  // namespace alignment
 }  // namespace gfcore

@@ -241,8 +241,7 @@ GFCORE_VECTOR_CLONES void bias_mse_rows(const float* x, const float* bias, const
 int64_t grain_rows(int64_t cols) { return 1 + 16384 / std::max<int64_t>(cols, 1); }
 
 at::Tensor bias_silu_cpu(const at::Tensor& x, const at::Tensor& bias) {
-  check_matrix(x, "x");
-  check_bias(bias, x);
+  check_bias_silu_args(x, bias);
   auto out = at::empty_like(x);
   const int64_t rows = x.size(0), cols = x.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "bias_silu_cpu", [&] {
@@ -257,9 +256,7 @@ at::Tensor bias_silu_cpu(const at::Tensor& x, const at::Tensor& bias) {
 
 std::tuple<at::Tensor, at::Tensor> bias_silu_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
                                                            const at::Tensor& bias) {
-  check_matrix(x, "x");
-  check_bias(bias, x);
-  check_like(grad_out, x, "grad_out", "x");
+  check_bias_silu_backward_args(grad_out, x, bias);
   auto grad_x = at::empty_like(x);
   at::Tensor grad_bias;
   const int64_t rows = x.size(0), cols = x.size(1);
@@ -279,9 +276,7 @@ std::tuple<at::Tensor, at::Tensor> bias_silu_backward_cpu(const at::Tensor& grad
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bias_normalize_cosine_cpu(const at::Tensor& x, const at::Tensor& bias,
                                                                          const at::Tensor& y, double eps) {
-  check_matrix(x, "x");
-  check_bias(bias, x);
-  check_like(y, x, "y", "x");
+  check_bias_target_args(x, bias, y);
   const auto stat = stat_type(x.scalar_type());
   auto zhat = at::empty_like(x);
   auto cos = at::empty({x.size(0)}, x.options().dtype(stat));
@@ -307,11 +302,7 @@ std::tuple<at::Tensor, at::Tensor> bias_normalize_cosine_backward_cpu(const at::
                                                                       const at::Tensor& zhat, const at::Tensor& y,
                                                                       const at::Tensor& cos, const at::Tensor& norms,
                                                                       double eps) {
-  check_matrix(zhat, "zhat");
-  check_like(grad_zhat, zhat, "grad_zhat", "zhat");
-  check_like(y, zhat, "y", "zhat");
-  check_stats(cos, norms, zhat);
-  check_grad_cos(grad_cos, cos);
+  check_normalize_cosine_backward_args(grad_zhat, grad_cos, zhat, y, cos, norms);
   auto grad_x = at::empty_like(zhat);
   at::Tensor grad_bias;
   const int64_t rows = zhat.size(0), cols = zhat.size(1);
@@ -335,10 +326,7 @@ std::tuple<at::Tensor, at::Tensor> bias_normalize_cosine_backward_cpu(const at::
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bias_mse_cpu(const at::Tensor& x, const at::Tensor& bias,
                                                             const at::Tensor& y) {
-  check_matrix(x, "x");
-  check_bias(bias, x);
-  check_like(y, x, "y", "x");
-  TORCH_CHECK(x.numel() > 0, "x must not be empty");
+  check_bias_mse_args(x, bias, y);
   auto diff = at::empty_like(x);
   at::Tensor loss, diff_colsum;
   const int64_t rows = x.size(0), cols = x.size(1);

@@ -61,8 +61,7 @@ __global__ void bias_silu_backward_kernel(const T* __restrict__ grad, const T* _
 }
 
 at::Tensor bias_silu_cuda(const at::Tensor& x, const at::Tensor& bias) {
-  check_matrix(x, "x");
-  check_bias(bias, x);
+  check_bias_silu_args(x, bias);
   check_cuda_dtype(x, "x");
   const c10::cuda::CUDAGuard guard(x.device());
   auto out = at::empty_like(x);
@@ -91,9 +90,7 @@ at::Tensor bias_silu_cuda(const at::Tensor& x, const at::Tensor& bias) {
 
 std::tuple<at::Tensor, at::Tensor> bias_silu_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
                                                             const at::Tensor& bias) {
-  check_matrix(x, "x");
-  check_bias(bias, x);
-  check_like(grad_out, x, "grad_out", "x");
+  check_bias_silu_backward_args(grad_out, x, bias);
   check_cuda_dtype(x, "x");
   const c10::cuda::CUDAGuard guard(x.device());
   auto grad_x = at::empty_like(x);

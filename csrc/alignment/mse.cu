@@ -55,11 +55,8 @@ __global__ void __launch_bounds__(kMaxThreads)
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bias_mse_cuda(const at::Tensor& x, const at::Tensor& bias,
                                                              const at::Tensor& y) {
-  check_matrix(x, "x");
-  check_bias(bias, x);
-  check_like(y, x, "y", "x");
+  check_bias_mse_args(x, bias, y);
   check_cuda_dtype(x, "x");
-  TORCH_CHECK(x.numel() > 0, "x must not be empty");
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t rows = x.size(0), cols = x.size(1);
   auto diff = at::empty_like(x);

@@ -182,9 +182,7 @@ void dispatch_row_layout(int64_t cols, int vec, const Launch& launch) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bias_normalize_cosine_cuda(const at::Tensor& x,
                                                                           const at::Tensor& bias,
                                                                           const at::Tensor& y, double eps) {
-  check_matrix(x, "x");
-  check_bias(bias, x);
-  check_like(y, x, "y", "x");
+  check_bias_target_args(x, bias, y);
   check_cuda_dtype(x, "x");
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t rows = x.size(0), cols = x.size(1);
@@ -217,11 +215,7 @@ std::tuple<at::Tensor, at::Tensor> bias_normalize_cosine_backward_cuda(const at:
                                                                        const at::Tensor& zhat, const at::Tensor& y,
                                                                        const at::Tensor& cos, const at::Tensor& norms,
                                                                        double eps) {
-  check_matrix(zhat, "zhat");
-  check_like(grad_zhat, zhat, "grad_zhat", "zhat");
-  check_like(y, zhat, "y", "zhat");
-  check_stats(cos, norms, zhat);
-  check_grad_cos(grad_cos, cos);
+  check_normalize_cosine_backward_args(grad_zhat, grad_cos, zhat, y, cos, norms);
   check_cuda_dtype(zhat, "zhat");
   const c10::cuda::CUDAGuard guard(zhat.device());
   const int64_t rows = zhat.size(0), cols = zhat.size(1);
