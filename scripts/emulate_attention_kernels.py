@@ -73,6 +73,16 @@ def load_row(f: Flat, base, i, lseq, D):
     return f.flat[start:start + D]
 
 
+def stage(f, base, lseq, r0, rows, D, S, rot):
+    """stage_rows: rows r0 .. r0 + rows - 1, rotated if rot is a (cos, sin) pair, zeros past S."""
+    tile = np.zeros((rows, D))
+    for r in range(rows):
+        if r0 + r < S:
+            row = load_row(f, base, r0 + r, lseq, D)
+            tile[r] = rot_row(row, r0 + r, *rot) if rot else row
+    return tile
+
+
 def forward(q, k, v, cos, sin, scale, causal, temporal, cfg):
     NW, rows = cfg
     B, T, P, H, D = q.shape
@@ -92,23 +102,14 @@ def forward(q, k, v, cos, sin, scale, causal, temporal, cfg):
         qb, kb, vb = seq_offset(lq, b, other, h), seq_offset(lk, b, other, h), seq_offset(lv, b, other, h)
         for by in range(grid_y):
             m0 = by * BM
-            q_s = np.zeros((BM, D))
-            for r in range(BM):
-                i = m0 + r
-                if i < S:
-                    q_s[r] = rot_row(load_row(fq, qb, i, lq[2], D), i, cos, sin) * scale
+            q_s = stage(fq, qb, lq[2], m0, BM, D, S, (cos, sin)) * scale
             n_end = min(S, m0 + BM) if causal else S
             row_max = np.full((NW, R), -np.inf)
             row_sum = np.zeros((NW, R))
             acc = np.zeros((NW, R, D))
             for n0 in range(0, n_end, TILE):
-                k_s = np.zeros((TILE, D))
-                v_s = np.zeros((TILE, D))
-                for n in range(TILE):
-                    j = n0 + n
-                    if j < S:
-                        k_s[n] = rot_row(load_row(fk, kb, j, lk[2], D), j, cos, sin)
-                        v_s[n] = load_row(fv, vb, j, lv[2], D)
+                k_s = stage(fk, kb, lk[2], n0, TILE, D, S, (cos, sin))
+                v_s = stage(fv, vb, lv[2], n0, TILE, D, S, None)
                 j = n0 + np.arange(TILE)  # lane l scores key n0 + l
                 for w in range(NW):
                     s = q_s[w * R:(w + 1) * R] @ k_s.T
@@ -227,10 +228,7 @@ def forward_mma(q, k, v, cos, sin, scale, causal, temporal):
         qb, kb, vb = seq_offset(lq, b, other, h), seq_offset(lk, b, other, h), seq_offset(lv, b, other, h)
         ob, lb = seq_offset(lo, b, other, h), seq_offset(ll, b, other, h)
         for m0 in range(0, S, BM):
-            q_s = np.zeros((BM, D))
-            for r in range(BM):
-                if m0 + r < S:
-                    q_s[r] = rot_row(load_row(fq, qb, m0 + r, lq[2], D), m0 + r, cos, sin)
+            q_s = stage(fq, qb, lq[2], m0, BM, D, S, (cos, sin))
             n_end = min(S, m0 + BM) if causal else S
             for warp in range(MMA_WARPS):
                 row0 = warp * 16 + g
@@ -240,12 +238,8 @@ def forward_mma(q, k, v, cos, sin, scale, causal, temporal):
                 row_sum = [np.zeros(32), np.zeros(32)]
                 o_acc = np.zeros((D // 8, 32, 4))
                 for n0 in range(0, n_end, BN):
-                    k_s = np.zeros((BN, D))
-                    vt_s = np.zeros((D, BN))
-                    for n in range(BN):
-                        if n0 + n < S:
-                            k_s[n] = rot_row(load_row(fk, kb, n0 + n, lk[2], D), n0 + n, cos, sin)
-                            vt_s[:, n] = load_row(fv, vb, n0 + n, lv[2], D)
+                    k_s = stage(fk, kb, lk[2], n0, BN, D, S, (cos, sin))
+                    vt_s = stage(fv, vb, lv[2], n0, BN, D, S, None).T
                     s = np.zeros((BN // 8, 32, 4))
                     for nt in range(BN // 8):
                         for kk in range(D // 16):
@@ -283,16 +277,6 @@ def forward_mma(q, k, v, cos, sin, scale, causal, temporal):
                         if t[lane] == 0:
                             ln[lb + i * ll[2]] = (row_max[half][lane] + np.log2(total[lane])) * np.log(2.0)
     return torch.from_numpy(on.reshape(out.shape)), torch.from_numpy(ln.reshape(lse.shape))
-
-
-def stage(f, base, lseq, r0, rows, D, S, rot):
-    """stage_rows: rows r0 .. r0 + rows - 1, rotated if rot is a (cos, sin) pair, zeros past S."""
-    tile = np.zeros((rows, D))
-    for r in range(rows):
-        if r0 + r < S:
-            row = load_row(f, base, r0 + r, lseq, D)
-            tile[r] = rot_row(row, r0 + r, *rot) if rot else row
-    return tile
 
 
 def unrotate_acc(acc, pos, cos, sin, S):
@@ -334,7 +318,6 @@ def backward_mma(grad_out, q, k, v, out, lse, cos, sin, scale, causal, temporal)
     OWN, STREAM = 16 * MMA_WARPS, (32 if D == 128 else 64)
     S = T if temporal else P
     n_other = P if temporal else T
-    rot = (cos, sin) if cos is not None else None
     lse = lse.contiguous()  # as the host checks; delta shares its layout
     fq, fk, fv, fg = Flat(q), Flat(k), Flat(v), Flat(grad_out)
     delta_t = (grad_out * out).sum(-1)  # the delta kernel (checked by backward() above)
@@ -356,7 +339,7 @@ def backward_mma(grad_out, q, k, v, out, lse, cos, sin, scale, causal, temporal)
         qb, kb, vb, gb = (seq_offset(l, b, other, h) for l in (lq, lk, lv, lg))
         lb, ob = seq_offset(ll, b, other, h), seq_offset(lo, b, other, h)
         for m0 in range(0, S, OWN):  # dQ kernel, block y = m0 / 64
-            q_s = stage(fq, qb, lq[2], m0, OWN, D, S, rot)
+            q_s = stage(fq, qb, lq[2], m0, OWN, D, S, (cos, sin))
             do_s = stage(fg, gb, lg[2], m0, OWN, D, S, None)
             n_end = min(S, m0 + OWN) if causal else S
             for warp in range(MMA_WARPS):
@@ -365,7 +348,7 @@ def backward_mma(grad_out, q, k, v, out, lse, cos, sin, scale, causal, temporal)
                 lse2, dlt = zip(*(lse_delta(lb, r) for r in rows))
                 dq_acc = np.zeros((D // 8, 32, 4))
                 for n0 in range(0, n_end, STREAM):
-                    k_s = stage(fk, kb, lk[2], n0, STREAM, D, S, rot)
+                    k_s = stage(fk, kb, lk[2], n0, STREAM, D, S, (cos, sin))
                     kt_s = k_s.T
                     v_s = stage(fv, vb, lv[2], n0, STREAM, D, S, None)
                     s = np.zeros((STREAM // 8, 32, 4))
@@ -382,7 +365,7 @@ def backward_mma(grad_out, q, k, v, out, lse, cos, sin, scale, causal, temporal)
                 dq_acc = unrotate_acc(dq_acc, rows, cos, sin, S)
                 store_acc(fdq.flat, fdq.offset + ob, lo[2], dq_acc, rows, scale, S)
         for n0 in range(0, S, OWN):  # dK/dV kernel
-            k_s = stage(fk, kb, lk[2], n0, OWN, D, S, rot)
+            k_s = stage(fk, kb, lk[2], n0, OWN, D, S, (cos, sin))
             v_s = stage(fv, vb, lv[2], n0, OWN, D, S, None)
             i_begin = (n0 // STREAM) * STREAM if causal else 0
             for warp in range(MMA_WARPS):
@@ -391,7 +374,7 @@ def backward_mma(grad_out, q, k, v, out, lse, cos, sin, scale, causal, temporal)
                 dk_acc = np.zeros((D // 8, 32, 4))
                 dv_acc = np.zeros((D // 8, 32, 4))
                 for m0 in range(i_begin, S, STREAM):
-                    q_s = stage(fq, qb, lq[2], m0, STREAM, D, S, rot)
+                    q_s = stage(fq, qb, lq[2], m0, STREAM, D, S, (cos, sin))
                     do_s = stage(fg, gb, lg[2], m0, STREAM, D, S, None)
                     qt_s, dot_s = q_s.T, do_s.T
                     lse_s, delta_s = lse_delta(lb, m0 + np.arange(STREAM))
@@ -433,10 +416,10 @@ def backward_temporal_fused(grad_out, q, k, v, out, lse, cos, sin, scale, causal
         qb, kb, vb, gb = (seq_offset(l, b, other, h) for l in (lq, lk, lv, lg))
         outb, lb, ob = seq_offset(l_out, b, other, h), seq_offset(ll, b, other, h), seq_offset(lo, b, other, h)
         # 1. stage
-        q_s = np.stack([rot_row(load_row(fq, qb, i, lq[2], D), i, cos, sin) for i in rows]) * scale
-        k_s = np.stack([rot_row(load_row(fk, kb, i, lk[2], D), i, cos, sin) for i in rows])
-        v_s = np.stack([load_row(fv, vb, i, lv[2], D) for i in rows])
-        do_s = np.stack([load_row(fg, gb, i, lg[2], D) for i in rows])
+        q_s = stage(fq, qb, lq[2], 0, S, D, S, (cos, sin)) * scale
+        k_s = stage(fk, kb, lk[2], 0, S, D, S, (cos, sin))
+        v_s = stage(fv, vb, lv[2], 0, S, D, S, None)
+        do_s = stage(fg, gb, lg[2], 0, S, D, S, None)
         delta_s = np.array([do_s[i] @ load_row(fout, outb, i, l_out[2], D) for i in rows])
         lse_s = fl.flat[fl.offset + lb + rows * ll[2]]
         # 2. P and dS for every (i, j)
@@ -502,27 +485,20 @@ def backward(grad_out, q, k, v, out, lse, cos, sin, scale, causal, temporal, cfg
         for by in range(grid_y):
             # ---- dQ: this block's query rows, keys streamed
             m0 = by * BM
-            q_s = np.zeros((BM, D))
-            do_s = np.zeros((BM, D))
+            q_s = stage(fq, qb, lq[2], m0, BM, D, S, (cos, sin)) * scale
+            do_s = stage(fg, gb, lg[2], m0, BM, D, S, None)
             row_lse = np.zeros(BM)
             row_delta = np.zeros(BM)
             for r in range(BM):
                 i = m0 + r
                 if i < S:
-                    q_s[r] = rot_row(load_row(fq, qb, i, lq[2], D), i, cos, sin) * scale
-                    do_s[r] = load_row(fg, gb, i, lg[2], D)
                     row_lse[r] = lse_flat[lb + i * ll[2]]
                     row_delta[r] = delta[lb + i * ll[2]]
             dq = np.zeros((BM, D))
             n_end = min(S, m0 + BM) if causal else S
             for n0 in range(0, n_end, TILE):
-                k_s = np.zeros((TILE, D))
-                v_s = np.zeros((TILE, D))
-                for n in range(TILE):
-                    j = n0 + n
-                    if j < S:
-                        k_s[n] = rot_row(load_row(fk, kb, j, lk[2], D), j, cos, sin)
-                        v_s[n] = load_row(fv, vb, j, lv[2], D)
+                k_s = stage(fk, kb, lk[2], n0, TILE, D, S, (cos, sin))
+                v_s = stage(fv, vb, lv[2], n0, TILE, D, S, None)
                 j = n0 + np.arange(TILE)
                 s = q_s @ k_s.T
                 dp = do_s @ v_s.T
@@ -539,26 +515,19 @@ def backward(grad_out, q, k, v, out, lse, cos, sin, scale, causal, temporal, cfg
                     fdq.flat[start:start + D] = unrotate(dq[r] * scale, i, cos, sin)
             # ---- dK, dV: this block's key rows, queries streamed
             n0 = by * BM
-            k_s = np.zeros((BM, D))
-            v_s = np.zeros((BM, D))
-            for r in range(BM):
-                j = n0 + r
-                if j < S:
-                    k_s[r] = rot_row(load_row(fk, kb, j, lk[2], D), j, cos, sin)
-                    v_s[r] = load_row(fv, vb, j, lv[2], D)
+            k_s = stage(fk, kb, lk[2], n0, BM, D, S, (cos, sin))
+            v_s = stage(fv, vb, lv[2], n0, BM, D, S, None)
             dk = np.zeros((BM, D))
             dv = np.zeros((BM, D))
             i_begin = (n0 // TILE) * TILE if causal else 0
             for i0 in range(i_begin, S, TILE):
-                q_t = np.zeros((TILE, D))
-                do_t = np.zeros((TILE, D))
+                q_t = stage(fq, qb, lq[2], i0, TILE, D, S, (cos, sin)) * scale
+                do_t = stage(fg, gb, lg[2], i0, TILE, D, S, None)
                 lse_tile = np.zeros(TILE)
                 delta_tile = np.zeros(TILE)
                 for n in range(TILE):
                     i = i0 + n
                     if i < S:
-                        q_t[n] = rot_row(load_row(fq, qb, i, lq[2], D), i, cos, sin) * scale
-                        do_t[n] = load_row(fg, gb, i, lg[2], D)
                         lse_tile[n] = lse_flat[lb + i * ll[2]]
                         delta_tile[n] = delta[lb + i * ll[2]]
                 i = i0 + np.arange(TILE)
