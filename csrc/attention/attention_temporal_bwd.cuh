@@ -4,8 +4,8 @@
 // once more; the temporal pass is memory-bound, so the traffic is the cost.
 //
 // Phases, separated by __syncthreads():
-//   1. stage q (rotated, times scale), k (rotated), v and dO in shared memory (fp32);
-//      delta_i = dO_i . O_i and lse_i per row;
+//   1. stage q (rotated, times scale), k (rotated), v and dO in shared memory (fp32); then
+//      delta_i = dO_i . O_i (dO from shared memory) and lse_i per row;
 //   2. for every (i, j): P_ij = exp(q_i . k_j - lse_i) (causal: 0 for j > i) and
 //      dS_ij = P_ij (dO_i . v_j - delta_i);
 //   3. dV_j = sum_i P_ij dO_i (stored), dK_rot_j = sum_i dS_ij q_i, dQ_rot_i = scale sum_j dS_ij k_j
@@ -55,7 +55,7 @@ attention_bwd_fused_kernel(const scalar_t* __restrict__ q, const scalar_t* __res
   const auto in = backward_sequence(q, k, v, grad_out, lse, lse, lq, lk, lv, lg, ll, seq);
   const scalar_t* ob = out + sequence_offset(l_out, seq);
 
-  // 1. Stage the sequence; one warp per row for delta.
+  // 1. Stage the sequence; then one warp per row for delta.
   for (int idx = tid; idx < S * D; idx += kFusedBwdThreads) {
     const int i = idx / D, d = idx % D;
     q_s[i * D + d] = load_rotated<scalar_t, D>(in.q + i * lq.seq, d, i, pb) * pb.scale;
@@ -63,10 +63,11 @@ attention_bwd_fused_kernel(const scalar_t* __restrict__ q, const scalar_t* __res
     k_s[i * (D + 1) + d] = load_rotated<scalar_t, D>(in.k + i * lk.seq, d, i, pb);
     v_s[i * (D + 1) + d] = to_float(in.v[i * lv.seq + d]);
   }
+  __syncthreads();
+  // delta from the staged dO: only O is read from global memory here.
   for (int i = warp; i < S; i += kFusedBwdThreads / kWarpSize) {
     float sum = 0.f;
-    for (int d = lane; d < D; d += kWarpSize)
-      sum += to_float(in.grad_out[i * lg.seq + d]) * to_float(ob[i * l_out.seq + d]);
+    for (int d = lane; d < D; d += kWarpSize) sum += do_s[i * D + d] * to_float(ob[i * l_out.seq + d]);
     sum = warp_sum(sum);
     if (lane == 0) {
       delta_s[i] = sum;
