@@ -17,9 +17,10 @@
 //     transpose on the way out of the backward, all accumulation is fp32.
 #pragma once
 
-#include <ATen/ATen.h>
 #include <cmath>
 #include <cstdint>
+
+#include "common/cuda_compat.cuh"
 
 namespace gfcore {
 namespace attention {
@@ -134,10 +135,10 @@ attention_fwd_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict_
   static_assert(D % kWarpSize == 0, "head dim must be a multiple of 32");
   static_assert(sizeof(float) * (kBlockM * D + kTile * (D + 1) + kTile * D + kBlockM * kTile) <=
                     kStaticSmemLimit, "forward tile does not fit in static shared memory");
-  __shared__ float q_s[kBlockM][D];        // rotated and pre-scaled query rows
-  __shared__ float k_s[kTile][D + 1];      // rotated key tile, padded against bank conflicts
-  __shared__ float v_s[kTile][D];
-  __shared__ float p_s[NUM_WARPS][ROWS][kTile];
+  GFCORE_SHARED(float, q_s, [kBlockM][D]);        // rotated and pre-scaled query rows
+  GFCORE_SHARED(float, k_s, [kTile][D + 1]);      // rotated key tile, padded against bank conflicts
+  GFCORE_SHARED(float, v_s, [kTile][D]);
+  GFCORE_SHARED(float, p_s, [NUM_WARPS][ROWS][kTile]);
 
   const int tid = threadIdx.x, warp = tid / kWarpSize, lane = tid % kWarpSize;
   const int S = pb.seq_len;
@@ -263,11 +264,11 @@ attention_bwd_dq_kernel(const scalar_t* __restrict__ q, const scalar_t* __restri
   static_assert(D % kWarpSize == 0, "head dim must be a multiple of 32");
   static_assert(sizeof(float) * (2 * kBlockM * D + 2 * kTile * (D + 1) + kBlockM * kTile) <=
                     kStaticSmemLimit, "dQ tile does not fit in static shared memory");
-  __shared__ float q_s[kBlockM][D];    // rotated, pre-scaled; reused for dq_rot at the end
-  __shared__ float do_s[kBlockM][D];
-  __shared__ float k_s[kTile][D + 1];
-  __shared__ float v_s[kTile][D + 1];
-  __shared__ float ds_s[NUM_WARPS][ROWS][kTile];
+  GFCORE_SHARED(float, q_s, [kBlockM][D]);    // rotated, pre-scaled; reused for dq_rot at the end
+  GFCORE_SHARED(float, do_s, [kBlockM][D]);
+  GFCORE_SHARED(float, k_s, [kTile][D + 1]);
+  GFCORE_SHARED(float, v_s, [kTile][D + 1]);
+  GFCORE_SHARED(float, ds_s, [NUM_WARPS][ROWS][kTile]);
 
   const int tid = threadIdx.x, warp = tid / kWarpSize, lane = tid % kWarpSize;
   const int S = pb.seq_len;
@@ -369,13 +370,14 @@ attention_bwd_dkdv_kernel(const scalar_t* __restrict__ q, const scalar_t* __rest
   static_assert(sizeof(float) * (2 * kBlockN * D + 2 * kTile * (D + 1) + 2 * kTile +
                                  2 * kBlockN * kTile) <= kStaticSmemLimit,
                 "dK/dV tile does not fit in static shared memory");
-  __shared__ float k_s[kBlockN][D];     // rotated keys; reused for dk_rot at the end
-  __shared__ float v_s[kBlockN][D];
-  __shared__ float q_t[kTile][D + 1];   // rotated, pre-scaled query tile
-  __shared__ float do_t[kTile][D + 1];
-  __shared__ float lse_t[kTile], delta_t[kTile];
-  __shared__ float p_s[NUM_WARPS][ROWS][kTile];
-  __shared__ float ds_s[NUM_WARPS][ROWS][kTile];
+  GFCORE_SHARED(float, k_s, [kBlockN][D]);     // rotated keys; reused for dk_rot at the end
+  GFCORE_SHARED(float, v_s, [kBlockN][D]);
+  GFCORE_SHARED(float, q_t, [kTile][D + 1]);   // rotated, pre-scaled query tile
+  GFCORE_SHARED(float, do_t, [kTile][D + 1]);
+  GFCORE_SHARED(float, lse_t, [kTile]);
+  GFCORE_SHARED(float, delta_t, [kTile]);
+  GFCORE_SHARED(float, p_s, [NUM_WARPS][ROWS][kTile]);
+  GFCORE_SHARED(float, ds_s, [NUM_WARPS][ROWS][kTile]);
 
   const int tid = threadIdx.x, warp = tid / kWarpSize, lane = tid % kWarpSize;
   const int S = pb.seq_len;

@@ -16,15 +16,17 @@
 // For S = Q K^T, B[d][n] = K[n][d]: a pair along d of one key row. For O = P V, B[n][d] =
 // V[n][d]: a pair along the key axis, so V is stored transposed in shared memory.
 //
-// scripts/emulate_attention_mma.py replays this kernel's index math lane by lane on the CPU.
+// The harness (cpp_tests/kernels) runs this kernel with the mma twin of cpp_tests/simt.
 #pragma once
-
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 
 #include <cstdint>
 
 #include "attention/attention_kernels.cuh"
+#include "common/ptx.cuh"
+#if !defined(GFCORE_SIMT)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#endif
 
 namespace gfcore {
 namespace attention {
@@ -45,40 +47,36 @@ template <typename scalar_t>
 struct Mma16816;
 
 template <>
-struct Mma16816<at::BFloat16> {
-  __device__ static uint16_t bits(float x) { return __bfloat16_as_ushort(__float2bfloat16_rn(x)); }
+struct Mma16816<bf16> {
+  __device__ static uint16_t bits(float x) {
+#if defined(GFCORE_SIMT)
+    return bf16(x).x;
+#else
+    return __bfloat16_as_ushort(__float2bfloat16_rn(x));
+#endif
+  }
   __device__ static uint32_t pack(float lo, float hi) {
     return static_cast<uint32_t>(bits(lo)) | (static_cast<uint32_t>(bits(hi)) << 16);
   }
   __device__ static void run(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#else
-    __trap();  // the host only launches this kernel on sm80+
-#endif
+    ptx::mma_m16n8k16_bf16(c, a, b);
   }
 };
 
 template <>
-struct Mma16816<at::Half> {
-  __device__ static uint16_t bits(float x) { return __half_as_ushort(__float2half_rn(x)); }
+struct Mma16816<fp16> {
+  __device__ static uint16_t bits(float x) {
+#if defined(GFCORE_SIMT)
+    return fp16(x).x;
+#else
+    return __half_as_ushort(__float2half_rn(x));
+#endif
+  }
   __device__ static uint32_t pack(float lo, float hi) {
     return static_cast<uint32_t>(bits(lo)) | (static_cast<uint32_t>(bits(hi)) << 16);
   }
   __device__ static void run(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#else
-    __trap();
-#endif
+    ptx::mma_m16n8k16_f16(c, a, b);
   }
 };
 
@@ -185,9 +183,9 @@ attention_fwd_mma_kernel(const scalar_t* __restrict__ q, const scalar_t* __restr
   static_assert(2 * (kMmaBlockM * (D + kMmaPad) + kBlockN * (D + kMmaPad) +
                      D * (kBlockN + kMmaPad)) <= kStaticSmemLimit,
                 "mma forward tiles do not fit in static shared memory");
-  __shared__ __align__(16) uint16_t q_s[kMmaBlockM][D + kMmaPad];  // rotated query rows
-  __shared__ __align__(16) uint16_t k_s[kBlockN][D + kMmaPad];     // rotated key rows
-  __shared__ __align__(16) uint16_t vt_s[D][kBlockN + kMmaPad];    // value tile, transposed
+  GFCORE_SHARED(uint16_t, q_s, [kMmaBlockM][D + kMmaPad]);  // rotated query rows
+  GFCORE_SHARED(uint16_t, k_s, [kBlockN][D + kMmaPad]);     // rotated key rows
+  GFCORE_SHARED(uint16_t, vt_s, [D][kBlockN + kMmaPad]);    // value tile, transposed
 
   const int tid = threadIdx.x, warp = tid / kWarpSize, lane = tid % kWarpSize;
   const int g = lane / 4, t = lane % 4;

@@ -8,7 +8,7 @@
 // Two kernels instead of one with atomics: no fp32 scratch for dQ, and deterministic sums.
 // Each product uses the fragment helpers of attention_mma.cuh; an operand read along its
 // rows is staged row-major, one read along the streamed axis is staged transposed.
-// scripts/emulate_attention_kernels.py replays both kernels lane by lane on the CPU.
+// The harness (cpp_tests/kernels) runs both kernels from this source on the CPU.
 #pragma once
 
 #include "attention/attention_mma.cuh"
@@ -94,7 +94,7 @@ attention_bwd_dq_mma_kernel(const scalar_t* __restrict__ q, const scalar_t* __re
   using Tiles = MmaBwdTiles<D>;
   constexpr int kOwn = Tiles::kOwn, kStream = Tiles::kStream;
   constexpr int kLdRow = Tiles::kLdRow, kLdT = Tiles::kLdT;
-  extern __shared__ __align__(16) uint16_t smem_dq[];
+  GFCORE_DYNAMIC_SHARED(uint16_t, smem_dq);
   uint16_t* q_s = smem_dq;                    // [kOwn][kLdRow] rotated queries
   uint16_t* do_s = q_s + kOwn * kLdRow;       // [kOwn][kLdRow]
   uint16_t* k_s = do_s + kOwn * kLdRow;       // [kStream][kLdRow] rotated keys
@@ -170,7 +170,7 @@ attention_bwd_dkdv_mma_kernel(const scalar_t* __restrict__ q, const scalar_t* __
   using Tiles = MmaBwdTiles<D>;
   constexpr int kOwn = Tiles::kOwn, kStream = Tiles::kStream;
   constexpr int kLdRow = Tiles::kLdRow, kLdT = Tiles::kLdT;
-  extern __shared__ __align__(16) uint16_t smem_dkdv[];
+  GFCORE_DYNAMIC_SHARED(uint16_t, smem_dkdv);
   uint16_t* k_s = smem_dkdv;                  // [kOwn][kLdRow] rotated keys
   uint16_t* v_s = k_s + kOwn * kLdRow;        // [kOwn][kLdRow]
   uint16_t* q_s = v_s + kOwn * kLdRow;        // [kStream][kLdRow] rotated queries

@@ -11,7 +11,7 @@
 //   3. dV_j = sum_i P_ij dO_i (stored), dK_rot_j = sum_i dS_ij q_i, dQ_rot_i = scale sum_j dS_ij k_j
 //      (kept in registers);
 //   4. dQ_rot and dK_rot overwrite q_s and k_s, then RoPE^T on the way out.
-// scripts/emulate_attention_kernels.py replays it.
+// The harness (cpp_tests/kernels) runs it from this source on the CPU.
 #pragma once
 
 #include "attention/attention_kernels.cuh"
@@ -39,7 +39,7 @@ attention_bwd_fused_kernel(const scalar_t* __restrict__ q, const scalar_t* __res
                            Layout lg, Layout l_out, Layout ll, Layout lo, Problem pb) {
   constexpr int kPerThread = (kFusedBwdMaxSeq * D + kFusedBwdThreads - 1) / kFusedBwdThreads;
   const int S = pb.seq_len;
-  extern __shared__ __align__(16) float smem_fused[];
+  GFCORE_DYNAMIC_SHARED(float, smem_fused);
   float* q_s = smem_fused;               // [S][D] rotated, times scale; later dQ_rot
   float* do_s = q_s + S * D;             // [S][D]
   float* k_s = do_s + S * D;             // [S][D + 1] rotated; later dK_rot

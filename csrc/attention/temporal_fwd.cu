@@ -1,5 +1,5 @@
-// gfcore::temporal_attention_fwd on CUDA. T is 8 to 32 in practice: a block of 16 query rows
-// sees the whole key/value sequence of one (b, p, h) in one or two shared-memory tiles.
+// gfcore::temporal_attention_fwd on CUDA: checks and outputs (attention_host.cuh), then
+// temporal_forward of attention_launch.cuh, which picks the kernel for the device.
 #include <torch/library.h>
 
 #include "attention/attention_host.cuh"
@@ -12,8 +12,11 @@ std::tuple<at::Tensor, at::Tensor> temporal_attention_fwd_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const std::optional<at::Tensor>& rope_cos, const std::optional<at::Tensor>& rope_sin,
     double scale, bool causal) {
-  return run_forward<4, 4, 4, 4>("gfcore::temporal_attention_fwd", q, k, v, rope_cos, rope_sin,
-                                 scale, causal, /*temporal=*/true);
+  return run_forward("gfcore::temporal_attention_fwd", q, k, v, rope_cos, rope_sin, scale,
+                     causal, /*temporal=*/true,
+                     [](const auto& a, const auto& f, const DeviceLimits& dev, cudaStream_t stream) {
+                       return temporal_forward(a, f, dev, stream);
+                     });
 }
 
 }  // namespace
