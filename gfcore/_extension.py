@@ -37,7 +37,9 @@ def backends() -> dict:
 _warned = set()
 
 
-def warn_once(message: str) -> None:
+def warn_once(message: str, stacklevel: int = 3) -> None:
+    """warnings.warn(message) the first time only; the default stacklevel names the line that
+    called warn_once's caller."""
     if message not in _warned:
         _warned.add(message)
-        warnings.warn(message, stacklevel=3)
+        warnings.warn(message, stacklevel=stacklevel)
