@@ -1,6 +1,17 @@
 """Build gfcore and its C++/CUDA extension ``gfcore._C``.
 
+torch must be installed first, in the environment gfcore is installed into (install_requires
+leaves it out: the kernels are compiled against the torch you chose, CPU or CUDA build); then
+build against it without build isolation:
+    pip install torch && pip install --no-build-isolation .
+(scripts/setup_env.sh does this with the tested torch.) Without torch the build stops with a
+message saying so, rather than quietly installing the package without its kernels.
+
 Switches (environment variables):
+  GFCORE_ALLOW_NO_TORCH=1  build without torch anyway: the pure-Python package only (no
+                         gfcore._C; the ops fall back to their PyTorch references once torch
+                         is installed), e.g. for `python -m build --sdist` on a machine
+                         without torch.
   GFCORE_CUDA=auto|0|1   auto (default): build the CUDA kernels when nvcc and a CUDA build of
                          torch are present; 0: CPU kernels only; 1: fail unless CUDA builds.
   TORCH_CUDA_ARCH_LIST   architectures to compile for; defaults to "8.0;9.0" when no GPU is
@@ -76,7 +87,7 @@ def _want_cuda(torch):
 
 
 def _import_torch():
-    """torch of the environment gfcore is being installed into.
+    """torch of the environment gfcore is being installed into, or the ImportError.
 
     A plain `pip install .` builds in an isolated environment that hides it; the extension
     must be compiled against that very torch (same version and ABI), so look for it in the
@@ -98,16 +109,34 @@ def _import_torch():
         import torch
 
         return torch
-    except ImportError:
-        return None
+    except ImportError as exc:
+        return exc
+
+
+def _no_torch_message(error):
+    return f"""
+gfcore: cannot build the compiled kernels (gfcore._C): torch cannot be imported by
+{sys.executable}
+({type(error).__name__}: {error}).
+
+torch must be installed in this environment before gfcore (gfcore does not pull it in: its
+kernels are compiled against the torch you chose, CPU or CUDA build), then gfcore built
+against it without build isolation:
+    {sys.executable} -m pip install torch
+    {sys.executable} -m pip install --no-build-isolation .      (in the gfcore checkout)
+or run `make setup` (scripts/setup_env.sh), which installs the tested torch and then gfcore.
+To install the pure-Python package without the kernels anyway, set GFCORE_ALLOW_NO_TORCH=1.
+"""
 
 
 def _extension():
     torch = _import_torch()
-    if torch is None:
-        print("gfcore: torch is not installed; installing the pure-Python package only "
-              "(install torch first, then gfcore, to get the compiled kernels)")
-        return [], {}
+    if isinstance(torch, ImportError):
+        if os.environ.get("GFCORE_ALLOW_NO_TORCH") == "1":
+            print(f"gfcore: GFCORE_ALLOW_NO_TORCH=1 and torch cannot be imported ({torch}): "
+                  "building the pure-Python package only, without gfcore._C")
+            return [], {}
+        raise SystemExit(_no_torch_message(torch))
     from torch.utils import cpp_extension
 
     with_cuda = _want_cuda(torch)

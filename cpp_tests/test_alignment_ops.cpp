@@ -7,6 +7,12 @@
 #include <string>
 #include <tuple>
 
+#ifdef __linux__
+#include <filesystem>
+#include <fstream>
+#include <set>
+#endif
+
 namespace {
 
 int failures = 0;
@@ -23,9 +29,43 @@ auto op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
 }
 
+#ifdef __linux__
+// The OpenMP runtimes mapped into this process: exactly one, and torch's own copy when torch
+// ships one beside libtorch_cpu.so. A second runtime would run gfcore's parallel regions on a
+// thread pool of its own, deaf to at::set_num_threads and competing with torch's for cores.
+void check_one_openmp_runtime() {
+  std::ifstream maps("/proc/self/maps");
+  std::set<std::string> runtimes;
+  std::filesystem::path torch_lib;
+  for (std::string line; std::getline(maps, line);) {
+    const auto slash = line.find('/');
+    if (slash == std::string::npos) continue;
+    const std::filesystem::path path = line.substr(slash);
+    const std::string name = path.filename().string();
+    for (const char* runtime : {"libgomp", "libomp", "libiomp"}) {
+      if (name.rfind(runtime, 0) == 0) runtimes.insert(path.string());
+    }
+    if (name == "libtorch_cpu.so") torch_lib = path.parent_path();
+  }
+  std::string list;
+  for (const auto& r : runtimes) list += " " + r;
+  bool ok = runtimes.size() == 1;
+  const auto torch_gomp = torch_lib / "libgomp.so.1";
+  if (ok && !torch_lib.empty() && std::filesystem::exists(torch_gomp)) {
+    ok = std::filesystem::equivalent(*runtimes.begin(), torch_gomp);
+  }
+  std::printf("%s one OpenMP runtime, torch's if it ships one (mapped:%s)\n", ok ? "ok  " : "FAIL",
+              list.c_str());
+  if (!ok) ++failures;
+}
+#endif
+
 }  // namespace
 
 int main() {
+#ifdef __linux__
+  check_one_openmp_runtime();
+#endif
   at::manual_seed(0);
   const auto x = at::randn({37, 19}, at::kFloat);
   const auto bias = at::randn({19}, at::kFloat);

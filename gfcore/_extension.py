@@ -1,4 +1,6 @@
 """Loading the compiled extension and reporting which backends it carries."""
+import glob
+import os
 import warnings
 
 import torch
@@ -10,6 +12,53 @@ try:
 except ImportError as exc:  # the pure-PyTorch reference paths still work
     _C = None
     EXTENSION_ERROR = exc
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def is_source_checkout(package_dir: str = PACKAGE_DIR) -> bool:
+    """True when gfcore is imported from its source tree (setup.py and csrc/ beside it)."""
+    root = os.path.dirname(package_dir)
+    return os.path.isfile(os.path.join(root, "setup.py")) and os.path.isdir(
+        os.path.join(root, "csrc"))
+
+
+def extension_warning(error, package_dir: str = PACKAGE_DIR):
+    """Why gfcore._C did not load, and the fixes, or None when there is nothing to say.
+
+    Said when the extension failed to import from a source checkout (typically `python -c
+    "import gfcore"` or `python -m pytest` run from the checkout root: the checkout shadows the
+    installed package, and it has no compiled gfcore._C unless built in place), or when a
+    gfcore._C file is present but failed to load. An install built without torch
+    (GFCORE_ALLOW_NO_TORCH=1) has no _C file and stays quiet.
+    """
+    if error is None:
+        return None
+    built = glob.glob(os.path.join(package_dir, "_C.*"))
+    if is_source_checkout(package_dir):
+        if built:
+            cause = f"the in-place build {os.path.basename(built[0])} failed to load ({error})"
+        else:
+            cause = "this source checkout has no compiled gfcore._C"
+        return (f"gfcore was imported from the source checkout {package_dir}, and {cause}: "
+                "gfcore.backends() reports no compiled kernels and the ops fall back to their "
+                "PyTorch implementations. Either import the installed gfcore: run from outside "
+                "the checkout (for the tests, the environment's `pytest` rather than `python -m "
+                "pytest`, which puts the current directory first on sys.path), or build the "
+                "extension in place: `python setup.py build_ext --inplace` (GFCORE_CUDA=0: CPU "
+                "kernels only).")
+    if built:
+        return (f"gfcore: the compiled extension {built[0]} failed to load ({error}); the ops "
+                "fall back to their PyTorch implementations. Rebuild gfcore against the "
+                "installed torch: `pip install --no-build-isolation .` in the gfcore checkout.")
+    return None
+
+
+# Once per process: this module runs once.
+_message = extension_warning(EXTENSION_ERROR)
+if _message is not None:
+    warnings.warn(_message, UserWarning, stacklevel=1)
+del _message
 
 
 def extension_loaded() -> bool:
@@ -37,7 +86,9 @@ def backends() -> dict:
 _warned = set()
 
 
-def warn_once(message: str) -> None:
+def warn_once(message: str, stacklevel: int = 3) -> None:
+    """warnings.warn(message) the first time only; the default stacklevel names the line that
+    called warn_once's caller."""
     if message not in _warned:
         _warned.add(message)
-        warnings.warn(message, stacklevel=3)
+        warnings.warn(message, stacklevel=stacklevel)

@@ -2,11 +2,13 @@
 opcheck, torch.compile and bad inputs. Everything is compared against the independent float64
 attention in _attention_naive.py."""
 import math
+import warnings
 
 import pytest
 import torch
 
 from _attention_naive import naive_attention, random_rope
+import gfcore._extension as extension
 from gfcore.nn import FactorizedAttention, rope_1d, rope_2d
 from gfcore.ops import attention as attn
 from gfcore.ops import attention_reference as ref
@@ -233,6 +235,106 @@ def test_rope_2d_is_shift_invariant_on_the_grid():
         rope_2d(2, 2, 6)
     with pytest.raises(ValueError, match="even"):
         rope_1d(3, 7)
+
+
+# ---- impl="auto" on CUDA tensors, checked without a GPU --------------------------------------
+# The CUDA-only twin is test_attention_cuda.py::test_auto_dispatch_and_fallbacks. Here the
+# decision (_choose_fused) is fed device type "cuda" and a stubbed "has the build a CUDA kernel"
+# (attn.has_kernel); the tensors and the kernels that then run stay on the CPU.
+
+def _decide(impl, mode, dtype, head_dim, device_type="cuda"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        use = attn._choose_fused(impl, mode, device_type, dtype, head_dim)
+    return use, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+
+@pytest.mark.parametrize("prefers_kernel", [False, True])
+@pytest.mark.parametrize("compiled", [False, True], ids=["no_cuda_kernel", "cuda_kernel"])
+@pytest.mark.parametrize("mode", ["spatial", "temporal"])
+def test_auto_dispatch_decision_for_cuda(monkeypatch, mode, compiled, prefers_kernel):
+    asked = set()
+
+    def has_kernel(op, device_type):
+        asked.add((op, device_type))
+        return compiled
+
+    monkeypatch.setattr(attn, "has_kernel", has_kernel)
+    monkeypatch.setattr(extension, "_warned", set())
+    monkeypatch.setitem(attn.AUTO_PREFERS_KERNEL, mode, prefers_kernel)
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        for head_dim in (16, 32, 48, 64, 128, 256):
+            supported = dtype != torch.float32 and head_dim in attn.KERNEL_HEAD_DIMS
+            monkeypatch.setattr(extension, "_warned", set())
+            use, warned = _decide("auto", mode, dtype, head_dim)
+            assert use == (prefers_kernel and compiled and supported), (dtype, head_dim)
+            # Warn only where the kernel would have run but for the head dim, and only once.
+            if prefers_kernel and compiled and dtype != torch.float32 and not supported:
+                assert warned == [f"gfcore {mode}_attention: no fused kernel for head dim "
+                                  f"{head_dim} (have (32, 64, 128)); using the PyTorch "
+                                  "reference"], (dtype, head_dim)
+            else:
+                assert warned == [], (dtype, head_dim)
+            assert _decide("auto", mode, dtype, head_dim) == (use, [])
+            assert _decide("reference", mode, dtype, head_dim) == (False, [])
+            # CPU tensors: "auto" is the reference, "fused" the op's CPU kernel, whatever the
+            # preference and the CUDA build.
+            assert _decide("auto", mode, dtype, head_dim, "cpu") == (False, [])
+            assert _decide("fused", mode, dtype, head_dim, "cpu") == (True, [])
+            if not compiled:
+                with pytest.raises(RuntimeError, match="has no CUDA kernel in this build"):
+                    _decide("fused", mode, dtype, head_dim)
+            elif not supported:
+                with pytest.raises(ValueError, match="fp16/bf16 and head dims"):
+                    _decide("fused", mode, dtype, head_dim)
+            else:
+                assert _decide("fused", mode, dtype, head_dim) == (True, [])
+    assert asked == {(f"{mode}_attention_fwd", "cuda")}
+    with pytest.raises(ValueError, match="impl must be one of"):
+        _decide("flash", mode, torch.bfloat16, 64)
+
+
+@pytest.mark.parametrize("prefers_kernel", [False, True])
+def test_auto_dispatch_end_to_end_as_on_cuda(monkeypatch, prefers_kernel):
+    """The public functions with impl="auto" under both settings of AUTO_PREFERS_KERNEL, the
+    dispatch seeing "cuda" and a compiled kernel: which path runs, and the head-dim warning."""
+    monkeypatch.setattr(attn, "has_kernel", lambda op, device_type: True)
+    monkeypatch.setattr(attn, "_use_fused", lambda q, impl, mode: attn._choose_fused(
+        impl, mode, "cuda", q.dtype, q.shape[-1]))  # one frame, as the real one
+    monkeypatch.setattr(extension, "_warned", set())
+    for mode in ("spatial", "temporal"):
+        monkeypatch.setitem(attn.AUTO_PREFERS_KERNEL, mode, prefers_kernel)
+    reference_calls = []
+    for mode in ("spatial", "temporal"):
+        real = getattr(ref, f"{mode}_attention")
+        monkeypatch.setattr(ref, f"{mode}_attention",
+                            lambda *a, _real=real, _mode=mode, **kw:
+                            reference_calls.append(_mode) or _real(*a, **kw))
+
+    q, k, v = _inputs((1, 4, 9, 2, 48), torch.bfloat16, seed=15)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = attn.temporal_attention(q, k, v)  # head dim 48: the reference either way
+    assert reference_calls == ["temporal"]
+    head_dim_warnings = [w for w in caught if "no fused kernel for head dim 48" in str(w.message)]
+    if prefers_kernel:
+        assert len(head_dim_warnings) == 1
+        assert issubclass(head_dim_warnings[0].category, UserWarning)
+        assert head_dim_warnings[0].filename == __file__  # points at the caller's line
+    else:
+        assert head_dim_warnings == []
+    torch.testing.assert_close(out, attn.temporal_attention(q, k, v, impl="reference"),
+                               atol=0, rtol=0)
+
+    q, k, v = _inputs((1, 3, 10, 2, 32), torch.bfloat16, seed=16)
+    for mode in ("spatial", "temporal"):
+        reference_calls.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # head dim 32 has a kernel: no warning either way
+            out = _run("auto", mode, mode == "temporal", q, k, v)
+        assert reference_calls == ([] if prefers_kernel else [mode])
+        want = _run("fused" if prefers_kernel else "reference", mode, mode == "temporal", q, k, v)
+        torch.testing.assert_close(out, want, atol=0, rtol=0)
 
 
 # ---- bad inputs ------------------------------------------------------------------------------

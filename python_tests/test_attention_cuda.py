@@ -10,6 +10,7 @@ GFCORE_ATTENTION_TEST_DEVICE=cpu runs the same assertions through the ops' CPU k
 checks the tests themselves on a machine without a GPU.
 """
 import os
+import warnings
 
 import pytest
 import torch
@@ -194,12 +195,28 @@ def test_module_fused_matches_reference(mode):
 
 
 @cuda_only
-def test_auto_dispatch_and_fallbacks(monkeypatch):
+@pytest.mark.parametrize("prefers_kernel", [False, True], ids=["auto_keeps_reference",
+                                                               "auto_prefers_kernel"])
+def test_auto_dispatch_and_fallbacks(monkeypatch, prefers_kernel):
+    """impl="auto" under both settings of AUTO_PREFERS_KERNEL (the shipped one is all False).
+
+    The same decision is checked without a GPU in test_attention_cpu.py::test_auto_dispatch_*.
+    """
     monkeypatch.setattr(extension, "_warned", set())
+    for mode in attn.AUTO_PREFERS_KERNEL:
+        monkeypatch.setitem(attn.AUTO_PREFERS_KERNEL, mode, prefers_kernel)
     q, k, v = _inputs((1, 4, 9, 2, 48), torch.bfloat16, 15, packed=False)
-    with pytest.warns(UserWarning, match="no fused kernel for head dim 48"):
-        out = attn.temporal_attention(q, k, v)  # auto: falls back to the reference
-    torch.testing.assert_close(out, attn.temporal_attention(q, k, v, impl="reference"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = attn.temporal_attention(q, k, v)  # head dim 48: no kernel, so the reference
+    head_dim_warnings = [w for w in caught if "no fused kernel for head dim 48" in str(w.message)]
+    if prefers_kernel:  # the kernel would have been taken but for the head dim: say so
+        assert len(head_dim_warnings) == 1
+        assert issubclass(head_dim_warnings[0].category, UserWarning)
+    else:  # the reference is the chosen path, not a fallback: nothing to warn about
+        assert head_dim_warnings == []
+    torch.testing.assert_close(out, attn.temporal_attention(q, k, v, impl="reference"),
+                               atol=0, rtol=0)
     with pytest.raises(ValueError, match="head dims"):
         attn.spatial_attention(q, k, v, impl="fused")
     q32, k32, v32 = _inputs((1, 4, 9, 2, 64), torch.float32, 16, packed=False)
@@ -208,8 +225,15 @@ def test_auto_dispatch_and_fallbacks(monkeypatch):
     torch.testing.assert_close(attn.temporal_attention(q32, k32, v32, causal=True),
                                naive_attention(q32, k32, v32, "temporal", True).float(),
                                atol=1e-5, rtol=1e-4)
-    for mode, prefers_kernel in attn.AUTO_PREFERS_KERNEL.items():
-        assert attn._use_fused(q32.bfloat16(), "auto", mode) == prefers_kernel
+    # bf16, head dim 64: "auto" takes the kernel exactly when AUTO_PREFERS_KERNEL says so, and
+    # its output is then bit for bit the fused op's (else the reference's).
+    q16, k16, v16 = (x.bfloat16() for x in (q32, k32, v32))
+    for mode in ("spatial", "temporal"):
+        assert attn._use_fused(q16, "auto", mode) == prefers_kernel
+        want_impl = "fused" if prefers_kernel else "reference"
+        torch.testing.assert_close(_run("auto", mode, True, q16, k16, v16, None),
+                                   _run(want_impl, mode, True, q16, k16, v16, None),
+                                   atol=0, rtol=0)
 
 
 @cuda_only

@@ -19,15 +19,31 @@ if [ "${GFCORE_CUDA:-auto}" != "0" ] && { command -v nvcc >/dev/null || [ -x /us
   want_cuda=1
 fi
 
+# torch is pinned to the versions gfcore is built and tested with: the extension is compiled
+# against torch's C++ headers and ABI and uses private dispatcher APIs, so an unpinned install
+# would build and test against whatever torch was newest that day. The two paths pin different
+# versions because each is the one used on that path so far: the CUDA build from PyPI that
+# an unpinned `make setup` resolved to and built gfcore against (2.14.1+cu130, for CUDA 13.0
+# like the nvcc used) and the CPU wheel (2.13.0+cpu) that the CPU benchmarks in
+# benchmarks/results/ ran with. Change a pin only together with a full `make test` on it.
+TORCH_CUDA_VERSION=2.14.1
+TORCH_CPU_VERSION=2.13.0
 if ! "$PY" -c "import torch" 2>/dev/null; then
   if [ "$want_cuda" = 1 ]; then
-    echo "setup: installing a CUDA build of torch (nvcc found, so the CUDA kernels get compiled)"
-    "$PY" -m pip install -q torch
+    echo "setup: installing a CUDA build of torch $TORCH_CUDA_VERSION (nvcc found, so the CUDA kernels get compiled)"
+    "$PY" -m pip install -q "torch==$TORCH_CUDA_VERSION"
   else
-    echo "setup: installing the CPU build of torch"
-    "$PY" -m pip install -q torch==2.13.0
+    echo "setup: installing the CPU build of torch $TORCH_CPU_VERSION"
+    "$PY" -m pip install -q "torch==$TORCH_CPU_VERSION"
   fi
 fi
+# An existing environment keeps its torch; say so when it is not a pinned one.
+have_torch=$("$PY" -c "import torch; print(torch.__version__)")
+case "$have_torch" in
+  "$TORCH_CUDA_VERSION" | "$TORCH_CUDA_VERSION"+* | "$TORCH_CPU_VERSION" | "$TORCH_CPU_VERSION"+*) ;;
+  *) echo "setup: note: $VENV has torch $have_torch, not a tested one" \
+          "($TORCH_CUDA_VERSION CUDA, $TORCH_CPU_VERSION CPU)" ;;
+esac
 "$PY" -m pip install -q -r requirements-dev.txt
 # lpips is the LPIPS reference in the tests; its own requirements would pull torchvision
 # (and with it another torch), which gfcore does not need.

@@ -187,27 +187,38 @@ def check_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def _use_fused(q: torch.Tensor, impl: str, mode: str) -> bool:
+    return _choose_fused(impl, mode, q.device.type, q.dtype, q.shape[-1])
+
+
+def _choose_fused(impl: str, mode: str, device_type: str, dtype: torch.dtype,
+                  head_dim: int) -> bool:
+    """True: run gfcore::<mode>_attention_fwd; False: the PyTorch reference.
+
+    Takes the tensor's properties rather than the tensor so that the CUDA branch can be
+    checked on a machine without a GPU (python_tests/test_attention_cpu.py).
+    """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "reference":
         return False
     op = f"{mode}_attention_fwd"
-    if q.device.type != "cuda":
+    if device_type != "cuda":
         return impl == "fused"  # the CPU registration of the op (explicit math)
     compiled = has_kernel(op, "cuda")
-    supported = q.dtype in KERNEL_DTYPES and q.shape[-1] in KERNEL_HEAD_DIMS
+    supported = dtype in KERNEL_DTYPES and head_dim in KERNEL_HEAD_DIMS
     if impl == "fused":
         if not compiled:
             raise RuntimeError(f"impl='fused': gfcore::{op} has no CUDA kernel in this build")
         if not supported:
             raise ValueError(f"impl='fused': the CUDA kernels take fp16/bf16 and head dims "
-                             f"{KERNEL_HEAD_DIMS}, got {q.dtype} and D={q.shape[-1]}")
+                             f"{KERNEL_HEAD_DIMS}, got {dtype} and D={head_dim}")
         return True
     if not AUTO_PREFERS_KERNEL[mode]:
-        return False
-    if compiled and q.dtype in KERNEL_DTYPES and not supported:
-        warn_once(f"gfcore {mode}_attention: no fused kernel for head dim {q.shape[-1]} "
-                  f"(have {KERNEL_HEAD_DIMS}); using the PyTorch reference")
+        return False  # silently: the reference is the chosen path, not a fallback
+    if compiled and dtype in KERNEL_DTYPES and not supported:
+        warn_once(f"gfcore {mode}_attention: no fused kernel for head dim {head_dim} "
+                  f"(have {KERNEL_HEAD_DIMS}); using the PyTorch reference",
+                  stacklevel=5)  # the caller of spatial_attention/temporal_attention
     return compiled and supported
 
 
