@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-python test-cpp bench
+.PHONY: setup demo test test-python test-cpp test-kernels test-kernel-mutations bench
 
 setup:
 	VENV=$(VENV) bash scripts/setup_env.sh
@@ -10,7 +10,19 @@ setup:
 demo: setup
 	$(PY) -m gfcore demo
 
-test: setup test-python test-cpp
+test: setup test-kernels test-python test-cpp
+
+# The CUDA kernel sources run on the CPU (cpp_tests/simt + cpp_tests/kernels): g++ with ASan and
+# UBSan, every case under six thread schedules. Needs only a C++17 compiler; `setup` is a
+# prerequisite so that `make test-kernels` alone sets up the same way as `make test`.
+test-kernels: setup
+	$(MAKE) -C cpp_tests/kernels run JOBS=2
+
+# Plants deliberate bugs in a copy of csrc/ and checks that the harness catches every one
+# (writes benchmarks/results/kernel_mutations.md). About half an hour on 2 cores.
+test-kernel-mutations:
+	$(MAKE) -C cpp_tests/kernels -j2
+	python3 scripts/kernel_mutations.py
 
 # $(VENV)/bin/pytest, not `python -m pytest`: the latter puts the checkout on sys.path and the
 # tests would import its gfcore/ (without the compiled extension) instead of the installed one.

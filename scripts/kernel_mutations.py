@@ -1,0 +1,191 @@
+"""Mutation check of the kernel harness: each entry plants one deliberate bug in a copy of
+csrc/, rebuilds the harness against the copy and runs the affected family of cases. The
+harness must fail on every mutation; the table says which check caught it.
+
+    python scripts/kernel_mutations.py [--only ID,ID] [--jobs 2] [--out benchmarks/results/kernel_mutations.md]
+
+Exit status 1 if any mutation survives (a harness that passes a mutated kernel is a defect).
+"""
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KERNELS = os.path.join(ROOT, "cpp_tests", "kernels")
+BASE_BUILD = os.path.join(ROOT, "build", "kernel-harness")
+
+# (id, scope, description, [(file under csrc, old text, new text), ...], extra harness args); the scope
+# (alignment, spatial or temporal attention) says which harness file to rebuild and which cases to run.
+MUTATIONS = [
+    ("A1", "alignment", "bias_silu_backward: tail bound shifted by one (col > cols)",
+     [("alignment/alignment_kernels.cuh", "  if (col >= cols) return;", "  if (col > cols) return;")], []),
+    ("A2", "alignment", "normalize_cosine_backward: reads one pack past the row (p <= packs)",
+     [("alignment/alignment_kernels.cuh",
+       "      if (p < packs) {\n        gv[k] = load_pack",
+       "      if (p <= packs) {\n        gv[k] = load_pack")], []),
+    ("A3", "alignment", "bias_mse: __syncthreads before the block's sum of squares removed",
+     [("alignment/alignment_kernels.cuh",
+       "warp_squares[threadIdx.x / kWarp] = squares;\n  __syncthreads();",
+       "warp_squares[threadIdx.x / kWarp] = squares;")], []),
+    ("A4", "alignment", "normalize_cosine_backward: __syncthreads before the column sums removed",
+     [("alignment/alignment_kernels.cuh",
+       "  __syncthreads();\n  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {",
+       "  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {")], []),
+    ("A5", "alignment", "normalize_cosine_backward: launched shared memory 4 bytes short",
+     [("alignment/alignment_launch.cuh", "p.smem = sizeof(float) * kRowWarpsPerBlock * cols;",
+       "p.smem = sizeof(float) * kRowWarpsPerBlock * cols - 4;")], []),
+    ("A6", "alignment", "pack_width ignores pointer alignment (16-byte loads on misaligned rows)",
+     [("alignment/alignment_launch.cuh", "return (aligned && cols % width == 0) ? width : 1;",
+       "return (cols % width == 0) ? width : 1;")], []),
+    ("A7", "alignment", "sum_partials: row-slice stride 16 instead of 32 (slices overlap)",
+     [("alignment/sum_partials.cuh", "g < groups; g += 32)", "g < groups; g += 16)")], []),
+    ("A8", "alignment", "bias_silu_backward: sign flipped in silu'",
+     [("alignment/alignment_kernels.cuh", "* s * (1.f + a * (1.f - s));", "* s * (1.f - a * (1.f - s));")], []),
+    ("A9", "alignment", "warp_sum: the last butterfly step (offset 1) dropped",
+     [("alignment/alignment_kernels.cuh", "offset > 0; offset /= 2) v +=", "offset > 1; offset /= 2) v +=")], []),
+    ("A10", "alignment", "normalize_cosine_backward: no opt-in for > 48 KiB of dynamic shared memory",
+     [("alignment/alignment_launch.cuh", "    if (p.smem > 48 * 1024) allow_dynamic_smem(kernel, p.smem);\n", ""),
+      ("alignment/alignment_launch.cuh",
+       "    if (plan.smem > 48 * 1024) {  // above 48 KiB a kernel must opt in to its dynamic shared memory",
+       "    if (false) {")], []),
+    ("B1", "spatial", "mma forward: __syncthreads at the top of the key loop removed (tile reused too early)",
+     [("attention/attention_mma.cuh", "    __syncthreads();  // every warp is done with the previous tile\n", "")],
+     []),
+    ("B2", "spatial", "mma forward: __syncthreads after staging the key/value tile removed",
+     [("attention/attention_mma.cuh",
+       "vb, lv.seq, n0, false, pb);\n    __syncthreads();\n",
+       "vb, lv.seq, n0, false, pb);\n")], []),
+    ("B3", "spatial", "load_a_frag: fragment registers a1 and a2 swapped",
+     [("attention/attention_mma.cuh",
+       "  a[1] = pair_at(tile + (row0 + 8) * ld, k0 + 2 * t);\n  a[2] = pair_at(tile + row0 * ld, k0 + 8 + 2 * t);",
+       "  a[2] = pair_at(tile + (row0 + 8) * ld, k0 + 2 * t);\n  a[1] = pair_at(tile + row0 * ld, k0 + 8 + 2 * t);")],
+     []),
+    ("B4", "spatial", "mma backward: RoPE^T dropped (unrotate_acc returns at once)",
+     [("attention/attention_mma_bwd.cuh", "  if (pb.rope_cos == nullptr) return;\n  constexpr int kHalfTiles",
+       "  return;\n  constexpr int kHalfTiles")], []),
+    ("B5", "spatial", "mma dQ kernel: launched shared memory 16 bytes short",
+     [("attention/attention_mma_bwd.cuh", "2 * (2 * kOwn * kLdRow + 2 * kStream * kLdRow + D * kLdT);",
+       "2 * (2 * kOwn * kLdRow + 2 * kStream * kLdRow + D * kLdT) - 16;")], []),
+    ("B6", "spatial", "store_acc_rows: tail bound shifted by one (writes row S)",
+     [("attention/attention_mma_bwd.cuh", "    if (i >= S) continue;\n#pragma unroll\n    for (int dt = 0; dt < D / 8; ++dt) {\n      const int d = dt * 8 + 2 * t;\n      base[",
+       "    if (i > S) continue;\n#pragma unroll\n    for (int dt = 0; dt < D / 8; ++dt) {\n      const int d = dt * 8 + 2 * t;\n      base[")],
+     []),
+    ("B7", "temporal", "fused temporal backward: __syncthreads before the gradients overwrite q_s/k_s removed",
+     [("attention/attention_temporal_bwd.cuh", "  __syncthreads();  // every read of q_s and k_s is done\n", "")], []),
+    ("B8", "temporal", "FMA forward: causal mask dropped",
+     [("attention/attention_kernels.cuh", "      const bool visible = j < S && (!pb.causal || j <= i);\n      const float score",
+       "      const bool visible = j < S;\n      const float score")], []),
+    ("B9", "spatial", "stage_rows: reads the row past the sequence end (i <= seq_len)",
+     [("attention/attention_mma.cuh", "    if (i < pb.seq_len)\n      x = rotate", "    if (i <= pb.seq_len)\n      x = rotate")],
+     []),
+    ("B10", "spatial", "acc_to_a_frag: P fragment registers a1 and a2 swapped",
+     [("attention/attention_mma.cuh", "  a[1] = Mma::pack(lo[2], lo[3]);\n  a[2] = Mma::pack(hi[0], hi[1]);",
+       "  a[2] = Mma::pack(lo[2], lo[3]);\n  a[1] = Mma::pack(hi[0], hi[1]);")], []),
+    ("B11", "temporal", "fused temporal backward: no opt-in for its dynamic shared memory",
+     [("attention/attention_launch.cuh",
+       "    const cudaError_t err = allow_dynamic_smem(kernel, bytes);\n    if (err != cudaSuccess) return err;\n", "")],
+     []),
+    ("B12", "spatial", "tensor-core kernels chosen on sm_70 (major >= 7)",
+     [("attention/attention_launch.cuh", "return dev.major >= 8;", "return dev.major >= 7;")], []),
+    ("B13", "temporal", "FMA dK/dV: __syncthreads after staging the query tile removed",
+     [("attention/attention_kernels.cuh",
+       "      delta_t[tid] = i < S ? in.delta[i * ll.seq] : 0.f;\n    }\n    __syncthreads();\n",
+       "      delta_t[tid] = i < S ? in.delta[i * ll.seq] : 0.f;\n    }\n")], []),
+]
+
+SCOPE_FILES = {"alignment": "test_alignment_kernels", "spatial": "test_attention_spatial",
+               "temporal": "test_attention_temporal"}
+
+CHECKS = [
+    ("simt[barrier]", "barrier check"), ("simt[warp]", "warp-collective check"), ("simt[deadlock]", "deadlock check"),
+    ("simt[launch]", "launch rules"), ("simt[arch]", "architecture check"), ("AddressSanitizer", "AddressSanitizer"),
+    ("runtime error:", "UBSan"), ("harness[value]", "value vs float64 reference"),
+]
+
+
+def classify(line):
+    for key, name in CHECKS:
+        if key in line:
+            return name
+    return "crash/other"
+
+
+def run_mutation(mutation, jobs, orders):
+    mid, family, desc, edits, extra = mutation
+    tmp = tempfile.mkdtemp(prefix=f"gfcore-mut-{mid}-")
+    try:
+        src = os.path.join(tmp, "csrc")
+        shutil.copytree(os.path.join(ROOT, "csrc"), src)  # copy2: mtimes kept, only edited files rebuild
+        build = os.path.join(tmp, "build")
+        shutil.copytree(BASE_BUILD, build)
+        for rel, old, new in edits:
+            path = os.path.join(src, rel)
+            text = open(path).read()
+            count = text.count(old)
+            if count != 1:
+                raise SystemExit(f"{mid}: the text to mutate occurs {count} times in {rel}")
+            time.sleep(0.01)
+            with open(path, "w") as f:
+                f.write(text.replace(old, new))
+        env = dict(os.environ)
+        # Rebuild only the harness file of the mutated scope (make -o: treat the others as current).
+        keep = [f"-o{os.path.join(build, f'{tu}.o')}" for s, tu in SCOPE_FILES.items() if s != family]
+        make = ["make", "-s", "-C", KERNELS, f"SRC_ROOT={src}", f"BUILD={build}", f"-j{jobs}", *keep,
+                os.path.join(build, "kernel_tests")]
+        built = subprocess.run(make, capture_output=True, text=True, env=env)
+        if built.returncode != 0:
+            return mid, family, desc, "compile error", built.stderr[-400:]
+        env["ASAN_OPTIONS"] = "detect_leaks=0:detect_stack_use_after_return=0"
+        select = ["--family", "alignment"] if family == "alignment" else ["--filter", family + "/"]
+        cmd = [os.path.join(build, "kernel_tests"), "--fail-fast", *select, "--jobs", str(jobs), "--orders", orders] + extra
+        ran = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        fails = [l for l in ran.stdout.splitlines() if l.startswith("FAIL ")]
+        if ran.returncode == 0 or not fails:
+            return mid, family, desc, "SURVIVED", ran.stdout.splitlines()[-1] if ran.stdout else ""
+        caught = sorted({classify(l) for l in fails})
+        summary = ran.stdout.strip().splitlines()[-1]
+        orders_seen = sorted({re.search(r"\[([a-z-]+)\]", l).group(1) for l in fails})
+        return mid, family, desc, ", ".join(caught), f"{summary}; failing orders: {', '.join(orders_seen)}"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", default="")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--orders", default="forward,reverse,random,warp-serial,warp-serial-reverse,warp-serial-random")
+    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "kernel_mutations.md"))
+    args = ap.parse_args()
+    if not os.path.exists(os.path.join(BASE_BUILD, "kernel_tests")):
+        subprocess.run(["make", "-s", "-C", KERNELS, f"-j{args.jobs}"], check=True)
+    chosen = [m for m in MUTATIONS if not args.only or m[0] in args.only.split(",")]
+    rows, survived = [], 0
+    start = time.time()
+    for m in chosen:
+        t0 = time.time()
+        mid, family, desc, caught, detail = run_mutation(m, args.jobs, args.orders)
+        survived += caught in ("SURVIVED", "compile error")
+        rows.append((mid, family, desc, caught, detail))
+        print(f"{mid} {desc}: {caught} ({time.time() - t0:.0f} s) {detail}", flush=True)
+    lines = ["# Kernel harness mutation check", "",
+             f"`python scripts/kernel_mutations.py` on this machine: {len(rows)} mutations, "
+             f"{len(rows) - survived} caught, {survived} survived; {time.time() - start:.0f} s.",
+             f"Schedules per case: {args.orders}.", "",
+             "| id | scope | planted bug | caught by | harness summary |", "|---|---|---|---|---|"]
+    lines += [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} |" for r in rows]
+    if not args.only:
+        with open(args.out, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        print(f"wrote {args.out}")
+    print(f"mutations: {len(rows) - survived} caught, {survived} survived")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
