@@ -19,6 +19,7 @@ def _train(argv: Sequence[str]) -> int:
     from omegaconf import OmegaConf
 
     from gfcore.train import load_config, train
+    from gfcore.train.resume import ResumeError
 
     if any(a in ("-h", "--help") for a in argv):
         print("usage: gfcore train [hydra overrides]\n\nconfigs: gfcore/configs (model, data, teacher, train, sample, "
@@ -27,7 +28,11 @@ def _train(argv: Sequence[str]) -> int:
         return 0
     cfg = load_config(argv)
     print(OmegaConf.to_yaml(cfg))
-    train(cfg)
+    try:
+        train(cfg)
+    except ResumeError as exc:  # a refusal with its remedy, not a crash: no traceback
+        print(f"gfcore train: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

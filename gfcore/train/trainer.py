@@ -19,12 +19,14 @@ from omegaconf import DictConfig, OmegaConf
 from gfcore.losses import GeometryAlignmentLoss
 from gfcore.models.dit import VideoDiT, build_model
 from gfcore.nvtx import nvtx_range
-from gfcore.train.checkpoint import atomic_save, latest_checkpoint, rng_state, save_checkpoint, set_rng_state
+from gfcore.train.checkpoint import atomic_save, rng_state, save_checkpoint, set_rng_state
 from gfcore.train.data import BatchPrefetcher, StepBatcher, batch_to_device, build_dataset
 from gfcore.train.distributed import DistInfo, barrier, gather_objects, mean_across_ranks, setup_distributed
 from gfcore.train.flops import forward_flops, peak_flops
 from gfcore.train.objective import GFObjective, draw_noise
 from gfcore.train.optim import EMA, build_optimizer, build_scheduler, full_tensor
+from gfcore.train.resume import (ResumeError, archive_previous_run, as_list, changes_record, check_config,
+                                 find_checkpoint, load_into)
 from gfcore.train.teachers import TEACHER_LABELS, build_teacher
 
 
@@ -80,7 +82,11 @@ def build_training(cfg: DictConfig, device: torch.device):
 
 
 class JsonlLog:
-    """Append-only JSONL log; on resume, lines from steps after the checkpoint are dropped."""
+    """Append-only JSONL log; on resume, lines from steps after the checkpoint are dropped.
+
+    Metric records have a "step"; event records (a resume, a fresh start) also have an
+    "event" key and are kept whatever step a later resume goes back to: they are history.
+    """
 
     def __init__(self, path: str, resume_step: int, enabled: bool):
         self.path, self.enabled = path, enabled
@@ -92,7 +98,8 @@ class JsonlLog:
             with open(path) as handle:
                 for line in handle:
                     try:
-                        if json.loads(line).get("step", 0) <= resume_step:
+                        record = json.loads(line)
+                        if "event" in record or record.get("step", 0) <= resume_step:
                             kept.append(line)
                     except json.JSONDecodeError:
                         break  # a line cut by the crash: everything after it is stale
@@ -100,13 +107,15 @@ class JsonlLog:
             handle.writelines(kept)
 
     def last(self) -> Dict:
-        """The newest record, or {} when there is none."""
+        """The newest metric record, or {} when there is none."""
         record = {}
         if os.path.isfile(self.path):
             with open(self.path) as handle:
                 for line in handle:
                     if line.strip():
-                        record = json.loads(line)
+                        parsed = json.loads(line)
+                        if "event" not in parsed:
+                            record = parsed
         return record
 
     def write(self, record: Dict) -> None:
@@ -192,15 +201,32 @@ def _state_for_checkpoint(module: TrainModule, optimizer, scheduler, ema: EMA, s
     }
 
 
-def _find_resume(cfg: DictConfig, ckpt_dir: str):
-    resume = cfg.train.resume
-    if resume in (None, "none", False):
-        return None
-    if resume == "auto":
-        return latest_checkpoint(ckpt_dir)
-    if not os.path.isfile(resume):
-        raise FileNotFoundError(f"train.resume={resume!r}: no such checkpoint file")
-    return resume, torch.load(resume, map_location="cpu", weights_only=False)
+def _apply_hyperparameters(cfg: DictConfig, optimizer, scheduler, ema: EMA) -> None:
+    """After loading optimizer / scheduler / EMA state: the config's lr, betas, weight decay and
+    EMA decay win over the checkpoint's (an allowed change must take effect; unchanged values
+    are left untouched, so a plain resume stays bit-identical)."""
+    lr, betas, decay = float(cfg.train.lr), tuple(float(b) for b in cfg.train.betas), float(cfg.train.weight_decay)
+    if any(base != lr for base in scheduler.base_lrs):
+        scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+        for group in optimizer.param_groups:
+            group["initial_lr"] = lr
+    # the schedule (warmup_steps, lr_decay, steps) is rebuilt from the config: this step's lr by it
+    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+        if group["lr"] != base * factor:
+            group["lr"] = base * factor
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        if tuple(group["betas"]) != betas:
+            group["betas"] = betas
+        if group["weight_decay"] != decay:
+            group["weight_decay"] = decay
+    if ema.decay != float(cfg.train.ema_decay):
+        ema.decay = float(cfg.train.ema_decay)
+
+
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def train(cfg: DictConfig) -> Dict:
@@ -210,16 +236,28 @@ def train(cfg: DictConfig) -> Dict:
     device = resolve_device(cfg.train.device, info)
     out_dir = os.path.expanduser(cfg.out_dir)
     ckpt_dir = os.path.join(out_dir, "checkpoints")
+    events = []  # written to log.jsonl once it is open
+    resume = cfg.train.resume
+    if resume in (None, "none", False) and info.is_main:
+        archived = archive_previous_run(out_dir)
+        if archived is not None:
+            print(f"train.resume=none: the earlier run's files in {out_dir} were moved to {archived}")
+            events.append({"event": "start", "step": 0, "time": _utc_now(), "previous_run": archived})
+    barrier(info)
+    # Found and checked before anything in the run folder is written: a refused resume changes nothing.
+    found = find_checkpoint(resume, ckpt_dir, info.is_main)
+    changes = {}
+    if found is not None:
+        changes = check_config(found[1].get("config"), OmegaConf.to_container(cfg, resolve=True),
+                               as_list(cfg.train.get("resume_allow_changes")), found[0])
+    model, objective, teacher = build_training(cfg, device)
+    module = TrainModule(model, objective)
+    if found is not None:  # weights go into the plain module, before DDP / FSDP wrap it
+        load_into(model, found[1]["model"], "model", changes)
+        load_into(objective, found[1]["objective"], "alignment projector/head", changes)
     if info.is_main:
         os.makedirs(out_dir, exist_ok=True)
         OmegaConf.save(cfg, os.path.join(out_dir, "config.yaml"))
-
-    model, objective, teacher = build_training(cfg, device)
-    module = TrainModule(model, objective)
-    found = _find_resume(cfg, ckpt_dir)
-    if found is not None:  # weights go into the plain module, before DDP / FSDP wrap it
-        model.load_state_dict(found[1]["model"])
-        objective.load_state_dict(found[1]["objective"])
     wrapped = _wrap(module, cfg, info, device)
     # Built after wrapping: FSDP replaces the parameters by sharded ones.
     params = [p for p in module.parameters() if p.requires_grad]
@@ -231,14 +269,22 @@ def train(cfg: DictConfig) -> Dict:
     start_step = 0
     if found is not None:
         path, state = found
-        _load_optimizer(module, optimizer, state["optimizer"], sharded)
+        try:
+            _load_optimizer(module, optimizer, state["optimizer"], sharded)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise ResumeError(f"the optimizer state in {path} does not fit this run's parameters "
+                              f"(changed keys: {', '.join(changes) or 'none'}): {exc}") from exc
         scheduler.load_state_dict(state["scheduler"])
         ema.load_state_dict(state["ema"])
+        _apply_hyperparameters(cfg, optimizer, scheduler, ema)
         start_step = int(state["step"])
         if state.get("world_size", 1) == info.world_size:
             set_rng_state(state["rng"][info.rank])
         if info.is_main:
-            print(f"resumed from {path} at step {start_step}")
+            print(f"resumed from {path} at step {start_step}"
+                  + (f" with changes: {', '.join(changes)}" if changes else ""))
+        events.append({"event": "resume", "step": start_step, "time": _utc_now(), "checkpoint": path,
+                       "changes": changes_record(changes)})
 
     with_depth = cfg.teacher.name == "pointmap"
     dataset = build_dataset(cfg.data, with_depth=with_depth, generate_missing=info.is_main)
@@ -253,6 +299,8 @@ def train(cfg: DictConfig) -> Dict:
     peak = peak_flops(device, cfg.train.get("peak_tflops"))
     label = TEACHER_LABELS[cfg.teacher.name]
     log = JsonlLog(os.path.join(out_dir, "log.jsonl"), start_step, info.is_main)
+    for event in events:
+        log.write(event)
     bar = _progress(cfg.train.steps, start_step, info.is_main and cfg.train.progress, f"train [{label}]")
 
     last_terms: Dict[str, float] = {}
