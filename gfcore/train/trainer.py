@@ -13,6 +13,7 @@ import time
 from contextlib import nullcontext
 from typing import Dict, Optional
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,6 +24,7 @@ from gfcore.train.checkpoint import atomic_save, rng_state, save_checkpoint, set
 from gfcore.train.data import BatchPrefetcher, StepBatcher, batch_to_device, build_dataset
 from gfcore.train.distributed import DistInfo, barrier, gather_objects, mean_across_ranks, setup_distributed
 from gfcore.train.flops import forward_flops, peak_flops
+from gfcore.train.loggers import Loggers, check_loggers
 from gfcore.train.objective import GFObjective, draw_noise
 from gfcore.train.optim import EMA, build_optimizer, build_scheduler, full_tensor
 from gfcore.train.resume import (ResumeError, archive_previous_run, as_list, changes_record, check_config,
@@ -225,6 +227,63 @@ def _apply_hyperparameters(cfg: DictConfig, optimizer, scheduler, ema: EMA) -> N
         ema.decay = float(cfg.train.ema_decay)
 
 
+def _sample_every(cfg: DictConfig) -> int:
+    every = cfg.train.get("sample_every")
+    return int(every) if every else 0
+
+
+class SampleVideos:
+    """Every train.sample_every steps: roll out train.sample_clips clips of the training data
+    with the sample.* settings (EMA or raw weights per sample.use_ema), write
+    {out_dir}/samples/step_{step:08d}.gif (clips side by side) and hand it to the loggers.
+
+    The rollout draws from its own generator (sample.seed) inside torch.random.fork_rng, so
+    sampling changes no training value: a run with samples ends as one without.
+    """
+
+    def __init__(self, cfg: DictConfig, dataset, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.clips = [dataset[i] for i in range(min(int(cfg.train.get("sample_clips") or 1), len(dataset)))]
+        self.model = None
+
+    def __call__(self, step: int, model, ema: EMA, info: DistInfo, loggers: Loggers, out_dir: str) -> None:
+        from gfcore.data import write_gif
+        from gfcore.sample import rollout, to_uint8
+
+        cfg, sample = self.cfg, self.cfg.sample
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            if self.model is None:
+                self.model = build_model(model_config(cfg))
+            if sample.get("use_ema", True):
+                ema.copy_to(self.model)  # gathers FSDP shards: every rank takes part
+            else:
+                self.model.load_state_dict(_full_state_dict(model))
+            if not info.is_main:
+                return
+            plain = self.model.to(self.device).eval()
+            frames, window = int(cfg.train.num_frames), int(sample.window)
+            context = min(int(sample.context_frames), window - 1)
+            generator = torch.Generator().manual_seed(int(sample.seed))
+            videos = []
+            for clip in self.clips:
+                repeat = lambda x: x[torch.arange(frames) % x.shape[0]]  # noqa: E731
+                kwargs = {}
+                if plain.config.camera_cond:
+                    kwargs.update(intrinsics=repeat(clip["intrinsics"])[None].to(self.device),
+                                  c2w=repeat(clip["c2w"])[None].to(self.device))
+                if plain.config.action_dim:
+                    kwargs["actions"] = repeat(clip["actions"])[None].to(self.device)
+                first = repeat(clip["frames"])[None, :context].to(self.device)
+                video = rollout(plain, first, frames, window, context, int(sample.steps), str(sample.method),
+                                generator=generator, guidance_scale=float(sample.guidance_scale), **kwargs)[0]
+                videos.append(to_uint8(video))
+        tiled = np.concatenate(videos, axis=2)  # [T, H, W * clips, 3]
+        path = os.path.join(out_dir, "samples", f"step_{step:08d}.gif")
+        write_gif(path, tiled)
+        loggers.video(step, "samples/video", path, tiled.shape[1], tiled.shape[2])
+
+
 def _utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -234,6 +293,7 @@ def train(cfg: DictConfig) -> Dict:
     device_type = resolve_device(cfg.train.device).type
     info = setup_distributed(device_type)
     device = resolve_device(cfg.train.device, info)
+    logger_names = check_loggers(cfg.train.get("loggers", ["jsonl"]))  # before the run folder is touched
     out_dir = os.path.expanduser(cfg.out_dir)
     ckpt_dir = os.path.join(out_dir, "checkpoints")
     events = []  # written to log.jsonl once it is open
@@ -298,9 +358,13 @@ def train(cfg: DictConfig) -> Dict:
     step_flops = 3 * forward_flops(model, cfg.train.batch_size, cfg.train.num_frames, align_params)
     peak = peak_flops(device, cfg.train.get("peak_tflops"))
     label = TEACHER_LABELS[cfg.teacher.name]
-    log = JsonlLog(os.path.join(out_dir, "log.jsonl"), start_step, info.is_main)
+    log = JsonlLog(os.path.join(out_dir, "log.jsonl"), start_step, info.is_main and "jsonl" in logger_names)
+    loggers = Loggers(logger_names, log, out_dir, cfg, OmegaConf.to_container(cfg, resolve=True), start_step,
+                      OmegaConf.to_yaml(cfg), info.is_main)
     for event in events:
-        log.write(event)
+        loggers.event(event)
+    sample_every = _sample_every(cfg)
+    sampler = SampleVideos(cfg, dataset, device) if sample_every else None
     bar = _progress(cfg.train.steps, start_step, info.is_main and cfg.train.progress, f"train [{label}]")
 
     last_terms: Dict[str, float] = {}
@@ -345,13 +409,17 @@ def train(cfg: DictConfig) -> Dict:
                           "samples_per_s": window_steps * cfg.train.batch_size / elapsed,
                           "achieved_tflops": window_steps * step_flops / elapsed / 1e12,
                           "mfu": (window_steps * step_flops / elapsed / peak) if peak else None, "teacher": label}
-                log.write(record)
+                loggers.metrics(done, record)
                 last_terms = record
                 window_start, window_steps = time.perf_counter(), 0
                 if bar is not None:
                     bar.set_postfix(loss=f"{logged['loss']:.4f}", **({"cos": f"{logged['cosine']:.3f}"} if "cosine" in logged else {}))
             if bar is not None:
                 bar.update(1)
+            if sampler is not None and done % sample_every == 0:
+                with nvtx_range("train.sample"):
+                    sampler(done, model, ema, info, loggers, out_dir)
+                window_start = time.perf_counter()  # samples/s and MFU time training alone
             if done % cfg.train.ckpt_every == 0 or done == cfg.train.steps:
                 state = _state_for_checkpoint(module, optimizer, scheduler, ema, done, cfg, info, sharded)
                 if info.is_main:
@@ -362,6 +430,7 @@ def train(cfg: DictConfig) -> Dict:
     finally:
         if prefetcher is not None:
             prefetcher.close()
+        loggers.close()
     if bar is not None:
         bar.close()
     if not last_terms and info.is_main:  # nothing left to run after a resume: report the logged end
