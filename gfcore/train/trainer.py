@@ -185,6 +185,22 @@ def _load_optimizer(module, optimizer, state: Dict, sharded: bool) -> None:
     set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
+def configure_model(model: VideoDiT, cfg: DictConfig) -> VideoDiT:
+    """train.activation_checkpointing and train.compile, applied to the DiT in place (its
+    parameters and state_dict keys stay the same, so checkpoints do not depend on either).
+
+    activation_checkpointing=true: each DiT block's activations are recomputed in the backward
+    (torch.utils.checkpoint, use_reentrant=False). compile=true: torch.compile of the model's
+    forward (the default inductor backend; a string names another backend, e.g. aot_eager);
+    the objective and the alignment loss stay eager.
+    """
+    model.activation_checkpointing = bool(cfg.train.get("activation_checkpointing", False))
+    backend = cfg.train.get("compile", False)
+    if backend not in (None, False, "none", "false"):
+        model.compile(**({} if backend is True else {"backend": str(backend)}))
+    return model
+
+
 def _state_for_checkpoint(module: TrainModule, optimizer, scheduler, ema: EMA, step: int, cfg, info: DistInfo,
                           sharded: bool) -> Dict:
     """Everything a resume needs; collectives inside, so every rank calls it."""
@@ -319,6 +335,7 @@ def train(cfg: DictConfig) -> Dict:
         os.makedirs(out_dir, exist_ok=True)
         OmegaConf.save(cfg, os.path.join(out_dir, "config.yaml"))
     wrapped = _wrap(module, cfg, info, device)
+    configure_model(model, cfg)  # after FSDP's fully_shard, which compile must see
     # Built after wrapping: FSDP replaces the parameters by sharded ones.
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg.train.lr, cfg.train.weight_decay, cfg.train.betas)
