@@ -90,6 +90,10 @@ def test_unreadable_newest_checkpoint_is_kept_as_corrupt(tmp_path, tiny_data_roo
     with open(damaged, "wb") as handle:
         handle.write(b"half a checkpoint")
 
+    # a refused resume (changed lr) renames nothing
+    with pytest.raises(ResumeError, match="train.lr"):
+        train(load_config(tiny_overrides(tiny_data_root, out, "teacher=none", "train.steps=10", "train.lr=0.001")))
+    assert sorted(os.listdir(ckpt_dir)) == ["step_00000004.pt", "step_00000006.pt"]
     # resume from step 4, then run to 10: saving step 6 again and pruning 4 and 6 must not touch the damaged file
     with pytest.warns(UserWarning, match="step_00000006.pt.*kept as .*step_00000006.pt.corrupt"):
         summary = train(load_config(tiny_overrides(tiny_data_root, out, "teacher=none", "train.steps=10")))

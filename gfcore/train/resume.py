@@ -34,7 +34,7 @@ FREE_KEYS = (
     "train.resume", "train.resume_allow_changes", "train.progress", "train.crash_after_step",
     "train.log_every", "train.ckpt_every", "train.keep_last", "train.peak_tflops", "train.device",
     "train.loggers", "train.sample_every", "train.sample_clips", "train.tensorboard_dir", "train.wandb",
-    "train.activation_checkpointing", "train.compile",
+    "train.activation_checkpointing", "train.compile", "train.strategy", "teacher.frames_per_call",
     "data.prefetch_steps", "data.num_workers", "data.cache_in_memory",
 )
 
@@ -98,10 +98,11 @@ def check_config(old: Optional[Dict], new: Dict, allowed: Iterable[str], path: s
     return changes
 
 
-def find_checkpoint(resume, ckpt_dir: str, is_main: bool) -> Optional[Tuple[str, Dict]]:
-    """(path, state) to resume from, None to start at step 0; ResumeError rather than a silent restart."""
+def find_checkpoint(resume, ckpt_dir: str) -> Tuple[Optional[Tuple[str, Dict]], List[Tuple[str, str]]]:
+    """((path, state) to resume from or None to start at step 0, [(path, why)] of newer
+    unreadable files); ResumeError rather than a silent restart. Changes no file."""
     if resume in (None, "none", False):
-        return None
+        return None, []
     if resume == "auto":
         found, unreadable = find_resumable(ckpt_dir)
         if unreadable and found is None:
@@ -111,19 +112,22 @@ def find_checkpoint(resume, ckpt_dir: str, is_main: bool) -> Optional[Tuple[str,
                 f"Refusing to start over from step 0 (that would overwrite log.jsonl). Repair or move these files, "
                 f"resume from a given file with train.resume=PATH, or start fresh with train.resume=none "
                 f"(the run folder's files are then moved to previous/, not deleted).")
-        for path, why in unreadable:
-            kept = quarantine(path) if is_main else f"{path}.corrupt"
-            warnings.warn(f"skipping unreadable checkpoint {path} ({why}); kept as {kept}; "
-                          f"resuming from {found[0]}")
-        return found
+        return found, unreadable
     resume = os.path.expanduser(str(resume))
     if not os.path.isfile(resume):
         raise FileNotFoundError(f"train.resume={resume!r}: no such checkpoint file")
     try:
-        return resume, torch.load(resume, map_location="cpu", weights_only=False)
+        return (resume, torch.load(resume, map_location="cpu", weights_only=False)), []
     except Exception as exc:
         raise ResumeError(f"train.resume={resume!r}: the checkpoint cannot be read ({type(exc).__name__}: {exc})") \
             from exc
+
+
+def keep_unreadable(unreadable: List[Tuple[str, str]], resumed_from: str, is_main: bool) -> None:
+    """Once the resume is accepted: rename each skipped file to *.corrupt, with a warning."""
+    for path, why in unreadable:
+        kept = quarantine(path) if is_main and os.path.exists(path) else f"{path}.corrupt"
+        warnings.warn(f"skipping unreadable checkpoint {path} ({why}); kept as {kept}; resuming from {resumed_from}")
 
 
 RUN_FILES = ("checkpoints", "log.jsonl", "config.yaml", "final.pt", "summary.json", "tensorboard", "wandb", "wandb_run_id",

@@ -28,7 +28,7 @@ from gfcore.train.loggers import Loggers, check_loggers
 from gfcore.train.objective import GFObjective, draw_noise
 from gfcore.train.optim import EMA, build_optimizer, build_scheduler, full_tensor
 from gfcore.train.resume import (ResumeError, archive_previous_run, as_list, changes_record, check_config,
-                                 find_checkpoint, load_into)
+                                 find_checkpoint, keep_unreadable, load_into)
 from gfcore.train.teachers import TEACHER_LABELS, build_teacher
 
 
@@ -321,7 +321,7 @@ def train(cfg: DictConfig) -> Dict:
             events.append({"event": "start", "step": 0, "time": _utc_now(), "previous_run": archived})
     barrier(info)
     # Found and checked before anything in the run folder is written: a refused resume changes nothing.
-    found = find_checkpoint(resume, ckpt_dir, info.is_main)
+    found, unreadable = find_checkpoint(resume, ckpt_dir)
     changes = {}
     if found is not None:
         changes = check_config(found[1].get("config"), OmegaConf.to_container(cfg, resolve=True),
@@ -331,6 +331,8 @@ def train(cfg: DictConfig) -> Dict:
     if found is not None:  # weights go into the plain module, before DDP / FSDP wrap it
         load_into(model, found[1]["model"], "model", changes)
         load_into(objective, found[1]["objective"], "alignment projector/head", changes)
+    if found is not None:
+        keep_unreadable(unreadable, found[0], info.is_main)
     if info.is_main:
         os.makedirs(out_dir, exist_ok=True)
         OmegaConf.save(cfg, os.path.join(out_dir, "config.yaml"))
