@@ -111,6 +111,13 @@ def test_wandb_offline_run_is_written_without_network(tmp_path, tiny_data_root, 
     for h, r in zip([h for h in history if "train/loss" in h], log):
         assert h["train/loss"] == pytest.approx(r["loss"]) and h["train/lr"] == pytest.approx(r["lr"])
 
+    # a resumed training continues the same wandb run (another offline directory, the same id)
+    train(load_config(overrides + ["train.steps=6"]))
+    runs = sorted(glob.glob(os.path.join(out, "wandb", "offline-run-*")))
+    assert len(runs) == 2 and all(r.endswith(run_id) for r in runs)
+    resumed = [h for h in _wandb_history(os.path.join(runs[1], f"run-{run_id}.wandb")) if "train/loss" in h]
+    assert [h["trainer/step"] for h in resumed] == [5, 6]
+
 
 def _wandb_records(path):
     """The protobuf records of a .wandb file: a 7-byte header (":W&B", magic, version), then the
