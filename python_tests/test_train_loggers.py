@@ -173,3 +173,15 @@ def test_sample_videos_change_no_training_value(tmp_path, tiny_data_root):  # no
     for part in ("model", "ema"):
         for key in final_a[part]:
             assert torch.equal(final_a[part][key], final_b[part][key]), f"{part}.{key}"
+
+
+def test_tensorboard_restart_before_the_first_checkpoint_logs_each_step_once(tmp_path, tiny_data_root):  # noqa: F811
+    pytest.importorskip("tensorboard", reason="pip install tensorboard to test the tensorboard logger")
+    out = str(tmp_path / "run")
+    overrides = tiny_overrides(tiny_data_root, out, "teacher=none", "train.steps=4", "train.loggers=[tensorboard]")
+    with pytest.raises(CrashForTesting):  # killed at step 1: no checkpoint yet, the rerun starts at step 0
+        train(load_config(overrides + ["train.crash_after_step=1"]))
+    train(load_config(overrides))
+    _, tb = _tensorboard_scalars(os.path.join(out, "tensorboard"))
+    assert [step for step, _ in tb["train/loss"]] == [1, 2, 3, 4]
+    assert not os.path.exists(os.path.join(out, "log.jsonl"))  # jsonl left out of train.loggers

@@ -57,14 +57,15 @@ def scalars(record: Dict) -> Dict[str, float]:
 class TensorBoardLogger:
     """Event files in {out_dir}/tensorboard: scalars train/*, events as text, samples as animated GIFs.
 
-    On resume the writer purges what an earlier process logged after the checkpoint's step
-    (purge_step), as log.jsonl drops those lines: the curves hold each step once.
+    The writer purges what an earlier process logged after the step it starts from
+    (purge_step; everything from step 1 on a fresh start), as log.jsonl drops those lines:
+    the curves hold each step once.
     """
 
     def __init__(self, log_dir: str, resume_step: int, config_yaml: Optional[str] = None):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir, purge_step=resume_step + 1 if resume_step > 0 else None)
+        self.writer = SummaryWriter(log_dir, purge_step=resume_step + 1)
         if config_yaml is not None:
             self.writer.add_text("config", f"```\n{config_yaml}\n```", global_step=resume_step)
 

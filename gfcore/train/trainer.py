@@ -331,8 +331,7 @@ def train(cfg: DictConfig) -> Dict:
     if found is not None:  # weights go into the plain module, before DDP / FSDP wrap it
         load_into(model, found[1]["model"], "model", changes)
         load_into(objective, found[1]["objective"], "alignment projector/head", changes)
-    if found is not None:
-        keep_unreadable(unreadable, found[0], info.is_main)
+        keep_unreadable(unreadable, found[0], info.is_main)  # the resume is accepted: now files may move
     if info.is_main:
         os.makedirs(out_dir, exist_ok=True)
         OmegaConf.save(cfg, os.path.join(out_dir, "config.yaml"))
@@ -436,9 +435,10 @@ def train(cfg: DictConfig) -> Dict:
             if bar is not None:
                 bar.update(1)
             if sampler is not None and done % sample_every == 0:
+                sample_start = time.perf_counter()
                 with nvtx_range("train.sample"):
                     sampler(done, model, ema, info, loggers, out_dir)
-                window_start = time.perf_counter()  # samples/s and MFU time training alone
+                window_start += time.perf_counter() - sample_start  # samples/s and MFU time training alone
             if done % cfg.train.ckpt_every == 0 or done == cfg.train.steps:
                 state = _state_for_checkpoint(module, optimizer, scheduler, ema, done, cfg, info, sharded)
                 if info.is_main:
