@@ -47,12 +47,17 @@ def test_default_is_jsonl_and_other_loggers_are_not_imported(tmp_path, tiny_data
 
 
 @pytest.mark.parametrize("logger,package", [("tensorboard", "tensorboard"), ("wandb", "wandb")])
-def test_missing_package_names_the_pip_package(tmp_path, tiny_data_root, monkeypatch, logger, package):  # noqa: F811
+def test_missing_package_names_the_pip_package(tmp_path, tiny_data_root, monkeypatch, capsys, logger,  # noqa: F811
+                                              package):
     monkeypatch.setitem(sys.modules, package, None)  # `import <package>` now raises ImportError
     out = str(tmp_path / "run")
     with pytest.raises(ImportError, match=rf"needs the Python package '{package}': pip install {package}"):
         train(load_config(tiny_overrides(tiny_data_root, out, "teacher=none", f"train.loggers=[jsonl,{logger}]")))
     assert not os.path.exists(out)  # refused before the run folder was touched
+    from gfcore.cli import main
+
+    assert main(["train", *tiny_overrides(tiny_data_root, out, f"train.loggers=[{logger}]")]) == 2
+    assert f"pip install {package}" in capsys.readouterr().err
 
 
 def test_unknown_logger_is_refused(tmp_path, tiny_data_root):  # noqa: F811

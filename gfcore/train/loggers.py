@@ -17,11 +17,15 @@ from typing import Dict, List, Optional, Sequence
 LOGGERS = {"jsonl": None, "tensorboard": "tensorboard", "wandb": "wandb"}  # name -> pip package
 
 
+class MissingLoggerPackage(ImportError):
+    """A logger named in train.loggers whose package is not installed."""
+
+
 def _require(module: str, logger: str):
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise ImportError(f"train.loggers includes {logger!r}, which needs the Python package {LOGGERS[logger]!r}: "
+        raise MissingLoggerPackage(f"train.loggers includes {logger!r}, which needs the Python package {LOGGERS[logger]!r}: "
                           f"pip install {LOGGERS[logger]}  (or drop {logger!r} from train.loggers)") from exc
 
 
