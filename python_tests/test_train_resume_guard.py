@@ -126,6 +126,9 @@ def test_changed_config_is_refused_unless_named(tmp_path, tiny_data_root):  # no
     assert _read(os.path.join(out, "config.yaml")) == config_before
     assert _read(os.path.join(out, "log.jsonl")) == log_before
 
+    # a misspelt name allows nothing, and says so
+    with pytest.warns(UserWarning, match="'train.lrr' is not a config key"), pytest.raises(ResumeError):
+        train(load_config(changed + ["train.resume_allow_changes=[train.lrr,loss]"]))
     # named changes (a key, or a prefix such as `loss`) are accepted, take effect, and are logged
     summary = train(load_config(changed + ["train.resume_allow_changes=[train.lr,loss]"]))
     assert summary["resumed_from"] == 2

@@ -86,6 +86,10 @@ def check_config(old: Optional[Dict], new: Dict, allowed: Iterable[str], path: s
     if old is None:
         return {}
     allowed = [str(a) for a in allowed]
+    known = set(flatten(old)) | set(flatten(new))
+    for name in allowed:
+        if not any(_under(key, [name]) for key in known):
+            warnings.warn(f"train.resume_allow_changes: {name!r} is not a config key (nor a prefix of one)")
     changes = config_changes(old, new)
     refused = {k: v for k, v in changes.items() if not _under(k, allowed)}
     if refused:
