@@ -12,8 +12,9 @@ LABELS = {"baseline": "baseline (no alignment)", "gf": f"Geometry Forcing, {ORAC
 
 
 def read_log(path: str) -> List[Dict]:
+    """The metric records of a log.jsonl (event records, e.g. a resume, left out)."""
     with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        return [r for r in (json.loads(line) for line in handle if line.strip()) if "event" not in r]
 
 
 def plot_training(out: str, runs: Dict[str, str]) -> str:

@@ -152,6 +152,17 @@ def test_autocast_bf16_with_fp32_parameters():
     assert_same(fused, reference, rtol=3e-2, atol=3e-2)
 
 
+@pytest.mark.parametrize("impl", ["reference", "auto"])
+def test_autocast_takes_y_in_any_floating_dtype(impl):
+    """Under torch.autocast, y (say fp16 teacher features) is computed in the autocast dtype, as autocast ops do."""
+    loss_fn = make_loss(torch.float32, impl=impl)
+    h, y = torch.randn(33, 24), torch.randn(33, 40).half().float()  # fp16-exact values
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        same = run(loss_fn, h, y, impl)
+        for other in (y.half(), y.double(), y.bfloat16()):
+            assert_same(run(loss_fn, h, other, impl), same, rtol=2e-2, atol=2e-2)
+
+
 @requires_cpu_kernels
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_torch_compile_fullgraph(backend):
@@ -200,6 +211,12 @@ def test_bad_inputs_name_the_argument(impl):
         loss_fn(h.double(), y)
     with pytest.raises(TypeError, match="y must be a floating-point tensor"):
         loss_fn(h, y.long())
+    with pytest.raises(TypeError, match="y is torch.float16 but h is torch.float32"):
+        loss_fn(h, y.half())
+    with pytest.raises(TypeError, match="y is torch.float64 but h is torch.float32"):
+        loss_fn(h, y.double())
+    with pytest.raises(TypeError, match="y is torch.float32 but h is torch.bfloat16"):
+        make_loss(torch.bfloat16, impl=impl)(h.bfloat16(), y)
     with pytest.raises(ValueError, match="h is empty"):
         loss_fn(torch.randn(0, 24), torch.randn(0, 40))
     with pytest.raises(ValueError, match="NaN or Inf"):

@@ -31,3 +31,23 @@ def test_two_gloo_ranks_match_one_process(tmp_path, tiny_data_root, strategy):  
     # the per-rank RNG states of both ranks are in the checkpoint
     ckpt = torch.load(os.path.join(double, "checkpoints", "step_00000003.pt"), weights_only=False)
     assert len(ckpt["rng"]) == 2 and ckpt["world_size"] == 2
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_gloo_ranks_with_checkpointing_samples_and_tensorboard(tmp_path, tiny_data_root, strategy):  # noqa: F811
+    """The issue-14 switches under DDP / FSDP: activation checkpointing, sample videos (the EMA
+    gathered on every rank, the rollout on rank 0 only) and TensorBoard on rank 0."""
+    pytest.importorskip("tensorboard", reason="pip install tensorboard to test the tensorboard logger")
+    extra = ["teacher=pointmap", "train.steps=3", "train.ckpt_every=3", "train.batch_size=4",
+             f"train.strategy={strategy}", "train.activation_checkpointing=true", "train.sample_every=2",
+             "sample.steps=1", "sample.use_ema=true", "train.loggers=[jsonl,tensorboard]"]
+    single = str(tmp_path / "single")
+    train(load_config(tiny_overrides(tiny_data_root, single, *extra)))
+    double = str(tmp_path / "ddp")
+    mp.spawn(ddp_worker, args=(2, free_port(), tiny_overrides(tiny_data_root, double, *extra)), nprocs=2, join=True)
+    a = torch.load(os.path.join(single, "final.pt"), weights_only=False)["model"]
+    b = torch.load(os.path.join(double, "final.pt"), weights_only=False)["model"]
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=2e-6, rtol=1e-5, msg=lambda m: f"{key}: {m}")
+    assert os.listdir(os.path.join(double, "samples")) == ["step_00000002.gif"]
+    assert len(os.listdir(os.path.join(double, "tensorboard"))) == 1  # one writer: rank 0's

@@ -145,6 +145,12 @@ class GeometryAlignmentLoss(nn.Module):
         if not torch.is_autocast_enabled(h.device.type) and h.dtype != weight.dtype:
             raise TypeError(f"h is {h.dtype} but the loss parameters are {weight.dtype}: call "
                             f"loss_fn.to({h.dtype}) or run under torch.autocast")
+        if not torch.is_autocast_enabled(h.device.type) and y.dtype != h.dtype:
+            # Outside autocast nothing is cast behind the caller's back (as for h and the
+            # parameters); under autocast, like any autocast op, y of any floating dtype is
+            # taken and computed in the autocast dtype.
+            raise TypeError(f"y is {y.dtype} but h is {h.dtype}: pass y.to({h.dtype}) or run under torch.autocast "
+                            f"(which computes both in its dtype)")
         rows = h.numel() // self.hidden_dim
         return h.reshape(rows, self.hidden_dim), y.reshape(rows, self.num_targets, self.target_dim)
 

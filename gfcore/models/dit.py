@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional, Tuple
 
 import torch
+import torch.utils.checkpoint
 from einops import rearrange
 from torch import nn
 
@@ -102,6 +103,10 @@ class VideoDiT(nn.Module):
     Pluecker maps (needed when camera_cond); actions [B, T, action_dim]; drop_cond [B] bool,
     True where a clip's camera/action conditioning is replaced by the null condition.
     Returns v [B, T, C, H, W] and the hidden state [B, T, P, D] after `align_depth` blocks.
+
+    activation_checkpointing (an attribute, not part of the config: it changes memory, not
+    values): when True and gradients are on, each block's activations are recomputed in the
+    backward (torch.utils.checkpoint, use_reentrant=False) instead of being kept.
     """
 
     def __init__(self, config: VideoDiTConfig):
@@ -124,6 +129,7 @@ class VideoDiT(nn.Module):
         cos, sin = rope_2d(*config.grid, head_dim)
         self.register_buffer("spatial_cos", cos, persistent=False)
         self.register_buffer("spatial_sin", sin, persistent=False)
+        self.activation_checkpointing = False
 
     @property
     def hidden_dim(self) -> int:
@@ -173,8 +179,13 @@ class VideoDiT(nn.Module):
         spatial_rope = (self.spatial_cos, self.spatial_sin)
         temporal_rope = rope_1d(x.shape[1], self.config.hidden_dim // self.config.num_heads, device=x.device)
         hidden = None
+        recompute = self.activation_checkpointing and torch.is_grad_enabled()
         for depth, block in enumerate(self.blocks, start=1):
-            tokens = block(tokens, cond, spatial_rope, temporal_rope)
+            if recompute:
+                tokens = torch.utils.checkpoint.checkpoint(block, tokens, cond, spatial_rope, temporal_rope,
+                                                           use_reentrant=False)
+            else:
+                tokens = block(tokens, cond, spatial_rope, temporal_rope)
             if depth == self.config.align_depth:
                 hidden = tokens
         shift, scale = self.final_modulation(cond).chunk(2, dim=-1)

@@ -1,14 +1,16 @@
 """Checkpoints written atomically (temp file, fsync, os.replace) and found again for resume=auto.
 
 Files are {dir}/step_{step:08d}.pt; a crash mid-write leaves only a *.tmp file, which is
-ignored. `latest_checkpoint` returns the newest file that loads, skipping damaged ones.
+ignored. `find_resumable` returns the newest file that loads and names the damaged ones;
+the trainer renames those to *.corrupt (kept for inspection, never pruned or overwritten).
 """
 from __future__ import annotations
 
 import os
 import random
 import re
-from typing import Dict, List, Optional, Tuple
+import warnings
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -55,16 +57,41 @@ def list_checkpoints(directory: str) -> List[Tuple[int, str]]:
     return sorted(found)
 
 
-def latest_checkpoint(directory: str) -> Optional[Tuple[str, Dict]]:
-    """(path, state) of the newest checkpoint that loads, or None."""
+class Resumable(NamedTuple):
+    """What a run folder offers to resume from."""
+
+    found: Optional[Tuple[str, Dict]]  # (path, state) of the newest checkpoint that loads, or None
+    unreadable: List[Tuple[str, str]]  # (path, why) of the newer files that did not load, newest first
+
+
+def find_resumable(directory: str) -> Resumable:
+    """The newest checkpoint in directory that loads, and the newer ones that do not."""
+    unreadable = []
     for _, path in reversed(list_checkpoints(directory)):
         try:
-            return path, torch.load(path, map_location="cpu", weights_only=False)
+            return Resumable((path, torch.load(path, map_location="cpu", weights_only=False)), unreadable)
         except Exception as exc:  # a damaged file: fall back to the one before
-            import warnings
+            unreadable.append((path, f"{type(exc).__name__}: {exc}"))
+    return Resumable(None, unreadable)
 
-            warnings.warn(f"skipping unreadable checkpoint {path}: {type(exc).__name__}: {exc}")
-    return None
+
+def latest_checkpoint(directory: str) -> Optional[Tuple[str, Dict]]:
+    """(path, state) of the newest checkpoint that loads, or None; warns about each damaged one."""
+    found, unreadable = find_resumable(directory)
+    for path, why in unreadable:
+        warnings.warn(f"skipping unreadable checkpoint {path}: {why}")
+    return found
+
+
+def quarantine(path: str) -> str:
+    """Rename a damaged checkpoint to {path}.corrupt (.corrupt.1, ... if taken): kept for
+    inspection, and out of the way of pruning, resume=auto and the next save of that step."""
+    target, n = f"{path}.corrupt", 0
+    while os.path.exists(target):
+        n += 1
+        target = f"{path}.corrupt.{n}"
+    os.replace(path, target)
+    return target
 
 
 def rng_state() -> Dict:

@@ -13,18 +13,22 @@ import time
 from contextlib import nullcontext
 from typing import Dict, Optional
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gfcore.losses import GeometryAlignmentLoss
 from gfcore.models.dit import VideoDiT, build_model
 from gfcore.nvtx import nvtx_range
-from gfcore.train.checkpoint import atomic_save, latest_checkpoint, rng_state, save_checkpoint, set_rng_state
+from gfcore.train.checkpoint import atomic_save, rng_state, save_checkpoint, set_rng_state
 from gfcore.train.data import BatchPrefetcher, StepBatcher, batch_to_device, build_dataset
 from gfcore.train.distributed import DistInfo, barrier, gather_objects, mean_across_ranks, setup_distributed
 from gfcore.train.flops import forward_flops, peak_flops
+from gfcore.train.loggers import Loggers, check_loggers
 from gfcore.train.objective import GFObjective, draw_noise
 from gfcore.train.optim import EMA, build_optimizer, build_scheduler, full_tensor
+from gfcore.train.resume import (ResumeError, archive_previous_run, as_list, changes_record, check_config,
+                                 find_checkpoint, keep_unreadable, load_into)
 from gfcore.train.teachers import TEACHER_LABELS, build_teacher
 
 
@@ -80,7 +84,11 @@ def build_training(cfg: DictConfig, device: torch.device):
 
 
 class JsonlLog:
-    """Append-only JSONL log; on resume, lines from steps after the checkpoint are dropped."""
+    """Append-only JSONL log; on resume, lines from steps after the checkpoint are dropped.
+
+    Metric records have a "step"; event records (a resume, a fresh start) also have an
+    "event" key and are kept whatever step a later resume goes back to: they are history.
+    """
 
     def __init__(self, path: str, resume_step: int, enabled: bool):
         self.path, self.enabled = path, enabled
@@ -92,7 +100,8 @@ class JsonlLog:
             with open(path) as handle:
                 for line in handle:
                     try:
-                        if json.loads(line).get("step", 0) <= resume_step:
+                        record = json.loads(line)
+                        if "event" in record or record.get("step", 0) <= resume_step:
                             kept.append(line)
                     except json.JSONDecodeError:
                         break  # a line cut by the crash: everything after it is stale
@@ -100,13 +109,15 @@ class JsonlLog:
             handle.writelines(kept)
 
     def last(self) -> Dict:
-        """The newest record, or {} when there is none."""
+        """The newest metric record, or {} when there is none."""
         record = {}
         if os.path.isfile(self.path):
             with open(self.path) as handle:
                 for line in handle:
                     if line.strip():
-                        record = json.loads(line)
+                        parsed = json.loads(line)
+                        if "event" not in parsed:
+                            record = parsed
         return record
 
     def write(self, record: Dict) -> None:
@@ -174,6 +185,22 @@ def _load_optimizer(module, optimizer, state: Dict, sharded: bool) -> None:
     set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
+def configure_model(model: VideoDiT, cfg: DictConfig) -> VideoDiT:
+    """train.activation_checkpointing and train.compile, applied to the DiT in place (its
+    parameters and state_dict keys stay the same, so checkpoints do not depend on either).
+
+    activation_checkpointing=true: each DiT block's activations are recomputed in the backward
+    (torch.utils.checkpoint, use_reentrant=False). compile=true: torch.compile of the model's
+    forward (the default inductor backend; a string names another backend, e.g. aot_eager);
+    the objective and the alignment loss stay eager.
+    """
+    model.activation_checkpointing = bool(cfg.train.get("activation_checkpointing", False))
+    backend = cfg.train.get("compile", False)
+    if backend not in (None, False, "none", "false"):
+        model.compile(**({} if backend is True else {"backend": str(backend)}))
+    return model
+
+
 def _state_for_checkpoint(module: TrainModule, optimizer, scheduler, ema: EMA, step: int, cfg, info: DistInfo,
                           sharded: bool) -> Dict:
     """Everything a resume needs; collectives inside, so every rank calls it."""
@@ -192,15 +219,89 @@ def _state_for_checkpoint(module: TrainModule, optimizer, scheduler, ema: EMA, s
     }
 
 
-def _find_resume(cfg: DictConfig, ckpt_dir: str):
-    resume = cfg.train.resume
-    if resume in (None, "none", False):
-        return None
-    if resume == "auto":
-        return latest_checkpoint(ckpt_dir)
-    if not os.path.isfile(resume):
-        raise FileNotFoundError(f"train.resume={resume!r}: no such checkpoint file")
-    return resume, torch.load(resume, map_location="cpu", weights_only=False)
+def _apply_hyperparameters(cfg: DictConfig, optimizer, scheduler, ema: EMA) -> None:
+    """After loading optimizer / scheduler / EMA state: the config's lr, betas, weight decay and
+    EMA decay win over the checkpoint's (an allowed change must take effect; unchanged values
+    are left untouched, so a plain resume stays bit-identical)."""
+    lr, betas, decay = float(cfg.train.lr), tuple(float(b) for b in cfg.train.betas), float(cfg.train.weight_decay)
+    if any(base != lr for base in scheduler.base_lrs):
+        scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+        for group in optimizer.param_groups:
+            group["initial_lr"] = lr
+    # the schedule (warmup_steps, lr_decay, steps) is rebuilt from the config: this step's lr by it
+    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+        if group["lr"] != base * factor:
+            group["lr"] = base * factor
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        if tuple(group["betas"]) != betas:
+            group["betas"] = betas
+        if group["weight_decay"] != decay:
+            group["weight_decay"] = decay
+    if ema.decay != float(cfg.train.ema_decay):
+        ema.decay = float(cfg.train.ema_decay)
+
+
+def _sample_every(cfg: DictConfig) -> int:
+    every = cfg.train.get("sample_every")
+    return int(every) if every else 0
+
+
+class SampleVideos:
+    """Every train.sample_every steps: roll out train.sample_clips clips of the training data
+    with the sample.* settings (EMA or raw weights per sample.use_ema), write
+    {out_dir}/samples/step_{step:08d}.gif (clips side by side) and hand it to the loggers.
+
+    The rollout draws from its own generator (sample.seed) inside torch.random.fork_rng, so
+    sampling changes no training value: a run with samples ends as one without.
+    """
+
+    def __init__(self, cfg: DictConfig, dataset, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.clips = [dataset[i] for i in range(min(int(cfg.train.get("sample_clips") or 1), len(dataset)))]
+        self.model = None
+
+    def __call__(self, step: int, model, ema: EMA, info: DistInfo, loggers: Loggers, out_dir: str) -> None:
+        from gfcore.data import write_gif
+        from gfcore.sample import rollout, to_uint8
+
+        cfg, sample = self.cfg, self.cfg.sample
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            if self.model is None:
+                self.model = build_model(model_config(cfg))
+            if sample.get("use_ema", True):
+                ema.copy_to(self.model)  # gathers FSDP shards: every rank takes part
+            else:
+                self.model.load_state_dict(_full_state_dict(model))
+            if not info.is_main:
+                return
+            plain = self.model.to(self.device).eval()
+            frames, window = int(cfg.train.num_frames), int(sample.window)
+            context = min(int(sample.context_frames), window - 1)
+            generator = torch.Generator().manual_seed(int(sample.seed))
+            videos = []
+            for clip in self.clips:
+                repeat = lambda x: x[torch.arange(frames) % x.shape[0]]  # noqa: E731
+                kwargs = {}
+                if plain.config.camera_cond:
+                    kwargs.update(intrinsics=repeat(clip["intrinsics"])[None].to(self.device),
+                                  c2w=repeat(clip["c2w"])[None].to(self.device))
+                if plain.config.action_dim:
+                    kwargs["actions"] = repeat(clip["actions"])[None].to(self.device)
+                first = repeat(clip["frames"])[None, :context].to(self.device)
+                video = rollout(plain, first, frames, window, context, int(sample.steps), str(sample.method),
+                                generator=generator, guidance_scale=float(sample.guidance_scale), **kwargs)[0]
+                videos.append(to_uint8(video))
+        tiled = np.concatenate(videos, axis=2)  # [T, H, W * clips, 3]
+        path = os.path.join(out_dir, "samples", f"step_{step:08d}.gif")
+        write_gif(path, tiled)
+        loggers.video(step, "samples/video", path, tiled.shape[1], tiled.shape[2])
+
+
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def train(cfg: DictConfig) -> Dict:
@@ -208,19 +309,34 @@ def train(cfg: DictConfig) -> Dict:
     device_type = resolve_device(cfg.train.device).type
     info = setup_distributed(device_type)
     device = resolve_device(cfg.train.device, info)
+    logger_names = check_loggers(cfg.train.get("loggers", ["jsonl"]))  # before the run folder is touched
     out_dir = os.path.expanduser(cfg.out_dir)
     ckpt_dir = os.path.join(out_dir, "checkpoints")
+    events = []  # written to log.jsonl once it is open
+    resume = cfg.train.resume
+    if resume in (None, "none", False) and info.is_main:
+        archived = archive_previous_run(out_dir)
+        if archived is not None:
+            print(f"train.resume=none: the earlier run's files in {out_dir} were moved to {archived}")
+            events.append({"event": "start", "step": 0, "time": _utc_now(), "previous_run": archived})
+    barrier(info)
+    # Found and checked before anything in the run folder is written: a refused resume changes nothing.
+    found, unreadable = find_checkpoint(resume, ckpt_dir)
+    changes = {}
+    if found is not None:
+        changes = check_config(found[1].get("config"), OmegaConf.to_container(cfg, resolve=True),
+                               as_list(cfg.train.get("resume_allow_changes")), found[0])
+    model, objective, teacher = build_training(cfg, device)
+    module = TrainModule(model, objective)
+    if found is not None:  # weights go into the plain module, before DDP / FSDP wrap it
+        load_into(model, found[1]["model"], "model", changes)
+        load_into(objective, found[1]["objective"], "alignment projector/head", changes)
+        keep_unreadable(unreadable, found[0], info.is_main)  # the resume is accepted: now files may move
     if info.is_main:
         os.makedirs(out_dir, exist_ok=True)
         OmegaConf.save(cfg, os.path.join(out_dir, "config.yaml"))
-
-    model, objective, teacher = build_training(cfg, device)
-    module = TrainModule(model, objective)
-    found = _find_resume(cfg, ckpt_dir)
-    if found is not None:  # weights go into the plain module, before DDP / FSDP wrap it
-        model.load_state_dict(found[1]["model"])
-        objective.load_state_dict(found[1]["objective"])
     wrapped = _wrap(module, cfg, info, device)
+    configure_model(model, cfg)  # after FSDP's fully_shard, which compile must see
     # Built after wrapping: FSDP replaces the parameters by sharded ones.
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg.train.lr, cfg.train.weight_decay, cfg.train.betas)
@@ -231,14 +347,22 @@ def train(cfg: DictConfig) -> Dict:
     start_step = 0
     if found is not None:
         path, state = found
-        _load_optimizer(module, optimizer, state["optimizer"], sharded)
+        try:
+            _load_optimizer(module, optimizer, state["optimizer"], sharded)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise ResumeError(f"the optimizer state in {path} does not fit this run's parameters "
+                              f"(changed keys: {', '.join(changes) or 'none'}): {exc}") from exc
         scheduler.load_state_dict(state["scheduler"])
         ema.load_state_dict(state["ema"])
+        _apply_hyperparameters(cfg, optimizer, scheduler, ema)
         start_step = int(state["step"])
         if state.get("world_size", 1) == info.world_size:
             set_rng_state(state["rng"][info.rank])
         if info.is_main:
-            print(f"resumed from {path} at step {start_step}")
+            print(f"resumed from {path} at step {start_step}"
+                  + (f" with changes: {', '.join(changes)}" if changes else ""))
+        events.append({"event": "resume", "step": start_step, "time": _utc_now(), "checkpoint": path,
+                       "changes": changes_record(changes)})
 
     with_depth = cfg.teacher.name == "pointmap"
     dataset = build_dataset(cfg.data, with_depth=with_depth, generate_missing=info.is_main)
@@ -252,7 +376,13 @@ def train(cfg: DictConfig) -> Dict:
     step_flops = 3 * forward_flops(model, cfg.train.batch_size, cfg.train.num_frames, align_params)
     peak = peak_flops(device, cfg.train.get("peak_tflops"))
     label = TEACHER_LABELS[cfg.teacher.name]
-    log = JsonlLog(os.path.join(out_dir, "log.jsonl"), start_step, info.is_main)
+    log = JsonlLog(os.path.join(out_dir, "log.jsonl"), start_step, info.is_main and "jsonl" in logger_names)
+    loggers = Loggers(logger_names, log, out_dir, cfg, OmegaConf.to_container(cfg, resolve=True), start_step,
+                      OmegaConf.to_yaml(cfg), info.is_main)
+    for event in events:
+        loggers.event(event)
+    sample_every = _sample_every(cfg)
+    sampler = SampleVideos(cfg, dataset, device) if sample_every else None
     bar = _progress(cfg.train.steps, start_step, info.is_main and cfg.train.progress, f"train [{label}]")
 
     last_terms: Dict[str, float] = {}
@@ -297,13 +427,18 @@ def train(cfg: DictConfig) -> Dict:
                           "samples_per_s": window_steps * cfg.train.batch_size / elapsed,
                           "achieved_tflops": window_steps * step_flops / elapsed / 1e12,
                           "mfu": (window_steps * step_flops / elapsed / peak) if peak else None, "teacher": label}
-                log.write(record)
+                loggers.metrics(done, record)
                 last_terms = record
                 window_start, window_steps = time.perf_counter(), 0
                 if bar is not None:
                     bar.set_postfix(loss=f"{logged['loss']:.4f}", **({"cos": f"{logged['cosine']:.3f}"} if "cosine" in logged else {}))
             if bar is not None:
                 bar.update(1)
+            if sampler is not None and done % sample_every == 0:
+                sample_start = time.perf_counter()
+                with nvtx_range("train.sample"):
+                    sampler(done, model, ema, info, loggers, out_dir)
+                window_start += time.perf_counter() - sample_start  # samples/s and MFU time training alone
             if done % cfg.train.ckpt_every == 0 or done == cfg.train.steps:
                 state = _state_for_checkpoint(module, optimizer, scheduler, ema, done, cfg, info, sharded)
                 if info.is_main:
@@ -314,6 +449,7 @@ def train(cfg: DictConfig) -> Dict:
     finally:
         if prefetcher is not None:
             prefetcher.close()
+        loggers.close()
     if bar is not None:
         bar.close()
     if not last_terms and info.is_main:  # nothing left to run after a resume: report the logged end

@@ -1,0 +1,159 @@
+"""Resume never loses work: unreadable checkpoints refuse (or are kept as *.corrupt), a changed
+config is refused unless named in train.resume_allow_changes, and every resume is logged."""
+import json
+import os
+
+import pytest
+import torch
+import yaml
+
+from gfcore.cli import main
+from gfcore.train import load_config, train
+from gfcore.train.checkpoint import list_checkpoints
+from gfcore.train.resume import ResumeError, config_changes
+from trainer_helpers import one_torch_thread, tiny_data_root, tiny_overrides  # noqa: F401  (fixtures)
+
+
+def _records(out_dir):
+    with open(os.path.join(out_dir, "log.jsonl")) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _metrics(out_dir):
+    return [r for r in _records(out_dir) if "event" not in r]
+
+
+def _events(out_dir):
+    return [r for r in _records(out_dir) if "event" in r]
+
+
+def _read(path):
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def test_all_checkpoints_unreadable_refuses_and_resume_none_keeps_the_old_run(tmp_path, tiny_data_root, capsys):  # noqa: F811
+    out = str(tmp_path / "run")
+    overrides = tiny_overrides(tiny_data_root, out, "teacher=none", "train.steps=4")
+    train(load_config(overrides))
+    ckpt_dir = os.path.join(out, "checkpoints")
+    for _, path in list_checkpoints(ckpt_dir):  # disk trouble: both step_2 and step_4 damaged
+        with open(path, "wb") as handle:
+            handle.write(b"not a checkpoint")
+    before = {name: _read(os.path.join(out, name)) for name in ("log.jsonl", "config.yaml")}
+
+    more = overrides + ["train.steps=6"]
+    with pytest.raises(ResumeError, match="no checkpoint in .* can be read") as info:
+        train(load_config(more))
+    assert "step_00000002.pt" in str(info.value) and "step_00000004.pt" in str(info.value)
+    assert "train.resume=none" in str(info.value)
+    # nothing in the run folder changed: no restart from step 0 over the old log
+    assert {name: _read(os.path.join(out, name)) for name in before} == before
+    assert sorted(os.listdir(ckpt_dir)) == ["step_00000002.pt", "step_00000004.pt"]
+    # the command prints the refusal, without a traceback, and fails
+    assert main(["train", *more]) == 2
+    err = capsys.readouterr().err
+    assert "step_00000004.pt" in err and "Traceback" not in err
+
+    # the user asks to start fresh: the earlier run's files move to previous/, nothing is deleted
+    summary = train(load_config(more + ["train.resume=none"]))
+    assert summary["resumed_from"] == 0
+    previous = os.path.join(out, "previous")
+    (archived,) = os.listdir(previous)
+    assert sorted(os.listdir(os.path.join(previous, archived, "checkpoints"))) == ["step_00000002.pt",
+                                                                                   "step_00000004.pt"]
+    assert _read(os.path.join(previous, archived, "log.jsonl")) == before["log.jsonl"]
+    assert [r["step"] for r in _metrics(out)] == [1, 2, 3, 4, 5, 6]
+    assert _events(out)[0]["event"] == "start" and _events(out)[0]["previous_run"].endswith(archived)
+    assert [s for s, _ in list_checkpoints(ckpt_dir)] == [4, 6]
+
+
+def test_resume_none_over_a_longer_run_does_not_mix_the_two(tmp_path, tiny_data_root):  # noqa: F811
+    """Without moving the old run aside, its step_6 would outrank (and prune) the new run's files."""
+    out = str(tmp_path / "run")
+    train(load_config(tiny_overrides(tiny_data_root, out, "teacher=none", "train.steps=6")))
+    from gfcore.train.trainer import CrashForTesting
+
+    with pytest.raises(CrashForTesting):
+        train(load_config(tiny_overrides(tiny_data_root, out, "teacher=none", "train.steps=6", "train.resume=none",
+                                         "train.crash_after_step=3")))
+    assert [s for s, _ in list_checkpoints(os.path.join(out, "checkpoints"))] == [2]
+    assert train(load_config(tiny_overrides(tiny_data_root, out, "teacher=none", "train.steps=6")))["resumed_from"] == 2
+
+
+def test_unreadable_newest_checkpoint_is_kept_as_corrupt(tmp_path, tiny_data_root):  # noqa: F811
+    out = str(tmp_path / "run")
+    train(load_config(tiny_overrides(tiny_data_root, out, "teacher=none", "train.steps=6")))
+    ckpt_dir = os.path.join(out, "checkpoints")
+    assert [s for s, _ in list_checkpoints(ckpt_dir)] == [4, 6]
+    damaged = os.path.join(ckpt_dir, "step_00000006.pt")
+    with open(damaged, "wb") as handle:
+        handle.write(b"half a checkpoint")
+
+    # a refused resume (changed lr) renames nothing
+    with pytest.raises(ResumeError, match="train.lr"):
+        train(load_config(tiny_overrides(tiny_data_root, out, "teacher=none", "train.steps=10", "train.lr=0.001")))
+    assert sorted(os.listdir(ckpt_dir)) == ["step_00000004.pt", "step_00000006.pt"]
+    # resume from step 4, then run to 10: saving step 6 again and pruning 4 and 6 must not touch the damaged file
+    with pytest.warns(UserWarning, match="step_00000006.pt.*kept as .*step_00000006.pt.corrupt"):
+        summary = train(load_config(tiny_overrides(tiny_data_root, out, "teacher=none", "train.steps=10")))
+    assert summary["resumed_from"] == 4
+    assert sorted(os.listdir(ckpt_dir)) == ["step_00000006.pt.corrupt", "step_00000008.pt", "step_00000010.pt"]
+    assert _read(damaged + ".corrupt") == b"half a checkpoint"
+    (event,) = _events(out)
+    assert event["event"] == "resume" and event["step"] == 4 and event["checkpoint"].endswith("step_00000004.pt")
+    assert [r["step"] for r in _metrics(out)] == list(range(1, 11))
+
+
+def test_changed_config_is_refused_unless_named(tmp_path, tiny_data_root):  # noqa: F811
+    out = str(tmp_path / "run")
+    base = tiny_overrides(tiny_data_root, out, "teacher=pointmap", "train.steps=2")
+    train(load_config(base))
+    config_before = _read(os.path.join(out, "config.yaml"))
+    log_before = _read(os.path.join(out, "log.jsonl"))
+
+    changed = base + ["train.steps=4", "train.lr=0.001", "loss.lambda_angular=0.7", "train.log_every=1"]
+    with pytest.raises(ResumeError, match="these keys changed") as info:
+        train(load_config(changed))
+    message = str(info.value)
+    assert "train.lr: 0.0003 -> 0.001" in message and "loss.lambda_angular: 0.5 -> 0.7" in message
+    assert "train.steps" not in message and "log_every" not in message  # extending a constant-lr run is free
+    assert "train.resume_allow_changes=[loss.lambda_angular,train.lr]" in message
+    # a baseline config on a GF run: named, not a raw load_state_dict error
+    with pytest.raises(ResumeError, match=r"teacher.name: 'pointmap' -> 'none'"):
+        train(load_config(base + ["teacher=none"]))
+    # refused resumes leave the run folder as it was
+    assert _read(os.path.join(out, "config.yaml")) == config_before
+    assert _read(os.path.join(out, "log.jsonl")) == log_before
+
+    # a misspelt name allows nothing, and says so
+    with pytest.warns(UserWarning, match="'train.lrr' is not a config key"), pytest.raises(ResumeError):
+        train(load_config(changed + ["train.resume_allow_changes=[train.lrr,loss]"]))
+    # named changes (a key, or a prefix such as `loss`) are accepted, take effect, and are logged
+    summary = train(load_config(changed + ["train.resume_allow_changes=[train.lr,loss]"]))
+    assert summary["resumed_from"] == 2
+    saved = yaml.safe_load(open(os.path.join(out, "config.yaml")))
+    assert saved["train"]["lr"] == 0.001 and saved["loss"]["lambda_angular"] == 0.7
+    (event,) = _events(out)
+    assert event["event"] == "resume" and event["step"] == 2
+    assert event["changes"] == {"train.lr": {"old": 0.0003, "new": 0.001},
+                                "loss.lambda_angular": {"old": 0.5, "new": 0.7}}
+    metrics = _metrics(out)
+    assert [r["step"] for r in metrics] == [1, 2, 3, 4]
+    assert metrics[1]["lr"] == pytest.approx(3e-4) and metrics[2]["lr"] == pytest.approx(1e-3)  # the new lr is used
+
+    # an allowed change that alters the trained parameters still cannot resume: a clear error
+    with pytest.raises(ResumeError, match="do not fit"):
+        train(load_config(changed + ["train.steps=6", "teacher=none", "train.resume_allow_changes=[train.lr,loss,teacher]"]))
+
+
+def test_config_changes_rules():
+    old = {"train": {"lr": 3e-4, "steps": 10, "lr_decay": "constant", "log_every": 5}, "out_dir": "a",
+           "teacher": {"name": "pointmap", "num_frequencies": 4}}
+    new = {"train": {"lr": 3e-4, "steps": 20, "lr_decay": "constant", "log_every": 1, "compile": True},
+           "out_dir": "b", "teacher": {"name": "none"}}
+    assert config_changes(old, new) == {"teacher.name": ("pointmap", "none"),
+                                        "teacher.num_frequencies": (4, "<absent>")}
+    # under a cosine schedule the total number of steps shapes the lr: extending the run is a change
+    old["train"]["lr_decay"] = new["train"]["lr_decay"] = "cosine"
+    assert "train.steps" in config_changes(old, new)
