@@ -38,7 +38,7 @@ def test_bad_overrides_are_reported():
     with pytest.raises(ConfigCompositionException, match="trian"):
         load_config(["trian.steps=3"])
     with pytest.raises(ConfigCompositionException, match="teacher"):
-        load_config(["teacher=dinov2"])
+        load_config(["teacher=clip"])  # no such teacher (dinov2 exists since issue #14)
 
 
 def test_gfcore_train_command_applies_overrides(tmp_path, tiny_data_root, capsys):  # noqa: F811

@@ -5,7 +5,7 @@ import torch
 from gfcore.losses import GeometryAlignmentLoss
 from gfcore.models import build_model
 from gfcore.train.objective import GFObjective, draw_noise, flow_matching_loss, noisy_input
-from gfcore.train.teachers import ORACLE_LABEL, PointmapTeacher, backproject
+from gfcore.train.teachers import ORACLE_LABEL, PointmapTeacher, TeacherTargets, backproject
 from trainer_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
 
@@ -59,11 +59,12 @@ def test_backproject_reprojects_to_pixels():
 
 
 def test_pointmap_teacher_features():
-    teacher = PointmapTeacher((2, 3), num_frequencies=2)
+    teacher = TeacherTargets((2, 3), PointmapTeacher((2, 3), num_frequencies=2))
     assert teacher.label == ORACLE_LABEL and teacher.feature_dim == 7 * 5
     B, T, H, W = 2, 3, 4, 6
     K = torch.tensor([[5.0, 0, 3], [0, 5.0, 2], [0, 0, 1]]).expand(B, T, 3, 3)
-    batch = {"depth": torch.rand(B, T, H, W) + 1, "intrinsics": K, "c2w": torch.eye(4).expand(B, T, 4, 4)}
+    batch = {"frames": torch.zeros(B, T, 3, H, W), "depth": torch.rand(B, T, H, W) + 1, "intrinsics": K,
+             "c2w": torch.eye(4).expand(B, T, 4, 4)}
     feats = teacher(batch)
     assert feats.shape == (B, T, 6, 35)
     # identity pose: the world point equals the camera point; channel 6 is the mean log depth of each 2x2 patch
@@ -71,7 +72,7 @@ def test_pointmap_teacher_features():
     log_depth = batch["depth"].log().reshape(B, T, 2, 2, 3, 2).mean(dim=(3, 5)).reshape(B, T, 6)
     torch.testing.assert_close(feats[..., 6], log_depth)
     with pytest.raises(KeyError, match="depth"):
-        teacher({"intrinsics": K, "c2w": batch["c2w"]})
+        teacher({"frames": batch["frames"], "intrinsics": K, "c2w": batch["c2w"]})
 
 
 def _setup(seed=0):

@@ -1,14 +1,21 @@
-"""Feature cache: run the VGGT teacher once over a dataset, store its features for training.
+"""Feature cache: run a teacher once over a dataset, store its features for training.
+
+Any teacher of the protocol (gfcore.geometry.protocol: VGGT, DINOv2, the oracle pointmap
+teacher, your own) can fill a cache.
 
 Layout of a cache directory:
-    index.json                 layers, grid, feature_dim, resize mode, clips {key: {file, frames}}
-    features/<name>.npy        float16 [T, L, h, w, 2C] per clip, read back with mmap_mode="r"
+    index.json                 teacher (name), teacher_info (its cache_info()), layers, grid,
+                               feature_dim, clips {key: {file, frames}}
+    features/<name>.npy        float16 [T, L, h, w, D] per clip, read back with mmap_mode="r"
 
 Input: a torch Dataset yielding {"key": str, "frames": [T, 3, H, W]} with values in [0, 1],
-[-1, 1] or uint8 [0, 255]; from the command line, a folder of .mp4 files (decoded with PyAV).
+[-1, 1] or uint8 [0, 255] (plus [T, ...] tensors for each key in teacher.requires); from the
+command line, a folder of .mp4 files (decoded with PyAV).
 
     python -m gfcore.geometry.cache --videos clips/ --out cache/ --checkpoint model.pt \\
         --layers 23 --grid 32 32 --device cuda
+    python -m gfcore.geometry.cache --teacher dinov2 --config dinov2_vitb14 --checkpoint \\
+        dinov2_vitb14_pretrain.pth --videos clips/ --out cache/ --grid 16 16
 """
 from __future__ import annotations
 
@@ -23,6 +30,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+
+from gfcore.geometry.protocol import check_teacher, teacher_features
 
 INDEX_NAME = "index.json"
 INDEX_VERSION = 1
@@ -66,11 +75,12 @@ def _check_item(item, position: int) -> Tuple[str, torch.Tensor]:
 
 def build_feature_cache(teacher, dataset: Iterable, out_dir: str | os.PathLike, grid: Tuple[int, int],
                         value_range: str = "auto", overwrite: bool = False, log=None) -> Path:
-    """Run `teacher` (a VGGTTeacher) over every clip of `dataset` and store the features.
+    """Run `teacher` (any FeatureTeacher) over every clip of `dataset` and store the features.
 
     Clips whose file already exists with the expected shape are kept (resumable) unless
     `overwrite`. Returns the path of the index file.
     """
+    check_teacher(teacher)
     out_dir = Path(out_dir)
     (out_dir / "features").mkdir(parents=True, exist_ok=True)
     grid = (int(grid[0]), int(grid[1]))
@@ -84,7 +94,11 @@ def build_feature_cache(teacher, dataset: Iterable, out_dir: str | os.PathLike, 
         shape = (frames.shape[0], len(teacher.layers), grid[0], grid[1], teacher.feature_dim)
         if overwrite or not _has_array(path, shape):
             frames01 = to_unit_range(frames, value_range, name=f"dataset item {position} (key {key!r})")
-            features = teacher(frames01[None], grid=grid)[0]
+            missing = [k for k in teacher.requires if k not in item]
+            if missing:
+                raise ValueError(f"dataset item {position} (key {key!r}): the {teacher.name} teacher needs {missing}")
+            inputs = {k: torch.as_tensor(item[k])[None] for k in teacher.requires}
+            features = teacher_features(teacher, frames01[None], grid, **inputs)[0]
             array = np.lib.format.open_memmap(path.with_suffix(".tmp.npy"), mode="w+", dtype=np.float16, shape=shape)
             array[:] = features.float().cpu().numpy().astype(np.float16)
             array.flush()
@@ -93,10 +107,11 @@ def build_feature_cache(teacher, dataset: Iterable, out_dir: str | os.PathLike, 
         clips[key] = {"file": f"features/{name}", "frames": int(frames.shape[0])}
         if log:
             log(f"[{position + 1}] {key}: {shape[0]} frames")
+    info = dict(teacher.cache_info())
     index = {
-        "version": INDEX_VERSION, "layers": list(teacher.layers), "grid": list(grid),
-        "feature_dim": int(teacher.feature_dim), "dtype": "float16",
-        "resize_mode": teacher.resize_mode, "image_size": teacher.image_size, "clips": clips,
+        "version": INDEX_VERSION, "teacher": teacher.name, "teacher_info": info, "layers": list(teacher.layers),
+        "grid": list(grid), "feature_dim": int(teacher.feature_dim), "dtype": "float16",
+        **{k: info[k] for k in ("resize_mode", "image_size") if k in info}, "clips": clips,
     }
     index_path = out_dir / INDEX_NAME
     tmp = index_path.with_suffix(".json.tmp")
@@ -115,7 +130,10 @@ def _has_array(path: Path, shape: Sequence[int]) -> bool:
 
 
 class FeatureCache:
-    """Read side of a cache directory: cache[key] -> float16 memmap [T, L, h, w, 2C]."""
+    """Read side of a cache directory: cache[key] -> float16 memmap [T, L, h, w, D].
+
+    `teacher` names the teacher that filled it ("vggt" for caches written before the index
+    recorded it)."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -137,6 +155,8 @@ class FeatureCache:
         self.layers: List[int] = list(index["layers"])
         self.grid = tuple(index["grid"])
         self.feature_dim = int(index["feature_dim"])
+        self.teacher = str(index.get("teacher", "vggt"))
+        self.teacher_info = dict(index.get("teacher_info", {}))
 
     def keys(self) -> List[str]:
         return list(self.index["clips"])
@@ -214,22 +234,26 @@ def read_video(path: str | os.PathLike, max_frames: Optional[int] = None, stride
 
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m gfcore.geometry.cache",
-                                     description="Run the VGGT teacher once over a folder of .mp4 clips and "
-                                                 "store float16 memory-mapped features plus index.json.")
+                                     description="Run a teacher (VGGT or DINOv2) once over a folder of .mp4 clips "
+                                                 "and store float16 memory-mapped features plus index.json.")
+    parser.add_argument("--teacher", choices=["vggt", "dinov2"], default="vggt")
     parser.add_argument("--videos", required=True, help="folder searched recursively for .mp4 files")
     parser.add_argument("--out", required=True, help="cache directory to write")
-    parser.add_argument("--checkpoint", help="local VGGT checkpoint (.pt/.pth/.safetensors); "
+    parser.add_argument("--checkpoint", help="local VGGT / DINOv2 checkpoint (.pt/.pth/.safetensors); "
                                              "omit only for a dry run with random weights")
-    parser.add_argument("--config", default="vggt1b",
-                        help="'vggt1b', 'small' or a JSON file of VGGT keyword arguments")
+    parser.add_argument("--config", default=None,
+                        help="VGGT: 'vggt1b' (default), 'small' or a JSON file of VGGT keyword arguments; "
+                             "DINOv2: a variant (default dinov2_vitb14) or a JSON file "
+                             "{\"variant\": ..., overrides}")
     parser.add_argument("--layers", type=int, nargs="+", default=[-1],
-                        help="aggregator layers to keep (negative counts from the end; default: the last)")
+                        help="aggregator (VGGT) or block (DINOv2) layers to keep (negative counts from the end; "
+                             "default: the last)")
     parser.add_argument("--grid", type=int, nargs=2, required=True, metavar=("H", "W"),
                         help="diffusion token grid the features are resampled to")
     parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
     parser.add_argument("--frames-per-call", type=int, default=16)
     parser.add_argument("--resize-mode", choices=["square", "crop", "pad"], default="square")
-    parser.add_argument("--image-size", type=int, default=518)
+    parser.add_argument("--image-size", type=int, default=None, help="default: 518 (VGGT), 224 (DINOv2)")
     parser.add_argument("--max-frames", type=int, default=None)
     parser.add_argument("--stride", type=int, default=1, help="keep every k-th frame")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -256,9 +280,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from gfcore.geometry.teacher import VGGTTeacher
     args = _parse_args(argv)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
-    teacher = VGGTTeacher(args.checkpoint, layers=args.layers, dtype=dtype, frames_per_call=args.frames_per_call,
-                          resize_mode=args.resize_mode, image_size=args.image_size,
-                          config=_load_config(args.config), device=args.device, out_dtype=torch.float32)
+    if args.teacher == "dinov2":
+        from gfcore.geometry.dinov2 import DINOv2Teacher
+        spec = args.config or "dinov2_vitb14"
+        overrides = json.loads(Path(spec).read_text()) if spec.endswith(".json") else {"variant": spec}
+        variant = overrides.pop("variant", "dinov2_vitb14")
+        teacher = DINOv2Teacher(args.checkpoint, variant=variant, layers=args.layers, dtype=dtype,
+                                frames_per_call=args.frames_per_call, image_size=args.image_size or 224,
+                                config=overrides, device=args.device, out_dtype=torch.float32)
+    else:
+        teacher = VGGTTeacher(args.checkpoint, layers=args.layers, dtype=dtype, frames_per_call=args.frames_per_call,
+                              resize_mode=args.resize_mode, image_size=args.image_size or 518,
+                              config=_load_config(args.config or "vggt1b"), device=args.device,
+                              out_dtype=torch.float32)
     dataset = VideoFolder(args.videos, args.max_frames, args.stride)
     index = build_feature_cache(teacher, dataset, args.out, tuple(args.grid), overwrite=args.overwrite,
                                 log=lambda line: print(line, file=sys.stderr))

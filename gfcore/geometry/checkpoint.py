@@ -71,6 +71,30 @@ def absent_head_prefixes(model: nn.Module) -> List[str]:
     return [p for p in HEAD_PREFIXES if getattr(model, p[:-1], None) is None]
 
 
+def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "state_dict",
+                           assign: bool = False) -> nn.Module:
+    """Load `state_dict` into `model` key-exact: every model key present with its shape, no other key.
+
+    Raises CheckpointError listing missing, unexpected and wrongly shaped keys (all in one message).
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    bad_shape = [f"{k} (checkpoint {list(state_dict[k].shape)}, model {list(own[k].shape)})"
+                 for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+    if missing or unexpected or bad_shape:
+        lines = [f"{source} does not match the model:"]
+        if missing:
+            lines.append(_listing("missing keys", missing))
+        if unexpected:
+            lines.append(_listing("unexpected keys", unexpected))
+        if bad_shape:
+            lines.append(_listing("shape mismatches", bad_shape))
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict(dict(state_dict), strict=True, assign=assign)
+    return model
+
+
 def load_vggt_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
                          source: str = "state_dict",
                          skip_prefixes: Optional[Iterable[str]] = None, assign: bool = False) -> nn.Module:
@@ -87,22 +111,7 @@ def load_vggt_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor
         warn_once(f"{source}: skipping keys of heads this model does not carry: "
                   + ", ".join(p + "*" for p in skipped))
     wanted = {k: v for k, v in state_dict.items() if not k.startswith(skip)}
-    own = model.state_dict()
-    missing = [k for k in own if k not in wanted]
-    unexpected = [k for k in wanted if k not in own]
-    bad_shape = [f"{k} (checkpoint {list(wanted[k].shape)}, model {list(own[k].shape)})"
-                 for k in own if k in wanted and wanted[k].shape != own[k].shape]
-    if missing or unexpected or bad_shape:
-        lines = [f"{source} does not match the model:"]
-        if missing:
-            lines.append(_listing("missing keys", missing))
-        if unexpected:
-            lines.append(_listing("unexpected keys", unexpected))
-        if bad_shape:
-            lines.append(_listing("shape mismatches", bad_shape))
-        raise CheckpointError("\n".join(lines))
-    model.load_state_dict(wanted, strict=True, assign=assign)
-    return model
+    return load_state_dict_strict(model, wanted, source, assign)
 
 
 def load_vggt_checkpoint(model: nn.Module, path: str | os.PathLike, assign: bool = False) -> nn.Module:

@@ -40,7 +40,13 @@ class VGGTTeacher(nn.Module):
     (benchmarks, tests). config: VGGT keyword arguments (default VGGT-1B). dtype: autocast
     dtype (bfloat16/float16) or float32 for none; the weights stay float32. out_dtype defaults
     to dtype. resize_mode: "square" (518 x 518, as GF), "crop" or "pad" (VGGT's preprocessing).
+
+    Implements the teacher protocol (gfcore.geometry.protocol).
     """
+
+    name = "vggt"
+    label = "VGGT teacher"
+    requires: Tuple[str, ...] = ()
 
     def __init__(self, checkpoint: Optional[str | os.PathLike] = None, layers: Sequence[int] = (-1,),
                  dtype: torch.dtype = torch.bfloat16, frames_per_call: int = 16,
@@ -91,6 +97,9 @@ class VGGTTeacher(nn.Module):
     @property
     def feature_dim(self) -> int:
         return self.vggt.aggregator.camera_token.shape[-1] * 2
+
+    def cache_info(self) -> Dict:
+        return {"teacher": self.name, "resize_mode": self.resize_mode, "image_size": self.image_size}
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """[B, T, 3, H, W] in [0, 1] -> [B, T, 3, H', W'] at VGGT's input size."""

@@ -1,14 +1,20 @@
-"""Teachers: where Geometry Forcing's alignment targets come from.
+"""Teachers: where Geometry Forcing's (and REPA's) alignment targets come from.
+
+Every teacher implements the protocol of gfcore.geometry.protocol: frames [B, T, 3, H, W] in
+[0, 1] -> features [B, T, L, h, w, D]. TeacherTargets turns one (or a feature cache it
+filled) into the trainer's targets.
 
 - `pointmap`: the ORACLE POINTMAP TEACHER. Features are computed from the ground-truth depth
   and cameras of the built-in synthetic scenes (no learned model). It is for offline runs and
   tests only; every output of a run that uses it is labelled "oracle pointmap teacher".
-- `vggt`: frozen VGGT features (gfcore.geometry.VGGTTeacher from a local checkpoint), or a
-  precomputed gfcore.geometry.FeatureCache.
+- `vggt`: frozen VGGT aggregator features (gfcore.geometry.VGGTTeacher from a local checkpoint).
+- `dinov2`: frozen DINOv2 features (gfcore.geometry.DINOv2Teacher, REPA's teacher, from a
+  local official checkpoint): `teacher=dinov2` is the paper's REPA baseline.
 - `none`: the baseline, no alignment.
+- `vggt` and `dinov2` also read a precomputed gfcore.geometry.FeatureCache (teacher.cache).
 
-Every teacher maps a batch to targets [B, T, P, D] (or [B, T, P, L, D] for L VGGT layers)
-on the model's patch grid (P = grid_h * grid_w, row-major).
+Targets are [B, T, P, D] (or [B, T, P, L, D] for L layers) on the model's patch grid
+(P = grid_h * grid_w, row-major).
 """
 from __future__ import annotations
 
@@ -18,8 +24,11 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from gfcore.geometry.protocol import check_teacher, teacher_features
+
 ORACLE_LABEL = "oracle pointmap teacher"
-TEACHER_LABELS = {"none": "baseline (no alignment)", "pointmap": ORACLE_LABEL, "vggt": "VGGT teacher"}
+TEACHER_LABELS = {"none": "baseline (no alignment)", "pointmap": ORACLE_LABEL, "vggt": "VGGT teacher",
+                  "dinov2": "DINOv2 teacher"}
 
 
 def backproject(depth: torch.Tensor, intrinsics: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
@@ -39,10 +48,15 @@ class PointmapTeacher(torch.nn.Module):
     """Oracle features from ground truth: per patch, the mean world point (in the clip's first
     camera frame), the camera-space point and log depth, then a fixed sinusoidal encoding.
 
+    Teacher protocol: teacher(frames, grid=None, depth=, intrinsics=, c2w=) -> [B, T, 1, h, w, D]
+    (the frames only give the shapes; grid None: the grid given at construction).
     num_frequencies F gives feature_dim = 7 * (1 + 2F). No parameters, deterministic.
     """
 
+    name = "pointmap"
     label = ORACLE_LABEL
+    layers = [0]
+    requires = ("depth", "intrinsics", "c2w")
 
     def __init__(self, grid: Tuple[int, int], num_frequencies: int = 4):
         super().__init__()
@@ -53,40 +67,43 @@ class PointmapTeacher(torch.nn.Module):
     def feature_dim(self) -> int:
         return 7 * (1 + 2 * self.num_frequencies)
 
+    def cache_info(self) -> Dict:
+        return {"teacher": self.name, "num_frequencies": self.num_frequencies}
+
     @torch.no_grad()
-    def forward(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
-        for key in ("depth", "intrinsics", "c2w"):
-            if key not in batch:
+    def forward(self, frames: Optional[torch.Tensor] = None, grid: Optional[Tuple[int, int]] = None,
+                depth: Optional[torch.Tensor] = None, intrinsics: Optional[torch.Tensor] = None,
+                c2w: Optional[torch.Tensor] = None) -> torch.Tensor:
+        for key, value in (("depth", depth), ("intrinsics", intrinsics), ("c2w", c2w)):
+            if value is None:
                 raise KeyError(f"the pointmap teacher needs batch[{key!r}] (ground-truth depth and cameras; "
                                f"load the data with_depth=True)")
-        depth = batch["depth"]
         if depth.dim() != 4:
             raise ValueError(f"batch['depth'] must be [B, T, H, W], got {tuple(depth.shape)}")
-        world = backproject(depth, batch["intrinsics"], batch["c2w"])  # [B, T, H, W, 3]
-        identity = torch.eye(4, device=depth.device).expand_as(batch["c2w"])
-        camera = backproject(depth, batch["intrinsics"], identity)
+        grid = tuple(grid) if grid is not None else self.grid
+        world = backproject(depth, intrinsics, c2w)  # [B, T, H, W, 3]
+        identity = torch.eye(4, device=depth.device).expand_as(c2w)
+        camera = backproject(depth, intrinsics, identity)
         log_depth = depth.float().clamp_min(1e-3).log()[..., None]
         base = torch.cat([world, camera, log_depth], dim=-1)  # [B, T, H, W, 7]
-        pooled = F.adaptive_avg_pool2d(base.flatten(0, 1).permute(0, 3, 1, 2), self.grid)
-        pooled = pooled.permute(0, 2, 3, 1).reshape(*depth.shape[:2], -1, 7)  # [B, T, P, 7]
+        pooled = F.adaptive_avg_pool2d(base.flatten(0, 1).permute(0, 3, 1, 2), grid)
+        pooled = pooled.permute(0, 2, 3, 1).reshape(*depth.shape[:2], 1, *grid, 7)  # [B, T, 1, h, w, 7]
         freqs = 2.0 ** torch.arange(self.num_frequencies, device=depth.device, dtype=torch.float32) * math.pi / 4
-        angles = pooled[..., None] * freqs  # [B, T, P, 7, F]
+        angles = pooled[..., None] * freqs  # [..., 7, F]
         encoded = torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
         return torch.cat([pooled, encoded], dim=-1)
 
 
-class VGGTFeatureTeacher(torch.nn.Module):
-    """VGGT features on the model's grid, from a live VGGTTeacher or a FeatureCache.
+class TeacherTargets(torch.nn.Module):
+    """The trainer's targets from any protocol teacher, or from a feature cache it filled.
 
-    checkpoint: local VGGT weights (required for live features; no download is attempted).
-    cache: a FeatureCache directory (keys are the clips' keys; frame_indices select frames).
+    targets(batch) -> [B, T, P, D] ([B, T, P, L, D] for L layers) on `grid`. The batch's frames
+    ([-1, 1]) are handed to the teacher in [0, 1], with the batch entries it `requires`; with a
+    cache, the clip keys and frame indices of the batch select the stored features.
     """
 
-    label = TEACHER_LABELS["vggt"]
-
-    def __init__(self, grid: Tuple[int, int], checkpoint: Optional[str] = None, cache: Optional[str] = None,
-                 layers=(-1,), frames_per_call: int = 16, dtype: str = "bfloat16", config: Optional[dict] = None,
-                 device: Optional[str] = None, image_size: int = 518):
+    def __init__(self, grid: Tuple[int, int], teacher=None, cache: Optional[str] = None,
+                 name: Optional[str] = None):
         super().__init__()
         self.grid = tuple(grid)
         self.cache = None
@@ -97,17 +114,21 @@ class VGGTFeatureTeacher(torch.nn.Module):
             self.cache = FeatureCache(cache)
             if tuple(self.cache.grid) != self.grid:
                 raise ValueError(f"teacher.cache {cache!r} holds a {self.cache.grid} grid, the model needs {self.grid}")
+            if name is not None and self.cache.teacher != name:
+                raise ValueError(f"teacher.cache {cache!r} holds {self.cache.teacher} features, "
+                                 f"but teacher.name is {name!r}")
+            self.name = self.cache.teacher
             self._feature_dim, self.num_layers = self.cache.feature_dim, len(self.cache.layers)
-        elif checkpoint:
-            from gfcore.geometry import VGGTTeacher
-
-            self.teacher = VGGTTeacher(checkpoint, layers=tuple(layers), dtype=getattr(torch, dtype),
-                                       frames_per_call=frames_per_call, config=config, device=device,
-                                       out_dtype=torch.float32, image_size=image_size)
-            self._feature_dim, self.num_layers = self.teacher.feature_dim, len(self.teacher.layers)
+            self.requires: Tuple[str, ...] = ()
+        elif teacher is not None:
+            check_teacher(teacher)
+            self.teacher = teacher
+            self.name = teacher.name
+            self._feature_dim, self.num_layers = int(teacher.feature_dim), len(teacher.layers)
+            self.requires = tuple(teacher.requires)
         else:
-            raise ValueError("teacher=vggt needs teacher.checkpoint (a local VGGT checkpoint) or teacher.cache "
-                             "(a feature cache directory); nothing is downloaded")
+            raise ValueError("TeacherTargets needs a teacher or a feature cache")
+        self.label = TEACHER_LABELS.get(self.name, getattr(teacher, "label", self.name))
 
     @property
     def feature_dim(self) -> int:
@@ -120,20 +141,76 @@ class VGGTFeatureTeacher(torch.nn.Module):
             feats = torch.stack([self.cache.features(key, idx.tolist(), frames.device).float()
                                  for key, idx in zip(batch["key"], batch["frame_indices"])])
         else:
-            feats = self.teacher((frames + 1) / 2, grid=self.grid).float()  # [B, T, L, h, w, C]
+            for key in self.requires:
+                if key not in batch:
+                    raise KeyError(f"the {self.name} teacher needs batch[{key!r}]"
+                                   + (" (ground-truth depth and cameras; load the data with_depth=True)"
+                                      if key == "depth" else ""))
+            inputs = {k: batch[k] for k in self.requires}
+            feats = teacher_features(self.teacher, (frames + 1) / 2, self.grid, **inputs).float()
         feats = feats.permute(0, 1, 3, 4, 2, 5).flatten(2, 3)  # [B, T, P, L, C]
         return feats[:, :, :, 0] if feats.shape[3] == 1 else feats
 
 
+class VGGTFeatureTeacher(TeacherTargets):
+    """TeacherTargets of a live VGGTTeacher (from a local checkpoint) or of a feature cache."""
+
+    def __init__(self, grid: Tuple[int, int], checkpoint: Optional[str] = None, cache: Optional[str] = None,
+                 layers=(-1,), frames_per_call: int = 16, dtype: str = "bfloat16", config: Optional[dict] = None,
+                 device: Optional[str] = None, image_size: int = 518):
+        teacher = None
+        if not cache:
+            if not checkpoint:
+                raise ValueError("teacher=vggt needs teacher.checkpoint (a local VGGT checkpoint) or teacher.cache "
+                                 "(a feature cache directory); nothing is downloaded")
+            from gfcore.geometry import VGGTTeacher
+
+            teacher = VGGTTeacher(checkpoint, layers=tuple(layers), dtype=getattr(torch, dtype),
+                                  frames_per_call=frames_per_call, config=config, device=device,
+                                  out_dtype=torch.float32, image_size=image_size)
+        super().__init__(grid, teacher, cache, name="vggt")
+
+
+class DINOv2FeatureTeacher(TeacherTargets):
+    """TeacherTargets of a live DINOv2Teacher (from a local official checkpoint) or of a feature cache."""
+
+    def __init__(self, grid: Tuple[int, int], checkpoint: Optional[str] = None, cache: Optional[str] = None,
+                 variant: str = "dinov2_vitb14", layers=(-1,), norm: bool = True, frames_per_call: int = 64,
+                 dtype: str = "bfloat16", config: Optional[dict] = None, device: Optional[str] = None,
+                 image_size: int = 224):
+        teacher = None
+        if not cache:
+            if not checkpoint:
+                raise ValueError("teacher=dinov2 needs teacher.checkpoint (a local official DINOv2 backbone "
+                                 "checkpoint, e.g. dinov2_vitb14_pretrain.pth) or teacher.cache (a feature cache "
+                                 "directory); nothing is downloaded")
+            from gfcore.geometry.dinov2 import DINOv2Teacher
+
+            teacher = DINOv2Teacher(checkpoint, variant=variant, layers=tuple(layers), norm=norm,
+                                    dtype=getattr(torch, dtype), frames_per_call=frames_per_call, image_size=image_size,
+                                    config=config, device=device, out_dtype=torch.float32)
+        super().__init__(grid, teacher, cache, name="dinov2")
+
+
 def build_teacher(cfg, grid: Tuple[int, int], device: Optional[str] = None):
-    """The teacher named by cfg.name ('none' -> None)."""
+    """The trainer's targets (a TeacherTargets) for the teacher named by cfg.name ('none' -> None)."""
     name = cfg.get("name", "none")
     if name == "none":
         return None
     if name == "pointmap":
-        return PointmapTeacher(grid, cfg.get("num_frequencies", 4))
+        return TeacherTargets(grid, PointmapTeacher(grid, cfg.get("num_frequencies", 4)))
     if name == "vggt":
         return VGGTFeatureTeacher(grid, cfg.get("checkpoint"), cfg.get("cache"), list(cfg.get("layers", [-1])),
                                   cfg.get("frames_per_call", 16), cfg.get("dtype", "bfloat16"),
                                   cfg.get("vggt_config"), device, cfg.get("image_size", 518))
+    if name == "dinov2":
+        config = cfg.get("dinov2_config")
+        if config is not None and not isinstance(config, dict):
+            from omegaconf import OmegaConf
+
+            config = OmegaConf.to_container(config, resolve=True)
+        return DINOv2FeatureTeacher(grid, cfg.get("checkpoint"), cfg.get("cache"), cfg.get("variant", "dinov2_vitb14"),
+                                    list(cfg.get("layers", [-1])), bool(cfg.get("norm", True)),
+                                    cfg.get("frames_per_call", 64), cfg.get("dtype", "bfloat16"), config, device,
+                                    cfg.get("image_size", 224))
     raise ValueError(f"teacher.name must be one of {sorted(TEACHER_LABELS)}, got {name!r}")

@@ -364,7 +364,7 @@ def train(cfg: DictConfig) -> Dict:
         events.append({"event": "resume", "step": start_step, "time": _utc_now(), "checkpoint": path,
                        "changes": changes_record(changes)})
 
-    with_depth = cfg.teacher.name == "pointmap"
+    with_depth = teacher is not None and "depth" in teacher.requires
     dataset = build_dataset(cfg.data, with_depth=with_depth, generate_missing=info.is_main)
     barrier(info)
     batcher = StepBatcher(dataset, cfg.train.num_frames, cfg.train.batch_size, cfg.seed, camera=bool(cfg.data.camera),
