@@ -64,6 +64,15 @@ def _write_clip_files(folder: str, key: str, video: np.ndarray, videos: bool = T
         write_gif(os.path.join(folder, "videos", f"{key}.gif"), video)
 
 
+def _history_guidance(sample):
+    from omegaconf import OmegaConf
+
+    from gfcore.sample import HistoryGuidance
+
+    node = sample.get("history_guidance")
+    return HistoryGuidance.parse(None if node is None else OmegaConf.to_container(node, resolve=True))
+
+
 def _rollouts(run_dir: str, clips: List[Dict], out: str, cfg, device: str) -> None:
     """All test clips in one batch (same length): rollouts from their first frames along their paths."""
     from gfcore.sample import rollout, to_uint8
@@ -75,7 +84,8 @@ def _rollouts(run_dir: str, clips: List[Dict], out: str, cfg, device: str) -> No
     videos = rollout(model, frames[:, :cfg.sample.context_frames], frames.shape[1], cfg.sample.window,
                      cfg.sample.context_frames, cfg.sample.steps, cfg.sample.method,
                      intrinsics=torch.stack([c["intrinsics"] for c in clips]), c2w=torch.stack([c["c2w"] for c in clips]),
-                     generator=generator, guidance_scale=cfg.sample.guidance_scale)
+                     generator=generator, guidance_scale=cfg.sample.guidance_scale,
+                     history_guidance=_history_guidance(cfg.sample))
     for clip, video in zip(clips, videos):
         _write_clip_files(out, clip["key"], to_uint8(video))
         if clip["kind"] == "turn360":  # a 360-degree turn back to the start pose: the RVE input

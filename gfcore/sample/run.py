@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 import torch
 
 from gfcore.models.dit import VideoDiT, build_model
-from gfcore.sample.sampler import revisit_path, rollout, to_uint8
+from gfcore.sample.sampler import HISTORY_MODES, HistoryGuidance, revisit_path, rollout, to_uint8
 
 
 def load_trained_model(path: str, use_ema: bool = True, device: str | torch.device = "cpu") -> tuple[VideoDiT, dict]:
@@ -42,6 +42,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--context-frames", type=int, help="clean frames carried between windows")
     parser.add_argument("--weights", choices=("run", "ema", "raw"), default="run",
                         help="EMA or raw weights (default: the run's sample.use_ema)")
+    parser.add_argument("--history-guidance", choices=HISTORY_MODES,
+                        help="history guidance mode (default: the run's sample.history_guidance.mode)")
+    parser.add_argument("--history-scale", type=float, help="history guidance scale")
+    parser.add_argument("--stabilization-level", type=float, help="history noise level, conditional branch (stabilized)")
+    parser.add_argument("--fractional-level", type=float, help="history noise level, unconditional branch (fractional)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
@@ -55,6 +60,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dataset = build_dataset(cfg.data, with_depth=False, split=args.split, generate_missing=False)
     steps, method = args.steps or cfg.sample.steps, args.method or cfg.sample.method
     context = args.context_frames or cfg.sample.context_frames
+    node = cfg.sample.get("history_guidance")
+    history = dict(OmegaConf.to_container(node, resolve=True)) if node is not None else {}
+    for key, value in (("mode", args.history_guidance), ("scale", args.history_scale),
+                       ("stabilization_level", args.stabilization_level), ("fractional_level", args.fractional_level)):
+        if value is not None:
+            history[key] = value
+    history = HistoryGuidance.parse(history)
     generator = torch.Generator().manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
     for index in range(min(args.num_clips, len(dataset))):
@@ -68,7 +80,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if model.config.action_dim:
             kwargs["actions"] = repeat(clip["actions"])[None]
         video = rollout(model, clip["frames"][None, :context].to(args.device), args.num_frames, cfg.sample.window,
-                        context, steps, method, generator=generator, **kwargs)[0]
+                        context, steps, method, generator=generator, history_guidance=history, **kwargs)[0]
         frames = to_uint8(video)
         name = f"{clip['key']}_{args.path}_{args.num_frames}f"
         write_video(os.path.join(args.out, f"{name}.mp4"), frames)

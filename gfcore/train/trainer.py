@@ -292,12 +292,20 @@ class SampleVideos:
                     kwargs["actions"] = repeat(clip["actions"])[None].to(self.device)
                 first = repeat(clip["frames"])[None, :context].to(self.device)
                 video = rollout(plain, first, frames, window, context, int(sample.steps), str(sample.method),
-                                generator=generator, guidance_scale=float(sample.guidance_scale), **kwargs)[0]
+                                generator=generator, guidance_scale=float(sample.guidance_scale),
+                                history_guidance=_history_guidance(sample), **kwargs)[0]
                 videos.append(to_uint8(video))
         tiled = np.concatenate(videos, axis=2)  # [T, H, W * clips, 3]
         path = os.path.join(out_dir, "samples", f"step_{step:08d}.gif")
         write_gif(path, tiled)
         loggers.video(step, "samples/video", path, tiled.shape[1], tiled.shape[2])
+
+
+def _history_guidance(sample: DictConfig):
+    from gfcore.sample import HistoryGuidance
+
+    node = sample.get("history_guidance")
+    return HistoryGuidance.parse(None if node is None else OmegaConf.to_container(node, resolve=True))
 
 
 def _utc_now() -> str:
