@@ -158,10 +158,31 @@ def _wrap(module: TrainModule, cfg: DictConfig, info: DistInfo, device: torch.de
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
+        policy = fsdp_mixed_precision(cfg, device)
+        kwargs = {} if policy is None else {"mp_policy": policy}
         for block in module.model.blocks:
-            fully_shard(block)
-        return fully_shard(module)
+            fully_shard(block, **kwargs)
+        return fully_shard(module, **kwargs)
     raise ValueError(f"train.strategy must be 'ddp' or 'fsdp', got {strategy!r}")
+
+
+def fsdp_mixed_precision(cfg: DictConfig, device: torch.device):
+    """train.fsdp_mixed_precision as an FSDP2 MixedPrecisionPolicy, or None for full precision.
+
+    bf16: parameters all-gathered and computed in bfloat16, gradients reduce-scattered in
+    float32; the sharded parameters, the optimizer state (and so the checkpoints) stay float32.
+    auto: bf16 on CUDA, none on CPU (gloo). none: float32 throughout.
+    """
+    mode = str(cfg.train.get("fsdp_mixed_precision", "auto"))
+    if mode == "auto":
+        mode = "bf16" if device.type == "cuda" else "none"
+    if mode in ("none", "fp32", "float32"):
+        return None
+    if mode not in ("bf16", "bfloat16"):
+        raise ValueError(f"train.fsdp_mixed_precision must be auto, bf16 or none, got {mode!r}")
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
 
 
 def _full_state_dict(module: torch.nn.Module) -> Dict:
@@ -169,16 +190,16 @@ def _full_state_dict(module: torch.nn.Module) -> Dict:
 
 
 def _optimizer_state(module, optimizer, sharded: bool) -> Dict:
-    if not sharded:
-        return optimizer.state_dict()
+    """The optimizer state keyed by parameter names, with full (unsharded) tensors, whatever the
+    strategy and world size: a checkpoint resumes on any number of processes, with DDP or FSDP."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     return get_optimizer_state_dict(module, optimizer, options=StateDictOptions(full_state_dict=True))
 
 
 def _load_optimizer(module, optimizer, state: Dict, sharded: bool) -> None:
-    if not sharded:
-        optimizer.load_state_dict(state)
+    if not sharded and all(isinstance(k, int) for k in state.get("state", {})):
+        optimizer.load_state_dict(state)  # a checkpoint from before names were used (one process / DDP)
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
