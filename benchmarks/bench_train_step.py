@@ -1,24 +1,38 @@
 """Time of one training step (data excluded) of baseline vs Geometry Forcing, by phase.
 
     python -m benchmarks.bench_train_step [--device cpu|cuda] [--model tiny|small|dit_b] [--resolution 32]
-                                          [--batch 8 --frames 8] [--teacher pointmap]
+                                          [--batch 8 --frames 8] [--teachers none vggt vggt_cache]
+                                          [--switches plain ckpt compile ckpt+compile] [--tag TAG]
+
+Teachers: none (the baseline), pointmap (oracle), vggt (a VGGT teacher online: the small random
+config shipped as gfcore/geometry/vggt_small_config.json, frames resized to --teacher-image-size),
+vggt_cache (the same teacher's features read from a gfcore FeatureCache built once up front),
+dinov2 (a random ViT-S/14 DINOv2 teacher online). Switches: plain, ckpt
+(train.activation_checkpointing), compile (train.compile, inductor), ckpt+compile.
 
 Phases: teacher (targets), forward (model + losses), backward, optimizer (clip + AdamW + EMA).
-Also the model FLOPs of a step and achieved TFLOP/s (MFU on GPUs with a known peak). Writes
-benchmarks/results/bench_train_step_<device>_<model>.json and .md; prints a markdown table.
+Also samples/s, peak memory (CUDA: max_memory_allocated; not measured on CPU), the model FLOPs
+of a step, achieved TFLOP/s and MFU (GPUs with a known peak, or --peak-tflops), and each
+run's step time relative to the baseline with the same switch. Writes
+benchmarks/results/bench_train_step_<device>_<model>[_<tag>].json and .md.
 """
 import argparse
+import os
+import tempfile
 import time
 from contextlib import nullcontext
 
 import torch
+from omegaconf import OmegaConf
 
 from benchmarks.common import environment, markdown_table, measure, sync, write_results
 from gfcore.train import load_config
 from gfcore.train.flops import forward_flops, peak_flops
 from gfcore.train.objective import draw_noise
 from gfcore.train.optim import EMA, build_optimizer
-from gfcore.train.trainer import TrainModule, build_training
+from gfcore.train.trainer import TrainModule, build_alignment, build_training, configure_model, model_config
+
+SWITCHES = {"plain": (False, False), "ckpt": (True, False), "compile": (False, True), "ckpt+compile": (True, True)}
 
 
 def _synthetic_batch(cfg, device, with_depth: bool):
@@ -33,15 +47,61 @@ def _synthetic_batch(cfg, device, with_depth: bool):
     return batch
 
 
-def bench(teacher: str, args, device: torch.device) -> dict:
-    cfg = load_config(["experiment=demo", f"model={args.model}", f"teacher={teacher}",
+def _online_teacher(name: str, args, device):
+    """A protocol teacher with random weights: the small VGGT config, or a 2-block ViT-S/14 DINOv2."""
+    torch.manual_seed(123)
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    if name.startswith("vggt"):
+        from gfcore.geometry import VGGT, VGGTTeacher, small_config
+
+        vggt = VGGT(**{**small_config(), "enable_camera": False, "enable_depth": False, "enable_point": False})
+        return VGGTTeacher(model=vggt.to(device), dtype=dtype, image_size=args.teacher_image_size,
+                           out_dtype=torch.float32)
+    from gfcore.geometry import DINOv2Teacher
+
+    return DINOv2Teacher(variant="dinov2_vits14", config={"depth": 2}, dtype=dtype, device=device,
+                         image_size=args.teacher_image_size, out_dtype=torch.float32)
+
+
+def _cache_for(teacher, batch, grid, folder):
+    """A FeatureCache holding the teacher's features of the batch's clips (keys clip0, clip1, ...)."""
+    from gfcore.geometry.cache import build_feature_cache
+
+    clips = [{"key": f"clip{i}", "frames": ((batch["frames"][i] + 1) / 2).cpu()} for i in range(len(batch["frames"]))]
+    build_feature_cache(teacher, clips, folder, grid)
+    batch["key"] = [c["key"] for c in clips]
+    batch["frame_indices"] = [torch.arange(batch["frames"].shape[1]) for _ in clips]
+    return folder
+
+
+def bench(teacher: str, switch: str, args, device: torch.device, folder: str) -> dict:
+    cfg_teacher = "pointmap" if teacher == "pointmap" else "none"
+    ckpt, compiled = SWITCHES[switch]
+    cfg = load_config(["experiment=demo", f"model={args.model}", f"teacher={cfg_teacher}",
                        f"data.resolution=[{args.resolution},{args.resolution}]", f"train.batch_size={args.batch}",
-                       f"train.num_frames={args.frames}", f"train.precision={args.precision}"])
-    model, objective, teacher_module = build_training(cfg, device)
+                       f"train.num_frames={args.frames}", f"train.precision={args.precision}",
+                       f"train.activation_checkpointing={str(ckpt).lower()}", f"train.compile={str(compiled).lower()}"])
+    batch = _synthetic_batch(cfg, device, teacher == "pointmap")
+    if teacher in ("none", "pointmap"):
+        model, objective, teacher_module = build_training(cfg, device)
+    else:
+        from gfcore.models.dit import build_model
+        from gfcore.train.objective import GFObjective
+        from gfcore.train.teachers import TeacherTargets
+
+        torch.manual_seed(cfg.seed)
+        model = build_model(model_config(cfg)).to(device)
+        online = _online_teacher(teacher, args, device)
+        if teacher.endswith("_cache"):
+            teacher_module = TeacherTargets(model.config.grid, cache=_cache_for(online, batch, model.config.grid,
+                                                                                os.path.join(folder, teacher)))
+        else:
+            teacher_module = TeacherTargets(model.config.grid, online)
+        objective = GFObjective(build_alignment(cfg, model, teacher_module)).to(device)
+    configure_model(model, cfg)
     module = TrainModule(model, objective).train()
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer, ema = build_optimizer(params, 1e-4, 0.0), EMA(model, 0.99)
-    batch = _synthetic_batch(cfg, device, teacher == "pointmap")
     shape = (args.batch, args.frames, 3, args.resolution, args.resolution)
     noise = draw_noise(shape, torch.Generator().manual_seed(0))
     for name in ("t", "eps", "context", "drop_cond"):
@@ -68,8 +128,20 @@ def bench(teacher: str, args, device: torch.device) -> dict:
     def full_step():
         teacher_step(), forward_step(), backward_step(), optimizer_step()
 
-    row = {"run": "baseline" if teacher == "none" else f"GF ({teacher})"}
-    row["step_ms"] = measure(full_step, device, min_time_ms=args.min_time_ms, min_reps=args.reps)["median_ms"]
+    label = {"none": "baseline", "vggt": "GF (VGGT online)", "vggt_cache": "GF (VGGT cache)",
+             "dinov2": "GF (DINOv2 online)", "dinov2_cache": "GF (DINOv2 cache)"}.get(teacher, f"GF ({teacher})")
+    row = {"run": label, "switch": switch}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t_compile = time.perf_counter()
+    full_step()  # first step: compilation (compile), cache warm-up
+    sync(device)
+    row["first_step_s"] = time.perf_counter() - t_compile
+    stats = measure(full_step, device, min_time_ms=args.min_time_ms, min_reps=args.reps)
+    row["step_ms"], row["p20_ms"], row["p80_ms"] = stats["median_ms"], stats["p20_ms"], stats["p80_ms"]
+    row["samples_per_s"] = args.batch / (row["step_ms"] * 1e-3)
+    row["peak_mem_mb"] = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
+                          else "n/a (CPU)")
     timings = {"teacher": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0}
     for _ in range(args.reps):  # phase split: synchronise between phases
         for phase, fn in (("teacher", teacher_step), ("forward", forward_step), ("backward", backward_step),
@@ -84,7 +156,7 @@ def bench(teacher: str, args, device: torch.device) -> dict:
     flops = 3 * forward_flops(model, args.batch, args.frames, align)
     row["gflop_per_step"] = flops / 1e9
     row["achieved_tflops"] = flops / (row["step_ms"] * 1e-3) / 1e12
-    peak = peak_flops(device, None)
+    peak = peak_flops(device, args.peak_tflops)
     row["mfu"] = row["achieved_tflops"] * 1e12 / peak if peak else "n/a (no peak for this device)"
     return row
 
@@ -98,19 +170,47 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--precision", default=None, choices=["fp32", "bf16"],
                         help="default: bf16 on cuda, fp32 on cpu")
-    parser.add_argument("--teachers", nargs="+", default=["none", "pointmap"])
+    parser.add_argument("--teachers", nargs="+", default=["none", "vggt", "vggt_cache"],
+                        choices=["none", "pointmap", "vggt", "vggt_cache", "dinov2", "dinov2_cache"])
+    parser.add_argument("--switches", nargs="+", default=list(SWITCHES), choices=list(SWITCHES))
+    parser.add_argument("--teacher-image-size", type=int, default=None,
+                        help="frames resized for the online teacher (default 518 for VGGT / 224 for DINOv2 on cuda, "
+                             "112 on cpu)")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU (known GPUs are looked up)")
+    parser.add_argument("--tag", default="", help="suffix of the result files")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--min-time-ms", type=float, default=500.0)
     args = parser.parse_args()
     device = torch.device(args.device)
     args.precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
-    rows = [bench(teacher, args, device) for teacher in args.teachers]
-    columns = ["run", "step_ms", "teacher_ms", "forward_ms", "backward_ms", "optimizer_ms", "gflop_per_step",
-               "achieved_tflops", "mfu"]
+    if args.teacher_image_size is None:
+        args.teacher_image_size = 112 if device.type == "cpu" else (224 if "dinov2" in " ".join(args.teachers) else 518)
+    load_start = os.getloadavg()
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for switch in args.switches:
+            for teacher in args.teachers:
+                torch._dynamo.reset()
+                rows.append(bench(teacher, switch, args, device, folder))
+                print(f"{rows[-1]['run']} [{switch}]: {rows[-1]['step_ms']:.1f} ms", flush=True)
+    for row in rows:
+        base = next((r for r in rows if r["switch"] == row["switch"] and r["run"] == "baseline"), None)
+        row["vs_baseline"] = row["step_ms"] / base["step_ms"] if base else "n/a"
+        row["teacher_share"] = row["teacher_ms"] / max(1e-9, sum(row[f"{k}_ms"] for k in
+                                                                ("teacher", "forward", "backward", "optimizer")))
+    load_end = os.getloadavg()
+    columns = ["run", "switch", "step_ms", "p20_ms", "p80_ms", "vs_baseline", "samples_per_s", "teacher_ms",
+               "teacher_share", "forward_ms", "backward_ms", "optimizer_ms", "peak_mem_mb", "first_step_s",
+               "gflop_per_step", "achieved_tflops", "mfu"]
     table = markdown_table(rows, columns)
+    table += (f"\n\nLoad average (1, 5, 15 min): {load_start} at the start, {load_end} at the end "
+              f"({os.cpu_count()} CPUs). Online teacher input: {args.teacher_image_size} px.")
     payload = {"env": environment(device), "config": vars(args), "rows": rows,
-               "note": "step_ms: median of full steps; phase columns: separately synchronised means"}
-    path = write_results(f"bench_train_step_{device.type}_{args.model}", payload, table)
+               "load_average_start_end": [load_start, load_end],
+               "note": "step_ms: median of full steps (p20/p80 alongside); phase columns: separately synchronised "
+                       "means; vs_baseline: step_ms over the baseline's with the same switch"}
+    name = f"bench_train_step_{device.type}_{args.model}" + (f"_{args.tag}" if args.tag else "")
+    path = write_results(name, payload, table)
     print(table)
     print(f"\nwrote {path}")
 
