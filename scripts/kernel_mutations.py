@@ -68,9 +68,11 @@ MUTATIONS = [
     ("B4", "spatial", "mma backward: RoPE^T dropped (unrotate_acc returns at once)",
      [("attention/attention_mma_bwd.cuh", "  if (pb.rope_cos == nullptr) return;\n  constexpr int kHalfTiles",
        "  return;\n  constexpr int kHalfTiles")], []),
-    ("B5", "spatial", "mma dQ kernel: launched shared memory 16 bytes short",
+    # The last 16 bytes of the dQ kernel's shared memory are row padding no thread touches, so
+    # "16 bytes short" is an equivalent mutant (it survived); 32 bytes cut into used elements.
+    ("B5", "spatial", "mma dQ kernel: launched shared memory 32 bytes short",
      [("attention/attention_mma_bwd.cuh", "2 * (2 * kOwn * kLdRow + 2 * kStream * kLdRow + D * kLdT);",
-       "2 * (2 * kOwn * kLdRow + 2 * kStream * kLdRow + D * kLdT) - 16;")], []),
+       "2 * (2 * kOwn * kLdRow + 2 * kStream * kLdRow + D * kLdT) - 32;")], []),
     ("B6", "spatial", "store_acc_rows: tail bound shifted by one (writes row S)",
      [("attention/attention_mma_bwd.cuh", "    if (i >= S) continue;\n#pragma unroll\n    for (int dt = 0; dt < D / 8; ++dt) {\n      const int d = dt * 8 + 2 * t;\n      base[",
        "    if (i > S) continue;\n#pragma unroll\n    for (int dt = 0; dt < D / 8; ++dt) {\n      const int d = dt * 8 + 2 * t;\n      base[")],
@@ -133,8 +135,11 @@ def run_mutation(mutation, jobs, orders):
             with open(path, "w") as f:
                 f.write(text.replace(old, new))
         env = dict(os.environ)
-        # Rebuild only the harness file of the mutated scope (make -o: treat the others as current).
-        keep = [f"-o{os.path.join(build, f'{tu}.o')}" for s, tu in SCOPE_FILES.items() if s != family]
+        # Rebuild only the harness files that include the mutated family (make -o: treat the others
+        # as current). Both attention files are rebuilt for an attention mutation: they share template
+        # instantiations (e.g. the FMA backward kernels), and the linker keeps one copy of each.
+        rebuilt = {"alignment"} if family == "alignment" else {"spatial", "temporal"}
+        keep = [f"-o{os.path.join(build, f'{tu}.o')}" for s, tu in SCOPE_FILES.items() if s not in rebuilt]
         make = ["make", "-s", "-C", KERNELS, f"SRC_ROOT={src}", f"BUILD={build}", f"-j{jobs}", *keep,
                 os.path.join(build, "kernel_tests")]
         built = subprocess.run(make, capture_output=True, text=True, env=env)
@@ -179,10 +184,15 @@ def main():
              f"Schedules per case: {args.orders}.", "",
              "| id | scope | planted bug | caught by | harness summary |", "|---|---|---|---|---|"]
     lines += [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} |" for r in rows]
-    if not args.only:
-        with open(args.out, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        print(f"wrote {args.out}")
+    if args.only and os.path.exists(args.out):
+        # Rerun of some mutations: replace their rows in the existing table.
+        old = open(args.out).read().splitlines()
+        new_rows = {r[0]: f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} |" for r in rows}
+        lines = [new_rows.get(l.split("|")[1].strip(), l) if l.startswith("| ") and not l.startswith("| id") else l
+                 for l in old]
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
     print(f"mutations: {len(rows) - survived} caught, {survived} survived")
     return 1 if survived else 0
 

@@ -3,7 +3,7 @@
 //   kernel_tests [--filter SUBSTRING] [--family alignment|attention] [--orders a,b,...]
 //                [--seed N] [--jobs N] [--list] [--fail-fast] [--verbose]
 // --fail-fast stops after the first failing case (its other schedules still run, to show which
-// orders catch it); --verbose prints every run with its wall time.
+// orders catch it); --verbose prints every run with its wall time and its output.
 // Prints one line per failing run with the check that caught it, then
 // "kernels: N passed, M failed" (runs, not cases).
 #if !defined(GFCORE_SIMT)
@@ -122,7 +122,10 @@ int main(int argc, char** argv) {
     const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
     const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - started[pid]).count();
     started.erase(pid);
-    if (verbose) std::printf("%s %s [%s] %.2f s\n", ok ? "ok  " : "fail", run.c->name.c_str(), simt::order_name(run.order), took);
+    if (verbose) {
+      std::printf("%s %s [%s] %.2f s\n", ok ? "ok  " : "fail", run.c->name.c_str(), simt::order_name(run.order), took);
+      if (!log.str().empty()) std::printf("%s", log.str().c_str());  // the run's own output
+    }
     if (!ok && failed_case == nullptr) failed_case = run.c;
     if (ok) {
       ++passed;
