@@ -79,6 +79,24 @@ def test_hand_computed_psnr():
     assert psnr(a, b).item() == pytest.approx(20.0, abs=1e-4)
 
 
+@pytest.mark.parametrize("data_range", [255.0, 2.0, 0.5])
+def test_psnr_and_ssim_with_other_data_ranges(data_range):
+    """Images in [0, R]: PSNR = 10 log10(R^2 / MSE), and both metrics match the references at that range."""
+    a, b = _pair((2, 3, 17, 21), seed=11)
+    a, b = a * data_range, b * data_range
+    mse = ((a - b) ** 2).mean(dim=(1, 2, 3))
+    expected = 10 * torch.log10(data_range**2 / mse)
+    torch.testing.assert_close(psnr(a, b, data_range=data_range), expected, rtol=0, atol=1e-9)
+    # hand example: a constant error of R / 10 is 20 dB whatever R is
+    zero = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    assert psnr(zero, zero + data_range / 10, data_range=data_range).item() == pytest.approx(20.0, abs=1e-9)
+    sk = [skimage_metrics.peak_signal_noise_ratio(a[i].numpy(), b[i].numpy(), data_range=data_range) for i in range(2)]
+    torch.testing.assert_close(psnr(a, b, data_range=data_range), torch.tensor(sk, dtype=torch.float64),
+                               rtol=0, atol=1e-9)
+    tm = torchmetrics_image.structural_similarity_index_measure(a, b, data_range=data_range, reduction="none")
+    torch.testing.assert_close(ssim(a, b, data_range=data_range), tm, rtol=0, atol=1e-6)
+
+
 def test_corruptions_move_metrics_the_right_way():
     g = torch.Generator().manual_seed(5)
     # a smooth image so that blur and shift are mild, graded corruptions

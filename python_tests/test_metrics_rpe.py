@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from gfcore.metrics.optical_flow import forward_backward_error, lucas_kanade_flow
-from gfcore.metrics.rpe import reproject, reprojection_error, rpe_summary
+from gfcore.metrics.rpe import pair_errors, reproject, reprojection_error, rpe_summary
 from gfcore.metrics.synthetic import camera_path, render_plane_scene, yaw_matrix
 
 
@@ -71,6 +71,37 @@ def test_ground_truth_is_near_zero_and_corruptions_increase(scene):
     bad_frames = reprojection_error(shifted, scene["depth"], scene["intrinsics"], scene["c2w"])
     for corrupted in (bad_pose, wrong_depth, bad_frames):
         assert corrupted.rpe > 2 * gt.rpe
+
+
+def test_occluded_pixels_leave_the_covisibility_mask():
+    """A pixel of frame i is occluded in frame j when frame j's depth where it lands is nearer than
+    its reprojected depth (beyond depth_tolerance). Same camera for both frames, identical textured
+    images (zero flow), depth_i = 5 everywhere; frame j has an occluder at depth 2 in a block:
+    exactly the block's pixels must leave the mask, and only them."""
+    height, width = 24, 32
+    ys, xs = torch.meshgrid(torch.arange(float(height)), torch.arange(float(width)), indexing="ij")
+    image = (0.5 + 0.2 * torch.sin(xs / 2.3 + ys / 4.1) + 0.2 * torch.cos(ys / 2.9 - xs / 5.3))[None].expand(3, -1, -1)
+    k = torch.tensor([[30.0, 0, 15.5], [0, 30.0, 11.5], [0, 0, 1]])
+    depth_i = torch.full((height, width), 5.0)
+    depth_j = depth_i.clone()
+    block = (slice(8, 16), slice(10, 20))
+    depth_j[block] = 2.0
+    # a 4 % mismatch stays within the default 5 % tolerance: not an occlusion
+    depth_j[2:6, 2:8] = 5.0 * 1.04
+    errors, mask = pair_errors(image, image, depth_i, depth_j, k, k, torch.eye(4), torch.eye(4))
+    occluded = torch.zeros(height, width, dtype=torch.bool)
+    occluded[block] = True
+    assert not mask[occluded].any()
+    # every other pixel is inside, in front, with zero flow and textured; the outermost ring is left
+    # out (a pixel centre on the border may land a rounding error outside the frame)
+    inner = torch.zeros(height, width, dtype=torch.bool)
+    inner[1:-1, 1:-1] = True
+    assert mask[inner & ~occluded].all()
+    assert errors[mask].max() < 1e-3
+    # through reprojection_error: the block is missing from the pair's co-visible pixels
+    result = reprojection_error(torch.stack([image, image]), torch.stack([depth_i, depth_j]), k.expand(2, 3, 3),
+                                torch.eye(4).expand(2, 4, 4))
+    assert (height - 2) * (width - 2) - 8 * 10 <= result.covisible_pixels <= height * width - 8 * 10
 
 
 def test_summary_ratio():

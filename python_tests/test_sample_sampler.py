@@ -120,3 +120,30 @@ def test_revisit_path_turns_once_and_returns():
     angles = torch.atan2(forward[:, 0], forward[:, 2])
     torch.testing.assert_close(angles[2] - angles[1], torch.tensor(math.pi / 4, dtype=R.dtype))
     assert (c2w[:, :3, 3] == 0).all() and (R[:, 1, 1] == 1).all()
+
+
+class GuidedModel(torch.nn.Module):
+    """Constant velocities: `cond` with the condition, `uncond` when drop_cond drops it."""
+
+    def __init__(self, cond: float, uncond: float):
+        super().__init__()
+        self.cond, self.uncond = cond, uncond
+        self.config = SimpleNamespace(camera_cond=False)
+
+    def forward(self, x, t, rays=None, actions=None, drop_cond=None):
+        value = self.cond if drop_cond is None else self.uncond
+        return torch.full_like(x, value), None
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0, 0.25])
+@pytest.mark.parametrize("method", ["euler", "heun"])
+def test_classifier_free_guidance_extrapolates_away_from_the_unconditional(scale, method):
+    """Guided velocity v_u + s (v_c - v_u) (Ho & Salimans). With constant velocities the ODE from
+    t = 1 to 0 moves the noise by -v exactly: x0 = eps - (v_u + s (v_c - v_u)), for Euler and Heun."""
+    v_c, v_u = 1.0, -0.25
+    guided = v_u + scale * (v_c - v_u)  # s = 3: 3.5; s = 0.25: 0.0625; s = 1: v_c
+    context = torch.zeros(2, 1, 3, 4, 4)
+    out = denoise_window(GuidedModel(v_c, v_u), context, 2, steps=4, method=method,
+                         generator=torch.Generator().manual_seed(3), guidance_scale=scale)
+    eps = torch.randn((2, 2, 3, 4, 4), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(out, eps - guided, atol=1e-6, rtol=0)
