@@ -28,10 +28,10 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
     "$PY" -m pip install -q torch==2.13.0
   fi
 fi
-"$PY" -m pip install -q -r requirements-dev.txt
-# lpips is the LPIPS reference in the tests; its own requirements would pull torchvision
-# (and with it another torch), which gfcore does not need.
-"$PY" -m pip install -q --no-deps lpips
+# Lines of requirements-dev.txt marked "no-deps" (lpips: the LPIPS reference in the tests,
+# whose own requirements would pull torchvision and with it another torch) go in with --no-deps.
+"$PY" -m pip install -q -r <(grep -v '^[^#].*# no-deps' requirements-dev.txt)
+"$PY" -m pip install -q --no-deps $(grep '^[^#].*# no-deps' requirements-dev.txt | sed 's/#.*//')
 # --no-build-isolation: build against the torch just installed (an isolated build would
 # fetch another torch, with a different ABI).
 MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install -q --no-build-isolation .
