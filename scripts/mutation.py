@@ -36,7 +36,8 @@ EQUIVALENT = ROOT / "benchmarks" / "mutation_equivalent.json"
 
 # module -> (files mutated, test files run, extra pytest arguments)
 MODULES = {
-    "losses": (["gfcore/losses/*.py"], ["test_alignment_loss.py", "test_alignment_ops.py"], []),
+    # torch.compile(fullgraph=True) cannot trace through mutmut's trampolines: those tests are left out
+    "losses": (["gfcore/losses/*.py"], ["test_alignment_loss.py", "test_alignment_ops.py"], ["-k", "not compile"]),
     "train/optim.py": (["gfcore/train/optim.py"], ["test_train_optim.py"], []),
     "train/objective.py": (["gfcore/train/objective.py"], ["test_train_objective.py"], []),
     "metrics/psnr_ssim.py": (["gfcore/metrics/psnr_ssim.py"], ["test_metrics_psnr_ssim.py"], []),
@@ -48,7 +49,7 @@ MODULES = {
     "metrics/fvd.py": (["gfcore/metrics/fvd.py"], ["test_metrics_fvd.py"], []),
     "models/dit.py": (["gfcore/models/dit.py"], ["test_models_dit.py"], []),
     "ops/*_reference.py": (["gfcore/ops/alignment_reference.py", "gfcore/ops/attention_reference.py"],
-                           ["test_alignment_ops.py", "test_attention_cpu.py"], []),
+                           ["test_alignment_ops.py", "test_attention_cpu.py"], ["-k", "not compile"]),
     "data/geometry.py": (["gfcore/data/geometry.py"], ["test_data_geometry.py"], []),
     "data/camera_file.py": (["gfcore/data/camera_file.py"], ["test_data_re10k.py", "test_data_geometry.py"], []),
     "data/re10k.py": (["gfcore/data/re10k.py"], ["test_data_re10k.py"], []),
