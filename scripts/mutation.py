@@ -57,6 +57,42 @@ MODULES = {
                                        ["-k", "not sigkilled"]),
 }
 
+# trainer.py: only its resume path is mutated. Functions that are not part of it are left out
+# whole (mutmut's do_not_mutate_patterns drop a matching statement with its body), and in
+# train() every line outside the resume block (from `found = _find_resume` to the dataset)
+# gets mutmut's "# pragma: no mutate" in the scratch copy.
+TRAINER_SKIP = [r"^def (resolve_device|build_alignment|model_config|build_training|_progress|_precision|_wrap)\(",
+                r"^class (CrashForTesting|TrainModule)\b"]
+# (first line, first line after) of each resume block of train(): loading the weights, and
+# restoring optimizer, scheduler, EMA, step and RNG.
+RESUME_BLOCKS = [("    found = _find_resume(", "    wrapped = _wrap("), ("    start_step = 0", "    with_depth = ")]
+
+
+def mark_trainer_resume_path(path: Path) -> None:
+    lines = path.read_text().splitlines()
+    out, in_train, block = [], False, None
+    for line in lines:
+        if line.startswith("def train("):
+            in_train = True
+            out.append(line)
+            continue
+        if in_train and line and not line[0].isspace():
+            in_train = False
+        if in_train:
+            for start, end in RESUME_BLOCKS:
+                if line.startswith(start):
+                    block = end
+            if block is not None and line.startswith(block):
+                block = None
+        code = line.strip()
+        if in_train and block is None and code and not code.startswith(("#", '"""')):
+            line += "  # pragma: no mutate"
+        out.append(line)
+    text = "\n".join(out) + "\n"
+    compile(text, str(path), "exec")  # the marks must leave valid Python
+    path.write_text(text)
+
+
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
           24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", -11: "segfault", -9: "segfault"}
 
@@ -84,6 +120,9 @@ def prepare(module: str, workdir: Path) -> None:
     lines += [f"    {f}" for f in files]
     lines += ["pytest_add_cli_args_test_selection ="] + [f"    python_tests/{t}" for t in tests]
     lines += ["pytest_add_cli_args ="] + [f"    {a}" for a in ["-p", "no:cacheprovider", "-q", *extra]]
+    if module.startswith("train/trainer.py"):
+        mark_trainer_resume_path(workdir / "gfcore" / "train" / "trainer.py")
+        lines += ["do_not_mutate_patterns ="] + [f"    {p}" for p in TRAINER_SKIP]
     lines += ["process_isolation = forkserver", "timeout_multiplier = 10.0", "timeout_constant = 5.0",
               "use_git_change_detection = false"]
     (workdir / "setup.cfg").write_text("\n".join(lines) + "\n")
