@@ -138,16 +138,50 @@ def test_chunked_matches_unchunked(chunk_size, num_targets):
 
 
 @requires_cpu_kernels
+@pytest.mark.parametrize("num_targets", [1, 2])
+def test_chunked_bf16_against_float64(num_targets):
+    """The chunked path in bf16: float32 accumulation, gradients in each parameter's dtype."""
+    loss_fn = make_loss(torch.bfloat16, num_targets=num_targets)
+    h = torch.randn(70, 24, dtype=torch.bfloat16)
+    y = torch.randn((70, 40) if num_targets == 1 else (70, num_targets, 40), dtype=torch.bfloat16)
+    got = run(loss_fn, h, y, "fused", chunk_size=16)
+    assert_close_to_float64(got, float64_run(loss_fn, h, y), rows=70)
+    assert got[1].dtype == torch.bfloat16 and all(g.dtype == torch.bfloat16 for g in got[2].values())
+    assert all(getattr(got[0], t).dtype == torch.float32 for t in ("loss", "angular", "scale", "cosine"))
+
+
+@requires_cpu_kernels
+@pytest.mark.parametrize("chunk_size", [None, 5])
+def test_only_the_first_parameter_needs_grad(chunk_size):
+    """Parameter gradients are computed when any one parameter needs them, the first included."""
+    loss_fn = make_loss(torch.float64, impl="fused", chunk_size=chunk_size)
+    h, y = torch.randn(9, 24, dtype=torch.float64), torch.randn(9, 40, dtype=torch.float64)
+    loss_fn.requires_grad_(False)
+    loss_fn.flat_parameters()[0].requires_grad_(True)
+    reference = copy.deepcopy(loss_fn)
+    reference.impl, reference.chunk_size = "reference", None
+    loss_fn(h, y).loss.backward()
+    reference(h, y).loss.backward()
+    got, expected = loss_fn.flat_parameters()[0].grad, reference.flat_parameters()[0].grad
+    assert got is not None and expected.norm() > 0
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+@requires_cpu_kernels
 def test_chunked_scales_by_incoming_gradient():
     loss_fn = make_loss(torch.float64, chunk_size=16)
     h = torch.randn(40, 24, dtype=torch.float64, requires_grad=True)
     y = torch.randn(40, 40, dtype=torch.float64)
     (3.0 * loss_fn(h, y).loss).backward()
     chunked = h.grad.clone()
+    chunked_params = [p.grad.clone() for p in loss_fn.parameters()]
     h.grad = None
+    loss_fn.zero_grad()
     loss_fn.chunk_size = None
     (3.0 * loss_fn(h, y).loss).backward()
     torch.testing.assert_close(chunked, h.grad)
+    for got, p in zip(chunked_params, loss_fn.parameters()):  # parameter gradients scale too
+        torch.testing.assert_close(got, p.grad)
 
 
 @requires_cpu_kernels
