@@ -25,6 +25,43 @@ def test_checkpoints_are_atomic_and_damaged_ones_skipped(tmp_path):
     assert state["step"] == 3 and path.endswith("step_00000003.pt")
 
 
+def test_checkpoint_files_names_and_pruning(tmp_path):
+    from gfcore.train.checkpoint import atomic_save, checkpoint_path
+
+    assert checkpoint_path("/ckpt", 12) == "/ckpt/step_00000012.pt"
+    assert list_checkpoints(str(tmp_path / "missing")) == [] and latest_checkpoint(str(tmp_path / "missing")) is None
+    nested = tmp_path / "a" / "b" / "state.pt"
+    assert atomic_save({"x": torch.arange(3)}, str(nested)) == str(nested)  # folders are created
+    assert torch.equal(torch.load(nested)["x"], torch.arange(3)) and os.listdir(nested.parent) == ["state.pt"]
+    # keep_last=0 keeps every file; only exact step_XXXXXXXX.pt names count, sorted by step
+    for step in (3, 1, 12):
+        save_checkpoint(str(tmp_path), step, {"step": step}, keep_last=0)
+    for name in ("step_1.pt", "step_00000002.pt.bak", "xstep_00000004.pt", "step_00000005.pth"):
+        (tmp_path / name).write_bytes(b"")
+    assert list_checkpoints(str(tmp_path)) == [(s, str(tmp_path / f"step_{s:08d}.pt")) for s in (1, 3, 12)]
+    path, state = latest_checkpoint(str(tmp_path))
+    assert state == {"step": 12} and path.endswith("step_00000012.pt")
+    save_checkpoint(str(tmp_path), 13, {"step": 13}, keep_last=1)
+    assert [s for s, _ in list_checkpoints(str(tmp_path))] == [13]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert latest_checkpoint(str(empty)) is None
+
+
+def test_rng_state_round_trip():
+    import random
+
+    import numpy as np
+
+    from gfcore.train.checkpoint import rng_state, set_rng_state
+
+    state = rng_state()
+    first = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    set_rng_state(state)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == first
+    assert set(state) >= {"python", "numpy", "torch"}
+
+
 def _final(out_dir):
     return torch.load(os.path.join(out_dir, "final.pt"), weights_only=False)
 
