@@ -155,8 +155,11 @@ def run_module(module: str, base: Path, python: str) -> dict:
     print(f"== {module}: mutmut in {workdir}", flush=True)
     run = subprocess.run([python, "-m", "mutmut", "run", "--max-children", "1"], cwd=workdir, env=env)
     verdicts = collect(module, workdir)
+    if run.returncode != 0 or not verdicts:
+        print(f"mutmut failed on {module} (exit code {run.returncode}); no results saved", file=sys.stderr)
+        return {}
     diffs = {name: mutant_diff(name, workdir, python, env) for name, v in verdicts.items()
-             if v not in ("killed", "timeout", "segfault")}
+             if v not in ("killed", "timeout", "segfault", "not checked")}
     record = {"module": module, "files": MODULES[module][0], "tests": MODULES[module][1],
               "pytest_args": MODULES[module][2], "mutmut_exit_code": run.returncode,
               "date": started.strftime("%Y-%m-%d %H:%M"),
