@@ -147,9 +147,12 @@ def mutant_diff(name: str, workdir: Path, python: str, env: dict) -> str:
     return " / ".join(" ".join(line.split()) for line in lines)
 
 
-def run_module(module: str, base: Path, python: str) -> dict:
+def run_module(module: str, base: Path, python: str, resume: bool = False) -> dict:
     workdir = base / slug(module)
-    prepare(module, workdir)
+    if resume and (workdir / "mutants").is_dir():
+        print(f"continuing the interrupted run in {workdir} (tests as copied then)", flush=True)
+    else:
+        prepare(module, workdir)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(workdir))
     started = datetime.datetime.now()
     print(f"== {module}: mutmut in {workdir}", flush=True)
@@ -211,6 +214,8 @@ def main(argv=None) -> int:
     parser.add_argument("--list", action="store_true", help="print the modules and their test files")
     parser.add_argument("--report", action="store_true", help="only rebuild the table from saved results")
     parser.add_argument("--python", default=sys.executable, help="the Python that has torch and mutmut")
+    parser.add_argument("--continue", dest="resume", action="store_true",
+                        help="finish an interrupted run in its scratch folder instead of starting afresh")
     args = parser.parse_args(argv)
     if args.list:
         for module, (files, tests, extra) in MODULES.items():
@@ -222,7 +227,7 @@ def main(argv=None) -> int:
     if not args.report:
         base = Path(os.environ.get("MUTATION_WORKDIR", "/tmp/gfcore-mutation"))
         for module in args.modules or list(MODULES):
-            run_module(module, base, args.python)
+            run_module(module, base, args.python, args.resume)
     write_table()
     return 0
 
