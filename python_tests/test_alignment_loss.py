@@ -327,3 +327,49 @@ def test_rows_too_wide_for_the_cuda_kernels_fall_back():
         loss_fn.impl = "fused"
         with pytest.raises(ValueError, match="do not take target_dim=4096"):
             loss_fn.resolved_impl(torch.device("cuda"), torch.float32)
+
+
+@requires_cpu_kernels
+@pytest.mark.parametrize("impl,chunk_size", [("reference", None), ("fused", None), ("fused", 8)])
+def test_only_the_loss_carries_a_gradient_and_term_dtypes(impl, chunk_size):
+    """The cosine is a statistic (no gradient, float32; float64 for float64 models); the chunked path
+    computes gradients during the forward, so there angular and scale carry none either."""
+    for dtype, stat in ((torch.float32, torch.float32), (torch.bfloat16, torch.float32), (torch.float64, torch.float64)):
+        loss_fn = make_loss(dtype, impl=impl, chunk_size=chunk_size)
+        out = loss_fn(torch.randn(20, 24, dtype=dtype, requires_grad=True), torch.randn(20, 40, dtype=dtype))
+        assert out.loss.requires_grad
+        for term in ("angular", "scale", "cosine") if chunk_size else ("cosine",):
+            assert not getattr(out, term).requires_grad, term
+        assert out.cosine.dtype == stat, (impl, dtype, out.cosine.dtype)
+
+
+@requires_cpu_kernels
+def test_chunked_under_autocast_and_non_finite_targets():
+    """Autocast with float32 features: the chunked path rounds y to the compute dtype like the fused one."""
+    loss_fn = make_loss(torch.float32)
+    h, y = torch.randn(33, 24), torch.randn(33, 40)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        chunked = run(loss_fn, h, y, "fused", chunk_size=8)
+    assert_close_to_float64(chunked, float64_run(loss_fn, h, y), rows=33)
+    y2 = torch.randn(30, 2, 40)
+    y2[17, 1, 3] = float("nan")
+    with pytest.raises(ValueError, match="in 1 token\\(s\\) of target 1 "):
+        make_loss(num_targets=2, chunk_size=8)(torch.randn(30, 24), y2)
+
+
+@pytest.mark.parametrize("eps", [1e-8, 3.0])
+def test_reference_eps_clamps_the_norms(eps):
+    """cos = z.y / (max(|z|, eps) max(|y|, eps)) and zhat = z / max(|z|, eps), by hand in float64,
+    with an eps large enough (3) to clamp some norms of these small vectors."""
+    loss_fn = make_loss(torch.float64, impl="reference", eps=eps, lambda_angular=1.0, lambda_scale=1.0)
+    h = 0.3 * torch.randn(12, 24, dtype=torch.float64)
+    y = 0.3 * torch.randn(12, 40, dtype=torch.float64)
+    out = loss_fn(h, y)
+    z = loss_fn.projector(h)
+    z_norm, y_norm = z.norm(dim=-1).clamp_min(eps), y.norm(dim=-1).clamp_min(eps)
+    cos = (z * y).sum(-1) / (z_norm * y_norm)
+    pred = loss_fn.head(z / z_norm[:, None])
+    if eps > 1:
+        assert (z.norm(dim=-1) < eps).any()
+    torch.testing.assert_close(out.angular, -cos.mean(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(out.scale, ((pred - y) ** 2).mean(), rtol=1e-12, atol=1e-14)
