@@ -374,3 +374,56 @@ def test_reference_eps_clamps_the_norms(eps):
         assert (z.norm(dim=-1) < eps).any()
     torch.testing.assert_close(out.angular, -cos.mean(), rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(out.scale, ((pred - y) ** 2).mean(), rtol=1e-12, atol=1e-14)
+
+
+def test_which_implementation_runs(monkeypatch):
+    """resolved_impl and the NVTX range name say which path ran; the autograd node confirms it."""
+    import gfcore.losses.alignment as alignment_module
+
+    ranges = []
+
+    class Recorder:
+        def __init__(self, name):
+            ranges.append(name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(alignment_module, "nvtx_range", Recorder)
+    h = torch.randn(6, 24, requires_grad=True)
+    y = torch.randn(6, 40)
+    assert make_loss(impl="reference").resolved_impl(torch.device("cpu")) == "reference"
+    out = make_loss(impl="reference")(h, y)
+    assert ranges == ["gfcore.alignment_loss.reference"] and "Fused" not in type(out.angular.grad_fn).__name__
+    if not gfcore.backends()["cuda"]:  # auto without kernels for the device: the reference
+        assert make_loss(impl="auto").resolved_impl(torch.device("cuda")) == "reference"
+    if gfcore.backends()["cpu"]:
+        ranges.clear()
+        out = make_loss(impl="fused")(h, y)
+        assert ranges == ["gfcore.alignment_loss.fused"]
+        assert type(out.angular.grad_fn).__name__ == "FusedAlignmentFunctionBackward"
+        ranges.clear()
+        make_loss(impl="auto", chunk_size=4)(h, y)
+        assert ranges == ["gfcore.alignment_loss.fused.chunked"]
+
+
+def test_more_bad_inputs_and_a_single_token():
+    loss_fn = make_loss()
+    h, y = torch.randn(4, 24), torch.randn(4, 40)
+    for bad_h, bad_y in ((h.tolist(), y), (h, y.tolist())):
+        with pytest.raises(TypeError, match="^h and y must be tensors$"):
+            loss_fn(bad_h, bad_y)
+    with pytest.raises(TypeError, match="^h must be a floating-point tensor, got torch.int64"):
+        loss_fn(h.long(), y)
+    one = loss_fn(torch.randn(24), torch.randn(40))  # one token, no leading dimensions
+    assert one.loss.shape == ()
+    meta = torch.device("meta")
+    with pytest.raises(ValueError, match="^y is on cpu but h is on meta$"):
+        loss_fn(h.to(meta), y)
+    with pytest.raises(ValueError, match="^h is on meta but the loss parameters are on cpu: call loss_fn.to\\('meta'\\)$"):
+        loss_fn(h.to(meta), y.to(meta))
+    with pytest.raises(ValueError, match="^y \\(the teacher features\\) holds NaN or Inf values$"):
+        make_loss(impl="reference")(h, torch.full_like(y, float("nan")))
