@@ -427,3 +427,38 @@ def test_more_bad_inputs_and_a_single_token():
         loss_fn(h.to(meta), y.to(meta))
     with pytest.raises(ValueError, match="^y \\(the teacher features\\) holds NaN or Inf values$"):
         make_loss(impl="reference")(h, torch.full_like(y, float("nan")))
+
+
+def test_constructor_defaults_and_argument_names():
+    loss_fn = GeometryAlignmentLoss(8, 6)
+    assert (loss_fn.projector[0].out_features, loss_fn.head[0].out_features) == (2048, 512)  # the paper's sizes
+    assert (loss_fn.lambda_angular, loss_fn.lambda_scale, loss_fn.num_targets) == (0.5, 0.05, 1)
+    assert loss_fn.impl == "auto" and loss_fn.chunk_size is None and loss_fn.eps == 1e-8 and loss_fn.check_finite
+    for name in ("hidden_dim", "target_dim", "num_targets", "projector_dim", "head_dim", "chunk_size"):
+        for bad in (0, True, 2.0):
+            with pytest.raises(ValueError, match=f"^{name} must be a positive int, got {bad!r}$"):
+                make_loss(**{name: bad})
+    with pytest.raises(ValueError, match="^chunk_size needs impl='fused' or 'auto': the reference keeps"):
+        make_loss(impl="reference", chunk_size=8)
+
+
+def test_row_limit_of_the_device_kernels(monkeypatch):
+    """As if CUDA kernels were built: rows too wide for them go to the reference (auto, with a warning)
+    or raise (fused), naming target_dim and dtype; rows that fit stay fused."""
+    import gfcore.losses.alignment as alignment_module
+
+    monkeypatch.setattr(alignment_module, "fused_available", lambda device_type: True)
+    warnings = []
+    monkeypatch.setattr(alignment_module, "warn_once", warnings.append)
+    cuda = torch.device("cuda")
+    wide = make_loss(target_dim=4096)
+    assert wide.resolved_impl(cuda) == "fused"  # no dtype given: no row check
+    assert wide.resolved_impl(cuda, torch.float32) == "reference"
+    assert warnings == ["GeometryAlignmentLoss: the fused cuda kernels do not take target_dim=4096 in torch.float32 "
+                        "(rows are held in registers); using the reference implementation"]
+    assert make_loss(target_dim=2048).resolved_impl(cuda, torch.float32) == "fused"
+    assert make_loss(target_dim=4096).resolved_impl(cuda, torch.bfloat16) == "fused"
+    wide.impl = "fused"
+    with pytest.raises(ValueError, match="^the fused cuda kernels do not take target_dim=4096 in torch.float32 "
+                                         "\\(rows are held in registers\\); use impl='auto' or 'reference'$"):
+        wide.resolved_impl(cuda, torch.float32)
