@@ -104,10 +104,63 @@ def test_occluded_pixels_leave_the_covisibility_mask():
     assert (height - 2) * (width - 2) - 8 * 10 <= result.covisible_pixels <= height * width - 8 * 10
 
 
+def _textured_pair(height=24, width=32):
+    ys, xs = torch.meshgrid(torch.arange(float(height)), torch.arange(float(width)), indexing="ij")
+    return (0.5 + 0.2 * torch.sin(xs / 2.3 + ys / 4.1) + 0.2 * torch.cos(ys / 2.9 - xs / 5.3))[None].expand(3, -1, -1)
+
+
+def test_thresholds_of_the_covisibility_mask():
+    """depth_tolerance, fb_threshold and min_texture each decide the mask as documented."""
+    image = _textured_pair()
+    k = torch.tensor([[30.0, 0, 15.5], [0, 30.0, 11.5], [0, 0, 1]])
+    depth_i = torch.full((24, 32), 5.0)
+    depth_j = depth_i.clone()
+    depth_j[8:16, 10:20] = 2.0  # |2 - 5| = 3: occluded at 5 % tolerance, visible at 70 % (3 <= 3.5)
+    args = (image, image, depth_i, depth_j, k, k, torch.eye(4), torch.eye(4))
+    _, loose = pair_errors(*args, depth_tolerance=0.7)
+    assert loose[8:16, 10:20].all()
+    _, none_fb = pair_errors(*args, fb_threshold=0.0)  # the forward-backward error is never < 0
+    _, none_tex = pair_errors(*args, min_texture=1e9)
+    assert not none_fb.any() and not none_tex.any()
+    depth_bad = depth_i.clone()
+    depth_bad[0:4, 0:4] = 0.0
+    depth_bad[4:6, 0:4] = float("nan")
+    _, mask = pair_errors(image, image, depth_bad, depth_bad, k, k, torch.eye(4), torch.eye(4))
+    assert not mask[0:6, 0:4].any() and mask[10, 10]
+
+
+def test_bilinear_lookup_and_inside():
+    from gfcore.metrics.rpe import _inside, _sample, pixel_grid
+
+    grid = pixel_grid(5, 7, torch.float64)
+    assert grid.shape == (3, 5, 7) and grid[0, 2, 3] == 3 and grid[1, 2, 3] == 2 and (grid[2] == 1).all()
+    plane = 2 * grid[0] + 3 * grid[1] + 1  # bilinear lookup is exact on a plane
+    xy = torch.stack([torch.full((5, 7), 2.25), torch.full((5, 7), 3.5)]).double()
+    torch.testing.assert_close(_sample(plane, xy), torch.full((5, 7), 2 * 2.25 + 3 * 3.5 + 1, dtype=torch.float64))
+    pts = torch.tensor([[0.0, 6.0, -0.01, 6.01, 3.0, 3.0], [0.0, 4.0, 2.0, 2.0, -0.01, 4.01]]).view(2, 1, 6)
+    assert _inside(pts, 5, 7)[0].tolist() == [True, True, False, False, False, False]
+
+
+def test_pairs_offsets_and_fraction():
+    image = _textured_pair()
+    frames = torch.stack([image] * 4)
+    depth = torch.full((4, 24, 32), 5.0)
+    k = torch.tensor([[30.0, 0, 15.5], [0, 30.0, 11.5], [0, 0, 1]]).expand(4, 3, 3)
+    result = reprojection_error(frames, depth, k, torch.eye(4).expand(4, 4, 4), offsets=(1, 2))
+    assert list(result.per_pair) == ["0-1", "1-2", "2-3", "0-2", "1-3"]
+    assert result.covisible_fraction == result.covisible_pixels / (5 * 24 * 32) and result.covisible_fraction > 0.8
+    assert result.rpe < 1e-3 and all(v < 1e-3 for v in result.per_pair.values())
+    empty = reprojection_error(frames, torch.zeros(4, 24, 32), k, torch.eye(4).expand(4, 4, 4))
+    assert math.isnan(empty.rpe) and empty.covisible_pixels == 0 and math.isnan(empty.per_pair["0-1"])
+
+
 def test_summary_ratio():
     summary = rpe_summary([0.4, 0.6], [0.25, float("nan")])
     assert summary == {"generated": 0.5, "ground_truth": 0.25, "ratio": 2.0}
     assert math.isnan(rpe_summary([0.4], [])["ratio"])
+    assert math.isnan(rpe_summary([0.4], [0.0])["ratio"])  # a zero ground truth has no ratio
+    assert math.isnan(rpe_summary([float("nan")], [0.2])["ratio"])
+    assert rpe_summary([0.3, 0.5], [0.2])["ratio"] == pytest.approx(2.0)
 
 
 def test_bad_input_is_named(scene):
