@@ -311,3 +311,41 @@ def test_dit_forward_matches_a_float64_reference(causal):
     # the model embeds t in float32 (angles up to 1000: ~1e-4 absolute): compare in norm
     assert rel_err(got, ref) < 1e-4 and rel_err(hidden, ref_hidden) < 1e-4
     assert ref.norm() > 0.1 * x.norm()  # the reference is far from zero: the comparison means something
+
+
+def test_config_validation_and_round_trip():
+    from gfcore.models.dit import config_dict
+
+    config = VideoDiTConfig(image_size=16, patch_size=4, hidden_dim=32, num_heads=2, depth=2, align_depth=2)
+    assert config.image_size == (16, 16) and config.grid == (4, 4)
+    assert VideoDiTConfig(image_size=[8, 12], patch_size=4, hidden_dim=32, num_heads=2, depth=1,
+                          align_depth=1).grid == (2, 3)
+    as_dict = config_dict(config)
+    assert as_dict["image_size"] == [16, 16] and build_model(as_dict).config == config
+    with pytest.raises(ValueError, match=r"image_size \(10, 12\) must be \(H, W\) divisible by patch_size 4"):
+        VideoDiTConfig(image_size=(10, 12))
+    with pytest.raises(ValueError, match="must be \\(H, W\\)"):
+        VideoDiTConfig(image_size=(8, 8, 8))
+    with pytest.raises(ValueError, match="hidden_dim 30 / num_heads 4 must be a multiple of 4"):
+        VideoDiTConfig(hidden_dim=30, num_heads=4)
+    with pytest.raises(ValueError, match="hidden_dim 40 / num_heads 4 must be a multiple of 4"):
+        VideoDiTConfig(hidden_dim=40, num_heads=4)  # head_dim 10: divisible, but not by 4 (2-D RoPE)
+    with pytest.raises(ValueError, match=r"align_depth must lie in \[1, depth=2\], got 0"):
+        VideoDiTConfig(depth=2, align_depth=0)
+    assert VideoDiTConfig(depth=2, align_depth=2).align_depth == 2 and VideoDiTConfig(depth=2, align_depth=1)
+
+
+def test_input_shape_errors_are_exact():
+    model = build_model(dict(image_size=[8, 8], hidden_dim=32, depth=1, num_heads=2, align_depth=1, action_dim=3))
+    x, t, rays, actions = _inputs(H=8, W=8, action_dim=3)
+    with pytest.raises(ValueError, match=r"^rays must be \[B, T, 6, H, W\] = \(2, 3, 6, 8, 8\), got \(2, 3, 6, 8, 4\)$"):
+        model(x, t, rays=rays[..., :4], actions=actions)
+    with pytest.raises(ValueError, match=r"^actions must be \[B, T, 3\], got \(2, 3, 2\)$"):
+        model(x, t, rays=rays, actions=actions[..., :2])
+    with pytest.raises(ValueError, match=r"^drop_cond must be \[B\] = \(2,\), got \(3,\)$"):
+        model(x, t, rays=rays, actions=actions, drop_cond=torch.zeros(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"^x must be \[B, T, 3, 8, 8\], got \(2, 3, 8, 8\)$"):
+        model(x[:, :, 0], t, rays=rays, actions=actions)
+    no_camera = build_model(dict(image_size=[8, 8], hidden_dim=32, depth=1, num_heads=2, align_depth=1,
+                                 camera_cond=False))
+    assert no_camera.ray_embed is None and no_camera(x, t)[0].shape == x.shape  # rays not needed
