@@ -182,3 +182,82 @@ def test_paper_intrinsics():
     assert k.shape == (3, 3, 3)
     assert k[0, 0, 0] == k[0, 1, 1] == pytest.approx(0.9 * 64)
     assert (k[2, 0, 2], k[2, 1, 2]) == (31.5, 23.5)
+
+
+def _identity_setup(depth_value=5.0):
+    image = _textured_pair()
+    k = torch.tensor([[30.0, 0, 15.5], [0, 30.0, 11.5], [0, 0, 1]])
+    return image, k, torch.full((24, 32), depth_value)
+
+
+def test_mask_boundaries_are_inclusive_where_documented(monkeypatch):
+    """|depth_j - z| <= tol z and texture >= min_texture include their boundary; fb error < threshold
+    (default 1 px) excludes it; depths below 1 are valid."""
+    import gfcore.metrics.rpe as rpe_module
+
+    image, k, depth4 = _identity_setup(4.0)
+    depth_j = torch.full((24, 32), 5.0)  # |5 - 4| = 1 = 0.25 * 4 exactly
+    _, mask = pair_errors(image, image, depth4, depth_j, k, k, torch.eye(4), torch.eye(4), depth_tolerance=0.25)
+    assert mask[5:-5, 5:-5].all()
+    texture = lucas_kanade_flow(image, image)[1]
+    _, mask = pair_errors(image, image, depth4, depth4, k, k, torch.eye(4), torch.eye(4),
+                          min_texture=float(texture[10, 10]))
+    assert mask[10, 10]
+    _, near, _ = (None, *pair_errors(image, image, depth4 * 0.125, depth4 * 0.125, k, k, torch.eye(4), torch.eye(4)))
+    assert near[5:-5, 5:-5].all()  # depth 0.5: in front, valid
+    monkeypatch.setattr(rpe_module, "forward_backward_error", lambda f, b: torch.full(f.shape[1:], 1.5))
+    assert not pair_errors(image, image, depth4, depth4, k, k, torch.eye(4), torch.eye(4))[1].any()
+    assert pair_errors(image, image, depth4, depth4, k, k, torch.eye(4), torch.eye(4), fb_threshold=2.0)[1][10, 10]
+
+
+def test_pixels_landing_outside_frame_j_or_with_zero_depth_are_excluded():
+    image, k, depth = _identity_setup(5.0)
+    c2w_j = torch.eye(4)
+    c2w_j[0, 3] = -0.5  # camera j 0.5 to the left: pixels move 30 * 0.5 / 5 = 3 px right
+    _, mask = pair_errors(image, image, depth, depth, k, k, torch.eye(4), c2w_j)
+    assert not mask[:, 29:].any()  # land beyond the right edge
+    assert mask[5:-5, 5:26].all()  # zero flow, but inside and unoccluded: co-visible (their error is 3 px)
+    # camera j 1 behind camera i: a pixel of depth 0 (the camera centre) lands in front of camera j,
+    # at its principal point, where depth_j says 1: only depth_i > 0 rejects it
+    c2w_back = torch.eye(4)
+    c2w_back[2, 3] = -1.0
+    depth_i = torch.full((24, 32), 5.0)
+    depth_i[10:14, 14:18] = 0.0
+    depth_j = torch.full((24, 32), 6.0)
+    depth_j[9:15, 13:19] = 1.0
+    _, mask = pair_errors(image, image, depth_i, depth_j, k, k, torch.eye(4), c2w_back)
+    assert not mask[10:14, 14:18].any()
+
+
+def test_input_errors_name_the_argument_exactly(scene):
+    f, d, k, c = scene["frames"], scene["depth"], scene["intrinsics"], scene["c2w"]
+    t, _, h, w = f.shape
+    with pytest.raises(TypeError, match="^frames"):
+        reprojection_error((f * 255).to(torch.uint8), d, k, c)
+    with pytest.raises(ValueError, match=rf"^frames: expected \[T, 3, H, W\], got \({t}, 1, {h}, {w}\)$"):
+        reprojection_error(f[:, :1], d, k, c)
+    with pytest.raises(ValueError, match=f"^depth: dimension T is {t - 1}, expected {t}"):
+        reprojection_error(f, d[:-1], k, c)
+    with pytest.raises(ValueError, match=f"^depth: dimension W is {w - 1}, expected {w}"):
+        reprojection_error(f, d[..., :-1], k, c)
+    with pytest.raises(ValueError, match=rf"^depth: expected shape \[T,H,W\]"):
+        reprojection_error(f, d[None], k, c)
+    with pytest.raises(ValueError, match=rf"^intrinsics: expected shape \[T,3,3\]"):
+        reprojection_error(f, d, k[..., :2], c)
+    with pytest.raises(ValueError, match=f"^c2w: dimension T is {t - 1}, expected {t}"):
+        reprojection_error(f, d, k, c[:-1])
+    with pytest.raises(ValueError, match=rf"^c2w: expected shape \[T,4,4\]"):
+        reprojection_error(f, d, k, c[..., :3, :])
+
+
+def test_totals_and_pass_through_arguments():
+    image, k, depth = _identity_setup(5.0)
+    frames = torch.stack([image] * 3)
+    depths = torch.stack([depth] * 3)
+    depths[1, 8:16, 10:20] = 2.0  # an occluder in frame 1
+    ks, poses = k.expand(3, 3, 3), torch.eye(4).expand(3, 4, 4)
+    strict = reprojection_error(frames, depths, ks, poses)
+    loose = reprojection_error(frames, depths, ks, poses, depth_tolerance=0.7)  # passed on to pair_errors
+    # pair 0-1: |2 - 5| = 3 <= 0.7 * 5 now passes; pair 1-2: |5 - 2| = 3 > 0.7 * 2 still fails
+    assert loose.covisible_pixels == strict.covisible_pixels + 8 * 10
+    assert strict.rpe < 1e-4  # zero flow and zero motion: the mean error is the flow's noise only
