@@ -261,3 +261,16 @@ def test_totals_and_pass_through_arguments():
     # pair 0-1: |2 - 5| = 3 <= 0.7 * 5 now passes; pair 1-2: |5 - 2| = 3 > 0.7 * 2 still fails
     assert loose.covisible_pixels == strict.covisible_pixels + 8 * 10
     assert strict.rpe < 1e-4  # zero flow and zero motion: the mean error is the flow's noise only
+
+
+def test_paper_intrinsics_matrix_and_a_single_frame_clip():
+    from gfcore.metrics.rpe import paper_intrinsics
+
+    k = paper_intrinsics(2, 48, 64)
+    f = 0.9 * 64
+    expected = torch.tensor([[f, 0.0, 31.5], [0.0, f, 23.5], [0.0, 0.0, 1.0]])
+    assert torch.equal(k[0], expected) and torch.equal(k[1], expected)
+    image, kk, depth = _identity_setup()
+    single = reprojection_error(image[None], depth[None], kk[None], torch.eye(4)[None])
+    assert math.isnan(single.rpe) and single.covisible_pixels == 0 and single.covisible_fraction == 0.0
+    assert single.per_pair == {}
