@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-python test-cpp test-kernels test-kernel-mutations bench
+.PHONY: setup demo test test-python test-cpp test-kernels test-kernel-mutations bench mutation
 
 setup:
 	VENV=$(VENV) bash scripts/setup_env.sh
@@ -34,3 +34,8 @@ test-cpp:
 
 bench: setup
 	$(PY) -m benchmarks.bench_alignment_loss
+
+# Mutation testing (mutmut, from requirements-dev.txt) of the core modules, one at a time:
+# writes benchmarks/results/mutation.md. `make mutation MUTATE="losses train/optim.py"` runs a few.
+mutation: setup
+	$(PY) scripts/mutation.py $(MUTATE)

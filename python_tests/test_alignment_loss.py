@@ -7,7 +7,7 @@ from torch import nn
 
 import gfcore
 from gfcore import GeometryAlignmentLoss
-from conftest import requires_cpu_kernels
+from conftest import rel_err, requires_cpu_kernels
 
 
 def make_loss(dtype=torch.float32, **kwargs):
@@ -38,6 +38,47 @@ def assert_same(a, b, rtol, atol):
         torch.testing.assert_close(gp_a[name].float(), gp_b[name].float(), rtol=rtol, atol=atol, msg=name)
 
 
+BF16_EPS = torch.finfo(torch.bfloat16).eps  # 2^-7: the spacing of bf16 numbers at 1
+
+
+def float64_run(loss_fn, h, y):
+    """The reference path in float64 on the same values (bf16 numbers are exact in float64)."""
+    return run(copy.deepcopy(loss_fn).double(), h.double(), y.double(), "reference")
+
+
+def assert_close_to_float64(got, ref, rows):
+    """bf16 results against the float64 computation, with tolerances from bf16's precision and the
+    magnitudes compared:
+    - every gradient within 2 eps of the reference in norm, ||g - g_ref|| <= 2 eps ||g_ref||
+      (bf16 keeps 8 significant bits; measured errors are about eps / 2 to eps), so that a zero,
+      halved or otherwise wrong gradient fails whatever its absolute size;
+    - each scalar term (a mean over `rows` rows of per-row values of order 1 at most, each with
+      a relative rounding error of about eps) within 2 eps max(|ref|, 1 / sqrt(rows))."""
+    out, gh, gp = got
+    out_ref, gh_ref, gp_ref = ref
+    for term in ("loss", "angular", "scale", "cosine"):
+        value, expected = getattr(out, term).detach().item(), getattr(out_ref, term).detach().item()
+        tol = 2 * BF16_EPS * max(abs(expected), rows**-0.5)
+        assert abs(value - expected) <= tol, f"{term}: {value} vs float64 {expected} (tolerance {tol:.2e})"
+    assert gp.keys() == gp_ref.keys()
+    for name, grad, expected in [("h", gh, gh_ref)] + [(n, gp[n], gp_ref[n]) for n in gp_ref]:
+        error = rel_err(grad, expected)
+        assert error <= 2 * BF16_EPS, f"grad of {name}: relative error {error:.2e} > {2 * BF16_EPS:.2e}"
+
+
+def test_bf16_tolerance_catches_wrong_gradients():
+    """The bf16 check itself: a zeroed or halved gradient fails it (gradients here are ~1e-4)."""
+    loss_fn = make_loss(torch.bfloat16)
+    h, y = torch.randn(40, 24, dtype=torch.bfloat16), torch.randn(40, 40, dtype=torch.bfloat16)
+    ref = float64_run(loss_fn, h, y)
+    assert float(ref[1].abs().max()) < 1e-3  # so an absolute 3e-2 tolerance could not tell zero apart
+    good = run(loss_fn, h, y, "reference")
+    assert_close_to_float64(good, ref, rows=40)
+    for broken in (torch.zeros_like(good[1]), good[1] * 0.5):
+        with pytest.raises(AssertionError, match="grad of h"):
+            assert_close_to_float64((good[0], broken, good[2]), ref, rows=40)
+
+
 def test_reference_follows_the_paper_formulas():
     """Angular = -mean cos(y, f(h)); scale = element-wise mean of (g(f(h)/|f(h)|) - y)^2."""
     loss_fn = make_loss(torch.float64, num_targets=2, lambda_angular=0.7, lambda_scale=0.3, impl="reference")
@@ -61,12 +102,17 @@ def test_reference_follows_the_paper_formulas():
 
 @requires_cpu_kernels
 @pytest.mark.parametrize("num_targets", [1, 3])
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5), (torch.bfloat16, None)])
 def test_fused_matches_reference(num_targets, dtype, tol):
     loss_fn = make_loss(dtype, num_targets=num_targets)
     h = torch.randn(2, 7, 5, 24, dtype=dtype)
     y_shape = (2, 7, 5, 40) if num_targets == 1 else (2, 7, 5, num_targets, 40)
     y = torch.randn(y_shape, dtype=dtype)
+    if dtype == torch.bfloat16:  # both paths against float64, with tolerances from bf16's precision
+        ref = float64_run(loss_fn, h, y)
+        for impl in ("fused", "reference"):
+            assert_close_to_float64(run(loss_fn, h, y, impl), ref, rows=2 * 7 * 5)
+        return
     reference = run(loss_fn, h, y, "reference")
     assert_same(run(loss_fn, h, y, "fused"), reference, rtol=tol, atol=tol)
 
@@ -92,16 +138,50 @@ def test_chunked_matches_unchunked(chunk_size, num_targets):
 
 
 @requires_cpu_kernels
+@pytest.mark.parametrize("num_targets", [1, 2])
+def test_chunked_bf16_against_float64(num_targets):
+    """The chunked path in bf16: float32 accumulation, gradients in each parameter's dtype."""
+    loss_fn = make_loss(torch.bfloat16, num_targets=num_targets)
+    h = torch.randn(70, 24, dtype=torch.bfloat16)
+    y = torch.randn((70, 40) if num_targets == 1 else (70, num_targets, 40), dtype=torch.bfloat16)
+    got = run(loss_fn, h, y, "fused", chunk_size=16)
+    assert_close_to_float64(got, float64_run(loss_fn, h, y), rows=70)
+    assert got[1].dtype == torch.bfloat16 and all(g.dtype == torch.bfloat16 for g in got[2].values())
+    assert all(getattr(got[0], t).dtype == torch.float32 for t in ("loss", "angular", "scale", "cosine"))
+
+
+@requires_cpu_kernels
+@pytest.mark.parametrize("chunk_size", [None, 5])
+def test_only_the_first_parameter_needs_grad(chunk_size):
+    """Parameter gradients are computed when any one parameter needs them, the first included."""
+    loss_fn = make_loss(torch.float64, impl="fused", chunk_size=chunk_size)
+    h, y = torch.randn(9, 24, dtype=torch.float64), torch.randn(9, 40, dtype=torch.float64)
+    loss_fn.requires_grad_(False)
+    loss_fn.flat_parameters()[0].requires_grad_(True)
+    reference = copy.deepcopy(loss_fn)
+    reference.impl, reference.chunk_size = "reference", None
+    loss_fn(h, y).loss.backward()
+    reference(h, y).loss.backward()
+    got, expected = loss_fn.flat_parameters()[0].grad, reference.flat_parameters()[0].grad
+    assert got is not None and expected.norm() > 0
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+@requires_cpu_kernels
 def test_chunked_scales_by_incoming_gradient():
     loss_fn = make_loss(torch.float64, chunk_size=16)
     h = torch.randn(40, 24, dtype=torch.float64, requires_grad=True)
     y = torch.randn(40, 40, dtype=torch.float64)
     (3.0 * loss_fn(h, y).loss).backward()
     chunked = h.grad.clone()
+    chunked_params = [p.grad.clone() for p in loss_fn.parameters()]
     h.grad = None
+    loss_fn.zero_grad()
     loss_fn.chunk_size = None
     (3.0 * loss_fn(h, y).loss).backward()
     torch.testing.assert_close(chunked, h.grad)
+    for got, p in zip(chunked_params, loss_fn.parameters()):  # parameter gradients scale too
+        torch.testing.assert_close(got, p.grad)
 
 
 @requires_cpu_kernels
@@ -149,7 +229,9 @@ def test_autocast_bf16_with_fp32_parameters():
         reference = run(loss_fn, h, y, "reference")
     assert all(g.dtype == torch.float32 for g in fused[2].values())
     assert fused[1].dtype == torch.float32
-    assert_same(fused, reference, rtol=3e-2, atol=3e-2)
+    ref = float64_run(loss_fn, h, y)  # autocast rounds the matmul inputs to bf16: bf16's tolerances
+    assert_close_to_float64(fused, ref, rows=33)
+    assert_close_to_float64(reference, ref, rows=33)
 
 
 @pytest.mark.parametrize("impl", ["reference", "auto"])
@@ -262,3 +344,138 @@ def test_rows_too_wide_for_the_cuda_kernels_fall_back():
         loss_fn.impl = "fused"
         with pytest.raises(ValueError, match="do not take target_dim=4096"):
             loss_fn.resolved_impl(torch.device("cuda"), torch.float32)
+
+
+@requires_cpu_kernels
+@pytest.mark.parametrize("impl,chunk_size", [("reference", None), ("fused", None), ("fused", 8)])
+def test_only_the_loss_carries_a_gradient_and_term_dtypes(impl, chunk_size):
+    """The cosine is a statistic (no gradient, float32; float64 for float64 models); the chunked path
+    computes gradients during the forward, so there angular and scale carry none either."""
+    for dtype, stat in ((torch.float32, torch.float32), (torch.bfloat16, torch.float32), (torch.float64, torch.float64)):
+        loss_fn = make_loss(dtype, impl=impl, chunk_size=chunk_size)
+        out = loss_fn(torch.randn(20, 24, dtype=dtype, requires_grad=True), torch.randn(20, 40, dtype=dtype))
+        assert out.loss.requires_grad
+        for term in ("angular", "scale", "cosine") if chunk_size else ("cosine",):
+            assert not getattr(out, term).requires_grad, term
+        assert out.cosine.dtype == stat, (impl, dtype, out.cosine.dtype)
+
+
+@requires_cpu_kernels
+def test_chunked_under_autocast_and_non_finite_targets():
+    """Autocast with float32 features: the chunked path rounds y to the compute dtype like the fused one."""
+    loss_fn = make_loss(torch.float32)
+    h, y = torch.randn(33, 24), torch.randn(33, 40)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        chunked = run(loss_fn, h, y, "fused", chunk_size=8)
+    assert_close_to_float64(chunked, float64_run(loss_fn, h, y), rows=33)
+    y2 = torch.randn(30, 2, 40)
+    y2[17, 1, 3] = float("nan")
+    for chunk_size in (8, None):  # the message names the target and the first bad token
+        with pytest.raises(ValueError, match="in 1 token\\(s\\) of target 1 \\(first at flattened token 17\\)"):
+            make_loss(num_targets=2, chunk_size=chunk_size, impl="fused")(torch.randn(30, 24), y2)
+
+
+@pytest.mark.parametrize("eps", [1e-8, 3.0])
+def test_reference_eps_clamps_the_norms(eps):
+    """cos = z.y / (max(|z|, eps) max(|y|, eps)) and zhat = z / max(|z|, eps), by hand in float64,
+    with an eps large enough (3) to clamp some norms of these small vectors."""
+    loss_fn = make_loss(torch.float64, impl="reference", eps=eps, lambda_angular=1.0, lambda_scale=1.0)
+    h = 0.3 * torch.randn(12, 24, dtype=torch.float64)
+    y = 0.3 * torch.randn(12, 40, dtype=torch.float64)
+    out = loss_fn(h, y)
+    z = loss_fn.projector(h)
+    z_norm, y_norm = z.norm(dim=-1).clamp_min(eps), y.norm(dim=-1).clamp_min(eps)
+    cos = (z * y).sum(-1) / (z_norm * y_norm)
+    pred = loss_fn.head(z / z_norm[:, None])
+    if eps > 1:
+        assert (z.norm(dim=-1) < eps).any()
+    torch.testing.assert_close(out.angular, -cos.mean(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(out.scale, ((pred - y) ** 2).mean(), rtol=1e-12, atol=1e-14)
+
+
+def test_which_implementation_runs(monkeypatch):
+    """resolved_impl and the NVTX range name say which path ran; the autograd node confirms it."""
+    import gfcore.losses.alignment as alignment_module
+
+    ranges = []
+
+    class Recorder:
+        def __init__(self, name):
+            ranges.append(name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(alignment_module, "nvtx_range", Recorder)
+    h = torch.randn(6, 24, requires_grad=True)
+    y = torch.randn(6, 40)
+    assert make_loss(impl="reference").resolved_impl(torch.device("cpu")) == "reference"
+    out = make_loss(impl="reference")(h, y)
+    assert ranges == ["gfcore.alignment_loss.reference"] and "Fused" not in type(out.angular.grad_fn).__name__
+    if not gfcore.backends()["cuda"]:  # auto without kernels for the device: the reference
+        assert make_loss(impl="auto").resolved_impl(torch.device("cuda")) == "reference"
+    if gfcore.backends()["cpu"]:
+        ranges.clear()
+        out = make_loss(impl="fused")(h, y)
+        assert ranges == ["gfcore.alignment_loss.fused"]
+        assert type(out.angular.grad_fn).__name__ == "FusedAlignmentFunctionBackward"
+        ranges.clear()
+        make_loss(impl="auto", chunk_size=4)(h, y)
+        assert ranges == ["gfcore.alignment_loss.fused.chunked"]
+
+
+def test_more_bad_inputs_and_a_single_token():
+    loss_fn = make_loss()
+    h, y = torch.randn(4, 24), torch.randn(4, 40)
+    for bad_h, bad_y in ((h.tolist(), y), (h, y.tolist())):
+        with pytest.raises(TypeError, match="^h and y must be tensors$"):
+            loss_fn(bad_h, bad_y)
+    with pytest.raises(TypeError, match="^h must be a floating-point tensor, got torch.int64"):
+        loss_fn(h.long(), y)
+    one = loss_fn(torch.randn(24), torch.randn(40))  # one token, no leading dimensions
+    assert one.loss.shape == ()
+    meta = torch.device("meta")
+    with pytest.raises(ValueError, match="^y is on cpu but h is on meta$"):
+        loss_fn(h.to(meta), y)
+    with pytest.raises(ValueError, match="^h is on meta but the loss parameters are on cpu: call loss_fn.to\\('meta'\\)$"):
+        loss_fn(h.to(meta), y.to(meta))
+    with pytest.raises(ValueError, match="^y \\(the teacher features\\) holds NaN or Inf values$"):
+        make_loss(impl="reference")(h, torch.full_like(y, float("nan")))
+
+
+def test_constructor_defaults_and_argument_names():
+    loss_fn = GeometryAlignmentLoss(8, 6)
+    assert (loss_fn.projector[0].out_features, loss_fn.head[0].out_features) == (2048, 512)  # the paper's sizes
+    assert (loss_fn.lambda_angular, loss_fn.lambda_scale, loss_fn.num_targets) == (0.5, 0.05, 1)
+    assert loss_fn.impl == "auto" and loss_fn.chunk_size is None and loss_fn.eps == 1e-8 and loss_fn.check_finite
+    for name in ("hidden_dim", "target_dim", "num_targets", "projector_dim", "head_dim", "chunk_size"):
+        for bad in (0, True, 2.0):
+            with pytest.raises(ValueError, match=f"^{name} must be a positive int, got {bad!r}$"):
+                make_loss(**{name: bad})
+    with pytest.raises(ValueError, match="^chunk_size needs impl='fused' or 'auto': the reference keeps"):
+        make_loss(impl="reference", chunk_size=8)
+
+
+def test_row_limit_of_the_device_kernels(monkeypatch):
+    """As if CUDA kernels were built: rows too wide for them go to the reference (auto, with a warning)
+    or raise (fused), naming target_dim and dtype; rows that fit stay fused."""
+    import gfcore.losses.alignment as alignment_module
+
+    monkeypatch.setattr(alignment_module, "fused_available", lambda device_type: True)
+    warnings = []
+    monkeypatch.setattr(alignment_module, "warn_once", warnings.append)
+    cuda = torch.device("cuda")
+    wide = make_loss(target_dim=4096)
+    assert wide.resolved_impl(cuda) == "fused"  # no dtype given: no row check
+    assert wide.resolved_impl(cuda, torch.float32) == "reference"
+    assert warnings == ["GeometryAlignmentLoss: the fused cuda kernels do not take target_dim=4096 in torch.float32 "
+                        "(rows are held in registers); using the reference implementation"]
+    assert make_loss(target_dim=2048).resolved_impl(cuda, torch.float32) == "fused"
+    assert make_loss(target_dim=4096).resolved_impl(cuda, torch.bfloat16) == "fused"
+    wide.impl = "fused"
+    with pytest.raises(ValueError, match="^the fused cuda kernels do not take target_dim=4096 in torch.float32 "
+                                         "\\(rows are held in registers\\); use impl='auto' or 'reference'$"):
+        wide.resolved_impl(cuda, torch.float32)

@@ -2,10 +2,16 @@
 import json
 import os
 
+import math
+
 import numpy as np
+import pytest
+import torch
 
 from gfcore.cli import main
 from trainer_helpers import TINY_MODEL, one_torch_thread  # noqa: F401  (autouse fixture)
+
+tm_image = pytest.importorskip("torchmetrics.functional.image", reason="torchmetrics not installed")
 
 
 def test_demo_writes_a_labelled_report(tmp_path):
@@ -28,8 +34,22 @@ def test_demo_writes_a_labelled_report(tmp_path):
         # the test split's 4th clip is a 360-degree turn: the revisit rollout
         assert len(list((out / "samples" / name / "revisit" / "clips").glob("*.npy"))) == 1
         results = json.loads((out / "eval" / name / "results.json").read_text())
-        assert isinstance(results["metrics"]["PSNR"], float)
-        assert isinstance(results["details"]["rve"]["psnr"], float)
+        # the reported metrics recomputed from the saved clips: PSNR by its formula in float64,
+        # SSIM with torchmetrics, over the generated frames (after the 2 context frames)
+        psnrs, ssims = [], []
+        for gen_file, ref_file in zip(clips, sorted((out / "samples" / "reference" / "clips").glob("*.npy"))):
+            assert gen_file.name == ref_file.name
+            gen = torch.from_numpy(np.load(gen_file)[2:]).double().permute(0, 3, 1, 2) / 255
+            ref = torch.from_numpy(np.load(ref_file)[2:]).double().permute(0, 3, 1, 2) / 255
+            psnrs += (10 * torch.log10(1 / ((gen - ref) ** 2).mean(dim=(1, 2, 3)))).tolist()
+            ssims += tm_image.structural_similarity_index_measure(gen, ref, data_range=1.0, reduction="none").tolist()
+        assert len(psnrs) == 4 * 8 and all(math.isfinite(v) for v in psnrs)
+        assert results["metrics"]["PSNR"] == pytest.approx(float(np.mean(psnrs)), abs=1e-4)
+        assert results["metrics"]["SSIM"] == pytest.approx(float(np.mean(ssims)), abs=1e-5)
+        revisit = np.load(next((out / "samples" / name / "revisit" / "clips").glob("*.npy")))
+        first, last = (torch.from_numpy(revisit[i]).double() / 255 for i in (0, -1))
+        assert results["details"]["rve"]["psnr"] == pytest.approx(
+            float(10 * torch.log10(1 / ((last - first) ** 2).mean())), abs=1e-4)
         assert str(results["metrics"]["FVD"]).startswith("unavailable")  # no I3D weights here
         assert f"samples/{name}/videos/" in report
     # given frames are copied, not generated

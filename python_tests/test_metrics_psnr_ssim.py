@@ -79,6 +79,24 @@ def test_hand_computed_psnr():
     assert psnr(a, b).item() == pytest.approx(20.0, abs=1e-4)
 
 
+@pytest.mark.parametrize("data_range", [255.0, 2.0, 0.5])
+def test_psnr_and_ssim_with_other_data_ranges(data_range):
+    """Images in [0, R]: PSNR = 10 log10(R^2 / MSE), and both metrics match the references at that range."""
+    a, b = _pair((2, 3, 17, 21), seed=11)
+    a, b = a * data_range, b * data_range
+    mse = ((a - b) ** 2).mean(dim=(1, 2, 3))
+    expected = 10 * torch.log10(data_range**2 / mse)
+    torch.testing.assert_close(psnr(a, b, data_range=data_range), expected, rtol=0, atol=1e-9)
+    # hand example: a constant error of R / 10 is 20 dB whatever R is
+    zero = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    assert psnr(zero, zero + data_range / 10, data_range=data_range).item() == pytest.approx(20.0, abs=1e-9)
+    sk = [skimage_metrics.peak_signal_noise_ratio(a[i].numpy(), b[i].numpy(), data_range=data_range) for i in range(2)]
+    torch.testing.assert_close(psnr(a, b, data_range=data_range), torch.tensor(sk, dtype=torch.float64),
+                               rtol=0, atol=1e-9)
+    tm = torchmetrics_image.structural_similarity_index_measure(a, b, data_range=data_range, reduction="none")
+    torch.testing.assert_close(ssim(a, b, data_range=data_range), tm, rtol=0, atol=1e-6)
+
+
 def test_corruptions_move_metrics_the_right_way():
     g = torch.Generator().manual_seed(5)
     # a smooth image so that blur and shift are mild, graded corruptions
@@ -115,3 +133,52 @@ def test_gradients_match_torchmetrics():
     psnr(ours_in, b).sum().backward()
     torchmetrics_image.peak_signal_noise_ratio(ref_in, b, data_range=1.0, reduction="sum", dim=(1, 2, 3)).backward()
     torch.testing.assert_close(ours_in.grad, ref_in.grad, rtol=1e-6, atol=1e-9)
+
+
+def test_gaussian_window_by_hand():
+    """Taps exp(-(i - c)^2 / (2 sigma^2)) / sum, c the middle tap; defaults 11 taps, sigma 1.5."""
+    from gfcore.metrics.psnr_ssim import gaussian_window_1d
+
+    raw = [math.exp(-((i - 5) ** 2) / (2 * 1.5**2)) for i in range(11)]
+    expected = torch.tensor([v / sum(raw) for v in raw], dtype=torch.float64)
+    torch.testing.assert_close(gaussian_window_1d(dtype=torch.float64), expected, rtol=0, atol=1e-16)
+    assert gaussian_window_1d().dtype == torch.float32
+    raw = [math.exp(-((i - 1) ** 2) / (2 * 0.7**2)) for i in range(3)]
+    torch.testing.assert_close(gaussian_window_1d(3, 0.7, torch.float64),
+                               torch.tensor([v / sum(raw) for v in raw], dtype=torch.float64), rtol=0, atol=1e-16)
+    assert gaussian_window_1d(1).tolist() == [1.0]
+    for bad in (4, 0, -1):
+        with pytest.raises(ValueError, match="positive odd number, got"):
+            gaussian_window_1d(bad)
+
+
+def test_psnr_edge_values_and_dtypes():
+    zeros = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    assert psnr(zeros, zeros + 1).item() == 0.0  # MSE = R^2 = 1: exactly 0 dB, not "identical"
+    # R^2 computed in the working dtype: R = 0.3 is not exact in float32
+    a, b = _pair((2, 3, 12, 12), seed=4)
+    a, b = 0.3 * a, 0.3 * b
+    expected = 10 * torch.log10(0.3**2 / ((a - b) ** 2).mean(dim=(1, 2, 3)))
+    torch.testing.assert_close(psnr(a, b, data_range=0.3), expected, rtol=0, atol=1e-12)
+    # mixed inputs work in pred's dtype (float32 here), whatever the target's
+    assert psnr(a.float(), b).dtype == torch.float32 and psnr(a, b.float()).dtype == torch.float64
+    assert ssim(a.float(), b, data_range=0.3).dtype == torch.float32
+
+
+def test_bf16_inputs_are_computed_in_float32():
+    """bf16 values are upcast before any arithmetic: the same result as their float32 copies."""
+    a, b = _pair((2, 3, 24, 24), dtype=torch.float32)
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    torch.testing.assert_close(ssim(a16, b16), ssim(a16.float(), b16.float()), rtol=0, atol=1e-7)
+    torch.testing.assert_close(psnr(a16, b16), psnr(a16.float(), b16.float()), rtol=0, atol=1e-7)
+
+
+def test_ssim_size_limits_and_names():
+    a, b = _pair((1, 3, 11, 11))
+    tm = torchmetrics_image.structural_similarity_index_measure(a, b, data_range=1.0, reduction="none")
+    torch.testing.assert_close(ssim(a, b), tm, rtol=0, atol=1e-6)  # exactly the window size is enough
+    for shape in ((1, 3, 10, 11), (1, 3, 11, 10)):
+        with pytest.raises(ValueError, match="at least 11x11"):
+            ssim(torch.rand(shape), torch.rand(shape))
+    with pytest.raises(ValueError, match="^pred and target must have the same shape"):
+        ssim(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 17))

@@ -32,6 +32,69 @@ def test_revisit_identical_and_corrupted():
         load_inception(None)
 
 
+def _frechet_by_hand(a: torch.Tensor, b: torch.Tensor) -> float:
+    """|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) with scipy's matrix square root (float64)."""
+    import numpy as np
+    import scipy.linalg
+
+    a, b = a.double().numpy(), b.double().numpy()
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = scipy.linalg.sqrtm(s_a @ s_b).real
+    return float(((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s_a + s_b - 2 * root))
+
+
+def test_revisit_metrics_against_independent_values():
+    """PSNR by its formula, SSIM with torchmetrics / scikit-image, FID with scipy, LPIPS passed through."""
+    tm_image = pytest.importorskip("torchmetrics.functional.image", reason="torchmetrics not installed")
+    skimage_metrics = pytest.importorskip("skimage.metrics", reason="scikit-image not installed")
+    g = torch.Generator().manual_seed(3)
+    first = torch.rand(5, 3, 16, 20, generator=g, dtype=torch.float64)
+    last = (first + 0.1 * torch.randn(first.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    calls = []
+
+    def fake_lpips(a, b):  # records its arguments: (generated-side = last, reference-side = first)
+        calls.append((a, b))
+        return (a - b).abs().mean(dim=(1, 2, 3)).float()
+
+    pairs = revisit_pair_metrics(first, last, lpips_model=fake_lpips)
+    expected_psnr = 10 * torch.log10(1 / ((last - first) ** 2).mean(dim=(1, 2, 3)))
+    torch.testing.assert_close(pairs["psnr"], expected_psnr, rtol=0, atol=1e-9)
+    tm = tm_image.structural_similarity_index_measure(last, first, data_range=1.0, reduction="none")
+    torch.testing.assert_close(pairs["ssim"], tm, rtol=0, atol=1e-6)
+    valid = revisit_pair_metrics(first, last, ssim_border="valid")["ssim"]
+    sk = [skimage_metrics.structural_similarity(last[i].numpy(), first[i].numpy(), data_range=1.0, channel_axis=0,
+                                                gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+          for i in range(5)]
+    torch.testing.assert_close(valid, torch.tensor(sk, dtype=torch.float64), rtol=0, atol=1e-6)
+    (a, b), = calls
+    assert a is last and b is first and pairs["lpips"].dtype == torch.float64
+    torch.testing.assert_close(pairs["lpips"], (last - first).abs().mean(dim=(1, 2, 3)), rtol=1e-6, atol=0)
+    assert revisit_fid(first, last, _mean_pool) == pytest.approx(_frechet_by_hand(_mean_pool(last), _mean_pool(first)),
+                                                                 rel=1e-6, abs=1e-9)
+    with pytest.raises(ValueError, match="last"):
+        revisit_pair_metrics(first, last[:, :, :-1])
+
+
+def test_inception_feature_fn_feeds_uint8_in_batches():
+    """StyleGAN's Inception takes uint8 [0, 255]: x -> round(255 clamp(x, 0, 1)), in chunks of batch_size."""
+    from gfcore.metrics.rve import inception_feature_fn
+
+    seen = []
+
+    def detector(images, return_features=False):
+        assert return_features is True
+        seen.append(images)
+        return images.float().mean(dim=(2, 3))
+
+    images = torch.tensor([-0.5, 0.0, 0.2, 0.6, 0.999, 1.7]).view(6, 1, 1, 1).expand(6, 3, 2, 2)
+    feats = inception_feature_fn(detector, batch_size=4)(images)
+    assert [s.shape[0] for s in seen] == [4, 2] and all(s.dtype == torch.uint8 for s in seen)
+    # by hand: clamp to [0, 1], times 255, rounded: 0, 0, 51, 153, 254.7 -> 255, 255
+    expected = torch.tensor([0.0, 0.0, 51.0, 153.0, 255.0, 255.0], dtype=torch.float64)
+    assert feats.dtype == torch.float64 and feats.shape == (6, 3)
+    torch.testing.assert_close(feats, expected[:, None].expand(6, 3), rtol=0, atol=0)
+
+
 def test_accumulator_matches_direct_computation():
     acc = FrameMetricAccumulator()
     gen_a, ref_a = _clip(5, 1), _clip(5, 2)

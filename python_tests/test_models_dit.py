@@ -6,6 +6,7 @@ import torch
 
 from gfcore.models import FactorizedAttention, VideoDiT, VideoDiTConfig, build_model
 from gfcore.nn.rope import rope_1d, rope_2d
+from conftest import rel_err
 from trainer_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
 
@@ -191,3 +192,160 @@ def test_dit_input_errors_name_the_argument():
         build_model(dict(image_size=[8, 8], widht=3))
     with pytest.raises(ValueError, match="align_depth"):
         VideoDiTConfig(image_size=(8, 8), depth=2, align_depth=3)
+
+
+def test_timestep_embedding_formula():
+    """[cos(1000 t w_i), sin(1000 t w_i)] with w_i = 10000^(-i / (dim / 2)), i = 0 .. dim/2 - 1 (float64 by hand)."""
+    from gfcore.models.dit import timestep_embedding
+
+    t = torch.tensor([[0.0, 0.25, 1.0], [0.5, 0.001, 0.75]])
+    dim = 12
+    got = timestep_embedding(t, dim)
+    assert got.shape == (2, 3, dim)
+    half = dim // 2
+    expected = torch.zeros(2, 3, dim, dtype=torch.float64)
+    for b in range(2):
+        for f in range(3):
+            for i in range(half):
+                angle = 1000.0 * float(t[b, f]) * 10000.0 ** (-i / half)
+                expected[b, f, i], expected[b, f, half + i] = math.cos(angle), math.sin(angle)
+    # fp32 angles up to 1000 carry an absolute error of ~1000 * 2^-24 ~ 6e-5
+    torch.testing.assert_close(got.double(), expected, atol=2e-4, rtol=0)
+    torch.testing.assert_close(timestep_embedding(t, dim, scale=1.0)[0, 2, :half].double(),
+                               torch.tensor([math.cos(10000.0 ** (-i / half)) for i in range(half)],
+                                            dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_patchify_and_unpatchify_by_hand():
+    """Token h * gw + w holds pixel (h p + i, w p + j) of channel c at feature c p^2 + i p + j."""
+    model = build_model(dict(image_size=[8, 12], patch_size=4, hidden_dim=32, depth=1, num_heads=2, align_depth=1))
+    x = torch.randn(2, 3, 3, 8, 12)
+    tokens = model._patchify(x)
+    p, gh, gw = 4, 2, 3
+    assert tokens.shape == (2, 3, gh * gw, 3 * p * p)
+    expected = torch.zeros_like(tokens)
+    for h in range(gh):
+        for w in range(gw):
+            for c in range(3):
+                for i in range(p):
+                    for j in range(p):
+                        expected[:, :, h * gw + w, c * p * p + i * p + j] = x[:, :, c, h * p + i, w * p + j]
+    assert torch.equal(tokens, expected)
+    assert torch.equal(model.unpatchify(expected), x)
+
+
+def _reference_dit(model: VideoDiT, x, t, rays, actions=None, drop_cond=None):
+    """VideoDiT's forward written out in float64: patch/ray embedding, timestep MLP, adaLN-Zero
+    blocks (LayerNorm, x (1 + scale) + shift, gated residual) with the loop-and-einsum attention
+    above, final adaLN and the output projection, unpatchified by hand."""
+    cfg = model.config
+    p, (gh, gw), dim = cfg.patch_size, cfg.grid, cfg.hidden_dim
+    B, T = x.shape[:2]
+
+    def patches(img):  # [B, T, C, H, W] -> [B, T, P, C p p]
+        C = img.shape[2]
+        return img.reshape(B, T, C, gh, p, gw, p).permute(0, 1, 3, 5, 2, 4, 6).reshape(B, T, gh * gw, C * p * p)
+
+    def linear(layer, v):
+        return v @ layer.weight.T + layer.bias
+
+    def silu(v):
+        return v / (1 + torch.exp(-v))
+
+    def layer_norm(v):
+        mean = v.mean(-1, keepdim=True)
+        return (v - mean) / torch.sqrt(((v - mean) ** 2).mean(-1, keepdim=True) + 1e-6)
+
+    def mlp(v, seq):  # Linear, GELU (tanh), Linear
+        u = linear(seq[0], v)
+        u = 0.5 * u * (1 + torch.tanh(math.sqrt(2 / math.pi) * (u + 0.044715 * u**3)))
+        return linear(seq[2], u)
+
+    keep = torch.ones(B, dtype=torch.float64) if drop_cond is None else (~drop_cond).double()
+    tokens = linear(model.patch_embed, patches(x)) + keep[:, None, None, None] * linear(model.ray_embed, patches(rays))
+    half = dim // 2
+    freqs = 10000.0 ** (-torch.arange(half, dtype=torch.float64) / half)
+    angles = 1000.0 * t.double()[..., None] * freqs
+    emb = torch.cat([angles.cos(), angles.sin()], -1)
+    cond = linear(model.time_embed[2], silu(linear(model.time_embed[0], emb)))  # [B, T, D]
+    if actions is not None:
+        seq = model.action_embed
+        cond = cond + keep[:, None, None] * linear(seq[2], silu(linear(seq[0], actions.double())))
+    spatial_rope = (model.spatial_cos, model.spatial_sin)
+    temporal_rope = tuple(r.double() for r in rope_1d(T, dim // cfg.num_heads))
+    hidden = None
+    for depth, block in enumerate(model.blocks, start=1):
+        mods = linear(block.modulation[1], silu(cond))
+        for i in range(3):
+            shift, scale, gate = (mods[..., (3 * i + k) * dim:(3 * i + k + 1) * dim][:, :, None] for k in range(3))
+            h = layer_norm(tokens) * (1 + scale) + shift
+            if i == 0:
+                h = naive_attention(block.spatial, h, "spatial", rope=spatial_rope)
+            elif i == 1:
+                h = naive_attention(block.temporal, h, "temporal", causal=cfg.temporal_causal, rope=temporal_rope)
+            else:
+                h = mlp(h, block.mlp)
+            tokens = tokens + gate * h
+        if depth == cfg.align_depth:
+            hidden = tokens
+    mods = linear(model.final_modulation[1], silu(cond))
+    shift, scale = mods[..., :dim][:, :, None], mods[..., dim:][:, :, None]
+    out = linear(model.out, layer_norm(tokens) * (1 + scale) + shift)  # [B, T, P, C p p]
+    C = cfg.channels
+    v = out.reshape(B, T, gh, gw, C, p, p).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, T, C, gh * p, gw * p)
+    return v, hidden
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_dit_forward_matches_a_float64_reference(causal):
+    model = build_model(dict(image_size=[8, 12], patch_size=4, hidden_dim=32, depth=2, num_heads=2, align_depth=1,
+                             action_dim=3, temporal_causal=causal))
+    model = _randomized(model).double()
+    with torch.no_grad():  # every weight random, norm weights too, so no term can hide behind a 0 or 1
+        for name, p in model.named_parameters():
+            p.normal_(0, 0.3 if "norm_weight" not in name else 1.0)
+    x, t, rays, actions = (v.double() if v is not None else v for v in _inputs(action_dim=3))
+    drop = torch.tensor([False, True])
+    got, hidden = model(x, t, rays=rays, actions=actions, drop_cond=drop)
+    ref, ref_hidden = _reference_dit(model, x, t, rays, actions, drop)
+    # the model embeds t in float32 (angles up to 1000: ~1e-4 absolute): compare in norm
+    assert rel_err(got, ref) < 1e-4 and rel_err(hidden, ref_hidden) < 1e-4
+    assert ref.norm() > 0.1 * x.norm()  # the reference is far from zero: the comparison means something
+
+
+def test_config_validation_and_round_trip():
+    from gfcore.models.dit import config_dict
+
+    config = VideoDiTConfig(image_size=16, patch_size=4, hidden_dim=32, num_heads=2, depth=2, align_depth=2)
+    assert config.image_size == (16, 16) and config.grid == (4, 4)
+    assert VideoDiTConfig(image_size=[8, 12], patch_size=4, hidden_dim=32, num_heads=2, depth=1,
+                          align_depth=1).grid == (2, 3)
+    as_dict = config_dict(config)
+    assert as_dict["image_size"] == [16, 16] and build_model(as_dict).config == config
+    with pytest.raises(ValueError, match=r"image_size \(10, 12\) must be \(H, W\) divisible by patch_size 4"):
+        VideoDiTConfig(image_size=(10, 12))
+    with pytest.raises(ValueError, match="must be \\(H, W\\)"):
+        VideoDiTConfig(image_size=(8, 8, 8))
+    with pytest.raises(ValueError, match="hidden_dim 30 / num_heads 4 must be a multiple of 4"):
+        VideoDiTConfig(hidden_dim=30, num_heads=4)
+    with pytest.raises(ValueError, match="hidden_dim 40 / num_heads 4 must be a multiple of 4"):
+        VideoDiTConfig(hidden_dim=40, num_heads=4)  # head_dim 10: divisible, but not by 4 (2-D RoPE)
+    with pytest.raises(ValueError, match=r"align_depth must lie in \[1, depth=2\], got 0"):
+        VideoDiTConfig(depth=2, align_depth=0)
+    assert VideoDiTConfig(depth=2, align_depth=2).align_depth == 2 and VideoDiTConfig(depth=2, align_depth=1)
+
+
+def test_input_shape_errors_are_exact():
+    model = build_model(dict(image_size=[8, 8], hidden_dim=32, depth=1, num_heads=2, align_depth=1, action_dim=3))
+    x, t, rays, actions = _inputs(H=8, W=8, action_dim=3)
+    with pytest.raises(ValueError, match=r"^rays must be \[B, T, 6, H, W\] = \(2, 3, 6, 8, 8\), got \(2, 3, 6, 8, 4\)$"):
+        model(x, t, rays=rays[..., :4], actions=actions)
+    with pytest.raises(ValueError, match=r"^actions must be \[B, T, 3\], got \(2, 3, 2\)$"):
+        model(x, t, rays=rays, actions=actions[..., :2])
+    with pytest.raises(ValueError, match=r"^drop_cond must be \[B\] = \(2,\), got \(3,\)$"):
+        model(x, t, rays=rays, actions=actions, drop_cond=torch.zeros(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"^x must be \[B, T, 3, 8, 8\], got \(2, 3, 8, 8\)$"):
+        model(x[:, :, 0], t, rays=rays, actions=actions)
+    no_camera = build_model(dict(image_size=[8, 8], hidden_dim=32, depth=1, num_heads=2, align_depth=1,
+                                 camera_cond=False))
+    assert no_camera.ray_embed is None and no_camera(x, t)[0].shape == x.shape  # rays not needed

@@ -2,6 +2,7 @@
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -120,3 +121,71 @@ def test_revisit_path_turns_once_and_returns():
     angles = torch.atan2(forward[:, 0], forward[:, 2])
     torch.testing.assert_close(angles[2] - angles[1], torch.tensor(math.pi / 4, dtype=R.dtype))
     assert (c2w[:, :3, 3] == 0).all() and (R[:, 1, 1] == 1).all()
+    assert c2w.dtype == torch.float64  # poses are composed in float64 (relative_to_first, rays)
+
+
+class GuidedModel(torch.nn.Module):
+    """Constant velocities: `cond` with the condition, `uncond` when drop_cond drops it; records its calls."""
+
+    def __init__(self, cond: float, uncond: float):
+        super().__init__()
+        self.cond, self.uncond = cond, uncond
+        self.config = SimpleNamespace(camera_cond=False)
+        self.calls = []
+
+    def forward(self, x, t, rays=None, actions=None, drop_cond=None):
+        self.calls.append(dict(x=x, t=t, rays=rays, actions=actions, drop_cond=drop_cond))
+        value = self.cond if drop_cond is None else self.uncond
+        return torch.full_like(x, value), None
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0, 0.25])
+@pytest.mark.parametrize("method", ["euler", "heun"])
+def test_classifier_free_guidance_extrapolates_away_from_the_unconditional(scale, method):
+    """Guided velocity v_u + s (v_c - v_u) (Ho & Salimans). With constant velocities the ODE from
+    t = 1 to 0 moves the noise by -v exactly: x0 = eps - (v_u + s (v_c - v_u)), for Euler and Heun."""
+    v_c, v_u = 1.0, -0.25
+    guided = v_u + scale * (v_c - v_u)  # s = 3: 3.5; s = 0.25: 0.0625; s = 1: v_c
+    context = torch.zeros(2, 1, 3, 4, 4)
+    rays, actions = torch.randn(2, 3, 6, 4, 4), torch.randn(2, 3, 5)
+    model = GuidedModel(v_c, v_u)
+    out = denoise_window(model, context, 2, steps=4, method=method, rays=rays, actions=actions,
+                         generator=torch.Generator().manual_seed(3), guidance_scale=scale)
+    eps = torch.randn((2, 2, 3, 4, 4), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(out, eps - guided, atol=1e-6, rtol=0)
+    # both passes see the same x, t, rays and actions; the unconditional one drops every clip's condition
+    calls = model.calls
+    assert len(calls) == (1 if scale == 1.0 else 2) * (4 if method == "euler" else 7)
+    for call in calls:
+        assert call["rays"] is rays and call["actions"] is actions and call["t"].dtype == torch.float32
+    if scale != 1.0:
+        for cond, uncond in zip(calls[::2], calls[1::2]):
+            assert cond["drop_cond"] is None
+            assert uncond["drop_cond"].dtype == torch.bool and uncond["drop_cond"].tolist() == [True, True]
+            assert torch.equal(cond["x"], uncond["x"]) and torch.equal(cond["t"], uncond["t"])
+
+
+def test_noise_levels_are_float32_whatever_the_default_dtype():
+    model = FieldModel(lambda x, t: torch.zeros_like(x))
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        denoise_window(model, torch.zeros(1, 1, 1, 2, 2), 1, steps=2, method="euler")
+    finally:
+        torch.set_default_dtype(previous)
+    assert all(call["t"].dtype == torch.float32 for call in model.calls)
+    assert model.calls[0]["t"].tolist() == [[0.0, 1.0]] and model.calls[1]["t"].tolist() == [[0.0, 0.5]]
+
+
+def test_to_uint8_by_hand():
+    """[T, C, H, W] in [-1, 1] -> uint8 [T, H, W, C]: round((clamp(v) + 1) * 127.5)."""
+    from gfcore.sample.sampler import to_uint8
+
+    values = torch.tensor([-1.5, -1.0, -0.5, 0.0, 0.2, 0.999, 1.0, 3.0])
+    video = torch.zeros(2, 3, 1, 8)
+    video[1, 2, 0] = values
+    out = to_uint8(video)
+    assert out.dtype == np.uint8 and out.shape == (2, 1, 8, 3)
+    # by hand: 0, 0, 63.75 -> 64, 127.5 -> 128 (half to even), 153, 254.87 -> 255, 255, 255
+    assert out[1, 0, :, 2].tolist() == [0, 0, 64, 128, 153, 255, 255, 255]
+    assert (out[0] == 128).all() and (out[1, :, :, :2] == 128).all()

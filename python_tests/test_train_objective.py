@@ -1,4 +1,6 @@
 """Flow-matching objective, the oracle pointmap teacher, and baseline vs GF equivalence."""
+import math
+
 import pytest
 import torch
 
@@ -137,3 +139,114 @@ def test_tiny_model_overfits_one_clip():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.02 * losses[0], (losses[0], losses[-1])
+
+
+def _binomial_ok(count: int, n: int, p: float) -> bool:
+    """count within 4 standard deviations of n p (a false alarm about once in 16000 runs)."""
+    return abs(count - n * p) <= 4 * math.sqrt(n * p * (1 - p))
+
+
+def test_draw_noise_distribution_with_the_defaults():
+    """Defaults: context for half the clips, k ~ U{1, 2} clean frames, conditioning dropped for 10 %."""
+    n, frames = 4000, 6
+    draw = draw_noise((n, frames, 1, 1, 1), torch.Generator().manual_seed(11))
+    assert draw.t.shape == (n, frames) and draw.eps.shape == (n, frames, 1, 1, 1)
+    assert draw.drop_cond.dtype == torch.bool and draw.drop_cond.shape == (n,)
+    counts = draw.context.sum(1)
+    with_context = int((counts > 0).sum())
+    assert _binomial_ok(with_context, n, 0.5)
+    assert set(counts.tolist()) == {0, 1, 2} and _binomial_ok(int((counts == 1).sum()), with_context, 0.5)
+    assert _binomial_ok(int(draw.drop_cond.sum()), n, 0.1)
+    # noise levels: independent U(0, 1) per frame of every clip (not one row shared by the clips)
+    noisy = draw.t[~draw.context]
+    assert abs(float(noisy.mean()) - 0.5) < 4 * math.sqrt(1 / 12 / noisy.numel())
+    assert not torch.equal(draw.t[0, 2:], draw.t[1, 2:])
+    assert abs(float(torch.corrcoef(draw.t[:, 2:].T)[0, 1])) < 0.1
+
+
+@pytest.mark.parametrize("frames,max_context,largest", [(2, 2, 1), (3, 5, 2), (3, 2, 2), (4, 1, 1), (6, 3, 3)])
+def test_context_never_covers_the_whole_clip(frames, max_context, largest):
+    """k ~ U{1 .. min(max_context, frames - 1)}: every value occurs, and at least one frame stays noisy."""
+    draw = draw_noise((2000, frames, 1, 1, 1), torch.Generator().manual_seed(frames), context_prob=1.0,
+                      max_context=max_context)
+    assert set(draw.context.sum(1).tolist()) == set(range(1, largest + 1))
+
+
+@pytest.mark.parametrize("frames,max_context", [(1, 2), (5, 0)])
+def test_no_context_when_impossible_or_disabled(frames, max_context):
+    draw = draw_noise((50, frames, 1, 1, 1), torch.Generator().manual_seed(0), context_prob=1.0,
+                      max_context=max_context)
+    assert draw.context.dtype == torch.bool and not draw.context.any() and (draw.t > 0).all()
+
+
+def test_draw_noise_uses_only_its_generator():
+    torch.manual_seed(1)
+    a = draw_noise((64, 4, 1, 1, 1), torch.Generator().manual_seed(5), cond_drop_prob=0.5)
+    torch.manual_seed(2)  # the global generator must not matter
+    b = draw_noise((64, 4, 1, 1, 1), torch.Generator().manual_seed(5), cond_drop_prob=0.5)
+    assert torch.equal(a.drop_cond, b.drop_cond) and torch.equal(a.t, b.t) and torch.equal(a.context, b.context)
+    part = a.slice(10, 20)
+    for name in ("t", "eps", "context", "drop_cond"):
+        assert torch.equal(getattr(part, name), getattr(a, name)[10:20])
+
+
+def test_loss_of_a_clip_with_one_noisy_frame_and_dtypes():
+    x0, eps = torch.randn(2, 3, 1, 2, 2), torch.randn(2, 3, 1, 2, 2)
+    v_hat = torch.randn_like(x0)
+    context = torch.tensor([[True, True, False], [True, True, True]])  # clip 1: all context, no loss
+    err = (v_hat - (eps - x0)).pow(2).mean(dim=(2, 3, 4))
+    loss = flow_matching_loss(v_hat, x0, eps, context)
+    torch.testing.assert_close(loss, (err[0, 2] + 0.0) / 2)
+    t = torch.tensor([[0.25, 0.5, 1.0], [0.0, 0.1, 0.9]])
+    assert noisy_input(x0.bfloat16(), t, eps.bfloat16()).dtype == torch.bfloat16
+
+
+class SpyModel(torch.nn.Module):
+    """Returns fixed v_hat / hidden and records the arguments the objective passes."""
+
+    def __init__(self, hidden_dtype=torch.float32):
+        super().__init__()
+        self.hidden_dtype, self.calls = hidden_dtype, []
+
+    def forward(self, x, t, rays=None, actions=None, drop_cond=None):
+        self.calls.append(dict(x=x, t=t, rays=rays, actions=actions, drop_cond=drop_cond))
+        return torch.zeros_like(x), torch.ones(*x.shape[:2], 4, 8, dtype=self.hidden_dtype)
+
+
+class SpyAlignment(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = []
+
+    def forward(self, hidden, features):
+        from types import SimpleNamespace
+
+        self.features.append(features)
+        return SimpleNamespace(loss=torch.tensor(0.5), angular=torch.tensor(-0.25), scale=torch.tensor(2.0),
+                               cosine=torch.tensor(0.25))
+
+
+def test_objective_passes_the_batch_and_returns_every_term():
+    x0, eps = torch.randn(2, 3, 3, 8, 8), torch.randn(2, 3, 3, 8, 8)
+    noise = draw_noise((2, 3, 3, 8, 8), torch.Generator().manual_seed(0), cond_drop_prob=0.5)
+    noise.eps = eps
+    batch = {"frames": x0, "rays": torch.randn(2, 3, 6, 8, 8), "actions": torch.randn(2, 3, 7)}
+    model, alignment = SpyModel(torch.float64), SpyAlignment()
+    features = torch.randn(2, 3, 4, 10)
+    terms = GFObjective(alignment)(model, batch, noise, features)
+    (call,) = model.calls
+    assert call["rays"] is batch["rays"] and call["actions"] is batch["actions"]
+    assert call["drop_cond"] is noise.drop_cond and call["t"] is noise.t
+    torch.testing.assert_close(call["x"], noisy_input(x0, noise.t, eps))
+    # features follow the hidden state's dtype outside autocast, and stay as they are under it
+    assert alignment.features[0].dtype == torch.float64
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        GFObjective(alignment)(SpyModel(torch.bfloat16), batch, noise, features)
+    assert alignment.features[1] is features
+    expected_diffusion = flow_matching_loss(torch.zeros_like(x0), x0, eps, noise.context)
+    assert terms.keys() == {"loss", "diffusion", "alignment", "angular", "scale", "cosine"}
+    torch.testing.assert_close(terms["diffusion"], expected_diffusion)
+    torch.testing.assert_close(terms["loss"], expected_diffusion + 0.5)
+    assert (terms["alignment"], terms["angular"], terms["scale"], terms["cosine"]) == (0.5, -0.25, 2.0, 0.25)
+    with pytest.raises(ValueError, match="^GFObjective has an alignment loss but no teacher features"):
+        GFObjective(alignment)(model, batch, noise)

@@ -25,6 +25,43 @@ def test_checkpoints_are_atomic_and_damaged_ones_skipped(tmp_path):
     assert state["step"] == 3 and path.endswith("step_00000003.pt")
 
 
+def test_checkpoint_files_names_and_pruning(tmp_path):
+    from gfcore.train.checkpoint import atomic_save, checkpoint_path
+
+    assert checkpoint_path("/ckpt", 12) == "/ckpt/step_00000012.pt"
+    assert list_checkpoints(str(tmp_path / "missing")) == [] and latest_checkpoint(str(tmp_path / "missing")) is None
+    nested = tmp_path / "a" / "b" / "state.pt"
+    assert atomic_save({"x": torch.arange(3)}, str(nested)) == str(nested)  # folders are created
+    assert torch.equal(torch.load(nested)["x"], torch.arange(3)) and os.listdir(nested.parent) == ["state.pt"]
+    # keep_last=0 keeps every file; only exact step_XXXXXXXX.pt names count, sorted by step
+    for step in (3, 1, 12):
+        save_checkpoint(str(tmp_path), step, {"step": step}, keep_last=0)
+    for name in ("step_1.pt", "step_00000002.pt.bak", "xstep_00000004.pt", "step_00000005.pth"):
+        (tmp_path / name).write_bytes(b"")
+    assert list_checkpoints(str(tmp_path)) == [(s, str(tmp_path / f"step_{s:08d}.pt")) for s in (1, 3, 12)]
+    path, state = latest_checkpoint(str(tmp_path))
+    assert state == {"step": 12} and path.endswith("step_00000012.pt")
+    save_checkpoint(str(tmp_path), 13, {"step": 13}, keep_last=1)
+    assert [s for s, _ in list_checkpoints(str(tmp_path))] == [13]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert latest_checkpoint(str(empty)) is None
+
+
+def test_rng_state_round_trip():
+    import random
+
+    import numpy as np
+
+    from gfcore.train.checkpoint import rng_state, set_rng_state
+
+    state = rng_state()
+    first = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    set_rng_state(state)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == first
+    assert set(state) >= {"python", "numpy", "torch"}
+
+
 def _final(out_dir):
     return torch.load(os.path.join(out_dir, "final.pt"), weights_only=False)
 
@@ -66,6 +103,28 @@ def test_killed_run_resumes_bit_identical(tmp_path, tiny_data_root, teacher):  #
     assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
     assert {"diffusion", "angular", "scale", "cosine", "samples_per_s", "mfu", "lr", "grad_norm"} <= set(log_a[-1])
     assert log_a[-1]["teacher"] == "oracle pointmap teacher"
+
+
+def test_resume_restores_the_cosine_lr_schedule(tmp_path, tiny_data_root):  # noqa: F811
+    """A cosine schedule resumed mid-way continues where it was: the logged lr of step s is
+    lr * (1 + cos(pi (s - w) / (S - w))) / 2 (warmup w = 1, S = 6 steps), before and after the crash,
+    and the resumed weights equal the uninterrupted ones."""
+    import math
+
+    extra = ("teacher=none", "train.lr_decay=cosine", "train.warmup_steps=1", "train.lr=0.01")
+    straight = str(tmp_path / "straight")
+    train(load_config(tiny_overrides(tiny_data_root, straight, *extra)))
+    interrupted = str(tmp_path / "interrupted")
+    with pytest.raises(CrashForTesting):
+        train(load_config(tiny_overrides(tiny_data_root, interrupted, *extra, "train.crash_after_step=3")))
+    assert train(load_config(tiny_overrides(tiny_data_root, interrupted, *extra)))["resumed_from"] == 2
+    expected = [0.01 * 0.5 * (1 + math.cos(math.pi * (step - 1) / 5)) for step in range(1, 7)]
+    for out in (straight, interrupted):
+        assert [r["step"] for r in _log(out)] == [1, 2, 3, 4, 5, 6]
+        assert [r["lr"] for r in _log(out)] == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    a, b = _final(straight), _final(interrupted)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), f"model.{key} differs after resume"
 
 
 def test_resume_none_starts_over_and_finished_run_is_a_no_op(tmp_path, tiny_data_root):  # noqa: F811

@@ -44,10 +44,10 @@ case "$have_torch" in
   *) echo "setup: note: $VENV has torch $have_torch, not a tested one" \
           "($TORCH_CUDA_VERSION CUDA, $TORCH_CPU_VERSION CPU)" ;;
 esac
-"$PY" -m pip install -q -r requirements-dev.txt
-# lpips is the LPIPS reference in the tests; its own requirements would pull torchvision
-# (and with it another torch), which gfcore does not need.
-"$PY" -m pip install -q --no-deps lpips
+# Lines of requirements-dev.txt marked "no-deps" (lpips: the LPIPS reference in the tests,
+# whose own requirements would pull torchvision and with it another torch) go in with --no-deps.
+"$PY" -m pip install -q -r <(grep -v '^[^#].*# no-deps' requirements-dev.txt)
+"$PY" -m pip install -q --no-deps $(grep '^[^#].*# no-deps' requirements-dev.txt | sed 's/#.*//')
 # --no-build-isolation: build against the torch just installed (an isolated build would
 # fetch another torch, with a different ABI).
 MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install -q --no-build-isolation .

@@ -35,7 +35,7 @@ class ChunkedAlignmentFunction(torch.autograd.Function):
                 y_i = y[start:stop, i].to(compute_dtype).contiguous()
                 cos_sum, mse, acts = target_forward(x, y_i, w, eps)
                 if check_finite:
-                    check_finite_targets(acts.norms, i)
+                    check_finite_targets(acts.norms, i, start)
                 cos_total += cos_sum
                 squares_total += mse * ((stop - start) * dim)
                 if need_x or need_params:

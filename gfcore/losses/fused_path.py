@@ -118,13 +118,14 @@ def split_targets(flat_params) -> List[list]:
     return [list(flat_params[i:i + PARAMS_PER_TARGET]) for i in range(0, len(flat_params), PARAMS_PER_TARGET)]
 
 
-def check_finite_targets(norms: torch.Tensor, target: int) -> None:
-    """|y| is computed by the cosine kernel anyway: it is non-finite iff y holds NaN or Inf."""
+def check_finite_targets(norms: torch.Tensor, target: int, first_token: int = 0) -> None:
+    """|y| is computed by the cosine kernel anyway: it is non-finite iff y holds NaN or Inf.
+    first_token: the flattened index of norms' first row (the chunk's start in the chunked path)."""
     if torch.compiler.is_compiling():
         return
     bad = ~torch.isfinite(norms[:, 1])
     if bool(bad.any()):
-        first = int(bad.nonzero()[0, 0])
+        first = first_token + int(bad.nonzero()[0, 0])
         raise ValueError(f"y (the teacher features) holds NaN or Inf values in {int(bad.sum())} token(s) of "
                          f"target {target} (first at flattened token {first})")
 

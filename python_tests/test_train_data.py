@@ -1,0 +1,110 @@
+"""The training batch: windows cut from the clips, and Pluecker rays relative to each window's first frame."""
+import numpy as np
+import pytest
+import torch
+
+from gfcore.train import load_config
+from gfcore.train.data import StepBatcher, build_dataset
+from trainer_helpers import tiny_data_root, tiny_overrides  # noqa: F401  (fixture)
+
+
+def _rays_by_hand(K: np.ndarray, c2w: np.ndarray, height: int, width: int) -> np.ndarray:
+    """[T, 6, H, W] in float64: c2w made relative to frame 0 (inv(c2w_0) c2w_t), one ray through each
+    pixel centre (u + 0.5, v + 0.5): d = R K^-1 p / |.|, moment = camera centre x d."""
+    out = np.zeros((len(c2w), 6, height, width))
+    first_inv = np.linalg.inv(c2w[0])
+    for t in range(len(c2w)):
+        pose = first_inv @ c2w[t]
+        rotation, centre = pose[:3, :3], pose[:3, 3]
+        for v in range(height):
+            for u in range(width):
+                d = rotation @ np.linalg.solve(K[t], np.array([u + 0.5, v + 0.5, 1.0]))
+                d /= np.linalg.norm(d)
+                out[t, :3, v, u] = d
+                out[t, 3:, v, u] = np.cross(centre, d)
+    return out
+
+
+def test_batch_rays_are_relative_to_the_window_first_frame(tiny_data_root):  # noqa: F811
+    cfg = load_config(tiny_overrides(tiny_data_root, "unused"))
+    dataset = build_dataset(cfg.data, with_depth=False)
+    batcher = StepBatcher(dataset, num_frames=4, batch_size=2, seed=5, camera=True, cache=False)
+    for step in (0, 3):
+        batch = batcher.batch(step)
+        height, width = batch["frames"].shape[-2:]
+        assert batch["rays"].shape == (2, 4, 6, height, width)
+        for sample, (index, fraction) in enumerate(batcher.plan(step)):
+            clip = dataset[index]
+            total = clip["frames"].shape[0]
+            start = int(fraction * (total - 4 + 1))
+            window = slice(start, start + 4)
+            torch.testing.assert_close(batch["frames"][sample], clip["frames"][window], rtol=0, atol=0)
+            K = clip["intrinsics"][window].double().numpy()
+            c2w = clip["c2w"][window].double().numpy()
+            expected = _rays_by_hand(K, c2w, height, width)
+            torch.testing.assert_close(batch["rays"][sample].double(), torch.from_numpy(expected), rtol=0, atol=1e-5)
+            # the batch's poses are the relative ones: frame 0 is the identity
+            torch.testing.assert_close(batch["c2w"][sample].double(),
+                                       torch.from_numpy(np.linalg.inv(c2w[0]) @ c2w), rtol=0, atol=1e-5)
+    # the window must actually move, or the test could not tell relative from absolute poses
+    c2w = dataset[0]["c2w"].double()
+    assert (c2w[1:, :3, 3] - c2w[:1, :3, 3]).norm(dim=-1).max() > 1e-2
+
+
+class CountingClips(torch.utils.data.Dataset):
+    """Clips whose frame values encode (clip, frame); counts the reads."""
+
+    def __init__(self, frames=(6, 9, 7)):
+        self.frames, self.reads = frames, []
+
+    def __len__(self):
+        return len(self.frames)
+
+    def __getitem__(self, index):
+        self.reads.append(index)
+        total = self.frames[index]
+        values = (100 * index + torch.arange(total, dtype=torch.float32)).view(total, 1, 1, 1).expand(total, 3, 2, 2)
+        return {"frames": values.clone(), "key": f"clip{index}", "scalar": torch.tensor(1.0)}
+
+
+def test_windows_ranks_and_cache():
+    dataset = CountingClips()
+    whole = StepBatcher(dataset, num_frames=4, batch_size=6, seed=1, camera=False, cache=True)
+    for step in range(3):
+        batch = whole.batch(step)
+        assert batch["frames"].shape == (6, 4, 3, 2, 2) and "scalar" not in batch
+        for sample, (index, fraction) in enumerate(whole.plan(step)):
+            # the window start by hand: int(fraction * (T - n + 1)) covers every start 0 .. T - n
+            start = int(fraction * (dataset.frames[index] - 4 + 1))
+            expected = 100 * index + torch.arange(start, start + 4, dtype=torch.float32)
+            assert torch.equal(batch["frames"][sample, :, 0, 0, 0], expected)
+            assert batch["key"][sample] == f"clip{index}"
+    assert sorted(dataset.reads) == sorted(set(dataset.reads))  # cached: each clip read once
+    # rank r of W takes rows [r B / W, (r + 1) B / W) of the same global batch
+    parts = [StepBatcher(dataset, 4, 6, seed=1, camera=False, rank=r, world_size=3).batch(2) for r in range(3)]
+    assert torch.equal(torch.cat([p["frames"] for p in parts]), whole.batch(2)["frames"])
+    assert sum((p["key"] for p in parts), []) == whole.batch(2)["key"]
+
+
+def test_batcher_errors_and_devices():
+    from gfcore.train.data import batch_to_device
+
+    with pytest.raises(ValueError, match="divisible by the world size 4"):
+        StepBatcher(CountingClips(), 4, 6, seed=0, camera=False, world_size=4)
+    with pytest.raises(ValueError, match="empty"):
+        StepBatcher(CountingClips(frames=()), 4, 2, seed=0, camera=False)
+    with pytest.raises(ValueError, match="has 6 frames, fewer than train num_frames 8"):
+        StepBatcher(CountingClips(frames=(6,)), 8, 1, seed=0, camera=False).batch(0)
+    batch = {"frames": torch.ones(2), "key": ["a", "b"]}
+    assert batch_to_device(batch, None) is batch
+    moved = batch_to_device(batch, torch.device("cpu"), pin=True)
+    assert moved["key"] == ["a", "b"] and torch.equal(moved["frames"], batch["frames"])
+
+
+def test_build_dataset_kinds(tmp_path):
+    from omegaconf import OmegaConf
+
+    from gfcore.train.data import build_dataset as build
+
+    with pytest.raises(ValueError, match="data.kind must be one of"):
+        build(OmegaConf.create({"kind": "kinetics", "resolution": [8, 8]}), with_depth=False)

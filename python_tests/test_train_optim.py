@@ -1,0 +1,162 @@
+"""The optimizer helpers against hand-derived values: the LR schedule and the EMA of the weights."""
+import math
+
+import pytest
+import torch
+
+from gfcore.train.optim import EMA, build_optimizer, build_scheduler
+
+
+def _lrs(scheduler_kwargs, steps, lr=0.1):
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = build_optimizer([param], lr=lr, weight_decay=0.0)
+    scheduler = build_scheduler(optimizer, **scheduler_kwargs)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_cosine_schedule_values():
+    """warmup 2, total 10, floor 0.2: lr/base = 0.5, 1 (warmup), then 0.2 + 0.8 * (1 + cos(pi p)) / 2 for
+    p = (step - 2) / 8; written out: p = 0 -> 1, p = 1/4 -> 0.2 + 0.4 (1 + sqrt(2)/2), p = 1/2 -> 0.6, p = 1 -> 0.2."""
+    lrs = _lrs(dict(warmup_steps=2, total_steps=10, decay="cosine", min_lr_ratio=0.2), 12, lr=0.1)
+    half_sqrt2 = 0.7071067811865476
+    expected = {0: 0.5, 1: 1.0, 2: 1.0, 4: 0.2 + 0.4 * (1 + half_sqrt2), 6: 0.6, 8: 0.2 + 0.4 * (1 - half_sqrt2),
+                10: 0.2, 11: 0.2}  # past total_steps the floor holds
+    for step, factor in expected.items():
+        assert lrs[step] == pytest.approx(0.1 * factor, rel=1e-12, abs=0), f"step {step}"
+    assert all(a > b for a, b in zip(lrs[2:10], lrs[3:11]))  # strictly decreasing during the decay
+
+
+def test_constant_schedule_and_no_warmup():
+    assert _lrs(dict(warmup_steps=4, total_steps=10), 7, lr=2.0) == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0, 2.0, 2.0])
+    lrs = _lrs(dict(warmup_steps=0, total_steps=4, decay="cosine"), 5, lr=1.0)
+    assert lrs == pytest.approx([1.0, 0.5 * (1 + math.sqrt(0.5)), 0.5, 0.5 * (1 - math.sqrt(0.5)), 0.0], abs=1e-12)
+    with pytest.raises(ValueError, match="lr_decay"):
+        _lrs(dict(warmup_steps=0, total_steps=4, decay="linear"), 1)
+
+
+def test_ema_update_is_decay_old_plus_one_minus_decay_new():
+    """shadow <- d * shadow + (1 - d) * weights, kept in fp32 for bf16 modules; integer buffers ignored."""
+    module = torch.nn.Linear(3, 2)
+    module.register_buffer("count", torch.tensor(4))
+    with torch.no_grad():
+        module.weight.copy_(torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]))
+        module.bias.zero_()
+    ema = EMA(module, decay=0.9)
+    assert set(ema.shadow) == {"weight", "bias"}
+    w0 = module.weight.detach().double().clone()
+    for value in (10.0, -2.0):
+        with torch.no_grad():
+            module.weight.fill_(value)
+            module.bias.fill_(value)
+        ema.update(module)
+    # by hand: s1 = 0.9 w0 + 0.1 * 10, s2 = 0.9 s1 + 0.1 * (-2)
+    s1 = 0.9 * w0 + 0.1 * 10.0
+    s2 = 0.9 * s1 + 0.1 * (-2.0)
+    torch.testing.assert_close(ema.shadow["weight"].double(), s2, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ema.shadow["bias"].double(), torch.full((2,), 0.9 * 1.0 - 0.2, dtype=torch.float64),
+                               rtol=1e-6, atol=1e-6)
+    assert ema.shadow["weight"][0, 0].item() == pytest.approx(0.9 * (0.9 * 1 + 1.0) - 0.2, rel=1e-6)
+
+    target = torch.nn.Linear(3, 2).to(torch.bfloat16)
+    ema.copy_to(target)
+    torch.testing.assert_close(target.weight.float(), ema.shadow["weight"].bfloat16().float(), rtol=0, atol=0)
+
+
+def test_ema_state_round_trip_and_errors():
+    module = torch.nn.Linear(2, 2)
+    ema = EMA(module, decay=0.5)
+    with torch.no_grad():
+        module.weight.add_(1.0)
+    ema.update(module)
+    other = EMA(torch.nn.Linear(2, 2), decay=0.99)
+    other.load_state_dict(ema.state_dict())
+    assert other.decay == 0.5
+    for key in ema.shadow:
+        assert torch.equal(other.shadow[key], ema.shadow[key])
+    with pytest.raises(KeyError, match="EMA state lacks"):
+        other.load_state_dict({"decay": 0.5, "shadow": {}})
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="ema_decay"):
+            EMA(module, decay=bad)
+    assert EMA(module, decay=0.0).decay == 0.0
+
+
+def test_warmup_of_one_step_and_a_one_step_decay():
+    """warmup 1: step 0 already runs at the full lr; total = warmup + 1: the decay reaches the floor
+    (progress 1) at step warmup + 1, passing through 1.0 at step warmup."""
+    assert _lrs(dict(warmup_steps=1, total_steps=5, decay="cosine"), 2, lr=1.0) == pytest.approx([1.0, 1.0])
+    lrs = _lrs(dict(warmup_steps=2, total_steps=3, decay="cosine", min_lr_ratio=0.1), 4, lr=1.0)
+    assert lrs == pytest.approx([0.5, 1.0, 1.0, 0.1], abs=1e-12)
+
+
+def _adamw_by_hand(p, grads, lr, wd, betas, eps):
+    """Decoupled weight decay, then the bias-corrected Adam step (Loshchilov & Hutter), in float64."""
+    m = v = 0.0
+    for step, g in enumerate(grads, start=1):
+        p = p * (1 - lr * wd)
+        m = betas[0] * m + (1 - betas[0]) * g
+        v = betas[1] * v + (1 - betas[1]) * g * g
+        m_hat, v_hat = m / (1 - betas[0] ** step), v / (1 - betas[1] ** step)
+        p = p - lr * m_hat / (math.sqrt(v_hat) + eps)
+    return p
+
+
+@pytest.mark.parametrize("weight_decay,betas,eps", [(0.0, (0.9, 0.999), None), (0.1, (0.5, 0.75), 1e-7)])
+def test_optimizer_is_adamw_with_the_given_settings(weight_decay, betas, eps):
+    """Two steps against AdamW written out by hand; gradients of 1e-7 make eps (default 1e-8) count."""
+    grads = [3e-7, -1e-7]
+    param = torch.nn.Parameter(torch.tensor([2.0], dtype=torch.float64))
+    extra = {} if eps is None else {"eps": eps}
+    optimizer = build_optimizer([param], lr=0.01, weight_decay=weight_decay, betas=betas, **extra)
+    for g in grads:
+        param.grad = torch.tensor([g], dtype=torch.float64)
+        optimizer.step()
+    expected = _adamw_by_hand(2.0, grads, 0.01, weight_decay, betas, 1e-8 if eps is None else eps)
+    assert param.item() == pytest.approx(expected, rel=1e-14)
+    assert optimizer.defaults["foreach"] is False  # the per-parameter kernels: bit-identical across world sizes
+
+
+class FakeDTensor:
+    """Duck-typed stand-in for an FSDP-sharded DTensor (no process group needed)."""
+
+    def __init__(self, value):
+        self.value, self.device_mesh, self.placements, self.device = value, "mesh", ("shard0",), torch.device("meta")
+
+    def full_tensor(self):
+        return self.value * 10
+
+
+def test_full_tensor_and_shard_like_without_a_process_group(monkeypatch):
+    from gfcore.train.optim import full_tensor, shard_like
+
+    plain = torch.ones(2)
+    assert full_tensor(plain) is plain
+    assert torch.equal(full_tensor(FakeDTensor(torch.ones(2))), torch.full((2,), 10.0))
+    # a plain target: a copy on the target's device (meta here, so a wrong device shows)
+    full = torch.arange(3.0)
+    out = shard_like(full, torch.empty(3, device="meta"))
+    assert out.device.type == "meta" and out.shape == (3,)
+    copied = shard_like(full, torch.empty(3))
+    assert torch.equal(copied, full) and copied.data_ptr() != full.data_ptr()
+    # a sharded target: distribute_tensor(full on like's device, like's mesh, like's placements)
+    import torch.distributed.tensor as dtensor
+
+    calls = []
+    monkeypatch.setattr(dtensor, "distribute_tensor", lambda *args: calls.append(args) or "sharded")
+    assert shard_like(full, FakeDTensor(None)) == "sharded"
+    (tensor, mesh, placements), = calls
+    assert tensor.device.type == "meta" and (mesh, placements) == ("mesh", ("shard0",))
+
+
+def test_ema_defaults_and_missing_key_message():
+    module = torch.nn.Sequential(*[torch.nn.Linear(1, 1) for _ in range(4)])  # 8 tensors
+    assert EMA(module).decay == 0.999
+    with pytest.raises(KeyError) as error:
+        EMA(module).load_state_dict({"decay": 0.5, "shadow": {}})
+    # the message names the first five missing keys, sorted
+    assert error.value.args[0] == "EMA state lacks ['0.bias', '0.weight', '1.bias', '1.weight', '2.bias']"

@@ -1,0 +1,236 @@
+"""Mutation testing of gfcore's core modules with mutmut, one module at a time.
+
+    python scripts/mutation.py [MODULE ...]      # default: every module below, in order
+    python scripts/mutation.py --list            # the modules and their test files
+    python scripts/mutation.py --report          # only rewrite the table from saved results
+
+For each module a scratch copy of the checkout (gfcore/ with its compiled extension, and
+python_tests/) is made under $MUTATION_WORKDIR (default /tmp/gfcore-mutation/MODULE), mutmut
+mutates only that module's files there and runs only the module's test files (mutmut further
+narrows each mutant to the tests that call the mutated function). The verdicts are saved to
+benchmarks/results/mutation/MODULE.json and the table benchmarks/results/mutation.md is
+rebuilt from every saved module ("not run" for the others).
+
+Surviving mutants that cannot be killed because they do not change behaviour are listed, with
+the reason, in benchmarks/mutation_equivalent.json ({"mutant name": "reason"}); the score is
+killed / (mutants - equivalent). Mutants that no selected test reaches ("no tests") count as
+not killed. mutmut must be importable by the Python running this script (pip install mutmut),
+and gfcore must be built in place (python setup.py build_ext --inplace) so the copy carries
+its extension. Single process (max-children 1): the runs are CPU-heavy.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "mutation"
+TABLE = ROOT / "benchmarks" / "results" / "mutation.md"
+EQUIVALENT = ROOT / "benchmarks" / "mutation_equivalent.json"
+
+# module -> (files mutated, test files run, extra pytest arguments)
+MODULES = {
+    # torch.compile(fullgraph=True) cannot trace through mutmut's trampolines: those tests are left out
+    "losses": (["gfcore/losses/*.py"], ["test_alignment_loss.py", "test_alignment_ops.py"], ["-k", "not compile"]),
+    "train/optim.py": (["gfcore/train/optim.py"], ["test_train_optim.py"], []),
+    "train/objective.py": (["gfcore/train/objective.py"], ["test_train_objective.py"], []),
+    "metrics/psnr_ssim.py": (["gfcore/metrics/psnr_ssim.py"], ["test_metrics_psnr_ssim.py"], []),
+    "sample/sampler.py": (["gfcore/sample/sampler.py"], ["test_sample_sampler.py"], []),
+    "train/checkpoint.py": (["gfcore/train/checkpoint.py"], ["test_train_resume.py"], ["-k", "not sigkilled"]),
+    "train/data.py": (["gfcore/train/data.py"], ["test_train_data.py", "test_train_prefetch.py"], []),
+    "metrics/rpe.py": (["gfcore/metrics/rpe.py"], ["test_metrics_rpe.py"], []),
+    "metrics/rve.py": (["gfcore/metrics/rve.py"], ["test_metrics_rve_curves.py"], []),
+    "metrics/fvd.py": (["gfcore/metrics/fvd.py"], ["test_metrics_fvd.py"], []),
+    "models/dit.py": (["gfcore/models/dit.py"], ["test_models_dit.py"], []),
+    "ops/*_reference.py": (["gfcore/ops/alignment_reference.py", "gfcore/ops/attention_reference.py"],
+                           ["test_alignment_ops.py", "test_attention_cpu.py"], ["-k", "not compile"]),
+    "data/geometry.py": (["gfcore/data/geometry.py"], ["test_data_geometry.py"], []),
+    "data/camera_file.py": (["gfcore/data/camera_file.py"], ["test_data_re10k.py", "test_data_geometry.py"], []),
+    "data/re10k.py": (["gfcore/data/re10k.py"], ["test_data_re10k.py"], []),
+    "train/trainer.py (resume path)": (["gfcore/train/trainer.py"], ["test_train_resume.py"],
+                                       ["-k", "not sigkilled"]),
+}
+
+# trainer.py: only its resume path is mutated. Functions that are not part of it are left out
+# whole (mutmut's do_not_mutate_patterns drop a matching statement with its body), and in
+# train() every line outside the resume block (from `found = _find_resume` to the dataset)
+# gets mutmut's "# pragma: no mutate" in the scratch copy.
+TRAINER_SKIP = [r"^def (resolve_device|build_alignment|model_config|build_training|_progress|_precision|_wrap)\(",
+                r"^class (CrashForTesting|TrainModule)\b"]
+# (first line, first line after) of each resume block of train(): loading the weights, and
+# restoring optimizer, scheduler, EMA, step and RNG.
+RESUME_BLOCKS = [("    found = _find_resume(", "    wrapped = _wrap("), ("    start_step = 0", "    with_depth = ")]
+
+
+def mark_trainer_resume_path(path: Path) -> None:
+    lines = path.read_text().splitlines()
+    out, in_train, block = [], False, None
+    for line in lines:
+        if line.startswith("def train("):
+            in_train = True
+            out.append(line)
+            continue
+        if in_train and line and not line[0].isspace():
+            in_train = False
+        if in_train:
+            for start, end in RESUME_BLOCKS:
+                if line.startswith(start):
+                    block = end
+            if block is not None and line.startswith(block):
+                block = None
+        code = line.strip()
+        if in_train and block is None and code and not code.startswith(("#", '"""')):
+            line += "  # pragma: no mutate"
+        out.append(line)
+    text = "\n".join(out) + "\n"
+    compile(text, str(path), "exec")  # the marks must leave valid Python
+    path.write_text(text)
+
+
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
+          24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", -11: "segfault", -9: "segfault"}
+
+
+def slug(module: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in module.split(" ")[0]).strip("_")
+
+
+def prepare(module: str, workdir: Path) -> None:
+    files, tests, extra = MODULES[module]
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(ROOT / "gfcore", workdir / "gfcore", ignore=ignore)
+    shutil.copytree(ROOT / "python_tests", workdir / "python_tests", ignore=ignore)
+    if not list((workdir / "gfcore").glob("_C*.so")):  # no in-place build: take the installed extension
+        found = subprocess.run([sys.executable, "-c", "import gfcore._C as c; print(c.__file__)"], cwd="/",
+                               capture_output=True, text=True).stdout.strip()
+        if found:
+            shutil.copy2(found, workdir / "gfcore")
+        else:
+            print("warning: no compiled gfcore._C found; tests needing the kernels will skip", file=sys.stderr)
+    lines = ["[mutmut]", "source_paths = gfcore", "also_copy =", "    python_tests", "only_mutate ="]
+    lines += [f"    {f}" for f in files]
+    lines += ["pytest_add_cli_args_test_selection ="] + [f"    python_tests/{t}" for t in tests]
+    lines += ["pytest_add_cli_args ="] + [f"    {a}" for a in ["-p", "no:cacheprovider", "-q", *extra]]
+    if module.startswith("train/trainer.py"):
+        mark_trainer_resume_path(workdir / "gfcore" / "train" / "trainer.py")
+        lines += ["do_not_mutate_patterns ="] + [f"    {p}" for p in TRAINER_SKIP]
+    lines += ["process_isolation = forkserver", "timeout_multiplier = 10.0", "timeout_constant = 5.0",
+              "use_git_change_detection = false"]
+    (workdir / "setup.cfg").write_text("\n".join(lines) + "\n")
+
+
+def collect(module: str, workdir: Path) -> dict:
+    """Verdict of every mutant of the module's files, from mutmut's per-file .meta records."""
+    verdicts = {}
+    for meta in sorted((workdir / "mutants").rglob("*.py.meta")):
+        data = json.loads(meta.read_text())
+        for name, code in data.get("exit_code_by_key", {}).items():
+            verdicts[name] = "not checked" if code is None else STATUS.get(code, "suspicious")
+    return verdicts
+
+
+def mutant_diff(name: str, workdir: Path, python: str, env: dict) -> str:
+    """The changed lines of one mutant (`mutmut show`), '-' original and '+' mutated."""
+    shown = subprocess.run([python, "-m", "mutmut", "show", name], cwd=workdir, env=env, capture_output=True,
+                           text=True).stdout
+    lines = [line for line in shown.splitlines()
+             if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    return " / ".join(" ".join(line.split()) for line in lines)
+
+
+def run_module(module: str, base: Path, python: str, resume: bool = False) -> dict:
+    workdir = base / slug(module)
+    if resume and (workdir / "mutants").is_dir():
+        print(f"continuing the interrupted run in {workdir} (tests as copied then)", flush=True)
+    else:
+        prepare(module, workdir)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(workdir))
+    started = datetime.datetime.now()
+    print(f"== {module}: mutmut in {workdir}", flush=True)
+    run = subprocess.run([python, "-m", "mutmut", "run", "--max-children", "1"], cwd=workdir, env=env)
+    verdicts = collect(module, workdir)
+    if run.returncode != 0 or not verdicts:
+        print(f"mutmut failed on {module} (exit code {run.returncode}); no results saved", file=sys.stderr)
+        return {}
+    diffs = {name: mutant_diff(name, workdir, python, env) for name, v in verdicts.items()
+             if v not in ("killed", "timeout", "segfault", "not checked")}
+    record = {"module": module, "files": MODULES[module][0], "tests": MODULES[module][1],
+              "pytest_args": MODULES[module][2], "mutmut_exit_code": run.returncode,
+              "date": started.strftime("%Y-%m-%d %H:%M"),
+              "minutes": round((datetime.datetime.now() - started).total_seconds() / 60, 1), "verdicts": verdicts,
+              "diffs": diffs}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{slug(module)}.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return record
+
+
+def write_table() -> None:
+    equivalent = json.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
+    rows, details = [], []
+    for module in MODULES:
+        path = RESULTS / f"{slug(module)}.json"
+        if not path.exists():
+            rows.append(f"| {module} | not run | | | | | |")
+            continue
+        record = json.loads(path.read_text())
+        verdicts = record["verdicts"]
+        killed = sum(v in ("killed", "timeout", "segfault") for v in verdicts.values())
+        equiv = [n for n, v in verdicts.items() if v != "killed" and n in equivalent]
+        left = [n for n, v in verdicts.items() if v not in ("killed", "timeout", "segfault") and n not in equivalent]
+        scored = len(verdicts) - len(equiv)
+        score = f"{100 * killed / scored:.1f} %" if scored else "n/a"
+        rows.append(f"| {module} | {len(verdicts)} | {killed} | {len(left)} | {len(equiv)} | {score} | "
+                    f"{record['date']} ({record['minutes']} min) |")
+        if left or equiv:
+            details.append(f"\n### {module}\n")
+            diffs = record.get("diffs", {})
+            details += [f"- `{n}`: **{verdicts[n]}**: `{diffs.get(n, '')}`" for n in sorted(left)]
+            details += [f"- `{n}`: equivalent ({equivalent[n]}): `{diffs.get(n, '')}`" for n in sorted(equiv)]
+    text = ["# Mutation testing (mutmut)", "",
+            "`make mutation` (or `python scripts/mutation.py [MODULE ...]`) regenerates this file; "
+            "score = killed / (mutants - equivalent). Timeouts count as killed; \"no tests\" (no selected "
+            "test reaches the mutated function) counts as survived.", "",
+            "| module | mutants | killed | survived | equivalent | score | run |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | --- |", *rows]
+    if details:
+        text += ["", "## Mutants not killed", *details]
+    TABLE.parent.mkdir(parents=True, exist_ok=True)
+    TABLE.write_text("\n".join(text) + "\n")
+    print(f"wrote {TABLE}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("modules", nargs="*", help="modules to run (names as in --list); default: all")
+    parser.add_argument("--list", action="store_true", help="print the modules and their test files")
+    parser.add_argument("--report", action="store_true", help="only rebuild the table from saved results")
+    parser.add_argument("--python", default=sys.executable, help="the Python that has torch and mutmut")
+    parser.add_argument("--continue", dest="resume", action="store_true",
+                        help="finish an interrupted run in its scratch folder instead of starting afresh")
+    args = parser.parse_args(argv)
+    if args.list:
+        for module, (files, tests, extra) in MODULES.items():
+            print(f"{module}: {' '.join(files)} <- {' '.join(tests)} {' '.join(extra)}")
+        return 0
+    unknown = [m for m in args.modules if m not in MODULES]
+    if unknown:
+        parser.error(f"unknown modules {unknown}; see --list")
+    if not args.report:
+        base = Path(os.environ.get("MUTATION_WORKDIR", "/tmp/gfcore-mutation"))
+        for module in args.modules or list(MODULES):
+            run_module(module, base, args.python, args.resume)
+    write_table()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
