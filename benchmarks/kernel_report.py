@@ -71,10 +71,9 @@ def alignment_kernels() -> List[Kernel]:
         for vec in (16 // size, 1):
             for k in ("bias_silu_kernel", "bias_silu_backward_kernel", "bias_mse_kernel"):
                 out.append(Kernel("alignment", ns + k, dt, [vec], dict(vec=vec)))
-            for ppl in PPLS:
+            for ppl in (PPLS if vec == 1 else PPLS[:3]):  # with_row_layout: 4 packs of 16 B, 16 values
                 for k in ("normalize_cosine_kernel", "normalize_cosine_backward_kernel"):
-                    out.append(Kernel("alignment", ns + k, dt, [vec, ppl], dict(vec=vec, ppl=ppl,
-                                                                                 max_cols=ppl * 32 * vec)))
+                    out.append(Kernel("alignment", ns + k, dt, [vec, ppl], dict(vec=vec, ppl=ppl)))
     return out
 
 
@@ -239,6 +238,24 @@ def ceil_div(a, b):
     return (a + b - 1) // b
 
 
+ROW_BLOCK_WARPS, MAX_ROW_WARPS = 8, 8  # alignment_kernels.cuh: kRowBlockWarps, kMaxRowWarps
+
+
+def row_layout(cols: int, vec: int):
+    """(packs per thread, warps per row) as alignment_launch.cuh's row_layout, None if refused."""
+    packs = cols // vec
+    max_ppl, preferred = (4, 2) if vec > 1 else (16, 4)
+    if cols > MAX_ROW_WARPS * 32 * max_ppl * vec:
+        return None
+    row_warps = 1
+    while row_warps < MAX_ROW_WARPS and row_warps * 32 * preferred < packs:
+        row_warps *= 2
+    needed, ppl = ceil_div(packs, row_warps * 32), 1
+    while ppl < needed:
+        ppl *= 2
+    return ppl, row_warps
+
+
 def alignment_launch(kernel: str, dtype: str, rows: int, cols: int, dev: Dict, usage: Dict) -> Optional[Dict]:
     """The launch alignment_launch.cuh makes for aligned contiguous [rows, cols] operands."""
     size = DTYPES[dtype][1]
@@ -255,24 +272,26 @@ def alignment_launch(kernel: str, dtype: str, rows: int, cols: int, dev: Dict, u
         partial_rows = ceil_div(rows, ceil_div(rows, wanted))
         smem = 0
     else:
-        ppl_needed = ceil_div(ceil_div(cols // vec, 32), 1)
-        if ppl_needed > 16:
+        layout = row_layout(cols, vec)
+        if layout is None:
             return None
-        ppl = 1
-        while ppl < ppl_needed:
-            ppl *= 2
+        ppl, row_warps = layout
         fwd = kernel == "bias_normalize_cosine"
         inst = f"{'normalize_cosine_kernel' if fwd else 'normalize_cosine_backward_kernel'}<{dtype}, {vec}, {ppl}>"
-        threads = 128
-        smem = 0 if fwd else 4 * 4 * cols
+        threads = ROW_BLOCK_WARPS * 32
+        slots = ROW_BLOCK_WARPS // row_warps
+        smem = 0 if fwd else 4 * slots * cols
     u = usage[inst]
     occ = occupancy(u["registers"], threads, u["static_smem"] + smem, dev)
+    extra = {}
+    if kernel.startswith("bias_normalize_cosine"):
+        extra = dict(packs_per_thread=ppl, warps_per_row=row_warps)
     if kernel == "bias_normalize_cosine_backward":
-        partial_rows = max(1, min(ceil_div(rows, 4), dev["sm_count"] * max(occ["blocks_per_sm"], 1)))
+        partial_rows = max(1, min(ceil_div(rows, slots), dev["sm_count"] * max(occ["blocks_per_sm"], 1)))
     b = alignment_bytes(kernel, rows, cols, size, partial_rows)
     return dict(kernel=kernel, dtype=dtype, tokens=rows, cols=cols, instantiation=inst, threads=threads,
                 dynamic_smem=smem, registers=u["registers"], spill_bytes=u["spill_stores"] + u["spill_loads"],
-                **occ, MB=b["total"] / 1e6, hbm_bound_us=b["total"] / (dev["hbm_TBps"] * 1e12) * 1e6)
+                **extra, **occ, MB=b["total"] / 1e6, hbm_bound_us=b["total"] / (dev["hbm_TBps"] * 1e12) * 1e6)
 
 
 MMA_BLOCK_M, MMA_PAD = 64, 8
@@ -385,7 +404,7 @@ def report(arch: str, workdir: Path) -> Dict:
                     align.append(r)
     wide = []  # normalize/cosine across widths (the register-resident row)
     for dtype in ("bf16", "fp16", "fp32"):
-        for cols in (512, 1024, 1152, 2048, 4096):
+        for cols in (512, 1024, 1152, 2048, 4096, 8192):
             for kernel in ("bias_normalize_cosine", "bias_normalize_cosine_backward"):
                 r = alignment_launch(kernel, dtype, 32768, cols, dev, usage)
                 wide.append(r if r else dict(kernel=kernel, dtype=dtype, tokens=32768, cols=cols,
@@ -419,8 +438,8 @@ def markdown(rep: Dict) -> str:
                                               "dynamic_smem", "registers", "spill_bytes", "blocks_per_sm",
                                               "warps_per_sm", "occupancy_pct", "limiter", "MB", "hbm_bound_us"]), "",
             "## normalize/cosine by row width (32k tokens)", "",
-            table(rep["normalize_cosine_widths"], ["kernel", "dtype", "cols", "instantiation", "threads",
-                                                   "dynamic_smem", "registers", "spill_bytes", "blocks_per_sm",
+            table(rep["normalize_cosine_widths"], ["kernel", "dtype", "cols", "instantiation", "warps_per_row",
+                                                   "threads", "dynamic_smem", "registers", "spill_bytes", "blocks_per_sm",
                                                    "occupancy_pct", "limiter", "hbm_bound_us"]), "",
             "## Attention passes: FLOPs, bytes, roofline (bf16, H=16)", "",
             "FLOPs count the matmuls (forward 4 S^2 D, backward 10 S^2 D per sequence; the temporal pass causal). "
