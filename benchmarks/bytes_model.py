@@ -3,9 +3,11 @@
 One model shared by the static report (benchmarks/kernel_report.py) and the timed benchmarks
 (bench_alignment_loss.py, bench_attention.py): the bytes a kernel cannot avoid moving between
 HBM and the SM (every input read once, every output written once), so that achieved GB/s and
-the roofline bound are computed from the same figure. Small per-block partial rows of the
-column-sum reductions are counted (written by the kernel, read back by sum_partials); they are
-a few hundred KiB at most and change the totals by well under 1% at the paper's shapes.
+the roofline bound are computed from the same figure. The per-block partial rows of the
+column-sum reductions (written by the kernel, read back by sum_partials) are counted when the
+caller knows the launch plan (partial_rows, as the static report does); they are a few MiB at
+most and change the totals by under 1% at the paper's shapes, so the timed benchmarks, which
+do not see the plan, leave them out (partial_rows=0).
 """
 from typing import Dict
 
