@@ -94,6 +94,8 @@ def attention_kernels() -> List[Kernel]:
             for kname in ("attention_fwd_mma_kernel", "attention_bwd_dq_mma_kernel", "attention_bwd_dkdv_mma_kernel",
                           "attention_bwd_delta_kernel", "attention_bwd_fused_kernel"):
                 out.append(Kernel("attention", ns + kname, dt, [D], dict(D=D)))
+    for dt in ("fp32", "bf16", "fp16"):  # rope.cuh: RoPE on q and k of the SDPA path
+        out.append(Kernel("attention", ns + "rope_qk_kernel", dt, [], dict()))
     # Dedupe (the two FMA forward shapes coincide for some D).
     seen, uniq = set(), []
     for k in out:
@@ -111,7 +113,8 @@ def all_kernels() -> List[Kernel]:
 
 def source(kernels: List[Kernel]) -> str:
     lines = ['#include "alignment/alignment_launch.cuh"', '#include "alignment/sum_partials.cuh"',
-             '#include "attention/attention_launch.cuh"', "",
+             '#include "attention/attention_launch.cuh"',
+             '#include "attention/rope.cuh"', "",
              "// Every kernel instantiation of the report: taking the address instantiates it.",
              "const void* gfcore_report_kernels[] = {"]
     for k in kernels:
