@@ -17,6 +17,7 @@ from typing import Callable, Dict, List
 
 import torch
 
+from benchmarks.bytes_model import alignment_bytes
 from benchmarks.common import (copy_bandwidth_gbps, environment, markdown_table, measure, sync, time_stats,
                                write_results)
 from gfcore import GeometryAlignmentLoss, ops
@@ -131,22 +132,24 @@ def bench_kernels(args, rows: int, device, dtype) -> List[Dict]:
                      torch.randn(rows, d, device=device, dtype=dtype))
     zhat, cos, norms = ops.bias_normalize_cosine(x_d, b_d, y_d, 1e-8)
     g_d, g_cos = torch.randn_like(x_d), torch.randn_like(cos)
-    cases = {
-        # name: (callable, bytes read + written once each)
-        "bias_silu": (lambda: ops.bias_silu(x_p, b_p), 2 * rows * p * size),
-        "bias_silu_backward": (lambda: ops.bias_silu_backward(g_p, x_p, b_p), 3 * rows * p * size),
-        "bias_normalize_cosine": (lambda: ops.bias_normalize_cosine(x_d, b_d, y_d, 1e-8), 3 * rows * d * size + 12 * rows),
+    cases = {  # name: (callable, the bytes model's kernel name, [rows, cols] operand width)
+        "bias_silu": (lambda: ops.bias_silu(x_p, b_p), p),
+        "bias_silu_backward": (lambda: ops.bias_silu_backward(g_p, x_p, b_p), p),
+        "bias_normalize_cosine": (lambda: ops.bias_normalize_cosine(x_d, b_d, y_d, 1e-8), d),
         "bias_normalize_cosine_backward": (
-            lambda: ops.bias_normalize_cosine_backward(g_d, g_cos, zhat, y_d, cos, norms, 1e-8),
-            4 * rows * d * size + 16 * rows),
-        "bias_mse": (lambda: ops.bias_mse(x_d, b_d, y_d), 3 * rows * d * size),
+            lambda: ops.bias_normalize_cosine_backward(g_d, g_cos, zhat, y_d, cos, norms, 1e-8), d),
+        "bias_mse": (lambda: ops.bias_mse(x_d, b_d, y_d), d),
     }
     out = []
-    for name, (fn, nbytes) in cases.items():
+    for name, (fn, cols) in cases.items():
+        # Compulsory bytes (benchmarks/bytes_model.py): every input read once, every output
+        # written once; the per-block partial column sums (under 1% here) are left out.
+        model = alignment_bytes(name, rows, cols, size)
+        nbytes = model["total"]
         with nvtx_range(f"bench.kernel.{name}.{rows}"):
             stats = measure(fn, device, min_time_ms=args.min_time_ms, min_reps=args.min_reps)
-        out.append(dict(kernel=name, tokens=rows, MB=nbytes / 1e6, GBps=nbytes / (stats["median_ms"] * 1e-3) / 1e9,
-                        **stats))
+        out.append(dict(kernel=name, tokens=rows, cols=cols, MB=nbytes / 1e6, read_MB=model["read"] / 1e6,
+                        write_MB=model["write"] / 1e6, GBps=nbytes / (stats["median_ms"] * 1e-3) / 1e9, **stats))
     return out
 
 
@@ -234,8 +237,10 @@ def main(argv=None):
     text = f"## Summary\n\n{table}\n\n## All timings\n\n{timing_table}\n"
     if kernels:
         text += "\n## Memory-bound kernels alone\n\n" + markdown_table(
-            kernels, ["kernel", "tokens", "MB", "median_ms", "GBps", "pct_of_copy_bw"])
-        text += f"\n\nCopy bandwidth on this device: {payload['copy_bandwidth_GBps']:.0f} GB/s (read + write)\n"
+            kernels, ["kernel", "tokens", "cols", "MB", "median_ms", "GBps", "pct_of_copy_bw"])
+        text += (f"\n\nMB: the bytes model (benchmarks/bytes_model.py: inputs read once, outputs written once). "
+                 f"Copy bandwidth on this device: {payload['copy_bandwidth_GBps']:.0f} GB/s (read + write, "
+                 "measured with a device-to-device copy), the denominator of pct_of_copy_bw.\n")
     path = write_results(args.name or f"alignment_loss_{args.device}", payload, text)
     print(text)
     print(f"wrote {path}")

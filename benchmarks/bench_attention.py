@@ -5,22 +5,33 @@
 
 Implementations, all fed the three strided views of a packed qkv [B, T, P, 3, H, D]:
   fused:     gfcore ops (impl="fused"): read the views in place, write [B, T, P, H, D];
+  views:     impl="sdpa": SDPA on zero-copy [B*T, H, P, D] views (spatial pass; the temporal
+             pass runs the reference);
   reference: impl="reference": rearranges + contiguous copies around SDPA (flash backend on CUDA);
   sdpa:      SDPA alone on tensors already laid out as [(B T) or (B P), H, S, D] (no copies).
-Modes: forward, backward (autograd of a retained graph), forward+backward. FLOPs follow
-FlashAttention's count (4 N S^2 D forward, half if causal; backward 2.5x). Bytes are the
-minimum traffic (forward: q, k, v, out, lse; backward: q, k, v, out, dout, lse, dq, dk, dv), so
-GB/s against the measured device-to-device copy bandwidth is the memory roofline fraction.
+--write-dispatch-table (CUDA): after the runs, writes the table impl="auto" follows
+(gfcore/ops/attention_dispatch.py) to benchmarks/results/attention_dispatch_sm<XY>.json: per
+shape of the spatial pass, the fastest fwd+bwd of "fused" and "views" among those whose output
+and gradients matched the float32 reference.
+Modes: forward, backward (autograd of a retained graph), forward+backward. FLOPs and bytes
+come from benchmarks/bytes_model.py (the static report's model): 4 S^2 D per sequence forward,
+10 S^2 D backward, S(S+1)/2 score pairs if causal; bytes are the minimum traffic (forward: q,
+k, v, out, lse; backward: q, k, v, out, dout, lse, dq, dk, dv), so GB/s against the measured
+device-to-device copy bandwidth is the memory roofline fraction.
 Writes benchmarks/results/attention_<device>.json and .md (environment, commit, table).
 """
 import argparse
+import json
 
 import torch
 from einops import rearrange
 
-from benchmarks.common import copy_bandwidth_gbps, environment, markdown_table, measure, write_results
+from benchmarks.bytes_model import attention_cost
+from benchmarks.common import (RESULTS_DIR, copy_bandwidth_gbps, environment, git_commit, markdown_table, measure,
+                               write_results)
 from gfcore.nvtx import nvtx_range
 from gfcore.ops import attention as attn
+from gfcore.ops import attention_dispatch
 
 # name, (B, T, P, H, D)
 CUDA_SHAPES = [
@@ -31,7 +42,8 @@ CUDA_SHAPES = [
 ]
 CPU_SHAPES = [("small", (1, 8, 64, 2, 32))]
 PASSES = [("spatial", False), ("temporal", False), ("temporal", True)]
-IMPLS = ("fused", "reference", "sdpa")
+IMPLS = ("fused", "views", "reference", "sdpa")
+PUBLIC_IMPL = {"fused": "fused", "views": "sdpa", "reference": "reference"}
 MODES = ("forward", "backward", "fwd+bwd")
 
 
@@ -39,7 +51,7 @@ def _callable(impl, mode, causal, q, k, v, sdpa_inputs):
     if impl == "sdpa":
         return lambda: torch.nn.functional.scaled_dot_product_attention(*sdpa_inputs,
                                                                           is_causal=causal)
-    kind = "fused" if impl == "fused" else "reference"
+    kind = PUBLIC_IMPL[impl]
     if mode == "spatial":
         return lambda: attn.spatial_attention(q, k, v, impl=kind)
     return lambda: attn.temporal_attention(q, k, v, causal=causal, impl=kind)
@@ -70,20 +82,54 @@ def bench_case(device, dtype, shape, mode, causal, impl, min_total_ms, min_iters
     return results
 
 
-def _flops(shape, mode, causal):
-    b, t, p, h, d = shape
-    seqs, s = (b * t * h, p) if mode == "spatial" else (b * p * h, t)
-    fwd = 4.0 * seqs * s * s * d * (0.5 if causal else 1.0)
-    return {"forward": fwd, "backward": 2.5 * fwd, "fwd+bwd": 3.5 * fwd}
-
-
-def _bytes(shape, dtype):
+def _cost(shape, mode, causal, dtype):
+    """FLOPs and bytes per timing mode, from the shared model (benchmarks/bytes_model.py)."""
     b, t, p, h, d = shape
     elt = torch.finfo(dtype).bits // 8
-    n, rows = b * t * p * h * d, b * t * p * h
-    fwd = 4 * n * elt + 4 * rows
-    bwd = 8 * n * elt + 4 * rows
-    return {"forward": fwd, "backward": bwd, "fwd+bwd": fwd + bwd}
+    fwd, bwd = (attention_cost(b, t, p, h, d, mode == "temporal", causal, backward, elt) for backward in (False, True))
+    flops = {"forward": fwd["flops"], "backward": bwd["flops"], "fwd+bwd": fwd["flops"] + bwd["flops"]}
+    nbytes = {"forward": fwd["bytes"], "backward": bwd["bytes"], "fwd+bwd": fwd["bytes"] + bwd["bytes"]}
+    return flops, nbytes
+
+
+def check_against_reference(device, dtype, shape, mode, causal, impl, tol=3e-2):
+    """Output and gradients of impl vs the float32 reference on the same packed views."""
+    b, t, p, h, d = shape
+    g = torch.Generator(device=device).manual_seed(0)
+    qkv = torch.randn(b, t, p, 3, h, d, device=device, dtype=dtype, generator=g)
+    grad_out = torch.randn(b, t, p, h, d, device=device, dtype=dtype, generator=g)
+    results = []
+    for kind, x in ((PUBLIC_IMPL[impl], qkv), ("reference", qkv.float())):
+        leaf = x.detach().clone().requires_grad_()
+        q, k, v = leaf.unbind(3)
+        out = (attn.spatial_attention(q, k, v, impl=kind) if mode == "spatial"
+               else attn.temporal_attention(q, k, v, causal=causal, impl=kind))
+        (grad,) = torch.autograd.grad(out, [leaf], grad_out.to(out.dtype))
+        results.append((out.float(), grad.float()))
+    (out, grad), (want, want_grad) = results
+    return bool(torch.allclose(out, want, atol=tol, rtol=tol) and torch.allclose(grad, want_grad, atol=tol, rtol=tol))
+
+
+def write_dispatch_table(rows, dtype, device, correct):
+    """The measured choice per spatial shape (fastest correct fwd+bwd of fused and views)."""
+    major, minor = torch.cuda.get_device_capability(device)
+    entries = []
+    for shape_name, shape in sorted({(r["shape_name"], tuple(r["shape_BTPHD"])) for r in rows}):
+        timed = {r["impl"]: r["median_ms"] for r in rows
+                 if r["shape_name"] == shape_name and r["pass"] == "spatial" and r["mode"] == "fwd+bwd"
+                 and r["impl"] in ("fused", "views") and correct.get((shape_name, r["impl"]))}
+        if not timed:
+            continue
+        best = min(timed, key=timed.get)
+        entries.append(dict(mode="spatial", dtype=str(dtype).replace("torch.", ""), head_dim=shape[4],
+                            seq_len=shape[2], rope=False, impl=PUBLIC_IMPL[best],
+                            median_ms={PUBLIC_IMPL[k]: v for k, v in timed.items()}, shape_BTPHD=list(shape)))
+    table = {"format": attention_dispatch.FORMAT, "device": torch.cuda.get_device_name(device),
+             "capability": [major, minor], "torch": torch.__version__, "commit": git_commit(), "entries": entries}
+    attention_dispatch.parse_table(table, "generated table")  # what the loader accepts
+    path = RESULTS_DIR / f"attention_dispatch_sm{major}{minor}.json"
+    path.write_text(json.dumps(table, indent=2) + "\n")
+    return path
 
 
 def main(argv=None):
@@ -97,6 +143,8 @@ def main(argv=None):
     parser.add_argument("--shapes", nargs="*", help="subset of shape names")
     parser.add_argument("--impls", nargs="*", default=list(IMPLS), choices=IMPLS)
     parser.add_argument("--name", help="result file name (default attention_<device>)")
+    parser.add_argument("--write-dispatch-table", action="store_true",
+                        help="(CUDA) write the impl=\"auto\" table for this device from the spatial runs")
     args = parser.parse_args(argv)
 
     device = args.device
@@ -123,7 +171,7 @@ def main(argv=None):
                 else:
                     timings = bench_case(device, dtype, shape, mode, causal, impl, args.min_ms,
                                          args.min_iters)
-                flops, nbytes = _flops(shape, mode, causal), _bytes(shape, dtype)
+                flops, nbytes = _cost(shape, mode, causal, dtype)
                 for m in MODES:
                     sec = timings[m]["median_ms"] * 1e-3
                     rows.append({"shape_name": shape_name, "shape_BTPHD": list(shape),
@@ -140,6 +188,18 @@ def main(argv=None):
         if ref:
             r["speedup_vs_reference"] = ref["median_ms"] / r["median_ms"]
         r["roofline_fraction"] = r["gbs"] / roofline
+
+    table_path = None
+    if args.write_dispatch_table:
+        if device != "cuda":
+            raise SystemExit("--write-dispatch-table needs a CUDA device")
+        correct = {}
+        for shape_name, shape in shapes:
+            for impl in ("fused", "views"):
+                if impl in args.impls:
+                    correct[(shape_name, impl)] = check_against_reference(device, dtype, shape, "spatial", False, impl)
+        table_path = write_dispatch_table(rows, dtype, torch.device(device), correct)
+        print(f"wrote {table_path} (correct: {correct})")
 
     env = environment(torch.device(device))
     payload = {"env": env, "dtype": str(dtype), "copy_bandwidth_GBps": roofline, "results": rows}

@@ -34,4 +34,8 @@ TORCH_LIBRARY(gfcore, m) {
   m.def("spatial_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? rope_cos, Tensor? rope_sin, float scale) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v)");
   m.def("temporal_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? rope_cos, Tensor? rope_sin, float scale, bool causal) -> (Tensor out, Tensor lse)");
   m.def("temporal_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? rope_cos, Tensor? rope_sin, float scale, bool causal) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v)");
+  // RoPE (rotate-half) on q and k in one op, for the SDPA path: q, k [B, T, P, H, D] (any
+  // strides, unit stride on D), cos/sin [S, D] float32 (S = T if temporal else P); outputs
+  // contiguous in q's dtype. adjoint: the transpose (the backward), x cos + rotate_half^T(x sin).
+  m.def("rope_qk(Tensor q, Tensor k, Tensor cos, Tensor sin, bool temporal, bool adjoint) -> (Tensor q_out, Tensor k_out)");
 }

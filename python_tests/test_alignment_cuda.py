@@ -15,8 +15,9 @@ from conftest import rel_err, requires_cuda_kernels
 pytestmark = requires_cuda_kernels
 ops = torch.ops.gfcore
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-# (rows, cols): odd sizes take the one-value-at-a-time path, 2048/4096 the widest rows.
-SHAPES = [(1, 1), (37, 19), (300, 40), (1000, 512), (257, 2048), (64, 4096), (3000, 1152)]
+# (rows, cols): odd sizes take the one-value-at-a-time path, 4096 the widest rows of every
+# dtype, 8200 a row the normalize/cosine kernels refuse.
+SHAPES = [(1, 1), (37, 19), (300, 40), (1000, 512), (257, 2048), (64, 4096), (3000, 1152), (5, 8200)]
 
 
 def rand(*shape, dtype, scale=1.0):
@@ -44,10 +45,12 @@ def test_ops_match_reference(shape, dtype):
     check_against_reference([ops.bias_silu(x, bias)], [reference.bias_silu(x, bias)], dtype)
     check_against_reference(ops.bias_silu_backward(grad, x, bias), reference.bias_silu_backward(grad, x, bias), dtype)
     check_against_reference(ops.bias_mse(x, bias, y), reference.bias_mse(x, bias, y), dtype)
-    # The normalize/cosine kernels hold a row in registers: at most 16 packs of 16 bytes per
-    # lane, i.e. 512 * (16 / itemsize) values (2048 for float32, 4096 for 16-bit types).
-    if cols > 512 * (16 // x.element_size()):
-        with pytest.raises(RuntimeError, match="hold a row in registers"):
+    # The normalize/cosine kernels hold a row in the registers of at most 8 warps: 4 packs of
+    # 16 bytes (16 single values when the row cannot be walked in packs) per thread, i.e. 1024
+    # packs: 4096 values for float32 and for unaligned rows, 8192 for aligned 16-bit rows.
+    vec = 16 // x.element_size() if cols % (16 // x.element_size()) == 0 else 1
+    if cols > 1024 * vec:
+        with pytest.raises(RuntimeError, match="hold a row in the registers of at most 8 warps"):
             ops.bias_normalize_cosine(x, bias, y, 1e-8)
         return
     got = ops.bias_normalize_cosine(x, bias, y, 1e-8)

@@ -1,6 +1,7 @@
 """Factorized attention on CPU: the reference, the ops' CPU kernels, the module, RoPE tables,
 opcheck, torch.compile and bad inputs. Everything is compared against the independent float64
 attention in _attention_naive.py."""
+import json
 import math
 import warnings
 
@@ -11,6 +12,7 @@ from _attention_naive import naive_attention, random_rope
 import gfcore._extension as extension
 from gfcore.nn import FactorizedAttention, rope_1d, rope_2d
 from gfcore.ops import attention as attn
+from gfcore.ops import attention_dispatch as dispatch
 from gfcore.ops import attention_reference as ref
 
 # (B, T, P, H, D): an odd 7 x 9 grid, a single frame, an odd T.
@@ -158,6 +160,46 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(a.grad, b.grad)
 
 
+def test_torch_compile_fullgraph_sdpa_and_auto_dispatch(monkeypatch, tmp_path):
+    """The SDPA views path with RoPE (gfcore::rope_qk) compiles without graph breaks, and so
+    does the table lookup of impl="auto" (made once, at trace time)."""
+    shape = (2, 3, 6, 2, 8)
+    q, k, v = _inputs(shape, seed=26)
+    rope = random_rope(6, 8)
+
+    def step(a, b, c):
+        return attn.spatial_attention(a, b, c, rope=rope, impl="sdpa")
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    out = compiled(*leaves)
+    out.square().sum().backward()
+    eager_leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    want = step(*eager_leaves)
+    want.square().sum().backward()
+    torch.testing.assert_close(out, want)
+    for a, b in zip(leaves, eager_leaves):
+        torch.testing.assert_close(a.grad, b.grad)
+
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps({"format": dispatch.FORMAT, "entries": [dict(
+        mode="spatial", dtype="bfloat16", head_dim=32, seq_len=6, rope=False, impl="fused")]}))
+    monkeypatch.setenv("GFCORE_ATTENTION_TABLE", str(path))
+    dispatch.load_table.cache_clear()
+    monkeypatch.setattr(attn, "has_kernel", lambda op, device_type: True)
+
+    def scaled(x):
+        impl = attn._choose_impl("auto", "spatial", "cuda", torch.bfloat16, 32, seq_len=6,
+                                 capability=(9, 0))
+        return x * (2.0 if impl == "fused" else 3.0)
+
+    try:
+        got = torch.compile(scaled, backend="eager", fullgraph=True)(torch.ones(2))
+        torch.testing.assert_close(got, torch.full((2,), 2.0))  # the table's "fused"
+    finally:
+        dispatch.load_table.cache_clear()
+
+
 # ---- the module ------------------------------------------------------------------------------
 
 def _module_by_hand(m: FactorizedAttention, x, mode, causal, rope):
@@ -237,22 +279,180 @@ def test_rope_2d_is_shift_invariant_on_the_grid():
         rope_1d(3, 7)
 
 
-# ---- impl="auto" on CUDA tensors, checked without a GPU --------------------------------------
-# The CUDA-only twin is test_attention_cuda.py::test_auto_dispatch_and_fallbacks. Here the
-# decision (_choose_fused) is fed device type "cuda" and a stubbed "has the build a CUDA kernel"
-# (attn.has_kernel); the tensors and the kernels that then run stay on the CPU.
+# ---- impl="sdpa": SDPA on zero-copy [B*T, H, P, D] views (the spatial default of "auto") ---
 
-def _decide(impl, mode, dtype, head_dim, device_type="cuda"):
+@pytest.mark.parametrize("packed", [False, True], ids=["separate", "packed_qkv"])
+@pytest.mark.parametrize("use_rope", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_sdpa_views_match_naive_fp32(shape, use_rope, packed):
+    q, k, v = _inputs(shape, packed=packed)
+    rope = random_rope(_seq_len(shape, "spatial"), shape[-1]) if use_rope else None
+    grad_out = torch.randn(shape)
+    out, grads = _forward_and_grads("sdpa", "spatial", False, q, k, v, rope, grad_out)
+    leaves = [x.double().requires_grad_() for x in (q, k, v)]
+    expected = naive_attention(*leaves, "spatial", False, rope)
+    expected_grads = torch.autograd.grad(expected, leaves, grad_out.double())
+    assert out.dtype == torch.float32 and out.is_contiguous() and out.shape == shape
+    torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=1e-4)
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g.double(), e, atol=5e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["separate", "packed_qkv"])
+def test_sdpa_views_bf16_meets_accuracy_rule(packed):
+    """bf16 SDPA views vs float64: at most twice the error of the eager reference in bf16."""
+    shape = (2, 4, 63, 2, 32)
+    q, k, v = _inputs(shape, torch.bfloat16, seed=1, packed=packed)
+    rope = random_rope(_seq_len(shape, "spatial"), shape[-1])
+    grad_out = torch.randn(shape).bfloat16()
+    got, got_grads = _forward_and_grads("sdpa", "spatial", False, q, k, v, rope, grad_out)
+    eager, eager_grads = _forward_and_grads("reference", "spatial", False, q, k, v, rope, grad_out)
+    leaves = [x.double().requires_grad_() for x in (q, k, v)]
+    exact = naive_attention(*leaves, "spatial", False, rope)
+    exact_grads = torch.autograd.grad(exact, leaves, grad_out.double())
+    assert got.dtype == torch.bfloat16 and all(g.dtype == torch.bfloat16 for g in got_grads)
+    for out, base, want in zip((got, *got_grads), (eager, *eager_grads), (exact, *exact_grads)):
+        err = (out.double() - want).abs().max().item()
+        eager_err = (base.double() - want).abs().max().item()
+        assert err <= 2 * eager_err + 1e-6, (err, eager_err)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["separate", "packed_qkv"])
+def test_sdpa_views_are_zero_copy(monkeypatch, packed):
+    """Without RoPE, SDPA sees [B*T, H, P, D] views of the caller's q, k, v (no copies)."""
+    shape = (2, 3, 10, 2, 16)
+    q, k, v = _inputs(shape, packed=packed)
+    seen = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append(args[:3])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    out = attn.spatial_attention(q, k, v, impl="sdpa")
+    assert len(seen) == 1
+    for view, x in zip(seen[0], (q, k, v)):
+        assert view.shape == (6, 2, 10, 16)
+        assert view.data_ptr() == x.data_ptr()  # the caller's storage, not a copy
+        assert view.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+    torch.testing.assert_close(out, attn.spatial_attention(q, k, v, impl="reference"),
+                               atol=1e-6, rtol=1e-6)
+
+
+def test_sdpa_views_of_unmergeable_strides_copy():
+    """B and T that do not merge (a strided slice over T) still give the right answer."""
+    shape = (2, 6, 10, 2, 16)
+    q, k, v = (x[:, ::2] for x in _inputs(shape, seed=21))
+    out = attn.spatial_attention(q, k, v, impl="sdpa")
+    torch.testing.assert_close(out.double(), naive_attention(q, k, v, "spatial", False),
+                               atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("mode", ["spatial", "temporal"])
+def test_rope_qk_op_matches_reference_rotation(mode, dtype):
+    """gfcore::rope_qk (the SDPA path's RoPE, one op for q and k) vs apply_rope, on packed
+    views; its adjoint is the transpose (<R x, y> = <x, R^T y>)."""
+    shape = (2, 3, 10, 2, 16)
+    q, k, _ = _inputs(shape, dtype, seed=24, packed=True)
+    rope = random_rope(_seq_len(shape, mode), shape[-1])
+    cos, sin = attn._op_rope(rope, q)
+    rq, rk = torch.ops.gfcore.rope_qk(q, k, cos, sin, mode == "temporal", False)
+    assert rq.is_contiguous() and rq.dtype == dtype
+    torch.testing.assert_close(rq, ref.apply_rope(q, rope, mode), atol=0, rtol=0)
+    torch.testing.assert_close(rk, ref.apply_rope(k, rope, mode), atol=0, rtol=0)
+    x, y = (torch.randn(shape, dtype=torch.float64) for _ in range(2))
+    c64, s64 = (t.double() for t in rope)
+    rx, _ = torch.ops.gfcore.rope_qk(x, x, c64, s64, mode == "temporal", False)
+    rty, _ = torch.ops.gfcore.rope_qk(y, y, c64, s64, mode == "temporal", True)
+    torch.testing.assert_close((rx * y).sum(), (x * rty).sum(), atol=1e-10, rtol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["spatial", "temporal"])
+def test_rope_qk_opcheck_and_gradcheck(mode):
+    shape = (1, 3, 4, 2, 8)
+    g = torch.Generator().manual_seed(25)
+    q, k = (torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    cos, sin = (t.double() for t in random_rope(_seq_len(shape, mode), shape[-1]))
+    for adjoint in (False, True):
+        torch.library.opcheck(torch.ops.gfcore.rope_qk.default, (q, k, cos, sin, mode == "temporal", adjoint))
+        assert torch.autograd.gradcheck(
+            lambda a, b: torch.ops.gfcore.rope_qk(a, b, cos, sin, mode == "temporal", adjoint), (q, k))
+
+
+def test_temporal_sdpa_is_the_reference():
+    q, k, v = _inputs((1, 4, 9, 2, 16), seed=22)
+    torch.testing.assert_close(attn.temporal_attention(q, k, v, causal=True, impl="sdpa"),
+                               attn.temporal_attention(q, k, v, causal=True, impl="reference"),
+                               atol=0, rtol=0)
+
+
+# ---- the dispatch table (gfcore/ops/attention_dispatch.py) ------------------------------------
+
+def _table(entries):
+    return {"format": dispatch.FORMAT, "device": "test", "capability": [9, 0], "entries": entries}
+
+
+def _entry(impl, seq_len, mode="spatial", dtype="bfloat16", head_dim=64, rope=False):
+    return dict(mode=mode, dtype=dtype, head_dim=head_dim, seq_len=seq_len, rope=rope, impl=impl)
+
+
+def test_dispatch_table_lookup_nearest_sequence_length():
+    entries = dispatch.parse_table(_table([_entry("fused", 256), _entry("sdpa", 1024),
+                                           _entry("fused", 64, rope=True)]))
+    assert dispatch.lookup(entries, "spatial", "bfloat16", 64, 256, False) == "fused"
+    assert dispatch.lookup(entries, "spatial", "bfloat16", 64, 300, False) == "fused"
+    assert dispatch.lookup(entries, "spatial", "bfloat16", 64, 700, False) == "sdpa"
+    assert dispatch.lookup(entries, "spatial", "bfloat16", 64, 4096, False) == "sdpa"
+    assert dispatch.lookup(entries, "spatial", "bfloat16", 64, 4096, True) == "fused"
+    assert dispatch.lookup(entries, "spatial", "float16", 64, 256, False) is None
+    assert dispatch.lookup(entries, "spatial", "bfloat16", 128, 256, False) is None
+    assert dispatch.lookup(entries, "temporal", "bfloat16", 64, 256, False) is None
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"format": "other"}, "not a gfcore.attention_dispatch/1 table"),
+    (_table([_entry("triton", 64)]), "impl must be one of"),
+    (_table([_entry("sdpa", 0)]), "seq_len must be a positive integer"),
+    (_table([_entry("sdpa", 64, mode="both")]), "mode must be"),
+    (_table([_entry("sdpa", 64, dtype="int8")]), "dtype must be one of"),
+    (_table([dict(_entry("sdpa", 64), rope="yes")]), "rope must be true or false"),
+])
+def test_dispatch_table_rejects_bad_tables(bad, match):
+    with pytest.raises(dispatch.DispatchTableError, match=match):
+        dispatch.parse_table(bad)
+
+
+def _decide(impl, mode, dtype, head_dim, device_type="cuda", seq_len=256, rope=False):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        use = attn._choose_fused(impl, mode, device_type, dtype, head_dim)
+        use = attn._choose_impl(impl, mode, device_type, dtype, head_dim, seq_len=seq_len,
+                                rope=rope, capability=(9, 0))
     return use, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
 
 
-@pytest.mark.parametrize("prefers_kernel", [False, True])
+@pytest.fixture
+def table_file(tmp_path, monkeypatch):
+    """Points the dispatch at a table file written by the test (none by default)."""
+    path = tmp_path / "attention_dispatch_sm90.json"
+    monkeypatch.setenv("GFCORE_ATTENTION_TABLE", str(path))
+    dispatch.load_table.cache_clear()
+    yield path
+    dispatch.load_table.cache_clear()
+
+
+def test_dispatch_uses_committed_table_path(monkeypatch):
+    monkeypatch.delenv("GFCORE_ATTENTION_TABLE", raising=False)
+    assert dispatch.table_path((9, 0)).name == "attention_dispatch_sm90.json"
+    assert dispatch.table_path((9, 0)).parent.name == "results"
+    monkeypatch.setenv("GFCORE_ATTENTION_TABLE", "")
+    assert dispatch.table_path((9, 0)) is None
+
+
 @pytest.mark.parametrize("compiled", [False, True], ids=["no_cuda_kernel", "cuda_kernel"])
 @pytest.mark.parametrize("mode", ["spatial", "temporal"])
-def test_auto_dispatch_decision_for_cuda(monkeypatch, mode, compiled, prefers_kernel):
+def test_auto_dispatch_decision_for_cuda(monkeypatch, table_file, mode, compiled):
     asked = set()
 
     def has_kernel(op, device_type):
@@ -260,81 +460,100 @@ def test_auto_dispatch_decision_for_cuda(monkeypatch, mode, compiled, prefers_ke
         return compiled
 
     monkeypatch.setattr(attn, "has_kernel", has_kernel)
-    monkeypatch.setattr(extension, "_warned", set())
-    monkeypatch.setitem(attn.AUTO_PREFERS_KERNEL, mode, prefers_kernel)
-    for dtype in (torch.bfloat16, torch.float16, torch.float32):
-        for head_dim in (16, 32, 48, 64, 128, 256):
-            supported = dtype != torch.float32 and head_dim in attn.KERNEL_HEAD_DIMS
-            monkeypatch.setattr(extension, "_warned", set())
-            use, warned = _decide("auto", mode, dtype, head_dim)
-            assert use == (prefers_kernel and compiled and supported), (dtype, head_dim)
-            # Warn only where the kernel would have run but for the head dim, and only once.
-            if prefers_kernel and compiled and dtype != torch.float32 and not supported:
-                assert warned == [f"gfcore {mode}_attention: no fused kernel for head dim "
-                                  f"{head_dim} (have (32, 64, 128)); using the PyTorch "
-                                  "reference"], (dtype, head_dim)
-            else:
-                assert warned == [], (dtype, head_dim)
-            assert _decide("auto", mode, dtype, head_dim) == (use, [])
-            assert _decide("reference", mode, dtype, head_dim) == (False, [])
-            # CPU tensors: "auto" is the reference, "fused" the op's CPU kernel, whatever the
-            # preference and the CUDA build.
-            assert _decide("auto", mode, dtype, head_dim, "cpu") == (False, [])
-            assert _decide("fused", mode, dtype, head_dim, "cpu") == (True, [])
-            if not compiled:
-                with pytest.raises(RuntimeError, match="has no CUDA kernel in this build"):
-                    _decide("fused", mode, dtype, head_dim)
-            elif not supported:
-                with pytest.raises(ValueError, match="fp16/bf16 and head dims"):
-                    _decide("fused", mode, dtype, head_dim)
-            else:
-                assert _decide("fused", mode, dtype, head_dim) == (True, [])
+    default = "sdpa" if mode == "spatial" else "reference"
+    for with_table in (False, True):
+        if with_table:  # the table names the kernel for every dtype and head dim below
+            entries = [_entry("fused", 256, mode=mode, dtype=str(dt).replace("torch.", ""),
+                              head_dim=d)
+                       for dt in (torch.bfloat16, torch.float16, torch.float32)
+                       for d in (16, 32, 48, 64, 128, 256)]
+            table_file.write_text(json.dumps(_table(entries)))
+            dispatch.load_table.cache_clear()
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            for head_dim in (16, 32, 48, 64, 128, 256):
+                supported = dtype != torch.float32 and head_dim in attn.KERNEL_HEAD_DIMS
+                monkeypatch.setattr(extension, "_warned", set())
+                use, warned = _decide("auto", mode, dtype, head_dim)
+                if not with_table:
+                    assert (use, warned) == (default, []), (dtype, head_dim)
+                elif compiled and supported:
+                    assert (use, warned) == ("fused", []), (dtype, head_dim)
+                else:  # the table's choice cannot run here: the default, said once
+                    assert use == default and len(warned) == 1, (dtype, head_dim)
+                    assert "dispatch table names the fused kernel" in warned[0]
+                    assert _decide("auto", mode, dtype, head_dim) == (use, [])
+                # No entry near enough in kind: a RoPE query against RoPE-free entries.
+                assert _decide("auto", mode, dtype, head_dim, rope=True)[0] == default
+                assert _decide("reference", mode, dtype, head_dim) == ("reference", [])
+                assert _decide("sdpa", mode, dtype, head_dim) == ("sdpa", [])
+                # CPU tensors: "auto" is the reference, "fused" the op's CPU kernel.
+                assert _decide("auto", mode, dtype, head_dim, "cpu") == ("reference", [])
+                assert _decide("fused", mode, dtype, head_dim, "cpu") == ("fused", [])
+                if not compiled:
+                    with pytest.raises(RuntimeError, match="has no CUDA kernel in this build"):
+                        _decide("fused", mode, dtype, head_dim)
+                elif not supported:
+                    with pytest.raises(ValueError, match="fp16/bf16 and head dims"):
+                        _decide("fused", mode, dtype, head_dim)
+                else:
+                    assert _decide("fused", mode, dtype, head_dim) == ("fused", [])
     assert asked == {(f"{mode}_attention_fwd", "cuda")}
     with pytest.raises(ValueError, match="impl must be one of"):
         _decide("flash", mode, torch.bfloat16, 64)
 
 
-@pytest.mark.parametrize("prefers_kernel", [False, True])
-def test_auto_dispatch_end_to_end_as_on_cuda(monkeypatch, prefers_kernel):
-    """The public functions with impl="auto" under both settings of AUTO_PREFERS_KERNEL, the
-    dispatch seeing "cuda" and a compiled kernel: which path runs, and the head-dim warning."""
+@pytest.mark.parametrize("table_says", [None, "fused", "sdpa", "reference"])
+def test_auto_dispatch_end_to_end_as_on_cuda(monkeypatch, table_file, table_says):
+    """The public functions with impl="auto", the dispatch seeing "cuda" and a compiled
+    kernel: which path runs (no table: SDPA views for the spatial pass, the reference for the
+    temporal pass; else the table's choice), and the warning when the table's kernel cannot
+    run for the head dim."""
     monkeypatch.setattr(attn, "has_kernel", lambda op, device_type: True)
-    monkeypatch.setattr(attn, "_use_fused", lambda q, impl, mode: attn._choose_fused(
-        impl, mode, "cuda", q.dtype, q.shape[-1]))  # one frame, as the real one
+    monkeypatch.setattr(attn, "_impl_for", lambda q, impl, mode, rope: attn._choose_impl(
+        impl, mode, "cuda", q.dtype, q.shape[-1], seq_len=q.shape[ref.seq_axis(mode)],
+        rope=rope is not None, capability=(9, 0)))  # one frame, as the real one
     monkeypatch.setattr(extension, "_warned", set())
-    for mode in ("spatial", "temporal"):
-        monkeypatch.setitem(attn.AUTO_PREFERS_KERNEL, mode, prefers_kernel)
-    reference_calls = []
-    for mode in ("spatial", "temporal"):
-        real = getattr(ref, f"{mode}_attention")
-        monkeypatch.setattr(ref, f"{mode}_attention",
-                            lambda *a, _real=real, _mode=mode, **kw:
-                            reference_calls.append(_mode) or _real(*a, **kw))
+    if table_says is not None:
+        table_file.write_text(json.dumps(_table([
+            _entry(table_says, 16, mode=m, dtype="bfloat16", head_dim=d)
+            for m in ("spatial", "temporal") for d in (32, 48)])))
+    calls = []
+    for name in ("spatial_attention", "temporal_attention"):
+        real = getattr(ref, name)
+        monkeypatch.setattr(ref, name, lambda *a, _real=real, _n=name, **kw:
+                            calls.append(f"reference.{_n}") or _real(*a, **kw))
+    real_sdpa = attn.spatial_attention_sdpa
+    monkeypatch.setattr(attn, "spatial_attention_sdpa", lambda *a, **kw:
+                        calls.append("sdpa.spatial_attention") or real_sdpa(*a, **kw))
 
     q, k, v = _inputs((1, 4, 9, 2, 48), torch.bfloat16, seed=15)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = attn.temporal_attention(q, k, v)  # head dim 48: the reference either way
-    assert reference_calls == ["temporal"]
-    head_dim_warnings = [w for w in caught if "no fused kernel for head dim 48" in str(w.message)]
-    if prefers_kernel:
-        assert len(head_dim_warnings) == 1
-        assert issubclass(head_dim_warnings[0].category, UserWarning)
-        assert head_dim_warnings[0].filename == __file__  # points at the caller's line
+        out = attn.temporal_attention(q, k, v)  # head dim 48: no kernel
+    warned = [w for w in caught if "names the fused kernel" in str(w.message)]
+    if table_says == "fused":
+        assert len(warned) == 1 and warned[0].filename == __file__  # the caller's line
     else:
-        assert head_dim_warnings == []
+        assert warned == []
+    assert calls == ["reference.temporal_attention"]
     torch.testing.assert_close(out, attn.temporal_attention(q, k, v, impl="reference"),
                                atol=0, rtol=0)
 
     q, k, v = _inputs((1, 3, 10, 2, 32), torch.bfloat16, seed=16)
     for mode in ("spatial", "temporal"):
-        reference_calls.clear()
+        calls.clear()
         with warnings.catch_warnings():
-            warnings.simplefilter("error")  # head dim 32 has a kernel: no warning either way
+            warnings.simplefilter("error")  # head dim 32 has a kernel: no warning
             out = _run("auto", mode, mode == "temporal", q, k, v)
-        assert reference_calls == ([] if prefers_kernel else [mode])
-        want = _run("fused" if prefers_kernel else "reference", mode, mode == "temporal", q, k, v)
-        torch.testing.assert_close(out, want, atol=0, rtol=0)
+        default = "sdpa" if mode == "spatial" else "reference"
+        want_impl = table_says or default
+        if mode == "temporal" and want_impl == "sdpa":
+            want_impl = "reference"
+        expected_calls = {"fused": [], "sdpa": ["sdpa.spatial_attention"],
+                          "reference": [f"reference.{mode}_attention"]}[want_impl]
+        assert calls == expected_calls
+        torch.testing.assert_close(out, _run(want_impl, mode, mode == "temporal", q, k, v),
+                                   atol=0, rtol=0)
 
 
 # ---- bad inputs ------------------------------------------------------------------------------

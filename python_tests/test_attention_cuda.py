@@ -9,6 +9,7 @@ output and the gradients of q, k and v.
 GFCORE_ATTENTION_TEST_DEVICE=cpu runs the same assertions through the ops' CPU kernels, which
 checks the tests themselves on a machine without a GPU.
 """
+import json
 import os
 import warnings
 
@@ -19,6 +20,7 @@ import gfcore._extension as extension
 from _attention_naive import naive_attention, random_rope
 from gfcore.nn import FactorizedAttention, rope_1d, rope_2d
 from gfcore.ops import attention as attn
+from gfcore.ops import attention_dispatch as dispatch
 
 DEVICE = os.environ.get("GFCORE_ATTENTION_TEST_DEVICE", "cuda")
 ON_CUDA = DEVICE == "cuda"
@@ -195,45 +197,66 @@ def test_module_fused_matches_reference(mode):
 
 
 @cuda_only
-@pytest.mark.parametrize("prefers_kernel", [False, True], ids=["auto_keeps_reference",
-                                                               "auto_prefers_kernel"])
-def test_auto_dispatch_and_fallbacks(monkeypatch, prefers_kernel):
-    """impl="auto" under both settings of AUTO_PREFERS_KERNEL (the shipped one is all False).
+@pytest.mark.parametrize("table_says", [None, "fused"], ids=["no_table", "table_names_kernel"])
+def test_auto_dispatch_and_fallbacks(monkeypatch, tmp_path, table_says):
+    """impl="auto" without a measured table (SDPA views for the spatial pass, the reference for
+    the temporal pass) and with a table naming the fused kernel.
 
     The same decision is checked without a GPU in test_attention_cpu.py::test_auto_dispatch_*.
     """
     monkeypatch.setattr(extension, "_warned", set())
-    for mode in attn.AUTO_PREFERS_KERNEL:
-        monkeypatch.setitem(attn.AUTO_PREFERS_KERNEL, mode, prefers_kernel)
-    q, k, v = _inputs((1, 4, 9, 2, 48), torch.bfloat16, 15, packed=False)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        out = attn.temporal_attention(q, k, v)  # head dim 48: no kernel, so the reference
-    head_dim_warnings = [w for w in caught if "no fused kernel for head dim 48" in str(w.message)]
-    if prefers_kernel:  # the kernel would have been taken but for the head dim: say so
-        assert len(head_dim_warnings) == 1
-        assert issubclass(head_dim_warnings[0].category, UserWarning)
-    else:  # the reference is the chosen path, not a fallback: nothing to warn about
-        assert head_dim_warnings == []
-    torch.testing.assert_close(out, attn.temporal_attention(q, k, v, impl="reference"),
-                               atol=0, rtol=0)
-    with pytest.raises(ValueError, match="head dims"):
-        attn.spatial_attention(q, k, v, impl="fused")
-    q32, k32, v32 = _inputs((1, 4, 9, 2, 64), torch.float32, 16, packed=False)
-    with pytest.raises(ValueError, match="fp16/bf16"):
-        attn.temporal_attention(q32, k32, v32, impl="fused")
-    torch.testing.assert_close(attn.temporal_attention(q32, k32, v32, causal=True),
-                               naive_attention(q32, k32, v32, "temporal", True).float(),
-                               atol=1e-5, rtol=1e-4)
-    # bf16, head dim 64: "auto" takes the kernel exactly when AUTO_PREFERS_KERNEL says so, and
-    # its output is then bit for bit the fused op's (else the reference's).
-    q16, k16, v16 = (x.bfloat16() for x in (q32, k32, v32))
-    for mode in ("spatial", "temporal"):
-        assert attn._use_fused(q16, "auto", mode) == prefers_kernel
-        want_impl = "fused" if prefers_kernel else "reference"
-        torch.testing.assert_close(_run("auto", mode, True, q16, k16, v16, None),
-                                   _run(want_impl, mode, True, q16, k16, v16, None),
+    path = tmp_path / "attention_dispatch.json"
+    monkeypatch.setenv("GFCORE_ATTENTION_TABLE", str(path))
+    dispatch.load_table.cache_clear()
+    if table_says is not None:
+        path.write_text(json.dumps({"format": dispatch.FORMAT, "entries": [
+            dict(mode=m, dtype="bfloat16", head_dim=d, seq_len=9, rope=False, impl=table_says)
+            for m in ("spatial", "temporal") for d in (48, 64)]}))
+    try:
+        q, k, v = _inputs((1, 4, 9, 2, 48), torch.bfloat16, 15, packed=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = attn.temporal_attention(q, k, v)  # head dim 48: no kernel, so the reference
+        warned = [w for w in caught if "names the fused kernel" in str(w.message)]
+        if table_says == "fused":  # the table's kernel cannot run for the head dim: say so
+            assert len(warned) == 1 and issubclass(warned[0].category, UserWarning)
+        else:  # the default is the chosen path, not a fallback: nothing to warn about
+            assert warned == []
+        torch.testing.assert_close(out, attn.temporal_attention(q, k, v, impl="reference"),
                                    atol=0, rtol=0)
+        with pytest.raises(ValueError, match="head dims"):
+            attn.spatial_attention(q, k, v, impl="fused")
+        q32, k32, v32 = _inputs((1, 4, 9, 2, 64), torch.float32, 16, packed=False)
+        with pytest.raises(ValueError, match="fp16/bf16"):
+            attn.temporal_attention(q32, k32, v32, impl="fused")
+        torch.testing.assert_close(attn.temporal_attention(q32, k32, v32, causal=True),
+                                   naive_attention(q32, k32, v32, "temporal", True).float(),
+                                   atol=1e-5, rtol=1e-4)
+        # bf16, head dim 64: "auto" takes what the table says (else the default), and its
+        # output is then bit for bit that implementation's.
+        q16, k16, v16 = (x.bfloat16() for x in (q32, k32, v32))
+        for mode in ("spatial", "temporal"):
+            want_impl = table_says or ("sdpa" if mode == "spatial" else "reference")
+            assert attn._impl_for(q16, "auto", mode, None) == want_impl
+            torch.testing.assert_close(_run("auto", mode, True, q16, k16, v16, None),
+                                       _run(want_impl, mode, True, q16, k16, v16, None),
+                                       atol=0, rtol=0)
+    finally:
+        dispatch.load_table.cache_clear()
+
+
+@cuda_only
+@pytest.mark.parametrize("packed", [False, True])
+def test_sdpa_views_match_reference_cuda(packed):
+    """The spatial SDPA-views path on the GPU: bf16 output and gradients near the reference."""
+    shape = (2, 3, 63, 2, 64)
+    q, k, v = _inputs(shape, torch.bfloat16, 23, packed=packed)
+    rope = rope_2d(7, 9, 64, device=DEVICE)
+    grad_out = torch.randn(shape, device=DEVICE).bfloat16()
+    got = _forward_and_grads("sdpa", "spatial", False, q, k, v, rope, grad_out)
+    want = _forward_and_grads("reference", "spatial", False, q, k, v, rope, grad_out)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.float(), b.float(), atol=3e-2, rtol=3e-2)
 
 
 @cuda_only

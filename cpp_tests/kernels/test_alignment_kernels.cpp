@@ -170,10 +170,10 @@ void normalize_cosine_case(const Shape& s) {
   Y.upload(random_values<T>(n, 9, 2.0, &y));
   DeviceBuffer<float> cos(s.rows), norms(2 * s.rows);
   const DeviceLimits dev = limits();
-  // A row lives in registers: at most 16 packs of 16 bytes (or 16 values when misaligned) per
-  // lane. Wider rows must be refused by the launch logic, not run.
-  const int64_t widest = int64_t(kMaxPacksPerLane) * kWarp * (s.offset ? 1 : 16 / int64_t(sizeof(T)));
-  if (s.cols > widest) {
+  // A row lives in the registers of at most 8 warps: 4 packs of 16 bytes (or 16 single values)
+  // per thread. Wider rows must be refused by the launch logic, not run.
+  const int vec = pack_width<T>(s.cols, {X.ptr(), B.ptr(), Y.ptr(), Zhat.ptr()});
+  if (s.cols > normalize_cosine_max_cols(vec)) {
     try {
       launch_bias_normalize_cosine(X.ptr(), B.ptr(), Y.ptr(), Zhat.ptr(), cos.ptr, norms.ptr, s.rows, s.cols, eps,
                                    dev, nullptr);
@@ -215,6 +215,25 @@ void normalize_cosine_case(const Shape& s) {
     norms_tol[2 * r + 1] = g * ny + 1e-30;
   }
   const char* dt = DType<T>::name;
+  const RowLayout layout = row_layout(s.cols, vec);
+  // Rows spread over several row slots: two blocks walking all rows (the row loop, and the
+  // alternating reduction buffers) must give the same bits as the launch's own grid.
+  const bool looped = s.rows > 2 * layout.slots();
+  if (looped) {
+    Operand<T> Zhat2(n, s.offset);
+    DeviceBuffer<float> cos2(s.rows), norms2(2 * s.rows);
+    harness::check_launch(launch_bias_normalize_cosine(X.ptr(), B.ptr(), Y.ptr(), Zhat2.ptr(), cos2.ptr, norms2.ptr,
+                                                       s.rows, s.cols, eps, dev, nullptr, /*max_blocks=*/2),
+                          "bias_normalize_cosine (2 blocks)");
+    const auto a = Zhat.download(), b2 = Zhat2.download();
+    const auto ca = cos.download(), cb = cos2.download();
+    for (size_t i = 0; i < n; ++i)
+      if (std::memcmp(&a[i], &b2[i], sizeof(T)) != 0)
+        harness::fail_value(label("bias_normalize_cosine", s, dt) + ": zhat differs on a 2-block grid");
+    for (int64_t r = 0; r < s.rows; ++r)
+      if (std::memcmp(&ca[r], &cb[r], sizeof(float)) != 0)
+        harness::fail_value(label("bias_normalize_cosine", s, dt) + ": cos differs on a 2-block grid");
+  }
   expect_close(label("bias_normalize_cosine zhat", s, dt), Zhat.download(), zhat_ref, zhat_tol);
   expect_close(label("bias_normalize_cosine cos", s, dt), cos.download(), cos_ref, cos_tol);
   expect_close(label("bias_normalize_cosine norms", s, dt), norms.download(), norms_ref, norms_tol);
@@ -234,7 +253,7 @@ void normalize_cosine_case(const Shape& s) {
   norms.upload(norms_f);
   const auto plan =
       plan_bias_normalize_cosine_backward<T>(GZ.ptr(), Zhat.ptr(), Y.ptr(), GX.ptr(), s.rows, s.cols, dev);
-  if (s.offset && plan.vec != 1) harness::fail_value("misaligned pointers must take the one-value path");
+  if (s.offset && plan.layout.vec != 1) harness::fail_value("misaligned pointers must take the one-value path");
   DeviceBuffer<float> partial(plan.blocks * s.cols);
   harness::check_launch(launch_bias_normalize_cosine_backward(plan, GZ.ptr(), grad_cos.ptr, Zhat.ptr(), Y.ptr(),
                                                               cos.ptr, norms.ptr, GX.ptr(), partial.ptr, s.rows,
@@ -269,16 +288,33 @@ void normalize_cosine_case(const Shape& s) {
   for (int64_t c = 0; c < s.cols; ++c) tol[c] = gamma32(s.rows + s.cols + 16) * colsum_mag[c] + 1e-30;
   expect_close(label("bias_normalize_cosine_backward grad_bias", s, dt),
                column_sums(partial.ptr, plan.blocks, s.cols), colsum_ref, tol);
+  if (looped) {  // two blocks walking all rows: grad_x bit for bit, the column sums within tolerance
+    auto plan2 = plan;
+    plan2.blocks = 2;
+    Operand<T> GX2(n, s.offset);
+    DeviceBuffer<float> partial2(plan2.blocks * s.cols);
+    harness::check_launch(launch_bias_normalize_cosine_backward(plan2, GZ.ptr(), grad_cos.ptr, Zhat.ptr(), Y.ptr(),
+                                                                cos.ptr, norms.ptr, GX2.ptr(), partial2.ptr, s.rows,
+                                                                s.cols, eps, nullptr),
+                          "bias_normalize_cosine_backward (2 blocks)");
+    const auto a = GX.download(), b2 = GX2.download();
+    for (size_t i = 0; i < n; ++i)
+      if (std::memcmp(&a[i], &b2[i], sizeof(T)) != 0)
+        harness::fail_value(label("bias_normalize_cosine_backward", s, dt) + ": grad_x differs on a 2-block grid");
+    expect_close(label("bias_normalize_cosine_backward grad_bias (2 blocks)", s, dt),
+                 column_sums(partial2.ptr, plan2.blocks, s.cols), colsum_ref, tol);
+  }
 }
 
 const Shape kShapes[] = {{1, 1, 0},   {37, 19, 0}, {300, 40, 0},  {67, 512, 0}, {9, 2048, 0},
-                         {5, 4096, 0}, {33, 1152, 0}, {20, 64, 1}};
+                         {5, 4096, 0}, {33, 1152, 0}, {20, 64, 1},  {7, 4096, 1}, {2, 8200, 0}};
 
 template <typename T>
 void register_dtype() {
   for (const Shape& s : kShapes) {
     const char* dt = DType<T>::name;
-    // Rows of 4096 need 16 fp32 packs per lane at most: within the register layout.
+    // Rows up to 4096 values run in every dtype and alignment (8 warps per row at most); 8200
+    // is refused by the normalize/cosine launch logic.
     harness::registry().push_back({label("bias_silu", s, dt), "alignment", [s] { bias_silu_case<T>(s); }});
     harness::registry().push_back({label("bias_mse", s, dt), "alignment", [s] { bias_mse_case<T>(s); }});
     harness::registry().push_back(

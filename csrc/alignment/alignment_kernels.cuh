@@ -5,7 +5,8 @@
 //   bias_silu:               silu(x + b), elementwise over packs;
 //   bias_silu_backward:      grad * silu'(x + b) and its column sums;
 //   bias_mse:                diff = x + b - y, its column sums and the sum of squares;
-//   normalize_cosine(_bwd):  one warp per row, the row held in registers;
+//   normalize_cosine(_bwd):  a row over one to eight warps, held in registers (at most 64
+//                            bytes of an operand per thread);
 // Column sums: each thread owns one pack of columns and walks a group of rows (or, for the
 // row-per-warp kernels, a block's warps meet in shared memory); one partial row per group or
 // block goes to sum_partials, so results repeat bit for bit (no atomics).
@@ -18,8 +19,14 @@ namespace alignment {
 
 constexpr int kWarp = 32;
 constexpr int kMseMaxThreads = 256;
-constexpr int kRowWarpsPerBlock = 4;  // normalize/cosine: warps (rows in flight) per block
-constexpr int kMaxPacksPerLane = 16;
+constexpr int kRowBlockWarps = 8;  // normalize/cosine: warps per block (one to eight rows in flight)
+constexpr int kMaxRowWarps = 8;    // warps one row may be split over
+// Packs per thread of one operand of a row: 4 packs of 16 bytes (or 16 single values when
+// the row cannot be walked in packs) keep every instantiation free of spills.
+template <int VEC>
+constexpr int max_packs_per_lane() {
+  return VEC > 1 ? 4 : 16;
+}
 
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Pack {
@@ -107,7 +114,7 @@ __global__ void bias_silu_backward_kernel(const T* __restrict__ grad, const T* _
 
 // ---- bias_mse: grid (column blocks, row groups); block sums of squares via shared memory ----
 template <typename T, int VEC>
-__global__ void __launch_bounds__(kMseMaxThreads)
+__global__ void __launch_bounds__(kMseMaxThreads, 1)
     bias_mse_kernel(const T* __restrict__ x, const T* __restrict__ bias, const T* __restrict__ y,
                     T* __restrict__ diff, float* __restrict__ partial_colsum, float* __restrict__ partial_squares,
                     int64_t rows, int64_t cols, int64_t rows_per_group) {
@@ -146,54 +153,100 @@ __global__ void __launch_bounds__(kMseMaxThreads)
   }
 }
 
-// ---- normalize_cosine: one warp per row; lane l holds packs l, l + 32, ... (PPL of them) -----
+// ---- normalize_cosine: a row is split over `row_warps` warps (1, 2, 4 or 8) of a block of
+// kRowBlockWarps warps; thread i of a row (i = 0 .. 32 row_warps - 1) holds packs i, i + 32
+// row_warps, ... (PPL of them, at most max_packs_per_lane<VEC>()), so a lane never holds more than 64
+// bytes of one operand: no instantiation spills, and every input is read from HBM once.
+// A block serves kRowBlockWarps / row_warps rows at a time. Row sums: warp shuffles, then, for
+// rows over several warps, the warps' partial sums meet in shared memory and are added in warp
+// order (two buffers alternate between rows, so one barrier per row suffices).
 //   forward:  read x, y; write zhat (and 12 bytes of per-row statistics)
-//   backward: read grad_zhat, zhat, y; write grad_x; column sums per lane in registers across
-//             the warp's rows, then over the block's warps in shared memory (one partial row).
+//   backward: read grad_zhat, zhat, y; write grad_x; column sums per thread in registers across
+//             its rows, then over the block's row slots in shared memory (one partial row).
+struct RowSplit {
+  int warp, lane, row_warps;
+  int slot;         // the block's row slot of this thread
+  int slots;        // rows in flight per block
+  int thread;       // index of the thread within its row
+  int row_threads;  // threads per row
+  __device__ RowSplit(int row_warps_) : row_warps(row_warps_) {
+    warp = threadIdx.x / kWarp;
+    lane = threadIdx.x % kWarp;
+    slot = warp / row_warps;
+    slots = kRowBlockWarps / row_warps;
+    thread = (warp % row_warps) * kWarp + lane;
+    row_threads = row_warps * kWarp;
+  }
+};
+
+// Sums v[0..N) over the threads of a row (all threads of the block call it, every row).
+template <int N>
+__device__ __forceinline__ void row_sum(float (&v)[N], const RowSplit& s, float (*red)[kRowBlockWarps][N],
+                                        int parity) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) v[i] = warp_sum(v[i]);
+  if (s.row_warps == 1) return;
+  if (s.lane == 0) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) red[parity][s.warp][i] = v[i];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < N; ++i) v[i] = 0.f;
+  for (int w = 0; w < s.row_warps; ++w) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] += red[parity][s.slot * s.row_warps + w][i];
+  }
+}
+
 template <typename T, int VEC, int PPL>
-__global__ void __launch_bounds__(kRowWarpsPerBlock * kWarp)
+__global__ void __launch_bounds__(kRowBlockWarps * kWarp, 1)
     normalize_cosine_kernel(const T* __restrict__ x, const T* __restrict__ bias, const T* __restrict__ y,
                             T* __restrict__ zhat, float* __restrict__ cos, float* __restrict__ norms, int64_t rows,
-                            int64_t cols, float eps) {
-  const int lane = threadIdx.x % kWarp;
-  const int64_t packs = cols / VEC;
-  const int64_t warp_stride = static_cast<int64_t>(gridDim.x) * kRowWarpsPerBlock;
-  for (int64_t r = static_cast<int64_t>(blockIdx.x) * kRowWarpsPerBlock + threadIdx.x / kWarp; r < rows;
-       r += warp_stride) {
+                            int64_t cols, float eps, int row_warps) {
+  GFCORE_SHARED(float, red, [2][kRowBlockWarps][3]);
+  const RowSplit s(row_warps);
+  const int packs = static_cast<int>(cols / VEC);  // at most 8 x 32 x 16 (row_layout)
+  const int64_t block_stride = static_cast<int64_t>(gridDim.x) * s.slots;
+  int parity = 0;
+  // Uniform trip count over the block (the row sums may meet at a barrier).
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * s.slots; base < rows; base += block_stride, parity ^= 1) {
+    const int64_t r = base + s.slot;
+    const bool active = r < rows;
+    const T* xr = x + r * cols;
+    const T* yr = y + r * cols;
     Pack<T, VEC> xv[PPL], yv[PPL];
 #pragma unroll
     for (int k = 0; k < PPL; ++k) {
-      const int64_t p = lane + k * kWarp;
-      if (p < packs) {
-        xv[k] = load_pack<T, VEC>(x + r * cols + p * VEC);
-        yv[k] = load_pack<T, VEC>(y + r * cols + p * VEC);
+      const int p = s.thread + k * s.row_threads;
+      if (active && p < packs) {
+        xv[k] = load_pack<T, VEC>(xr + p * VEC);
+        yv[k] = load_pack<T, VEC>(yr + p * VEC);
       }
     }
-    float zz = 0.f, yy = 0.f, zy = 0.f;
+    float sums[3] = {0.f, 0.f, 0.f};  // |z|^2, |y|^2, z . y
 #pragma unroll
     for (int k = 0; k < PPL; ++k) {
-      const int64_t p = lane + k * kWarp;
-      if (p < packs) {
+      const int p = s.thread + k * s.row_threads;
+      if (active && p < packs) {
         const auto bv = load_pack<T, VEC>(bias + p * VEC);
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
           const float z = to_float(xv[k].v[j]) + to_float(bv.v[j]);
           const float v = to_float(yv[k].v[j]);
-          zz += z * z;
-          yy += v * v;
-          zy += z * v;
+          sums[0] += z * z;
+          sums[1] += v * v;
+          sums[2] += z * v;
         }
       }
     }
-    zz = warp_sum(zz);
-    yy = warp_sum(yy);
-    zy = warp_sum(zy);
-    const float nz = sqrtf(zz), ny = sqrtf(yy);
+    row_sum(sums, s, red, parity);
+    const float nz = sqrtf(sums[0]), ny = sqrtf(sums[1]);
     const float rz = 1.f / fmaxf(nz, eps), ry = 1.f / fmaxf(ny, eps);
 #pragma unroll
     for (int k = 0; k < PPL; ++k) {
-      const int64_t p = lane + k * kWarp;
-      if (p < packs) {
+      const int p = s.thread + k * s.row_threads;
+      if (active && p < packs) {
         const auto bv = load_pack<T, VEC>(bias + p * VEC);
         Pack<T, VEC> ov;
 #pragma unroll
@@ -201,8 +254,8 @@ __global__ void __launch_bounds__(kRowWarpsPerBlock * kWarp)
         store_pack(zhat + r * cols + p * VEC, ov);
       }
     }
-    if (lane == 0) {
-      cos[r] = zy * rz * ry;
+    if (active && s.thread == 0) {
+      cos[r] = sums[2] * rz * ry;
       norms[2 * r] = nz;
       norms[2 * r + 1] = ny;
     }
@@ -210,55 +263,62 @@ __global__ void __launch_bounds__(kRowWarpsPerBlock * kWarp)
 }
 
 template <typename T, int VEC, int PPL>
-__global__ void __launch_bounds__(kRowWarpsPerBlock * kWarp)
+__global__ void __launch_bounds__(kRowBlockWarps * kWarp, 1)
     normalize_cosine_backward_kernel(const T* __restrict__ grad_zhat, const float* __restrict__ grad_cos,
                                      const T* __restrict__ zhat, const T* __restrict__ y,
                                      const float* __restrict__ cos, const float* __restrict__ norms,
                                      T* __restrict__ grad_x, float* __restrict__ partial, int64_t rows, int64_t cols,
-                                     float eps) {
-  GFCORE_DYNAMIC_SHARED(float, warp_colsums);  // [kRowWarpsPerBlock][cols]
-  const int lane = threadIdx.x % kWarp;
-  const int warp = threadIdx.x / kWarp;
-  const int64_t packs = cols / VEC;
+                                     float eps, int row_warps) {
+  GFCORE_SHARED(float, red, [2][kRowBlockWarps][1]);
+  GFCORE_DYNAMIC_SHARED(float, slot_colsums);  // [kRowBlockWarps / row_warps][cols]
+  const RowSplit s(row_warps);
+  const int packs = static_cast<int>(cols / VEC);  // at most 8 x 32 x 16 (row_layout)
   float colsum[PPL][VEC];
 #pragma unroll
   for (int k = 0; k < PPL; ++k)
 #pragma unroll
     for (int j = 0; j < VEC; ++j) colsum[k][j] = 0.f;
 
-  const int64_t warp_stride = static_cast<int64_t>(gridDim.x) * kRowWarpsPerBlock;
-  for (int64_t r = static_cast<int64_t>(blockIdx.x) * kRowWarpsPerBlock + warp; r < rows; r += warp_stride) {
+  const int64_t block_stride = static_cast<int64_t>(gridDim.x) * s.slots;
+  int parity = 0;
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * s.slots; base < rows; base += block_stride, parity ^= 1) {
+    const int64_t r = base + s.slot;
+    const bool active = r < rows;
+    const T* gr = grad_zhat + r * cols;
+    const T* zr = zhat + r * cols;
+    const T* yr = y + r * cols;
     Pack<T, VEC> gv[PPL], zv[PPL], yv[PPL];
 #pragma unroll
     for (int k = 0; k < PPL; ++k) {
-      const int64_t p = lane + k * kWarp;
-      if (p < packs) {
-        gv[k] = load_pack<T, VEC>(grad_zhat + r * cols + p * VEC);
-        zv[k] = load_pack<T, VEC>(zhat + r * cols + p * VEC);
-        yv[k] = load_pack<T, VEC>(y + r * cols + p * VEC);
+      const int p = s.thread + k * s.row_threads;
+      if (active && p < packs) {
+        gv[k] = load_pack<T, VEC>(gr + p * VEC);
+        zv[k] = load_pack<T, VEC>(zr + p * VEC);
+        yv[k] = load_pack<T, VEC>(yr + p * VEC);
       }
     }
-    float zg = 0.f;
+    float zg[1] = {0.f};
 #pragma unroll
     for (int k = 0; k < PPL; ++k) {
-      const int64_t p = lane + k * kWarp;
-      if (p < packs) {
+      const int p = s.thread + k * s.row_threads;
+      if (active && p < packs) {
 #pragma unroll
-        for (int j = 0; j < VEC; ++j) zg += to_float(zv[k].v[j]) * to_float(gv[k].v[j]);
+        for (int j = 0; j < VEC; ++j) zg[0] += to_float(zv[k].v[j]) * to_float(gv[k].v[j]);
       }
     }
-    zg = warp_sum(zg);
+    row_sum(zg, s, red, parity);
+    if (!active) continue;  // after the row sum's barrier: the trip count stays uniform
     // Same algebra as the reference: a clamped |z| is a constant, so its terms vanish.
     const float nz = norms[2 * r];
     const float live = nz > eps ? 1.f : 0.f;
     const float rz = 1.f / fmaxf(nz, eps);
     const float ry = 1.f / fmaxf(norms[2 * r + 1], eps);
     const float gc = grad_cos[r];
-    const float zcoef = live * (zg + gc * cos[r]);
+    const float zcoef = live * (zg[0] + gc * cos[r]);
     const float ycoef = gc * ry;
 #pragma unroll
     for (int k = 0; k < PPL; ++k) {
-      const int64_t p = lane + k * kWarp;
+      const int p = s.thread + k * s.row_threads;
       if (p < packs) {
         Pack<T, VEC> ov;
 #pragma unroll
@@ -271,20 +331,20 @@ __global__ void __launch_bounds__(kRowWarpsPerBlock * kWarp)
       }
     }
   }
-  // Column sums: this warp's registers -> shared memory -> one partial row per block.
+  // Column sums: each thread's registers -> its row slot's row in shared memory -> one
+  // partial row per block (slots added in order).
 #pragma unroll
   for (int k = 0; k < PPL; ++k) {
-    const int64_t p = lane + k * kWarp;
+    const int p = s.thread + k * s.row_threads;
     if (p < packs) {
 #pragma unroll
-      for (int j = 0; j < VEC; ++j) warp_colsums[warp * cols + p * VEC + j] = colsum[k][j];
+      for (int j = 0; j < VEC; ++j) slot_colsums[s.slot * cols + p * VEC + j] = colsum[k][j];
     }
   }
   __syncthreads();
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
     float total = 0.f;
-#pragma unroll
-    for (int w = 0; w < kRowWarpsPerBlock; ++w) total += warp_colsums[w * cols + c];
+    for (int w = 0; w < s.slots; ++w) total += slot_colsums[w * cols + c];
     partial[blockIdx.x * cols + c] = total;
   }
 }

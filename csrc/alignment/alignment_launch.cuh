@@ -109,56 +109,90 @@ cudaError_t launch_bias_mse(const ColumnPackPlan& plan, const T* x, const T* bia
   });
 }
 
-// ---- normalize_cosine: a row lives in registers, PPL packs per lane --------------------------
-// The smallest packs-per-lane count (1, 2, 4, 8 or 16) that covers a row of `cols` values;
-// throws for rows wider than 16 packs per lane.
-inline int packs_per_lane(int64_t cols, int vec) {
-  const int64_t needed = ceil_div(cols / vec, kWarp);
-  if (needed > kMaxPacksPerLane)
-    throw std::invalid_argument(
-        "the CUDA normalize/cosine kernels hold a row in registers: rows of at most " +
-        std::to_string(kMaxPacksPerLane * kWarp * vec) + " values are supported for this dtype and alignment, got " +
-        std::to_string(cols) + " (use impl='reference' for wider targets)");
-  int ppl = 1;
-  while (ppl < needed) ppl *= 2;
-  return ppl;
+// ---- normalize_cosine: a row over one to eight warps, in registers ---------------------------
+// How a row of `cols` values is laid out over the threads: VEC values per pack, PPL packs per
+// thread, row_warps warps per row (alignment_kernels.cuh).
+struct RowLayout {
+  int vec, ppl, row_warps;
+  int slots() const { return kRowBlockWarps / row_warps; }  // rows in flight per block
+};
+
+inline int max_packs_per_lane(int vec) { return vec > 1 ? max_packs_per_lane<2>() : max_packs_per_lane<1>(); }
+
+// The widest row the kernels take for a pack width: 8 warps x 32 threads x PPL packs.
+inline int64_t normalize_cosine_max_cols(int vec) {
+  return int64_t(kMaxRowWarps) * kWarp * max_packs_per_lane(vec) * vec;
 }
 
-// Calls fn(vec_tag, ppl_tag) with compile-time pack width and packs per lane.
+// Up to 8 warps per row, as few as hold the row with at most 2 packs of 16 bytes (4 single
+// values) per thread, then the smallest power-of-two packs per thread (4 packs, 16 values at
+// most, for rows wider than 8 warps of that); throws for wider rows. Fewer packs per thread
+// keep fewer registers live (more blocks per SM) at the cost of one barrier per row.
+inline RowLayout row_layout(int64_t cols, int vec) {
+  const int64_t packs = cols / vec;
+  if (cols > normalize_cosine_max_cols(vec))
+    throw std::invalid_argument(
+        "the CUDA normalize/cosine kernels hold a row in the registers of at most " + std::to_string(kMaxRowWarps) +
+        " warps: rows of at most " + std::to_string(normalize_cosine_max_cols(vec)) +
+        " values are supported for this dtype and alignment, got " + std::to_string(cols) +
+        " (use impl='reference' for wider targets)");
+  const int preferred_ppl = vec > 1 ? 2 : 4;
+  RowLayout l{vec, 1, 1};
+  while (l.row_warps < kMaxRowWarps && int64_t(l.row_warps) * kWarp * preferred_ppl < packs) l.row_warps *= 2;
+  const int64_t needed = ceil_div(packs, int64_t(l.row_warps) * kWarp);
+  while (l.ppl < needed) l.ppl *= 2;
+  return l;
+}
+
+// Calls fn(vec_tag, ppl_tag) with compile-time pack width and packs per thread (packs of 16
+// bytes: 1, 2 or 4 per thread; single values: 1 to 16).
 template <typename T, typename Fn>
-cudaError_t with_row_layout(int vec, int ppl, Fn&& fn) {
-  return with_pack<T>(vec, [&](auto vec_tag) {
-    switch (ppl) {
-      case 1: return fn(vec_tag, std::integral_constant<int, 1>{});
-      case 2: return fn(vec_tag, std::integral_constant<int, 2>{});
-      case 4: return fn(vec_tag, std::integral_constant<int, 4>{});
-      case 8: return fn(vec_tag, std::integral_constant<int, 8>{});
-      default: return fn(vec_tag, std::integral_constant<int, 16>{});
+cudaError_t with_row_layout(const RowLayout& l, Fn&& fn) {
+  return with_pack<T>(l.vec, [&](auto vec_tag) {
+    constexpr int VEC = decltype(vec_tag)::value;
+    if constexpr (VEC > 1) {
+      switch (l.ppl) {
+        case 1: return fn(vec_tag, std::integral_constant<int, 1>{});
+        case 2: return fn(vec_tag, std::integral_constant<int, 2>{});
+        default: return fn(vec_tag, std::integral_constant<int, 4>{});
+      }
+    } else {
+      switch (l.ppl) {
+        case 1: return fn(vec_tag, std::integral_constant<int, 1>{});
+        case 2: return fn(vec_tag, std::integral_constant<int, 2>{});
+        case 4: return fn(vec_tag, std::integral_constant<int, 4>{});
+        case 8: return fn(vec_tag, std::integral_constant<int, 8>{});
+        default: return fn(vec_tag, std::integral_constant<int, 16>{});
+      }
     }
   });
 }
 
+// Forward: blocks of kRowBlockWarps warps walk the rows (grid capped at 8 blocks per SM, the
+// most that fit by threads; max_blocks > 0 caps it further, for tests of the row loop).
 template <typename T>
 cudaError_t launch_bias_normalize_cosine(const T* x, const T* bias, const T* y, T* zhat, float* cos, float* norms,
                                          int64_t rows, int64_t cols, float eps, const DeviceLimits& dev,
-                                         cudaStream_t stream) {
+                                         cudaStream_t stream, int64_t max_blocks = 0) {
   if (rows == 0) return cudaSuccess;
-  const int vec = pack_width<T>(cols, {x, bias, y, zhat});
-  return with_row_layout<T>(vec, packs_per_lane(cols, vec), [&](auto vec_tag, auto ppl_tag) {
+  const RowLayout l = row_layout(cols, pack_width<T>(cols, {x, bias, y, zhat}));
+  return with_row_layout<T>(l, [&](auto vec_tag, auto ppl_tag) {
     constexpr int VEC = decltype(vec_tag)::value, PPL = decltype(ppl_tag)::value;
-    const int64_t blocks = std::min<int64_t>(ceil_div(rows, kRowWarpsPerBlock), int64_t(dev.sm_count) * 16);
+    int64_t blocks = std::min<int64_t>(ceil_div(rows, l.slots()), int64_t(dev.sm_count) * 8);
+    if (max_blocks > 0) blocks = std::min(blocks, max_blocks);
     return launch_kernel(normalize_cosine_kernel<T, VEC, PPL>,
-                         {dim3(static_cast<unsigned>(blocks)), dim3(kRowWarpsPerBlock * kWarp), 0}, stream, x, bias,
-                         y, zhat, cos, norms, rows, cols, eps);
+                         {dim3(static_cast<unsigned>(blocks)), dim3(kRowBlockWarps * kWarp), 0}, stream, x, bias, y,
+                         zhat, cos, norms, rows, cols, eps, l.row_warps);
   });
 }
 
 // Backward: one wave of resident blocks, each walking many rows (every SM busy, and as few
-// partial rows to sum as that allows). `partial` is plan.blocks x cols.
+// partial rows to sum as that allows). `partial` is plan.blocks x cols; a test may lower
+// plan.blocks (more rows per block) before allocating `partial`.
 struct NormalizeCosineBackwardPlan {
-  int vec, ppl;
+  RowLayout layout;
   int64_t blocks;
-  size_t smem;  // the block's warps meet in [kRowWarpsPerBlock][cols] floats
+  size_t smem;  // the block's row slots meet in [slots][cols] floats (at most 32 KiB)
 };
 
 template <typename T>
@@ -166,17 +200,16 @@ NormalizeCosineBackwardPlan plan_bias_normalize_cosine_backward(const T* grad_zh
                                                                 T* grad_x, int64_t rows, int64_t cols,
                                                                 const DeviceLimits& dev) {
   NormalizeCosineBackwardPlan p;
-  p.vec = pack_width<T>(cols, {grad_zhat, zhat, y, grad_x});
-  p.ppl = packs_per_lane(cols, p.vec);
-  p.smem = sizeof(float) * kRowWarpsPerBlock * cols;
+  p.layout = row_layout(cols, pack_width<T>(cols, {grad_zhat, zhat, y, grad_x}));
+  p.smem = sizeof(float) * p.layout.slots() * cols;
   int per_sm = 1;
-  with_row_layout<T>(p.vec, p.ppl, [&](auto vec_tag, auto ppl_tag) {
+  with_row_layout<T>(p.layout, [&](auto vec_tag, auto ppl_tag) {
     constexpr int VEC = decltype(vec_tag)::value, PPL = decltype(ppl_tag)::value;
     const auto kernel = normalize_cosine_backward_kernel<T, VEC, PPL>;
     if (p.smem > 48 * 1024) allow_dynamic_smem(kernel, p.smem);
-    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kRowWarpsPerBlock * kWarp, p.smem);
+    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kRowBlockWarps * kWarp, p.smem);
   });
-  p.blocks = std::max<int64_t>(1, std::min<int64_t>(ceil_div(rows, kRowWarpsPerBlock),
+  p.blocks = std::max<int64_t>(1, std::min<int64_t>(ceil_div(rows, p.layout.slots()),
                                                     int64_t(dev.sm_count) * std::max(per_sm, 1)));
   return p;
 }
@@ -186,15 +219,16 @@ cudaError_t launch_bias_normalize_cosine_backward(const NormalizeCosineBackwardP
                                                   const float* grad_cos, const T* zhat, const T* y, const float* cos,
                                                   const float* norms, T* grad_x, float* partial, int64_t rows,
                                                   int64_t cols, float eps, cudaStream_t stream) {
-  return with_row_layout<T>(plan.vec, plan.ppl, [&](auto vec_tag, auto ppl_tag) {
+  return with_row_layout<T>(plan.layout, [&](auto vec_tag, auto ppl_tag) {
     constexpr int VEC = decltype(vec_tag)::value, PPL = decltype(ppl_tag)::value;
     const auto kernel = normalize_cosine_backward_kernel<T, VEC, PPL>;
     if (plan.smem > 48 * 1024) {  // above 48 KiB a kernel must opt in to its dynamic shared memory
       const cudaError_t err = allow_dynamic_smem(kernel, plan.smem);
       if (err != cudaSuccess) return err;
     }
-    return launch_kernel(kernel, {dim3(static_cast<unsigned>(plan.blocks)), dim3(kRowWarpsPerBlock * kWarp), plan.smem},
-                         stream, grad_zhat, grad_cos, zhat, y, cos, norms, grad_x, partial, rows, cols, eps);
+    return launch_kernel(kernel, {dim3(static_cast<unsigned>(plan.blocks)), dim3(kRowBlockWarps * kWarp), plan.smem},
+                         stream, grad_zhat, grad_cos, zhat, y, cos, norms, grad_x, partial, rows, cols, eps,
+                         plan.layout.row_warps);
   });
 }
 

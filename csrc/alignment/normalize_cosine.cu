@@ -1,5 +1,5 @@
 // gfcore::bias_normalize_cosine and its backward on CUDA: checks, outputs, and the launches of
-// alignment_launch.cuh (one warp per row, the row held in registers: alignment_kernels.cuh).
+// alignment_launch.cuh (a row over one to eight warps, held in registers: alignment_kernels.cuh).
 #include <torch/library.h>
 
 #include "alignment/alignment_checks.h"
@@ -9,7 +9,7 @@ namespace gfcore {
 namespace alignment {
 namespace {
 
-// packs_per_lane() throws std::invalid_argument for rows too wide for the kernels.
+// row_layout() throws std::invalid_argument for rows too wide for the kernels.
 template <typename Fn>
 void with_row_check(Fn&& fn) {
   try {

@@ -20,7 +20,7 @@ class FactorizedAttention(nn.Module):
         dim: channels of the tokens.
         num_heads: heads; dim must be divisible by it.
         qk_norm: RMS-normalise q and k per head (learned scale) before RoPE and attention.
-        impl: "auto", "fused" or "reference" (see gfcore.ops.attention).
+        impl: "auto", "fused", "reference" or "sdpa" (see gfcore.ops.attention).
     """
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool = True, impl: str = "auto",

@@ -6,11 +6,18 @@
 q, k, v are [B, T, P, H, D] with any strides but a unit stride on D (e.g. the three views of
 a packed qkv [B, T, P, 3, H, D]); o is [B, T, P, H, D] contiguous. impl picks the path:
   "reference": einops + F.scaled_dot_product_attention (attention_reference.py);
+  "sdpa":      spatial pass: F.scaled_dot_product_attention on zero-copy [B*T, H, P, D] views
+               of the inputs (view and transpose; RoPE, when given, rotates q and k first in
+               one op, gfcore::rope_qk: one CUDA kernel launch for both);
+               temporal pass: the reference (its sequences cannot be viewed without a copy);
   "fused":     the gfcore::*_attention_fwd/bwd ops (CUDA kernels in csrc/attention; on CPU the
                explicit-math kernels of attention_math.py, registered here);
-  "auto":      the reference, except where AUTO_PREFERS_KERNEL says the kernel wins: then
-               the kernel on CUDA for fp16/bf16 and head dims 32/64/128 (a one-time warning
-               when only the head dim stands in the way).
+  "auto":      on CUDA, the implementation that the measured dispatch table names for the
+               shape (attention_dispatch.py), else the default: "sdpa" for the spatial pass,
+               "reference" for the temporal pass. No GPU has measured a table yet, so today
+               "auto" takes the default. A table entry naming "fused" where the build has no
+               kernel, or the dtype / head dim has none, falls back to the default with a
+               one-time warning. On CPU, "auto" is the reference.
 """
 import math
 from typing import Optional, Sequence
@@ -18,18 +25,16 @@ from typing import Optional, Sequence
 import torch
 
 from gfcore._extension import has_kernel, warn_once
-from gfcore.ops import attention_math, attention_reference
+from gfcore.ops import attention_dispatch, attention_math, attention_reference
 from gfcore.ops.attention_reference import RopeTables
 
 KERNEL_HEAD_DIMS = (32, 64, 128)
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
-IMPLS = ("auto", "fused", "reference")
-# Which passes impl="auto" sends to the CUDA kernels. Neither kernel has run on a GPU yet
-# (no GPU was lent when they were written): until python_tests/test_attention_cuda.py passes
-# on one and bench_attention shows a kernel ahead of SDPA, "auto" keeps the reference and
+IMPLS = ("auto", "fused", "reference", "sdpa")
+# impl="auto" on CUDA follows the measured dispatch table (attention_dispatch.py). Neither
+# kernel has run on a GPU yet (no GPU was lent when they were written), so no table exists and
 # the kernels are reached with impl="fused" only. On sm80+ the spatial pass runs on tensor
 # cores (csrc/attention/attention_mma*.cuh); the temporal pass and older GPUs use fp32 FMAs.
-AUTO_PREFERS_KERNEL = {"spatial": False, "temporal": False}
 
 # Must match csrc/registration.cpp; defined here too when the extension is not built.
 _SCHEMAS = {
@@ -47,6 +52,9 @@ _SCHEMAS = {
         "(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse,"
         " Tensor? rope_cos, Tensor? rope_sin, float scale, bool causal)"
         " -> (Tensor grad_q, Tensor grad_k, Tensor grad_v)",
+    "rope_qk":
+        "(Tensor q, Tensor k, Tensor cos, Tensor sin, bool temporal, bool adjoint)"
+        " -> (Tensor q_out, Tensor k_out)",
 }
 
 
@@ -90,6 +98,48 @@ def _spatial_bwd_cpu(grad_out, q, k, v, out, lse, rope_cos, rope_sin, scale):
 def _temporal_bwd_cpu(grad_out, q, k, v, out, lse, rope_cos, rope_sin, scale, causal):
     return attention_math.attention_backward(grad_out, q, k, v, out, lse, rope_cos, rope_sin,
                                              scale, causal, "temporal")
+
+
+def _rope_math(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, temporal: bool,
+               adjoint: bool) -> torch.Tensor:
+    """gfcore::rope_qk on one operand in PyTorch (float32 math, float64 for float64)."""
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    mode = "temporal" if temporal else "spatial"
+    c1, c2 = attention_reference.broadcast_rope(cos.to(compute), mode).chunk(2, dim=-1)
+    s1, s2 = attention_reference.broadcast_rope(sin.to(compute), mode).chunk(2, dim=-1)
+    x1, x2 = x.to(compute).chunk(2, dim=-1)
+    if adjoint:
+        y = torch.cat((x1 * c1 + x2 * s2, x2 * c2 - x1 * s1), dim=-1)
+    else:
+        y = torch.cat((x1 * c1 - x2 * s1, x2 * c2 + x1 * s2), dim=-1)
+    return y.to(x.dtype).contiguous()
+
+
+@torch.library.register_kernel("gfcore::rope_qk", "cpu")
+def _rope_qk_cpu(q, k, cos, sin, temporal, adjoint):
+    return _rope_math(q, cos, sin, temporal, adjoint), _rope_math(k, cos, sin, temporal, adjoint)
+
+
+@torch.library.register_fake("gfcore::rope_qk")
+def _rope_qk_fake(q, k, cos, sin, temporal, adjoint):
+    return q.new_empty(q.shape), k.new_empty(k.shape)
+
+
+def _rope_qk_setup_context(ctx, inputs, output):
+    _q, _k, cos, sin, temporal, adjoint = inputs
+    ctx.save_for_backward(cos, sin)
+    ctx.temporal, ctx.adjoint = temporal, adjoint
+
+
+def _rope_qk_backward(ctx, grad_q, grad_k):
+    """The rotation is linear: its gradient is the adjoint rotation (and the tables are
+    constants: no gradient for cos and sin)."""
+    cos, sin = ctx.saved_tensors
+    grad_q = grad_q if grad_q is not None else torch.zeros_like(grad_k)
+    grad_k = grad_k if grad_k is not None else torch.zeros_like(grad_q)
+    gq, gk = torch.ops.gfcore.rope_qk(_kernel_grad(grad_q), _kernel_grad(grad_k), cos, sin,
+                                      ctx.temporal, not ctx.adjoint)
+    return gq, gk, None, None, None, None
 
 
 def _fake_fwd(q, k, v, rope_cos, rope_sin, scale, causal=False):
@@ -137,6 +187,8 @@ def _temporal_backward(ctx, grad_out, _grad_lse):
     return dq, dk, dv, None, None, None, None
 
 
+torch.library.register_autograd("gfcore::rope_qk", _rope_qk_backward,
+                                setup_context=_rope_qk_setup_context)
 torch.library.register_autograd("gfcore::spatial_attention_fwd", _spatial_backward,
                                 setup_context=_setup_context)
 torch.library.register_autograd("gfcore::temporal_attention_fwd", _temporal_backward,
@@ -186,24 +238,30 @@ def check_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             raise ValueError(f"{mode}_attention: {name} is on {t.device} but q on {q.device}")
 
 
-def _use_fused(q: torch.Tensor, impl: str, mode: str) -> bool:
-    return _choose_fused(impl, mode, q.device.type, q.dtype, q.shape[-1])
+def _device_capability(q: torch.Tensor):
+    return torch.cuda.get_device_capability(q.device) if q.device.type == "cuda" else (0, 0)
 
 
-def _choose_fused(impl: str, mode: str, device_type: str, dtype: torch.dtype,
-                  head_dim: int) -> bool:
-    """True: run gfcore::<mode>_attention_fwd; False: the PyTorch reference.
+def _impl_for(q: torch.Tensor, impl: str, mode: str, rope) -> str:
+    seq_len = q.shape[attention_reference.seq_axis(mode)]
+    return _choose_impl(impl, mode, q.device.type, q.dtype, q.shape[-1], seq_len=seq_len,
+                        rope=rope is not None, capability=_device_capability(q))
+
+
+def _choose_impl(impl: str, mode: str, device_type: str, dtype: torch.dtype, head_dim: int,
+                 seq_len: int = 0, rope: bool = False, capability=(0, 0)) -> str:
+    """"fused" (gfcore::<mode>_attention_fwd), "sdpa" (views) or "reference".
 
     Takes the tensor's properties rather than the tensor so that the CUDA branch can be
     checked on a machine without a GPU (python_tests/test_attention_cpu.py).
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "reference":
-        return False
+    if impl in ("reference", "sdpa"):
+        return impl
     op = f"{mode}_attention_fwd"
     if device_type != "cuda":
-        return impl == "fused"  # the CPU registration of the op (explicit math)
+        return "fused" if impl == "fused" else "reference"  # fused: the op's CPU registration
     compiled = has_kernel(op, "cuda")
     supported = dtype in KERNEL_DTYPES and head_dim in KERNEL_HEAD_DIMS
     if impl == "fused":
@@ -212,14 +270,21 @@ def _choose_fused(impl: str, mode: str, device_type: str, dtype: torch.dtype,
         if not supported:
             raise ValueError(f"impl='fused': the CUDA kernels take fp16/bf16 and head dims "
                              f"{KERNEL_HEAD_DIMS}, got {dtype} and D={head_dim}")
-        return True
-    if not AUTO_PREFERS_KERNEL[mode]:
-        return False  # silently: the reference is the chosen path, not a fallback
-    if compiled and dtype in KERNEL_DTYPES and not supported:
-        warn_once(f"gfcore {mode}_attention: no fused kernel for head dim {head_dim} "
-                  f"(have {KERNEL_HEAD_DIMS}); using the PyTorch reference",
+        return "fused"
+    dtype_name = str(dtype).replace("torch.", "")
+    choice, _why = attention_dispatch.choose(mode, dtype_name, head_dim, seq_len, rope,
+                                             tuple(capability))
+    # (Under torch.compile the table lookup is a trace-time constant; this fallback's warning
+    # is a graph break, for a table that does not fit the build.)
+    if choice == "fused" and not (compiled and supported):
+        default = attention_dispatch.DEFAULT_IMPL[mode]
+        reason = ("this build has no CUDA kernel" if not compiled else
+                  f"the kernels take fp16/bf16 and head dims {KERNEL_HEAD_DIMS}")
+        warn_once(f"gfcore {mode}_attention: the dispatch table names the fused kernel for "
+                  f"{dtype_name} D={head_dim}, but {reason}; using {default!r}",
                   stacklevel=5)  # the caller of spatial_attention/temporal_attention
-    return compiled and supported
+        return default
+    return choice
 
 
 def _op_rope(rope: Optional[RopeTables], q: torch.Tensor):
@@ -234,6 +299,44 @@ def _default_scale(q: torch.Tensor, scale: Optional[float]) -> float:
     return 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
 
 
+def _rotate_qk(q: torch.Tensor, k: torch.Tensor, rope: Optional[RopeTables], mode: str):
+    """RoPE on q and k in one op, gfcore::rope_qk (on CUDA one kernel launch for both:
+    csrc/attention/rope.cuh), float32 math, contiguous outputs in the inputs' dtype. Where the
+    build has no CUDA kernel for it, or for float64 on CUDA, the same math in PyTorch ops."""
+    if rope is None:
+        return q, k
+    cos, sin = _op_rope(rope, q)
+    temporal = mode == "temporal"
+    if q.device.type == "cuda" and (q.dtype == torch.float64 or not has_kernel("rope_qk", "cuda")):
+        return (_rope_math(q, cos, sin, temporal, False), _rope_math(k, cos, sin, temporal, False))
+    return torch.ops.gfcore.rope_qk(q, k, cos, sin, temporal, False)
+
+
+def _sequence_view(x: torch.Tensor) -> torch.Tensor:
+    """[B, T, P, H, D] as [B*T, H, P, D]: a view when B and T merge (contiguous tensors and
+    the views of a packed qkv do), else a copy."""
+    b, t, p, h, d = x.shape
+    try:
+        merged = x.view(b * t, p, h, d)
+    except RuntimeError:
+        merged = x.reshape(b * t, p, h, d)
+    return merged.transpose(1, 2)
+
+
+def spatial_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           rope: Optional[RopeTables] = None, scale: Optional[float] = None
+                           ) -> torch.Tensor:
+    """The spatial pass as F.scaled_dot_product_attention on [B*T, H, P, D] views (no layout
+    copies of q, k, v beyond RoPE's rotated q and k); returns [B, T, P, H, D] contiguous."""
+    b, t, p, h, d = q.shape
+    q, k = _rotate_qk(q, k, rope, "spatial")
+    o = torch.nn.functional.scaled_dot_product_attention(
+        _sequence_view(q), _sequence_view(k), _sequence_view(v), scale=scale)
+    # [B*T, H, P, D] -> [B*T, P, H, D]: a view of SDPA's output when its kernel wrote it in
+    # that order (flash and memory-efficient attention do), else one copy.
+    return o.transpose(1, 2).contiguous().view(b, t, p, h, d)
+
+
 def spatial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                       rope: Optional[RopeTables] = None, scale: Optional[float] = None,
                       impl: str = "auto") -> torch.Tensor:
@@ -244,9 +347,12 @@ def spatial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """
     check_attention_inputs(q, k, v, rope, "spatial")
     scale = _default_scale(q, scale)
-    if _use_fused(q, impl, "spatial"):
+    chosen = _impl_for(q, impl, "spatial", rope)
+    if chosen == "fused":
         cos, sin = _op_rope(rope, q)
         return torch.ops.gfcore.spatial_attention_fwd(q, k, v, cos, sin, scale)[0]
+    if chosen == "sdpa":
+        return spatial_attention_sdpa(q, k, v, rope=rope, scale=scale)
     return attention_reference.spatial_attention(q, k, v, rope=rope, scale=scale)
 
 
@@ -261,8 +367,9 @@ def temporal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal
     """
     check_attention_inputs(q, k, v, rope, "temporal")
     scale = _default_scale(q, scale)
-    if _use_fused(q, impl, "temporal"):
+    if _impl_for(q, impl, "temporal", rope) == "fused":
         cos, sin = _op_rope(rope, q)
         return torch.ops.gfcore.temporal_attention_fwd(q, k, v, cos, sin, scale, bool(causal))[0]
+    # "sdpa" and "reference": the reference (SDPA after a rearrange of the sequences).
     return attention_reference.temporal_attention(q, k, v, causal=bool(causal), rope=rope,
                                                   scale=scale)
