@@ -54,6 +54,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = OmegaConf.create(run_cfg)
     if args.weights == "run" and not cfg.sample.get("use_ema", True):
         model, _ = load_trained_model(args.run, False, args.device)
+    marker = os.path.join(os.path.expanduser(str(cfg.data.get("root", ""))), args.split, "generator.json")
+    if cfg.data.kind == "synthetic" and os.path.isfile(marker):  # a split's own clip length (e.g. the demo's test)
+        with open(marker) as handle:
+            cfg.data.clip_frames = int(json.load(handle)["num_frames"])
     dataset = build_dataset(cfg.data, with_depth=False, split=args.split, generate_missing=False)
     steps, method = args.steps or cfg.sample.steps, args.method or cfg.sample.method
     context = args.context_frames or cfg.sample.context_frames
