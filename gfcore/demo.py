@@ -50,7 +50,7 @@ def _test_split(data_cfg, num_clips: int, rollout_frames: int):
 
     root = os.path.expanduser(data_cfg.root)
     ensure_synthetic(root, num_clips, rollout_frames, list(data_cfg.resolution), data_cfg.seed + 1000, "camera",
-                     split="test")
+                     split="test", texture_detail=float(data_cfg.get("texture_detail", 1.0)))
     from gfcore.data import RealEstate10K
 
     return RealEstate10K(root, "test", num_frames=rollout_frames, resolution=list(data_cfg.resolution),

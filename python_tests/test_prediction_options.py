@@ -98,3 +98,15 @@ def test_list_clips_skips_dataset_geometry(tmp_path):
     np.save(tmp_path / "a.npy", np.zeros((2, 4, 4, 3), np.uint8))
     np.savez(tmp_path / "a.depth.npz", depth=np.zeros((2, 4, 4)))
     assert list(list_clips(tmp_path)) == ["a"]
+
+
+def test_texture_detail_keeps_scene_and_path(tmp_path):
+    from gfcore.data.synthetic.generate import generate, generate_clip
+
+    a, b = generate_clip(0, 1, 3, 16), generate_clip(0, 1, 3, 16, texture_detail=0.5)
+    assert np.array_equal(a["depth"], b["depth"]) and np.array_equal(a["c2w"], b["c2w"])
+    assert not np.array_equal(a["frames"], b["frames"])
+    generate(tmp_path, 1, 2, 16, texture_detail=0.5)
+    import json
+
+    assert json.loads((tmp_path / "train" / "generator.json").read_text())["texture_detail"] == 0.5
