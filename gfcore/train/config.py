@@ -4,13 +4,15 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
+from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
-class ConfigError(ValueError):
-    """A bad override, in one line: the key or option and the nearest valid names."""
+class ConfigError(ConfigCompositionException, ValueError):
+    """A bad override, in one line: the key or option and the nearest valid names (still a hydra
+    ConfigCompositionException for callers that catch those)."""
 
 
 def _compose(overrides: Sequence[str], config_name: str) -> DictConfig:
