@@ -6,8 +6,13 @@
 3. Roll out every test clip from its first frames along its ground-truth camera path, by
    sliding window, to several times the training clip length; the test split's turn360 clips
    are the 360-degree revisit paths.
-4. Evaluate with gfcore.metrics (metrics whose weights are absent say "unavailable: <why>").
-5. Write report.md with loss plots and sample GIFs.
+   Each rollout is repeated with --noise-seeds sampling seeds (the consistency check).
+4. Score against the ground truth next to two trivial predictors (repeat the last context
+   frame; the clip's mean colour), per path kind; baseline vs GF paired over clips with a
+   bootstrap interval; a ridge depth probe on the aligned block (gfcore.demo_analysis); and
+   gfcore.metrics (metrics whose weights are absent say "unavailable: <why>").
+5. Write report.md with plots and sample GIFs. --seeds N trains N seeds of both models.
+   A rerun reuses finished runs (train.resume=auto) and says so.
 
 CPU preset by default (finishes in minutes on 2 cores); `--scale gpu` for a larger run.
 """
