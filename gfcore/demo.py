@@ -27,6 +27,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+PROBE_TRAIN_CLIPS = 32
+
 SCALES = {
     # hydra overrides per scale; the test split reuses data.* with its own clip count.
     "cpu": ["experiment=demo"],
@@ -204,7 +206,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         t0 = time.perf_counter()
         if train_clips is None:
             train_set = build_dataset(cfg.data, with_depth=True, split="train")
-            train_clips = [train_set[i] for i in range(len(train_set))]
+            # the probe fits on up to 32 training clips (65k patches): plenty for a 64..192-dim ridge
+            train_clips = [train_set[i] for i in range(min(len(train_set), PROBE_TRAIN_CLIPS))]
         model = model.cpu().float()
         measured[name]["probe"] = analysis.depth_probe(model, train_clips, clips, cfg.train.num_frames,
                                                        model.config.patch_size)

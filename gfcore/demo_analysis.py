@@ -63,32 +63,32 @@ def bootstrap_mean_interval(values: Sequence[float], resamples: int = 5000, seed
 
 
 @torch.no_grad()
-def probe_features(model, clips: List[Dict], window: int, patch: int, pixels: bool = False):
+def probe_features(model, clips: List[Dict], window: int, patch: int, pixels: bool = False, batch: int = 32):
     """(features [N, D], log patch depth [N]) of the aligned block's hidden states on clean frames
-    (t = 0 everywhere) of each clip, cut into windows of the training length; pixels=True gives the
-    raw patch pixels instead (the probe's floor: what colour alone says about depth)."""
+    (t = 0 everywhere) of each clip, cut into windows of the training length (forwarded `batch`
+    windows at a time); pixels=True gives the raw patch pixels instead (the probe's floor: what
+    colour alone says about depth)."""
     from gfcore.train.data import add_rays
 
-    feats, depths = [], []
+    items = []
     for clip in clips:
-        frames_total = clip["frames"].shape[0]
-        for start in range(0, frames_total - window + 1, window):
-            item = {k: clip[k][start:start + window] for k in ("frames", "intrinsics", "c2w", "depth")}
-            depth = item["depth"].float()  # [T, H, W]
-            t_count, height, width = depth.shape
-            patch_depth = depth.reshape(t_count, height // patch, patch, width // patch, patch).mean((2, 4))
-            if pixels:
-                x = item["frames"].float()
-                tokens = x.reshape(t_count, 3, height // patch, patch, width // patch, patch)
-                tokens = tokens.permute(0, 2, 4, 1, 3, 5).reshape(t_count * (height // patch) * (width // patch), -1)
-            else:
-                add_rays(item)
-                t = torch.zeros(1, t_count)
-                rays = item["rays"][None] if model.config.camera_cond else None
-                _, hidden = model(item["frames"][None].float(), t, rays=rays)
-                tokens = hidden[0].reshape(-1, hidden.shape[-1]).float()
-            feats.append(tokens)
-            depths.append(patch_depth.reshape(-1).clamp_min(1e-3).log())
+        for start in range(0, clip["frames"].shape[0] - window + 1, window):
+            items.append({k: clip[k][start:start + window] for k in ("frames", "intrinsics", "c2w", "depth")})
+    feats, depths = [], []
+    for first in range(0, len(items), batch):
+        chunk = items[first:first + batch]
+        depth = torch.stack([item["depth"].float() for item in chunk])  # [B, T, H, W]
+        n, t_count, height, width = depth.shape
+        gh, gw = height // patch, width // patch
+        depths.append(depth.reshape(n, t_count, gh, patch, gw, patch).mean((3, 5)).reshape(-1).clamp_min(1e-3).log())
+        frames = torch.stack([item["frames"].float() for item in chunk])  # [B, T, 3, H, W]
+        if pixels:
+            tokens = frames.reshape(n, t_count, 3, gh, patch, gw, patch).permute(0, 1, 3, 5, 2, 4, 6)
+            feats.append(tokens.reshape(n * t_count * gh * gw, -1))
+            continue
+        rays = torch.stack([add_rays(dict(item))["rays"] for item in chunk]) if model.config.camera_cond else None
+        _, hidden = model(frames, torch.zeros(n, t_count), rays=rays)
+        feats.append(hidden.reshape(-1, hidden.shape[-1]).float())
     return torch.cat(feats).double(), torch.cat(depths).double()
 
 
