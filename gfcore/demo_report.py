@@ -129,7 +129,8 @@ def analysis_section(runs: Dict, analysis: Dict, clips: List[Dict]) -> List[str]
             f"- (a) sampling-noise seeds {', '.join(f'{v:.2f}' for v in r['per_seed_mean'])} dB: spread "
             f"{noise_spread:.2f} dB (< 0.5: {'met' if noise_spread < 0.5 else 'NOT met'}); high-frequency energy of the "
             f"generated frames relative to the ground truth's: max {r['hf_max']:.2f}, share of frames above 1.5x "
-            f"{100 * r['hf_share_above_1_5']:.1f} % (blocky colour noise reads well above 1) -> "
+            f"{100 * r['hf_share_above_1_5']:.1f} % (blocky colour noise reads well above 1; this detector also "
+            "flags sharp artefacts, so look at the GIFs) -> "
             f"{'met' if ok_a else 'NOT met'}",
             "- (b) every path kind above the clip-mean-colour predictor: "
             + ", ".join(f"{k} {summary[LABELS[model]][k] - mean_colour[k]:+.2f}" for k in kind_order)
@@ -146,7 +147,9 @@ def analysis_section(runs: Dict, analysis: Dict, clips: List[Dict]) -> List[str]
               f"95 % bootstrap interval over clips [{low:+.2f}, {high:+.2f}] dB. "
               + ("The interval contains 0: **the difference is inside the noise** of this test set."
                  if inside else "The interval excludes 0: the difference is outside the clip-to-clip noise of this "
-                 "test set (one training seed per model unless the seed table below says otherwise)."), ""]
+                 "test set. " + ("It resamples clips only: with one training seed per model it says nothing about "
+                                 "seed-to-seed variation (`gfcore demo --seeds 3`)." if seeds == 1 else
+                                 "Compare it with the seed-to-seed spread below.")), ""]
     if seeds > 1:
         lines += ["| training seed | baseline | GF |", "|---|---|---|"]
         per_seed = {m: [float(np.mean(list(measured[n]["per_clip"].values()))) for n in _model_runs(runs, m)]
