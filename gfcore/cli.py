@@ -41,6 +41,16 @@ def _train(argv: Sequence[str]) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from gfcore.train.config import ConfigError
+
+    try:
+        return _dispatch(argv)
+    except ConfigError as exc:  # a typo in an override: one line naming the key, not a traceback
+        print(f"gfcore: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)

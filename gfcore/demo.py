@@ -6,8 +6,13 @@
 3. Roll out every test clip from its first frames along its ground-truth camera path, by
    sliding window, to several times the training clip length; the test split's turn360 clips
    are the 360-degree revisit paths.
-4. Evaluate with gfcore.metrics (metrics whose weights are absent say "unavailable: <why>").
-5. Write report.md with loss plots and sample GIFs.
+   Each rollout is repeated with --noise-seeds sampling seeds (the consistency check).
+4. Score against the ground truth next to two trivial predictors (repeat the last context
+   frame; the clip's mean colour), per path kind; baseline vs GF paired over clips with a
+   bootstrap interval; a ridge depth probe on the aligned block (gfcore.demo_analysis); and
+   gfcore.metrics (metrics whose weights are absent say "unavailable: <why>").
+5. Write report.md with plots and sample GIFs. --seeds N trains N seeds of both models.
+   A rerun reuses finished runs (train.resume=auto) and says so.
 
 CPU preset by default (finishes in minutes on 2 cores); `--scale gpu` for a larger run.
 """
@@ -22,6 +27,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+PROBE_TRAIN_CLIPS = 32
+
 SCALES = {
     # hydra overrides per scale; the test split reuses data.* with its own clip count.
     "cpu": ["experiment=demo"],
@@ -32,10 +39,14 @@ SCALES = {
 
 def _parse(argv: Optional[Sequence[str]]):
     parser = argparse.ArgumentParser(prog="gfcore demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="gfcore_demo", help="output folder (default ./gfcore_demo)")
+    parser.add_argument("--out", default="gfcore_demo", help="output folder (default ./gfcore_demo, git-ignored)")
     parser.add_argument("--scale", choices=sorted(SCALES), default="cpu")
-    parser.add_argument("--test-clips", type=int, default=4, help="test clips to roll out (4 cycle the path kinds)")
+    parser.add_argument("--test-clips", type=int, default=16, help="test clips to roll out (they cycle the path kinds "
+                        "forward, pan, orbit, turn360)")
     parser.add_argument("--rollout-frames", type=int, default=32, help="frames per rollout")
+    parser.add_argument("--seeds", type=int, default=1, help="training seeds per model (seed, seed+1, ...): mean and "
+                        "spread over them")
+    parser.add_argument("--noise-seeds", type=int, default=3, help="sampling-noise seeds per rollout (consistency check)")
     parser.add_argument("overrides", nargs="*", help="hydra overrides, e.g. train.steps=100 model.depth=2")
     return parser.parse_args(argv)
 
@@ -46,7 +57,7 @@ def _test_split(data_cfg, num_clips: int, rollout_frames: int):
 
     root = os.path.expanduser(data_cfg.root)
     ensure_synthetic(root, num_clips, rollout_frames, list(data_cfg.resolution), data_cfg.seed + 1000, "camera",
-                     split="test")
+                     split="test", texture_detail=float(data_cfg.get("texture_detail", 1.0)))
     from gfcore.data import RealEstate10K
 
     return RealEstate10K(root, "test", num_frames=rollout_frames, resolution=list(data_cfg.resolution),
@@ -73,23 +84,28 @@ def _history_guidance(sample):
     return HistoryGuidance.parse(None if node is None else OmegaConf.to_container(node, resolve=True))
 
 
-def _rollouts(run_dir: str, clips: List[Dict], out: str, cfg, device: str) -> None:
-    """All test clips in one batch (same length): rollouts from their first frames along their paths."""
+def _rollouts(run_dir: str, clips: List[Dict], out: str, cfg, device: str, noise_seeds: int):
+    """All test clips in one batch (same length): rollouts from their first frames along their paths,
+    once per sampling-noise seed (sample.seed + i). The first seed's are written to `out`."""
     from gfcore.sample import rollout, to_uint8
     from gfcore.sample.run import load_trained_model
 
     model, _ = load_trained_model(run_dir, use_ema=cfg.sample.use_ema, device=device)
-    generator = torch.Generator().manual_seed(cfg.sample.seed)
     frames = torch.stack([clip["frames"] for clip in clips]).to(device)
-    videos = rollout(model, frames[:, :cfg.sample.context_frames], frames.shape[1], cfg.sample.window,
-                     cfg.sample.context_frames, cfg.sample.steps, cfg.sample.method,
-                     intrinsics=torch.stack([c["intrinsics"] for c in clips]), c2w=torch.stack([c["c2w"] for c in clips]),
-                     generator=generator, guidance_scale=cfg.sample.guidance_scale,
-                     history_guidance=_history_guidance(cfg.sample))
-    for clip, video in zip(clips, videos):
+    videos = []
+    for i in range(max(1, noise_seeds)):
+        generator = torch.Generator().manual_seed(cfg.sample.seed + i)
+        videos.append(rollout(model, frames[:, :cfg.sample.context_frames], frames.shape[1], cfg.sample.window,
+                              cfg.sample.context_frames, cfg.sample.steps, cfg.sample.method,
+                              intrinsics=torch.stack([c["intrinsics"] for c in clips]),
+                              c2w=torch.stack([c["c2w"] for c in clips]), generator=generator,
+                              guidance_scale=cfg.sample.guidance_scale,
+                              history_guidance=_history_guidance(cfg.sample)).cpu())
+    for clip, video in zip(clips, videos[0]):
         _write_clip_files(out, clip["key"], to_uint8(video))
         if clip["kind"] == "turn360":  # a 360-degree turn back to the start pose: the RVE input
             _write_clip_files(os.path.join(out, "revisit"), clip["key"], to_uint8(video), videos=False)
+    return model, videos
 
 
 def _evaluate(samples: str, name: str, context_frames: int, device: str) -> Dict:
@@ -106,28 +122,55 @@ def _evaluate(samples: str, name: str, context_frames: int, device: str) -> Dict
     return evaluate(config)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from gfcore.demo_report import write_report
+def _run_names(seeds: int) -> Dict[str, Dict]:
+    """{run name: (model, seed)}; seed 0 keeps the plain names baseline / gf."""
+    runs = {}
+    for seed in range(seeds):
+        for model in ("baseline", "gf"):
+            runs[model if seed == 0 else f"{model}_s{seed}"] = {"model": model, "seed": seed}
+    return runs
+
+
+def _train_all(out: str, base: List[str], seeds: int, timings: Dict) -> tuple:
     from gfcore.train import load_config, train
     from gfcore.train.teachers import ORACLE_LABEL
+
+    runs, summaries, reused = {}, {}, {}
+    for name, info in _run_names(seeds).items():
+        teacher = "none" if info["model"] == "baseline" else "pointmap"
+        cfg0 = load_config(base)
+        overrides = base + [f"teacher={teacher}", f"name={name}", f"out_dir={out}/runs/{name}",
+                            f"seed={int(cfg0.seed) + info['seed']}"]
+        runs[name] = overrides
+        cfg = load_config(overrides)
+        label = "baseline" if info["model"] == "baseline" else f"Geometry Forcing ({ORACLE_LABEL})"
+        print(f"[demo] training {label} (seed {cfg.seed}): {cfg.train.steps} steps, "
+              f"model {cfg.model.hidden_dim}x{cfg.model.depth}")
+        t0 = time.perf_counter()
+        summaries[name] = train(cfg)
+        timings[f"train_{name}_s"] = time.perf_counter() - t0
+        reused[name] = summaries[name].get("resumed_from", 0) >= cfg.train.steps
+        if reused[name]:
+            print(f"[demo] {name}: reused the finished run in {out}/runs/{name} (nothing to train)")
+    return runs, summaries, reused
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from gfcore import demo_analysis as analysis
+    from gfcore.demo_report import write_report
+    from gfcore.sample import to_uint8
+    from gfcore.train import load_config
 
     args = _parse(argv)
     start = time.perf_counter()
     out = os.path.abspath(args.out)
     base = SCALES[args.scale] + [f"data.root={out}/data"] + list(args.overrides)
+    load_config(base)  # a typo in an override fails here, before anything is written
     timings: Dict[str, float] = {}
-    runs = {"baseline": base + ["teacher=none", "name=baseline", f"out_dir={out}/runs/baseline"],
-            "gf": base + ["teacher=pointmap", "name=gf", f"out_dir={out}/runs/gf"]}
-    summaries = {}
-    for name, overrides in runs.items():
-        cfg = load_config(overrides)
-        label = "baseline" if name == "baseline" else f"Geometry Forcing ({ORACLE_LABEL})"
-        print(f"[demo] training {label}: {cfg.train.steps} steps, model {cfg.model.hidden_dim}x{cfg.model.depth}")
-        t0 = time.perf_counter()
-        summaries[name] = train(cfg)
-        timings[f"train_{name}_s"] = time.perf_counter() - t0
+    runs, summaries, reused = _train_all(out, base, args.seeds, timings)
     cfg = load_config(runs["gf"])
     device = "cuda" if torch.cuda.is_available() and cfg.train.device in ("auto", "cuda") else "cpu"
+    context = cfg.sample.context_frames
 
     t0 = time.perf_counter()
     test = _test_split(cfg.data, args.test_clips, args.rollout_frames)
@@ -138,26 +181,59 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with np.load(os.path.join(test.raw_dir, f"{clip['key']}.depth.npz")) as stored:
             clip["kind"] = str(stored["kind"])
         clips.append(clip)
-        from gfcore.sample import to_uint8
-
         _write_clip_files(os.path.join(samples, "reference"), clip["key"], to_uint8(clip["frames"]))
         os.makedirs(os.path.join(samples, "geometry"), exist_ok=True)
         np.savez(os.path.join(samples, "geometry", f"{clip['key']}.npz"), depth=clip["depth"].numpy(),
                  intrinsics=clip["intrinsics"].numpy(), c2w=clip["c2w"].numpy())
     timings["test_data_s"] = time.perf_counter() - t0
+    keys = [c["key"] for c in clips]
+    kinds = {c["key"]: c["kind"] for c in clips}
+
+    # trivial predictors: rows of the table
+    trivial: Dict[str, Dict[str, float]] = {}
+    for clip in clips:
+        for name, video in analysis.trivial_predictions(clip["frames"], context).items():
+            trivial.setdefault(name, {})[clip["key"]] = analysis.clip_psnr(video, clip["frames"], context)
+
+    from gfcore.train.data import build_dataset
+
+    train_clips = None
+    measured: Dict[str, Dict] = {}
     for name in runs:
         t0 = time.perf_counter()
-        print(f"[demo] sampling {len(clips)} rollouts of {args.rollout_frames} frames from {name}")
-        _rollouts(os.path.join(out, "runs", name), clips, os.path.join(samples, name), cfg, device)
+        print(f"[demo] sampling {len(clips)} rollouts of {args.rollout_frames} frames from {name} "
+              f"({args.noise_seeds} noise seeds)")
+        model, videos = _rollouts(os.path.join(out, "runs", name), clips, os.path.join(samples, name), cfg, device,
+                                  args.noise_seeds)
         timings[f"sample_{name}_s"] = time.perf_counter() - t0
+        per_seed = [{k: analysis.clip_psnr(v[i], clips[i]["frames"], context) for i, k in enumerate(keys)}
+                    for v in videos]
+        hf = torch.cat([analysis.high_frequency_ratio(v[i], clips[i]["frames"], context)
+                        for v in videos for i in range(len(clips))])
+        per_clip = {k: float(np.mean([s[k] for s in per_seed])) for k in keys}
+        measured[name] = {"per_clip": per_clip, "per_seed_mean": [float(np.mean(list(s.values()))) for s in per_seed],
+                          "hf_max": float(hf.max()), "hf_share_above_1_5": float((hf > 1.5).float().mean())}
+        t0 = time.perf_counter()
+        if train_clips is None:
+            train_set = build_dataset(cfg.data, with_depth=True, split="train")
+            # the probe fits on up to 32 training clips (65k patches): plenty for a 64..192-dim ridge
+            train_clips = [train_set[i] for i in range(min(len(train_set), PROBE_TRAIN_CLIPS))]
+        model = model.cpu().float()
+        measured[name]["probe"] = analysis.depth_probe(model, train_clips, clips, cfg.train.num_frames,
+                                                       model.config.patch_size)
+        timings[f"probe_{name}_s"] = time.perf_counter() - t0
+    probe_pixels = analysis.depth_probe(model, train_clips, clips, cfg.train.num_frames, model.config.patch_size,
+                                        pixels=True)
     results = {}
-    for name in runs:
+    for name in ("baseline", "gf"):
         t0 = time.perf_counter()
         print(f"[demo] evaluating {name}")
-        results[name] = _evaluate(samples, name, cfg.sample.context_frames, device)
+        results[name] = _evaluate(samples, name, context, device)
         timings[f"eval_{name}_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - start
-    report = write_report(out, cfg, runs, summaries, results, clips, timings, args)
+    analysis_out = {"trivial": trivial, "runs": measured, "kinds": kinds, "probe_pixels": probe_pixels,
+                    "reused": reused, "seeds": args.seeds, "noise_seeds": args.noise_seeds}
+    report = write_report(out, cfg, runs, summaries, results, clips, timings, args, analysis_out)
     with open(os.path.join(out, "timings.json"), "w") as handle:
         json.dump(timings, handle, indent=1)
     print(f"[demo] done in {timings['total_s']:.0f} s: {report}")

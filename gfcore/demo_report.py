@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
+
+import numpy as np
 
 from gfcore.metrics.report import COLUMNS, format_cell, unavailable
 from gfcore.train.teachers import ORACLE_LABEL
@@ -25,7 +27,7 @@ def plot_training(out: str, runs: Dict[str, str]) -> str:
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_cos) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for name in runs:
+    for name in ("baseline", "gf"):
         log = read_log(os.path.join(out, "runs", name, "log.jsonl"))
         ax_loss.plot([r["step"] for r in log], [r["diffusion"] for r in log], label=LABELS[name])
         if name == "gf":
@@ -43,10 +45,161 @@ def plot_training(out: str, runs: Dict[str, str]) -> str:
     return path
 
 
+def _median_throughput(out: str, name: str) -> Optional[float]:
+    """Median samples/s over the run's logged windows (the last window alone is noisy)."""
+    values = [r["samples_per_s"] for r in read_log(os.path.join(out, "runs", name, "log.jsonl")) if "samples_per_s" in r]
+    return float(np.median(values)) if values else None
+
+
+def plot_metrics(out: str, results: Dict, trivial_means: Dict[str, float], context: int) -> List[str]:
+    """One plot per frame metric (psnr.png, ssim.png, lpips.png when computed): baseline and GF
+    per frame index after the context; the PSNR plot also shows the trivial predictors' means."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for metric in ("psnr", "ssim", "lpips"):
+        curves = {name: results[name]["details"]["curves"].get(metric) for name in ("baseline", "gf")}
+        if not all(curves.values()):
+            continue
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for name, curve in curves.items():
+            ax.plot(range(context, context + len(curve)), curve, label=LABELS[name])
+        if metric == "psnr":
+            for (label, value), style in zip(trivial_means.items(), ("--", ":")):
+                ax.axhline(value, color="gray", linestyle=style, label=f"{label} (mean)")
+        ax.set(xlabel="frame index", ylabel=metric.upper(), title=f"{metric.upper()} per generated frame (mean over test clips)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = os.path.join(out, f"{metric}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(os.path.basename(path))
+    return paths
+
+
+def _fmt(value: Optional[float], digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _model_runs(runs: Dict, model: str) -> List[str]:
+    return [name for name in runs if name == model or name.startswith(f"{model}_s")]
+
+
+def analysis_section(runs: Dict, analysis: Dict, clips: List[Dict]) -> List[str]:
+    """The measured conditions, the per-path table with the trivial predictors, per-clip results,
+    the bootstrap over clips, the seeds and the depth probe."""
+    from gfcore.demo_analysis import bootstrap_mean_interval, spread, summarise_kinds
+
+    kinds = analysis["kinds"]
+    kind_order = [k for k in ("forward", "pan", "orbit", "turn360") if k in set(kinds.values())]
+    measured = analysis["runs"]
+    # per model: per clip mean over its training seeds
+    per_model = {}
+    for model in ("baseline", "gf"):
+        names = _model_runs(runs, model)
+        per_model[model] = {k: float(np.mean([measured[n]["per_clip"][k] for n in names])) for k in kinds}
+    rows = {LABELS["baseline"]: per_model["baseline"], LABELS["gf"]: per_model["gf"]}
+    rows.update({f"_{name}_": values for name, values in analysis["trivial"].items()})
+    summary = {row: summarise_kinds(values, kinds) for row, values in rows.items()}
+    seeds = analysis["seeds"]
+    lines = ["## Rollouts against ground truth", "",
+             f"Mean PSNR (dB) of the generated frames after the context against the ground truth, per path kind "
+             f"({len(kinds)} test clips; models: mean over {seeds} training seed{'s' if seeds > 1 else ''} and "
+             f"{analysis['noise_seeds']} sampling-noise seeds). The two trivial predictors are rows: repeating the last "
+             "context frame, and the clip's mean colour (an oracle: it uses every frame's colours).", "",
+             "| predictor | " + " | ".join(kind_order) + " | all |", "|---|" + "---|" * (len(kind_order) + 1)]
+    for row, values in summary.items():
+        lines.append(f"| {row} | " + " | ".join(f"{values[k]:.2f}" for k in kind_order + ["all"]) + " |")
+    copy, mean_colour = (summary[f"_{n}_"] for n in analysis["trivial"])
+    lines += ["", "![PSNR per frame](psnr.png)", "", "### Conditions (measured)", ""]
+    for model in ("baseline", "gf"):
+        name = model  # seed-0 run: the noise-seed check
+        r = measured[name]
+        noise_spread = max(r["per_seed_mean"]) - min(r["per_seed_mean"])
+        ok_a = noise_spread < 0.5 and r["hf_share_above_1_5"] == 0.0
+        ok_b = all(summary[LABELS[model]][k] > mean_colour[k] for k in kind_order)
+        gaps = {k: summary[LABELS[model]][k] - copy[k] for k in ["all"] + [k for k in kind_order if k != "turn360"]}
+        ok_c = all(v >= 0 for v in gaps.values())
+        lines += [
+            f"**{LABELS[model]}**",
+            f"- (a) sampling-noise seeds {', '.join(f'{v:.2f}' for v in r['per_seed_mean'])} dB: spread "
+            f"{noise_spread:.2f} dB (< 0.5: {'met' if noise_spread < 0.5 else 'NOT met'}); high-frequency energy of the "
+            f"generated frames relative to the ground truth's: max {r['hf_max']:.2f}, share of frames above 1.5x "
+            f"{100 * r['hf_share_above_1_5']:.1f} % (blocky colour noise reads well above 1; this detector also "
+            "flags sharp artefacts, so look at the GIFs) -> "
+            f"{'met' if ok_a else 'NOT met'}",
+            "- (b) every path kind above the clip-mean-colour predictor: "
+            + ", ".join(f"{k} {summary[LABELS[model]][k] - mean_colour[k]:+.2f}" for k in kind_order)
+            + f" dB -> {'met' if ok_b else 'NOT met'}",
+            "- (c) at least repeating the last context frame (all clips, forward, pan, orbit): "
+            + ", ".join(f"{k} {v:+.2f}" for k, v in gaps.items()) + f" dB -> {'met' if ok_c else 'NOT met'}", ""]
+
+    # baseline vs GF, paired over clips
+    diff = [per_model["gf"][k] - per_model["baseline"][k] for k in kinds]
+    mean, low, high = bootstrap_mean_interval(diff)
+    inside = low <= 0.0 <= high
+    lines += ["## Baseline vs Geometry Forcing", "",
+              f"GF minus baseline, mean PSNR over the {len(diff)} test clips (paired by clip): {mean:+.2f} dB, "
+              f"95 % bootstrap interval over clips [{low:+.2f}, {high:+.2f}] dB. "
+              + ("The interval contains 0: **the difference is inside the noise** of this test set."
+                 if inside else "The interval excludes 0: the difference is outside the clip-to-clip noise of this "
+                 "test set. " + ("It resamples clips only: with one training seed per model it says nothing about "
+                                 "seed-to-seed variation (`gfcore demo --seeds 3`)." if seeds == 1 else
+                                 "Compare it with the seed-to-seed spread below.")), ""]
+    if seeds > 1:
+        lines += ["| training seed | baseline | GF |", "|---|---|---|"]
+        per_seed = {m: [float(np.mean(list(measured[n]["per_clip"].values()))) for n in _model_runs(runs, m)]
+                    for m in ("baseline", "gf")}
+        for i, (b, g) in enumerate(zip(per_seed["baseline"], per_seed["gf"])):
+            lines.append(f"| {i} | {b:.2f} | {g:.2f} |")
+        lines += [f"| mean +- sd | {np.mean(per_seed['baseline']):.2f} +- {_fmt(spread(per_seed['baseline']))} | "
+                  f"{np.mean(per_seed['gf']):.2f} +- {_fmt(spread(per_seed['gf']))} |", ""]
+    lines += ["<details><summary>per clip (dB)</summary>", "", "| clip | path | baseline | GF | GF - baseline | "
+              "repeat last context | mean colour |", "|---|---|---|---|---|---|---|"]
+    for key, kind in kinds.items():
+        lines.append(f"| {key} | {kind} | {per_model['baseline'][key]:.2f} | {per_model['gf'][key]:.2f} | "
+                     f"{per_model['gf'][key] - per_model['baseline'][key]:+.2f} | "
+                     f"{analysis['trivial']['repeat last context frame'][key]:.2f} | "
+                     f"{analysis['trivial']['clip mean colour'][key]:.2f} |")
+    lines += ["", "</details>", ""]
+
+    # depth probe
+    pix = analysis["probe_pixels"]
+    lines += ["## Depth probe", "",
+              "A ridge probe from the aligned block's hidden states (clean frames, per patch) to the log of the "
+              "patch's mean depth, fit on the training clips and scored on the test clips (lower AbsRel, higher "
+              "delta < 1.25 are better).", "",
+              "| features | AbsRel | delta < 1.25 |", "|---|---|---|"]
+    for model in ("baseline", "gf"):
+        names = _model_runs(runs, model)
+        absrel = [measured[n]["probe"]["absrel"] for n in names]
+        delta = [measured[n]["probe"]["delta1"] for n in names]
+        sd = f" +- {spread(absrel):.3f}" if len(names) > 1 else ""
+        lines.append(f"| {LABELS[model]}, block {{align}} | {np.mean(absrel):.3f}{sd} | {np.mean(delta):.3f} |")
+    lines += [f"| raw patch pixels (no model) | {pix['absrel']:.3f} | {pix['delta1']:.3f} |",
+              f"| constant (training mean depth) | {pix['constant_absrel']:.3f} | {pix['constant_delta1']:.3f} |", "",
+              "With the oracle pointmap teacher the GF number is partly by construction: GF trains this block to "
+              "match features computed from the ground-truth depth and cameras, so a linear probe reading depth "
+              "back out of it measures how well the alignment took, not geometry the model discovered. The "
+              "baseline's number is the informative one: how much depth a model trained only to denoise video "
+              "carries in the same block, against the pixels-only and constant floors above.", ""]
+    return lines
+
+
 def write_report(out: str, cfg, runs: Dict, summaries: Dict, results: Dict, clips: List[Dict], timings: Dict,
-                 args) -> str:
+                 args, analysis: Optional[Dict] = None) -> str:
     plot_training(out, runs)
     m = cfg.model
+    trivial_means = ({name: float(np.mean(list(v.values()))) for name, v in analysis["trivial"].items()}
+                     if analysis else {})
+    plot_metrics(out, results, trivial_means, cfg.sample.context_frames)
+    reused = (analysis or {}).get("reused", {})
+    train_note = " + ".join(f"{timings[f'train_{n}_s']:.0f} s" + (" (reused: finished run)" if reused.get(n) else "")
+                            for n in runs)
     lines = [
         "# gfcore demo: baseline vs Geometry Forcing",
         "",
@@ -55,18 +208,24 @@ def write_report(out: str, cfg, runs: Dict, summaries: Dict, results: Dict, clip
         "tests. Numbers here say nothing about VGGT-based Geometry Forcing.",
         "",
         f"- data: {cfg.data.num_clips} synthetic training clips x {cfg.data.clip_frames} frames at "
-        f"{cfg.data.resolution[0]}x{cfg.data.resolution[1]} px; {len(clips)} test clips (path kinds "
-        f"{', '.join(c['kind'] for c in clips)})",
-        f"- model: VideoDiT width {m.hidden_dim}, depth {m.depth}, patch {m.patch_size}; "
-        f"{cfg.train.steps} steps, batch {cfg.train.batch_size}, {cfg.train.num_frames}-frame windows, "
-        "both runs from the same initial weights and the same batches and noise",
-        f"- sampling: {cfg.sample.method}, {cfg.sample.steps} steps, {cfg.sample.context_frames} context frames, "
-        f"window {cfg.sample.window}, {'EMA' if cfg.sample.use_ema else 'raw (non-EMA)'} weights; rollouts of {args.rollout_frames} frames from the first "
-        f"{cfg.sample.context_frames} ground-truth frames along the ground-truth camera path",
-        f"- scale preset: {args.scale}; wall time {timings['total_s']:.0f} s "
-        f"(train {timings['train_baseline_s']:.0f} + {timings['train_gf_s']:.0f} s)",
+        f"{cfg.data.resolution[0]}x{cfg.data.resolution[1]} px; {len(clips)} test clips (path kinds cycle "
+        f"{', '.join(dict.fromkeys(c['kind'] for c in clips))})",
+        f"- model: VideoDiT width {m.hidden_dim}, depth {m.depth}, patch {m.patch_size}, predicting "
+        f"{m.get('prediction', 'v')}; {cfg.train.steps} steps, batch {cfg.train.batch_size}, "
+        f"{cfg.train.num_frames}-frame windows, lr {cfg.train.lr} ({cfg.train.lr_decay}), loss in "
+        f"{cfg.train.get('loss_space', 'v')} space, noise {cfg.train.get('noise_mode', 'independent')} "
+        f"(t shift {cfg.train.get('t_shift', 1.0)}); baseline and GF from the same initial weights, batches and noise",
+        f"- sampling: {cfg.sample.method}, {cfg.sample.steps} step{'s' if cfg.sample.steps > 1 else ''}, "
+        f"{cfg.sample.context_frames} context frames, window {cfg.sample.window}, "
+        f"{'EMA' if cfg.sample.use_ema else 'raw (non-EMA)'} weights; rollouts of {args.rollout_frames} frames from "
+        f"the first {cfg.sample.context_frames} ground-truth frames along the ground-truth camera path",
+        f"- scale preset: {args.scale}; wall time {timings['total_s']:.0f} s (train {train_note})",
         "",
-        "## Metrics (frames after the context)",
+    ]
+    if analysis:
+        lines += [line.replace("{align}", str(m.align_depth)) for line in analysis_section(runs, analysis, clips)]
+    lines += [
+        "## gfcore.metrics (seed-0 runs, first sampling seed; frames after the context)",
         "",
         "| model | " + " | ".join(COLUMNS) + " | RVE PSNR | RVE SSIM |",
         "|---|" + "---|" * (len(COLUMNS) + 2),
@@ -80,7 +239,7 @@ def write_report(out: str, cfg, runs: Dict, summaries: Dict, results: Dict, clip
             return f"unavailable [{reasons.index(value) + 1}]"
         return format_cell(column, value)
 
-    for name in runs:
+    for name in ("baseline", "gf"):
         metrics = results[name]["metrics"]
         rve = results[name]["details"].get("rve") or {}
         lines.append(f"| {LABELS[name]} | " + " | ".join(
@@ -92,12 +251,17 @@ def write_report(out: str, cfg, runs: Dict, summaries: Dict, results: Dict, clip
               "(ground truth itself: " + format_cell("RPE", (results["gf"]["details"].get("rpe") or {}).get("ground_truth"))
               + "). RVE: first vs last frame of the turn360 (360-degree revisit) rollouts; FID needs Inception "
               "weights. Full tables: eval/<model>/results.md.", "",
+              "![SSIM per frame](ssim.png)", "",
               "## Training", "", "![losses](loss.png)", "",
-              "| model | final diffusion loss | final cosine | samples/s |", "|---|---|---|---|"]
+              "| run | final diffusion loss | final cosine | samples/s (median over the run) | trained |",
+              "|---|---|---|---|---|"]
     for name in runs:
         final = summaries[name]["final"]
         cosine = f"{final['cosine']:.3f}" if "cosine" in final else "n/a"
-        lines.append(f"| {LABELS[name]} | {final['diffusion']:.4f} | {cosine} | {final['samples_per_s']:.1f} |")
+        median = _median_throughput(out, name)
+        trained = ("reused the finished run (not retrained)" if reused.get(name)
+                   else f"{timings.get(f'train_{name}_s', 0):.0f} s")
+        lines.append(f"| {name} | {final['diffusion']:.4f} | {cosine} | {_fmt(median, 1)} | {trained} |")
     lines += ["", "## Samples (reference | baseline | GF with the oracle pointmap teacher)", ""]
     for clip in clips:
         key = clip["key"]

@@ -63,4 +63,21 @@ def test_demo_writes_a_labelled_report(tmp_path):
     # gfcore sample on the trained GF run: a revisit rollout longer than the training window
     assert main(["sample", str(out / "runs" / "gf"), "--out", str(out / "extra"), "--num-frames", "9",
                  "--num-clips", "1", "--path", "revisit", "--steps", "1", "--method", "euler"]) == 0
-    assert len(list((out / "extra").glob("*_revisit_9f.mp4"))) == 1 and len(list((out / "extra").glob("*.gif"))) == 1
+    assert len(list((out / "extra").glob("*_revisit.mp4"))) == 1 and len(list((out / "extra").glob("*.gif"))) == 1
+
+    # the README's chain: gfcore sample RUN --out S, then gfcore eval --generated S --reference DATA_SPLIT
+    split = out / "data" / "test"
+    samples = out / "chain"
+    assert main(["sample", str(out / "runs" / "gf"), "--out", str(samples), "--split", "test", "--num-clips", "4",
+                 "--steps", "1", "--method", "euler"]) == 0
+    assert sorted(p.stem for p in samples.glob("*.mp4")) == sorted(p.stem for p in split.glob("*.txt"))
+    assert json.loads((samples / "sample.json").read_text())["context_frames"] == 2
+    assert main(["eval", "--generated", str(samples), "--reference", str(split), "--geometry", str(split),
+                 "--out", str(out / "chain_eval")]) == 0
+    results = json.loads((out / "chain_eval" / "results.json").read_text())
+    assert results["details"]["clips"] == 4  # the split's {key}.depth.npz files are not counted as clips
+    assert results["inputs"]["context_frames"] == 2
+    assert any("exclude the first 2 frames" in note for note in results["notes"])
+    # reference geometry read from the split's own {key}.depth.npz
+    assert all("rpe_ground_truth" in clip for clip in results["details"]["per_clip"].values())
+    assert "exclude the first 2 frames" in (out / "chain_eval" / "results.md").read_text()

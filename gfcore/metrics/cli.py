@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from gfcore.metrics.evaluate import EvalConfig, evaluate
+
+SAMPLE_MANIFEST = "sample.json"  # written by `gfcore sample` next to its clips
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lpips-net", choices=("alex", "vgg"), default="alex")
     parser.add_argument("--i3d", type=Path, help="StyleGAN-V's i3d_torchscript.pt (for FVD)")
     parser.add_argument("--inception", type=Path, help="TorchScript Inception-v3 of the StyleGAN FID code (for RVE FID)")
-    parser.add_argument("--context-frames", type=int, default=0, help="leading given frames left out of PSNR/SSIM/LPIPS")
+    parser.add_argument("--context-frames", type=int, default=None,
+                        help="leading given frames left out of PSNR/SSIM/LPIPS (default: the context_frames that "
+                             "`gfcore sample` recorded in GENERATED/sample.json, else 0)")
     parser.add_argument("--fvd-frames", type=int, help="frames per clip fed to I3D for FVD (default: all)")
     parser.add_argument("--fvd-window", type=int, default=16)
     parser.add_argument("--fvd-stride", type=int, default=8)
@@ -51,9 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    note = None
+    if args.context_frames is None:
+        manifest = args.generated / SAMPLE_MANIFEST
+        args.context_frames = int(json.loads(manifest.read_text()).get("context_frames", 0)) if manifest.is_file() else 0
+        source = f"recorded by gfcore sample in {manifest}" if manifest.is_file() else "no --context-frames, no sample.json"
+        note = f"PSNR/SSIM/LPIPS exclude the first {args.context_frames} frames of each clip (the given context; {source})"
+    else:
+        note = f"PSNR/SSIM/LPIPS exclude the first {args.context_frames} frames of each clip (--context-frames)"
     if args.context_frames < 0:
         raise SystemExit("--context-frames must be >= 0")
     config = EvalConfig(**{k: v for k, v in vars(args).items() if k != "rpe_offsets"}, rpe_offsets=tuple(args.rpe_offsets))
+    config.notes.append(note)
     try:
         results = evaluate(config)
     except (FileNotFoundError, ValueError) as exc:

@@ -110,13 +110,19 @@ def load_geometry(path: Path | str, frames: Optional[torch.Tensor] = None) -> di
     return geometry
 
 
+GEOMETRY_SUFFIX = ".depth.npz"  # a dataset split's per-clip geometry ({key}.depth.npz): not a clip
+
+
 def list_clips(folder: Path | str) -> dict[str, Path]:
-    """Clip files in a folder keyed by name (the file stem)."""
+    """Clip files in a folder keyed by name (the file stem); a dataset's {key}.depth.npz
+    geometry files are not clips and are left out."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"clip folder not found: {folder}")
     clips = {}
     for path in sorted(folder.iterdir()):
+        if path.name.lower().endswith(GEOMETRY_SUFFIX):
+            continue
         if path.suffix.lower() in ARRAY_SUFFIXES + VIDEO_SUFFIXES:
             if path.stem in clips:
                 raise ValueError(f"{folder}: two clips named {path.stem!r} ({clips[path.stem].name}, {path.name})")

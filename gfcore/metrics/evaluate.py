@@ -83,6 +83,8 @@ def _rpe_for(frames: torch.Tensor, geometry_dir: Optional[Path], name: str, side
              config: EvalConfig) -> tuple[Optional[float], Optional[str]]:
     """RPE of one clip and where its geometry came from ("file" or "vggt"); (None, None) without any."""
     path = geometry_dir / f"{name}.npz" if geometry_dir is not None else None
+    if path is not None and not path.is_file() and (geometry_dir / f"{name}.depth.npz").is_file():
+        path = geometry_dir / f"{name}.depth.npz"  # a dataset split's own geometry file
     if path is not None and path.is_file():
         geometry, source = load_geometry(path, frames), "file"
     elif vggt is not None:

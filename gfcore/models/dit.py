@@ -23,6 +23,28 @@ from gfcore.nn import FactorizedAttention
 from gfcore.nn.rope import rope_1d, rope_2d
 
 
+PREDICTIONS = ("v", "x0", "x0_residual")
+PREDICTION_T_MIN = 1e-3  # x0 / x0_residual: v = (x_t - x0_hat) / max(t, this)
+
+
+def last_clean_frame(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W]: each clip's last frame of its leading run of clean (t == 0) frames; zeros
+    for a clip whose first frame is noisy."""
+    clean = (t == 0).int().cumprod(dim=1)  # 1 on the leading clean run
+    count = clean.sum(dim=1)  # [B]
+    index = (count - 1).clamp_min(0)
+    anchor = x[torch.arange(x.shape[0], device=x.device), index]
+    return anchor * (count > 0).to(x.dtype)[:, None, None, None]
+
+
+def x0_from_v(x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor, prediction: str = "v") -> torch.Tensor:
+    """The clean-frame estimate implied by v (inverts the x0 / x0_residual conversion exactly)."""
+    tt = t[:, :, None, None, None].to(v.dtype)
+    if prediction != "v":
+        tt = tt.clamp_min(PREDICTION_T_MIN)
+    return x_t - tt * v
+
+
 @dataclass
 class VideoDiTConfig:
     """Sizes of a VideoDiT. image_size is (H, W); both must be divisible by patch_size."""
@@ -39,6 +61,11 @@ class VideoDiTConfig:
     align_depth: int = 2  # hidden state after this many blocks is exposed (1..depth)
     temporal_causal: bool = False
     attention_impl: str = "auto"
+    # What the output layer predicts; forward always returns v (the sampler's ODE velocity).
+    # v: v = eps - x_0 directly. x0: the clean frame, v = (x_t - x0_hat) / max(t, PREDICTION_T_MIN).
+    # x0_residual: the change from the last clean context frame (x0_hat = anchor + output, anchor
+    # 0 when a clip has no clean leading frame): a zero-initialised model starts by repeating it.
+    prediction: str = "v"
 
     def __post_init__(self):
         self.image_size = tuple(int(s) for s in (self.image_size if not isinstance(self.image_size, int)
@@ -49,6 +76,8 @@ class VideoDiTConfig:
             raise ValueError(f"hidden_dim {self.hidden_dim} / num_heads {self.num_heads} must be a multiple of 4")
         if not 1 <= self.align_depth <= self.depth:
             raise ValueError(f"align_depth must lie in [1, depth={self.depth}], got {self.align_depth}")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
 
     @property
     def grid(self) -> Tuple[int, int]:
@@ -189,8 +218,13 @@ class VideoDiT(nn.Module):
             if depth == self.config.align_depth:
                 hidden = tokens
         shift, scale = self.final_modulation(cond).chunk(2, dim=-1)
-        v = self.unpatchify(self.out(modulate(self.final_norm(tokens), shift, scale)))
-        return v, hidden
+        out = self.unpatchify(self.out(modulate(self.final_norm(tokens), shift, scale)))
+        if self.config.prediction == "v":
+            return out, hidden
+        x0_hat = out if self.config.prediction == "x0" else out + last_clean_frame(x, t)[:, None].to(out.dtype)
+        tt = t[:, :, None, None, None].to(out.dtype)
+        v = (x - x0_hat) / tt.clamp_min(PREDICTION_T_MIN)
+        return v.masked_fill(tt == 0, 0.0), hidden  # clean frames: v = 0, so x0_from_v gives them back
 
 
 def build_model(config: dict | VideoDiTConfig) -> VideoDiT:

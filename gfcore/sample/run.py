@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from typing import Optional, Sequence
 
@@ -32,7 +33,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="gfcore sample", description="Roll out a trained model by sliding window.")
     parser.add_argument("run", help="run folder (holding final.pt) or a final.pt file")
     parser.add_argument("--out", required=True, help="output folder for mp4 and gif files")
-    parser.add_argument("--num-frames", type=int, default=64, help="frames per rollout")
+    parser.add_argument("--num-frames", type=int,
+                        help="frames per rollout (default: the clip's length on --path data, 64 on revisit)")
     parser.add_argument("--num-clips", type=int, default=2, help="clips of the run's dataset to start from")
     parser.add_argument("--split", default="train")
     parser.add_argument("--path", choices=("data", "revisit"), default="data",
@@ -57,6 +59,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = OmegaConf.create(run_cfg)
     if args.weights == "run" and not cfg.sample.get("use_ema", True):
         model, _ = load_trained_model(args.run, False, args.device)
+    marker = os.path.join(os.path.expanduser(str(cfg.data.get("root", ""))), args.split, "generator.json")
+    if cfg.data.kind == "synthetic" and os.path.isfile(marker):  # a split's own clip length (e.g. the demo's test)
+        with open(marker) as handle:
+            cfg.data.clip_frames = int(json.load(handle)["num_frames"])
     dataset = build_dataset(cfg.data, with_depth=False, split=args.split, generate_missing=False)
     steps, method = args.steps or cfg.sample.steps, args.method or cfg.sample.method
     context = args.context_frames or cfg.sample.context_frames
@@ -69,21 +75,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     history = HistoryGuidance.parse(history)
     generator = torch.Generator().manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
+    written = []
     for index in range(min(args.num_clips, len(dataset))):
         clip = dataset[index]
         total = clip["frames"].shape[0]
-        repeat = lambda x: x[torch.arange(args.num_frames) % total]  # noqa: E731
+        num_frames = args.num_frames or (total if args.path == "data" else 64)
+        repeat = lambda x: x[torch.arange(num_frames) % total]  # noqa: E731
         kwargs = {}
         if model.config.camera_cond:
-            c2w = revisit_path(args.num_frames).float() if args.path == "revisit" else repeat(clip["c2w"])
-            kwargs.update(intrinsics=clip["intrinsics"][:1].expand(args.num_frames, 3, 3)[None], c2w=c2w[None])
+            c2w = revisit_path(num_frames).float() if args.path == "revisit" else repeat(clip["c2w"])
+            kwargs.update(intrinsics=clip["intrinsics"][:1].expand(num_frames, 3, 3)[None], c2w=c2w[None])
         if model.config.action_dim:
             kwargs["actions"] = repeat(clip["actions"])[None]
-        video = rollout(model, clip["frames"][None, :context].to(args.device), args.num_frames, cfg.sample.window,
+        video = rollout(model, clip["frames"][None, :context].to(args.device), num_frames, cfg.sample.window,
                         context, steps, method, generator=generator, history_guidance=history, **kwargs)[0]
         frames = to_uint8(video)
-        name = f"{clip['key']}_{args.path}_{args.num_frames}f"
+        # data path: the clip's own name, so `gfcore eval --reference` on the data split pairs them up
+        name = clip["key"] if args.path == "data" else f"{clip['key']}_revisit"
         write_video(os.path.join(args.out, f"{name}.mp4"), frames)
         write_gif(os.path.join(args.out, f"{name}.gif"), frames)
+        written.append(name)
         print(f"wrote {args.out}/{name}.mp4 and .gif")
+    split_dir = getattr(dataset, "raw_dir", None)
+    if split_dir and not (written and os.path.isfile(os.path.join(split_dir, f"{written[0].removesuffix('_revisit')}.mp4"))):
+        split_dir = None  # the reference videos are not beside the camera files (e.g. RealEstate10K's {split}_256)
+    manifest = {"run": os.path.abspath(args.run), "split": args.split, "path": args.path, "clips": written,
+                "context_frames": context, "steps": steps, "method": method, "seed": args.seed,
+                "data_split_dir": os.path.abspath(str(split_dir)) if split_dir else None}
+    with open(os.path.join(args.out, "sample.json"), "w") as handle:
+        json.dump(manifest, handle, indent=1)
+    if args.path == "data" and split_dir:
+        print(f"score them: gfcore eval --generated {args.out} --reference {split_dir} --geometry {split_dir} "
+              f"--out EVAL_DIR   (the first {context} frames are the given context and are left out)")
     return 0

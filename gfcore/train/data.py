@@ -18,7 +18,7 @@ DATA_KINDS = ("synthetic", "re10k", "minecraft")
 
 
 def ensure_synthetic(root: str, num_clips: int, num_frames: int, resolution, seed: int, task: str,
-                     split: str = "train") -> None:
+                     split: str = "train", texture_detail: float = 1.0) -> None:
     """Generate the built-in scenes into root/split unless a matching generator.json is there."""
     import json
 
@@ -29,9 +29,9 @@ def ensure_synthetic(root: str, num_clips: int, num_frames: int, resolution, see
         with open(marker) as handle:
             meta = json.load(handle)
         wanted = {"num_clips": num_clips, "num_frames": num_frames, "seed": seed, "task": task}
-        if all(meta.get(k) == v for k, v in wanted.items()):
+        if all(meta.get(k) == v for k, v in wanted.items()) and meta.get("texture_detail", 1.0) == texture_detail:
             return
-    generate(root, num_clips, num_frames, resolution, seed, task, split)
+    generate(root, num_clips, num_frames, resolution, seed, task, split, texture_detail=texture_detail)
 
 
 def build_dataset(cfg, with_depth: bool, split: str = "train", generate_missing: bool = True):
@@ -43,7 +43,8 @@ def build_dataset(cfg, with_depth: bool, split: str = "train", generate_missing:
     if kind == "synthetic":
         root = os.path.expanduser(cfg.root)
         if generate_missing:
-            ensure_synthetic(root, cfg.num_clips, cfg.clip_frames, resolution, cfg.seed, cfg.task, split)
+            ensure_synthetic(root, cfg.num_clips, cfg.clip_frames, resolution, cfg.seed, cfg.task, split,
+                             float(cfg.get("texture_detail", 1.0)))
         if cfg.task == "action":
             from gfcore.data import Minecraft
 

@@ -3,6 +3,12 @@
 x_t = (1 - t) x_0 + t eps, target v = eps - x_0, loss = mean ||v_hat - v||^2 over the noisy
 frames. Context frames (t = 0) are inputs only and carry no diffusion loss. The alignment
 term GeometryAlignmentLoss(hidden, teacher features) is added when a teacher is given.
+
+Options (the defaults are the plain recipe above): loss_space="x0" takes the squared error of
+the clean-frame estimate x0_hat = x_t - t v_hat instead (the v loss is that error / t^2, so it
+weights low noise levels heavily); draw_noise(mode="sampled_task") trains the task the sampler
+runs: every clip has max_context clean frames and one noise level shared by its other frames;
+t_shift > 1 moves noise levels toward 1 (t' = s t / (1 + (s - 1) t), as in SD3).
 """
 from __future__ import annotations
 
@@ -26,12 +32,29 @@ class NoiseDraw:
         return NoiseDraw(self.t[start:stop], self.eps[start:stop], self.context[start:stop], self.drop_cond[start:stop])
 
 
+NOISE_MODES = ("independent", "sampled_task")
+
+
+def shift_t(t: torch.Tensor, shift: float) -> torch.Tensor:
+    return t if shift == 1.0 else shift * t / (1 + (shift - 1) * t)
+
+
 def draw_noise(shape, generator: torch.Generator, context_prob: float = 0.5, max_context: int = 2,
-               cond_drop_prob: float = 0.1) -> NoiseDraw:
+               cond_drop_prob: float = 0.1, mode: str = "independent", t_shift: float = 1.0) -> NoiseDraw:
     """Independent noise levels t ~ U(0, 1) per frame; with probability context_prob a clip's
-    first k ~ U{1..max_context} frames are clean context; conditioning dropped with cond_drop_prob."""
+    first k ~ U{1..max_context} frames are clean context; conditioning dropped with cond_drop_prob.
+    mode="sampled_task": k = max_context clean frames on every clip and one t per clip on the rest."""
+    if mode not in NOISE_MODES:
+        raise ValueError(f"noise mode must be one of {NOISE_MODES}, got {mode!r}")
     batch, frames = shape[:2]
-    t = torch.rand(batch, frames, generator=generator)
+    if mode == "sampled_task":
+        t = shift_t(torch.rand(batch, 1, generator=generator), t_shift).expand(batch, frames).contiguous()
+        eps = torch.randn(shape, generator=generator)
+        k = max(0, min(max_context, frames - 1))
+        context = (torch.arange(frames)[None] < k).expand(batch, frames).contiguous()
+        drop_cond = torch.rand(batch, generator=generator) < cond_drop_prob
+        return NoiseDraw(t.masked_fill(context, 0.0), eps, context, drop_cond)
+    t = shift_t(torch.rand(batch, frames, generator=generator), t_shift)
     eps = torch.randn(shape, generator=generator)
     use_context = torch.rand(batch, generator=generator) < context_prob
     k = torch.randint(1, max(1, min(max_context, frames - 1)) + 1, (batch,), generator=generator)
@@ -58,6 +81,16 @@ def flow_matching_loss(v_hat: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor,
     return ((per_frame * weight).sum(1) / weight.sum(1).clamp_min(1.0)).mean()
 
 
+def x0_loss(x0_hat: torch.Tensor, x0: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """Squared error of the clean-frame estimate, averaged like flow_matching_loss."""
+    per_frame = (x0_hat.float() - x0.float()).pow(2).mean(dim=(2, 3, 4))
+    weight = (~context).float()
+    return ((per_frame * weight).sum(1) / weight.sum(1).clamp_min(1.0)).mean()
+
+
+LOSS_SPACES = ("v", "x0")
+
+
 class GFObjective(torch.nn.Module):
     """Diffusion loss + optional alignment: forward(model, batch, noise, features) -> terms.
 
@@ -67,9 +100,12 @@ class GFObjective(torch.nn.Module):
     scale, cosine, alignment.
     """
 
-    def __init__(self, alignment: Optional[GeometryAlignmentLoss] = None):
+    def __init__(self, alignment: Optional[GeometryAlignmentLoss] = None, loss_space: str = "v"):
         super().__init__()
+        if loss_space not in LOSS_SPACES:
+            raise ValueError(f"loss_space must be one of {LOSS_SPACES}, got {loss_space!r}")
         self.alignment = alignment
+        self.loss_space = loss_space
 
     def forward(self, model, batch: Dict[str, torch.Tensor], noise: NoiseDraw,
                 features: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
@@ -77,7 +113,13 @@ class GFObjective(torch.nn.Module):
         x_t = noisy_input(x0, noise.t, noise.eps)
         v_hat, hidden = model(x_t, noise.t, rays=batch.get("rays"), actions=batch.get("actions"),
                               drop_cond=noise.drop_cond)
-        diffusion = flow_matching_loss(v_hat, x0, noise.eps, noise.context)
+        if self.loss_space == "x0":
+            from gfcore.models.dit import x0_from_v
+
+            prediction = getattr(getattr(model, "config", None), "prediction", "v")
+            diffusion = x0_loss(x0_from_v(x_t, noise.t, v_hat, prediction), x0, noise.context)
+        else:
+            diffusion = flow_matching_loss(v_hat, x0, noise.eps, noise.context)
         terms = {"diffusion": diffusion, "loss": diffusion}
         if self.alignment is not None:
             if features is None:

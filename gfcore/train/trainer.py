@@ -79,7 +79,7 @@ def build_training(cfg: DictConfig, device: torch.device):
     model = build_model(model_config(cfg)).to(device)
     teacher = build_teacher(cfg.teacher, model.config.grid, str(device))
     torch.manual_seed(cfg.seed + 1)
-    objective = GFObjective(build_alignment(cfg, model, teacher)).to(device)
+    objective = GFObjective(build_alignment(cfg, model, teacher), cfg.train.get("loss_space", "v")).to(device)
     return model, objective, teacher
 
 
@@ -429,7 +429,8 @@ def train(cfg: DictConfig) -> Dict:
                          else batcher.batch(step, device))
                 generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 7_919)
                 noise = draw_noise(frame_shape, generator, cfg.train.context_prob, cfg.train.max_context,
-                                   cfg.train.cond_drop_prob).slice(info.rank * per_rank, (info.rank + 1) * per_rank)
+                                   cfg.train.cond_drop_prob, cfg.train.get("noise_mode", "independent"),
+                                   float(cfg.train.get("t_shift", 1.0))).slice(info.rank * per_rank, (info.rank + 1) * per_rank)
                 noise.t, noise.eps = noise.t.to(device), noise.eps.to(device)
                 noise.context, noise.drop_cond = noise.context.to(device), noise.drop_cond.to(device)
             with nvtx_range("train.teacher"):

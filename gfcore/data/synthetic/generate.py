@@ -54,7 +54,8 @@ def _intrinsics(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return np.array([[focal, 0.0, width / 2.0], [0.0, focal, height / 2.0], [0.0, 0.0, 1.0]])
 
 
-def generate_clip(seed: int, index: int, num_frames: int, resolution, task: str = "camera") -> dict:
+def generate_clip(seed: int, index: int, num_frames: int, resolution, task: str = "camera",
+                  texture_detail: float = 1.0) -> dict:
     """Render clip `index` of a seed: a dict with frames uint8 [T, H, W, 3], depth float32 [T, H, W],
     intrinsics [3, 3], c2w [T, 4, 4], kind, and for the action task actions int64 [T]."""
     if task not in TASKS:
@@ -74,6 +75,8 @@ def generate_clip(seed: int, index: int, num_frames: int, resolution, task: str 
         objects = (scene.box_lo, scene.box_hi, scene.sphere_centers, scene.sphere_radii)
         c2w, actions = walker_path(rng, room, objects, num_frames)
         clip["actions"] = actions
+    if texture_detail != 1.0:  # the same scene and path, textures at another frequency (no extra draws)
+        scene.detail = float(texture_detail)
     frames, depth = render(scene, K, c2w, height, width)
     clip.update(frames=frames, depth=depth, c2w=c2w, kind=kind, room_kind=room["kind"])
     return clip
@@ -126,6 +129,7 @@ def generate(
     task: str = "camera",
     split: str = "train",
     start_index: int = 0,
+    texture_detail: float = 1.0,
 ) -> list:
     """Render `num_clips` synthetic clips into {root}/{split}/ and return their keys.
 
@@ -142,10 +146,11 @@ def generate(
     keys = []
     for index in range(start_index, start_index + num_clips):
         key = clip_key(seed, index, task)
-        clip = generate_clip(seed, index, num_frames, (height, width), task)
+        clip = generate_clip(seed, index, num_frames, (height, width), task, texture_detail)
         _write_clip(directory, key, clip, task)
         keys.append(key)
     with open(os.path.join(directory, "generator.json"), "w") as handle:
         json.dump({"num_clips": num_clips, "num_frames": num_frames, "resolution": [height, width],
-                   "seed": seed, "task": task, "start_index": start_index, "fps": FPS}, handle, indent=1)
+                   "seed": seed, "task": task, "start_index": start_index, "fps": FPS,
+                   "texture_detail": texture_detail}, handle, indent=1)
     return keys

@@ -35,6 +35,7 @@ class Scene:
     colors_b: np.ndarray  # [M, 3]
     texture_scale: np.ndarray  # [M] checker squares per metre
     noise: np.ndarray  # [N, N] value-noise table in [0, 1]
+    detail: float = 1.0  # multiplies every texture frequency (checker and noise); < 1: coarser textures
 
 
 def _room_exit(origin: np.ndarray, dirs: np.ndarray, lo: np.ndarray, hi: np.ndarray):
@@ -104,11 +105,11 @@ def _shade(scene: Scene, points: np.ndarray, normals: np.ndarray, materials: np.
     dominant = np.argmax(np.abs(normals), axis=-1)
     u = np.where(dominant == 0, points[:, 2], points[:, 0])
     v = np.where(dominant == 1, points[:, 2], points[:, 1])
-    scale = scene.texture_scale[materials]
+    scale = scene.texture_scale[materials] * scene.detail
     checker = (np.floor(u * scale) + np.floor(v * scale)) % 2
     offset = materials * 17.0  # decorrelates the noise of different materials
-    fine = _sample_noise(scene.noise, u * 6.0 + offset, v * 6.0 - offset)
-    coarse = _sample_noise(scene.noise, u * 1.5 - offset, v * 1.5 + 2 * offset)
+    fine = _sample_noise(scene.noise, u * 6.0 * scene.detail + offset, v * 6.0 * scene.detail - offset)
+    coarse = _sample_noise(scene.noise, u * 1.5 * scene.detail - offset, v * 1.5 * scene.detail + 2 * offset)
     pattern = np.clip(0.45 * checker + 0.35 * fine + 0.3 * coarse, 0.0, 1.0)[:, None]
     albedo = scene.colors_a[materials] * (1 - pattern) + scene.colors_b[materials] * pattern
     lambert = 0.55 + 0.45 * np.abs(normals @ _LIGHT)[:, None]
