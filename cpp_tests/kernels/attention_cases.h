@@ -45,19 +45,6 @@ inline std::string name_of(const Spec& s, const char* dtype) {
   return buf;
 }
 
-inline DeviceLimits limits() {
-#if defined(GFCORE_SIMT)
-  const simt::Device& d = simt::current_device();
-  return {d.sm_count, d.major, d.smem_per_block_optin};
-#else
-  int dev = 0;
-  cudaDeviceProp p;
-  cudaGetDevice(&dev);
-  cudaGetDeviceProperties(&p, dev);
-  return {p.multiProcessorCount, p.major, p.sharedMemPerBlockOptin};
-#endif
-}
-
 // A [B, T, P, H, D] operand on the host: values (as stored, in float64) and element strides.
 struct HostView {
   const std::vector<double>* data;
@@ -76,7 +63,7 @@ float to_stage(float x) {  // what stage_rows keeps of a value: 16-bit rounding
 template <typename T, bool kTemporal>
 void attention_case(const Spec& c) {
   const double u = DType<T>::unit_roundoff;
-  const DeviceLimits dev = limits();
+  const DeviceLimits dev = harness::device_limits();
   const int64_t B = c.B, Tn = c.T, P = c.P, H = c.H, D = c.D, N = B * Tn * P * H * D;
   const int64_t S = c.temporal ? Tn : P, other_n = c.temporal ? P : Tn;
   const bool mma = !c.temporal && has_mma_16816(dev);  // tensor cores: 16-bit staging, P and dS rounded

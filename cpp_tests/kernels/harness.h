@@ -66,6 +66,21 @@ struct DType<gfcore::fp16> {
   static constexpr double subnormal_roundoff = 0x1p-25;  // below 2^-14 the spacing is 2^-24
 };
 
+// ---- The device the launch decisions are made for: the emulated one under simt, the real one
+// on a GPU (nvcc build).
+inline gfcore::DeviceLimits device_limits() {
+#if defined(GFCORE_SIMT)
+  const simt::Device& d = simt::current_device();
+  return {d.sm_count, d.major, d.smem_per_block_optin};
+#else
+  int dev = 0;
+  cudaDeviceProp p;
+  cudaGetDevice(&dev);
+  cudaGetDeviceProperties(&p, dev);
+  return {p.multiProcessorCount, p.major, p.sharedMemPerBlockOptin};
+#endif
+}
+
 // ---- Device buffers (cudaMalloc of exactly the asked size: ASan guards both ends) -----------
 template <typename T>
 struct DeviceBuffer {

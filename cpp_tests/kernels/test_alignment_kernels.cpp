@@ -21,19 +21,6 @@ struct Shape {
   int offset;  // elements: 1 makes every tensor pointer misaligned for 16-byte packs
 };
 
-DeviceLimits limits() {
-#if defined(GFCORE_SIMT)
-  const simt::Device& d = simt::current_device();
-  return {d.sm_count, d.major, d.smem_per_block_optin};
-#else
-  int dev = 0;
-  cudaDeviceProp p;
-  cudaGetDevice(&dev);
-  cudaGetDeviceProperties(&p, dev);
-  return {p.multiProcessorCount, p.major, p.sharedMemPerBlockOptin};
-#endif
-}
-
 std::string label(const char* op, const Shape& s, const char* dtype) {
   return std::string(op) + "/" + dtype + "/" + std::to_string(s.rows) + "x" + std::to_string(s.cols) +
          (s.offset ? "/misaligned" : "");
@@ -78,7 +65,7 @@ void bias_silu_case(const Shape& s) {
   X.upload(random_values<T>(n, 1, 2.0, &x));
   B.upload(random_values<T>(s.cols, 2, 1.0, &b));
   G.upload(random_values<T>(n, 3, 1.0, &g));
-  const DeviceLimits dev = limits();
+  const DeviceLimits dev = harness::device_limits();
   harness::check_launch(launch_bias_silu(X.ptr(), B.ptr(), Out.ptr(), s.rows, s.cols, dev, nullptr), "bias_silu");
 
   // Forward: fp32 math (a few ulps) then one rounding to T.
@@ -125,7 +112,7 @@ void bias_mse_case(const Shape& s) {
   X.upload(random_values<T>(n, 4, 1.0, &x));
   B.upload(random_values<T>(s.cols, 5, 0.5, &b));
   Y.upload(random_values<T>(n, 6, 2.0, &y));
-  const auto plan = plan_bias_mse<T>(X.ptr(), B.ptr(), Y.ptr(), Diff.ptr(), s.rows, s.cols, limits());
+  const auto plan = plan_bias_mse<T>(X.ptr(), B.ptr(), Y.ptr(), Diff.ptr(), s.rows, s.cols, harness::device_limits());
   if (s.offset && plan.vec != 1) harness::fail_value("misaligned pointers must take the one-value path");
   DeviceBuffer<float> colsum_partial(plan.groups * s.cols), squares_partial(plan.groups * plan.col_blocks);
   harness::check_launch(launch_bias_mse(plan, X.ptr(), B.ptr(), Y.ptr(), Diff.ptr(), colsum_partial.ptr,
@@ -169,7 +156,7 @@ void normalize_cosine_case(const Shape& s) {
   B.upload(random_values<T>(s.cols, 8, 0.3, &b));
   Y.upload(random_values<T>(n, 9, 2.0, &y));
   DeviceBuffer<float> cos(s.rows), norms(2 * s.rows);
-  const DeviceLimits dev = limits();
+  const DeviceLimits dev = harness::device_limits();
   // A row lives in the registers of at most 8 warps: 4 packs of 16 bytes (or 16 single values)
   // per thread. Wider rows must be refused by the launch logic, not run.
   const int vec = pack_width<T>(s.cols, {X.ptr(), B.ptr(), Y.ptr(), Zhat.ptr()});

@@ -29,7 +29,7 @@ void rope_case(const RopeSpec& r) {
   const T* q = qbuf.ptr;
   const T* k = r.packed ? qbuf.ptr + r.H * r.D : kbuf.ptr;
   const RopeShape shape{r.B, r.T, r.P, r.H, r.D, r.temporal};
-  harness::check_launch(launch_rope_qk<T>(q, k, qo.ptr, ko.ptr, st, st, cos.ptr, sin.ptr, shape, r.adjoint, limits(),
+  harness::check_launch(launch_rope_qk<T>(q, k, qo.ptr, ko.ptr, st, st, cos.ptr, sin.ptr, shape, r.adjoint, harness::device_limits(),
                                           nullptr),
                         "rope_qk");
   const double u = DType<T>::unit_roundoff;
