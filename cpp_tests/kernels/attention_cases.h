@@ -35,6 +35,7 @@ struct Spec {
   int64_t B, T, P, H, D;
   bool temporal, causal, rope, packed, strided_grad;
   int arch;
+  bool misaligned = false;  // q, k, v start 2 bytes past a 16-byte boundary: no 16-byte loads
 };
 
 inline std::string name_of(const Spec& s, const char* dtype) {
@@ -42,6 +43,7 @@ inline std::string name_of(const Spec& s, const char* dtype) {
   std::snprintf(buf, sizeof buf, "%s/%s/B%ldT%ldP%ldH%ldD%ld%s%s%s%s/sm_%d", s.temporal ? "temporal" : "spatial",
                 dtype, long(s.B), long(s.T), long(s.P), long(s.H), long(s.D), s.causal ? "/causal" : "",
                 s.rope ? "/rope" : "", s.packed ? "/packed" : "", s.strided_grad ? "/strided_grad" : "", s.arch);
+  if (s.misaligned) std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), "/misaligned");
   return buf;
 }
 
@@ -66,7 +68,7 @@ void attention_case(const Spec& c) {
   const DeviceLimits dev = harness::device_limits();
   const int64_t B = c.B, Tn = c.T, P = c.P, H = c.H, D = c.D, N = B * Tn * P * H * D;
   const int64_t S = c.temporal ? Tn : P, other_n = c.temporal ? P : Tn;
-  const bool mma = !c.temporal && has_mma_16816(dev);  // tensor cores: 16-bit staging, P and dS rounded
+  const bool mma = has_mma_16816(dev);  // tensor cores (both passes): 16-bit staging, P and dS rounded
   const double scale = 1.0 / std::sqrt(double(D));
   const std::string name = name_of(c, DType<T>::name);
 
@@ -88,10 +90,13 @@ void attention_case(const Spec& c) {
     }
   } else {
     for (int i = 0; i < 3; ++i) {
-      owned.push_back(new DeviceBuffer<T>(N));
-      owned.back()->upload(random_values<T>(N, 22 + i, 1.0, &qkv_ref[i]));
+      const int64_t shift = c.misaligned ? 1 : 0;
+      owned.push_back(new DeviceBuffer<T>(N + shift));
+      std::vector<T> values = random_values<T>(N, 22 + i, 1.0, &qkv_ref[i]);
+      values.insert(values.begin(), shift, T(0.f));
+      owned.back()->upload(values);
       strides[i] = contiguous_strides(Tn, P, H, D);
-      dev_ptr[i] = owned.back()->ptr;
+      dev_ptr[i] = owned.back()->ptr + shift;
     }
   }
   const HostView hq{&qkv_ref[0], host_offset[0], strides[0]}, hk{&qkv_ref[1], host_offset[1], strides[1]},

@@ -14,7 +14,7 @@
 #include "attention/attention_kernels.cuh"
 #include "attention/attention_mma.cuh"
 #include "attention/attention_mma_bwd.cuh"
-#include "attention/attention_temporal_bwd.cuh"
+#include "attention/attention_temporal_mma.cuh"
 
 namespace gfcore {
 namespace attention {
@@ -201,26 +201,96 @@ cudaError_t launch_backward_mma(const Attention& a, const BackwardArgs<scalar_t>
   });
 }
 
-// The one-kernel temporal backward (attention_temporal_bwd.cuh): T <= 64 and its shared memory
-// within the device's opt-in limit.
-inline bool fused_temporal_backward_fits(const Attention& a, const DeviceLimits& dev) {
-  return a.temporal && a.T <= kFusedBwdMaxSeq &&
-         fused_bwd_smem_bytes(static_cast<int>(a.T), static_cast<int>(a.D)) <= dev.smem_per_block_optin;
+// ---- Temporal tensor-core kernels (attention_temporal_mma.cuh), T <= 64 on sm80+ ------------
+// The sequence length padded to the kernels' tile: 16, 32 or 64 rows.
+inline int temporal_tc_pad(int64_t T) { return T <= 16 ? 16 : (T <= 32 ? 32 : 64); }
+
+// Calls fn(std::integral_constant<int, T_PAD>) for the padded sequence length.
+template <typename Fn>
+cudaError_t with_seq_pad(int64_t T, Fn&& fn) {
+  switch (temporal_tc_pad(T)) {
+    case 16: return fn(std::integral_constant<int, 16>{});
+    case 32: return fn(std::integral_constant<int, 32>{});
+    default: return fn(std::integral_constant<int, 64>{});
+  }
+}
+
+inline size_t temporal_tc_smem(int64_t T, int64_t D, bool backward) {
+  size_t bytes = 0;
+  with_head_dim(D, [&](auto head_dim) {
+    with_seq_pad(T, [&](auto seq_pad) {
+      using Tiles = TemporalTiles<decltype(head_dim)::value, decltype(seq_pad)::value>;
+      bytes = backward ? Tiles::kBwdBytes : Tiles::kFwdBytes;
+      return cudaSuccess;
+    });
+    return cudaSuccess;
+  });
+  return bytes;
+}
+
+// Whether the temporal tensor-core kernels serve the problem: T <= 64, sm80+, and (always true on
+// sm80/sm90: at most 105 KiB) the backward's shared memory within the device's opt-in limit.
+inline bool temporal_tc_serves(const Attention& a, const DeviceLimits& dev) {
+  return a.temporal && a.T <= kTcMaxSeq && has_mma_16816(dev) &&
+         temporal_tc_smem(a.T, a.D, /*backward=*/true) <= dev.smem_per_block_optin;
+}
+
+// 16-byte loads need every row start 16-byte aligned: the pointer, and each stride a multiple
+// of 8 elements (D is 32, 64 or 128, so D itself always is).
+template <typename scalar_t>
+bool rows_16b_aligned(const scalar_t* p, const Strides& s) {
+  constexpr int64_t kPer16 = 16 / sizeof(scalar_t);
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0 && s.b % kPer16 == 0 && s.t % kPer16 == 0 &&
+         s.p % kPer16 == 0 && s.h % kPer16 == 0;
+}
+
+inline dim3 temporal_tc_grid(const Problem& pb, int seqs_per_cta) {
+  const int64_t sequences = pb.batch * pb.n_other * pb.heads;
+  const int64_t blocks = ceil_div(sequences, seqs_per_cta);
+  if (blocks > 0x7fffffff) throw std::invalid_argument("too many sequences (" + std::to_string(sequences) + ")");
+  return dim3(static_cast<unsigned>(blocks));
 }
 
 template <typename scalar_t>
-cudaError_t launch_backward_fused_temporal(const Attention& a, const BackwardArgs<scalar_t>& b, cudaStream_t stream) {
+cudaError_t launch_forward_temporal_tc(const Attention& a, const ForwardArgs<scalar_t>& f, cudaStream_t stream) {
+  const Problem pb = make_problem(a);
+  const Strides so = contiguous_strides(a.T, a.P, a.H, a.D), sl = contiguous_strides(a.T, a.P, a.H, 1);
+  const bool vec16 = rows_16b_aligned(f.q, f.sq) && rows_16b_aligned(f.k, f.sk) && rows_16b_aligned(f.v, f.sv);
+  const int64_t sequences = pb.batch * pb.n_other * pb.heads;
+  return with_head_dim(a.D, [&](auto head_dim) {
+    return with_seq_pad(a.T, [&](auto seq_pad) {
+      constexpr int D = decltype(head_dim)::value, T_PAD = decltype(seq_pad)::value;
+      using Tiles = TemporalTiles<D, T_PAD>;
+      const auto kernel = temporal_fwd_tc_kernel<scalar_t, D, T_PAD>;
+      const cudaError_t err = allow_dynamic_smem(kernel, Tiles::kFwdBytes);
+      if (err != cudaSuccess) return err;
+      const LaunchConfig cfg{temporal_tc_grid(pb, Tiles::kSeqs), dim3(kTcThreads), Tiles::kFwdBytes};
+      return launch_kernel(kernel, cfg, stream, f.q, f.k, f.v, f.out, f.lse, layout_of(f.sq, true),
+                           layout_of(f.sk, true), layout_of(f.sv, true), layout_of(so, true), layout_of(sl, true), pb,
+                           sequences, vec16);
+    });
+  });
+}
+
+template <typename scalar_t>
+cudaError_t launch_backward_temporal_tc(const Attention& a, const BackwardArgs<scalar_t>& b, cudaStream_t stream) {
   const Problem pb = make_problem(a);
   const BackwardLayouts l = backward_layouts(a, b);
-  const size_t bytes = fused_bwd_smem_bytes(pb.seq_len, static_cast<int>(a.D));
+  const Strides so = contiguous_strides(a.T, a.P, a.H, a.D);
+  const bool vec16 = rows_16b_aligned(b.q, b.sq) && rows_16b_aligned(b.k, b.sk) && rows_16b_aligned(b.v, b.sv) &&
+                     rows_16b_aligned(b.grad_out, b.sg) && rows_16b_aligned(b.out, so);
+  const int64_t sequences = pb.batch * pb.n_other * pb.heads;
   return with_head_dim(a.D, [&](auto head_dim) {
-    constexpr int D = decltype(head_dim)::value;
-    const auto kernel = attention_bwd_fused_kernel<scalar_t, D>;
-    const cudaError_t err = allow_dynamic_smem(kernel, bytes);
-    if (err != cudaSuccess) return err;
-    const LaunchConfig cfg{make_grid(pb, kFusedBwdMaxSeq), dim3(kFusedBwdThreads), bytes};  // a block per sequence
-    return launch_kernel(kernel, cfg, stream, b.q, b.k, b.v, b.grad_out, b.out, b.lse, b.grad_q, b.grad_k, b.grad_v,
-                         l.lq, l.lk, l.lv, l.lg, l.l_out, l.ll, l.lo, pb);
+    return with_seq_pad(a.T, [&](auto seq_pad) {
+      constexpr int D = decltype(head_dim)::value, T_PAD = decltype(seq_pad)::value;
+      using Tiles = TemporalTiles<D, T_PAD>;
+      const auto kernel = temporal_bwd_tc_kernel<scalar_t, D, T_PAD>;
+      const cudaError_t err = allow_dynamic_smem(kernel, Tiles::kBwdBytes);
+      if (err != cudaSuccess) return err;
+      const LaunchConfig cfg{temporal_tc_grid(pb, Tiles::kSeqs), dim3(kTcThreads), Tiles::kBwdBytes};
+      return launch_kernel(kernel, cfg, stream, b.q, b.k, b.v, b.grad_out, b.out, b.lse, b.grad_q, b.grad_k,
+                           b.grad_v, l.lq, l.lk, l.lv, l.lg, l.l_out, l.ll, l.lo, pb, sequences, vec16);
+    });
   });
 }
 
@@ -240,20 +310,22 @@ cudaError_t spatial_backward(const Attention& a, const BackwardArgs<scalar_t>& b
   return launch_backward_fma<scalar_t, 4, 4, 4, 2>(a, b, stream);
 }
 
-// Temporal (T is 8 to 64 in practice): a block of 16 query rows sees the whole key/value
-// sequence of one (b, p, h) in one or two shared-memory tiles.
+// Temporal (T is 8 to 64 in practice): the tensor-core kernels that hold whole sequences; longer
+// sequences take the spatial pass's streaming tensor-core kernels (the same strided layouts),
+// GPUs before sm80 the fp32-FMA kernels.
 template <typename scalar_t>
-cudaError_t temporal_forward(const Attention& a, const ForwardArgs<scalar_t>& f, const DeviceLimits&,
+cudaError_t temporal_forward(const Attention& a, const ForwardArgs<scalar_t>& f, const DeviceLimits& dev,
                              cudaStream_t stream) {
+  if (temporal_tc_serves(a, dev)) return launch_forward_temporal_tc(a, f, stream);
+  if (has_mma_16816(dev)) return launch_forward_mma(a, f, stream);
   return launch_forward_fma<scalar_t, 4, 4, 4, 4>(a, f, stream);
 }
 
-// T <= 64: one kernel per sequence. Longer sequences, or a device with too little shared
-// memory: the three-kernel path.
 template <typename scalar_t>
 cudaError_t temporal_backward(const Attention& a, const BackwardArgs<scalar_t>& b, const DeviceLimits& dev,
                               cudaStream_t stream) {
-  if (fused_temporal_backward_fits(a, dev)) return launch_backward_fused_temporal(a, b, stream);
+  if (temporal_tc_serves(a, dev)) return launch_backward_temporal_tc(a, b, stream);
+  if (has_mma_16816(dev)) return launch_backward_mma(a, b, stream);
   return launch_backward_fma<scalar_t, 4, 4, 4, 2>(a, b, stream);
 }
 
