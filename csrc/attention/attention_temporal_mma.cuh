@@ -124,6 +124,26 @@ __device__ inline void stage_chunk(uint16_t* rowmajor, int ld, uint16_t* transpo
   }
 }
 
+// Work item idx of the staging loops: sequence slot s, row r, chunk pair c. Sixteen consecutive
+// threads take 16 rows of one chunk: each row's two 16-byte loads still fill whole 32-byte
+// sectors (two chunks per half-warp), while the transposed tiles' 2-byte stores of one warp
+// fall on 8 words of one column pair instead of 8 columns that share a bank (2-way, not 8-way,
+// conflicts at ldt = T_PAD + 8).
+struct StageItem {
+  int s, r, c;
+};
+
+template <int D, int T_PAD>
+__device__ inline StageItem stage_item(int idx) {
+  constexpr int kChunks = D / 16;
+  StageItem it;
+  it.s = idx / (T_PAD * kChunks);
+  const int within = idx % (T_PAD * kChunks);
+  it.r = within % 16 + 16 * (within / (16 * kChunks));
+  it.c = within / 16 % kChunks;
+  return it;
+}
+
 // The CTA's sequences (first .. first + kSeqs - 1, those below `sequences`) into the shared
 // table `slots`; returns how many are live. Ends with a barrier.
 template <int kSeqs>
@@ -152,7 +172,8 @@ temporal_fwd_tc_kernel(const scalar_t* __restrict__ q, const scalar_t* __restric
 
   // Stage q and k (rotated, row-major) and v (transposed) of every live sequence.
   for (int idx = threadIdx.x; idx < live * T_PAD * kChunks; idx += kTcThreads) {
-    const int s = idx / (T_PAD * kChunks), r = idx / kChunks % T_PAD, c = idx % kChunks;
+    const StageItem it = stage_item<D, T_PAD>(idx);
+    const int s = it.s, r = it.r, c = it.c;
     uint16_t* q_s = smem_tfwd + s * Tiles::kFwdSeq;
     uint16_t* k_s = q_s + Tiles::kRow;
     uint16_t* vt_s = k_s + Tiles::kRow;
@@ -264,7 +285,8 @@ temporal_bwd_tc_kernel(const scalar_t* __restrict__ q, const scalar_t* __restric
 
   // 1. Stage q, k (rotated; k also transposed), v and dO; delta and lse per row.
   for (int idx = threadIdx.x; idx < live * T_PAD * kChunks; idx += kTcThreads) {
-    const int s = idx / (T_PAD * kChunks), r = idx / kChunks % T_PAD, c = idx % kChunks;
+    const StageItem it = stage_item<D, T_PAD>(idx);
+    const int s = it.s, r = it.r, c = it.c;
     uint16_t* q_s = tile(s);
     uint16_t* do_s = q_s + Tiles::kRow;
     uint16_t* k_s = do_s + Tiles::kRow;

@@ -33,8 +33,10 @@ KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 IMPLS = ("auto", "fused", "reference", "sdpa")
 # impl="auto" on CUDA follows the measured dispatch table (attention_dispatch.py). Neither
 # kernel has run on a GPU yet (no GPU was lent when they were written), so no table exists and
-# the kernels are reached with impl="fused" only. On sm80+ the spatial pass runs on tensor
-# cores (csrc/attention/attention_mma*.cuh); the temporal pass and older GPUs use fp32 FMAs.
+# the kernels are reached with impl="fused" only. On sm80+ both passes run on tensor cores:
+# the spatial pass (and temporal T > 64) streams key tiles (csrc/attention/attention_mma*.cuh),
+# the temporal pass with T <= 64 holds whole sequences per CTA (attention_temporal_mma.cuh);
+# older GPUs use fp32 FMAs.
 
 # Must match csrc/registration.cpp; defined here too when the extension is not built.
 _SCHEMAS = {
