@@ -16,6 +16,8 @@ Switches (environment variables):
                          torch are present; 0: CPU kernels only; 1: fail unless CUDA builds.
   TORCH_CUDA_ARCH_LIST   architectures to compile for; defaults to "8.0;9.0" when no GPU is
                          visible (A100 and H100), else the visible GPU's.
+  GFCORE_FAIL_ON_SPILLS=1  fail the CUDA build when ptxas spills registers in any kernel
+                         (ptxas -warn-spills -Werror); `make test`, and so CI, sets it.
   MAX_JOBS               parallel compile jobs (torch's ninja builder honours it).
   CUDA_HOME              toolkit location; found from nvcc or /usr/local/cuda otherwise.
 """
@@ -169,6 +171,11 @@ def _extension():
         define_macros.append(("GFCORE_WITH_CUDA", None))
         extra["cxx"].append("-DGFCORE_WITH_CUDA")
         extra["nvcc"] = ["-O3", "-std=c++20", "--use_fast_math", "-lineinfo", "-DGFCORE_WITH_CUDA"]
+        if os.environ.get("GFCORE_FAIL_ON_SPILLS") == "1":
+            # A spill to local memory is a performance bug: ptxas reports it (-warn-spills) and
+            # -Werror makes it an error, at no extra compile cost (the gate of `make test` / CI).
+            extra["nvcc"] += ["-Xptxas", "-warn-spills", "-Xptxas", "-Werror"]
+            print("gfcore: GFCORE_FAIL_ON_SPILLS=1: a CUDA kernel that spills registers fails the build")
         for include in _pip_cuda_include_dirs():
             if not os.path.exists(os.path.join(cpp_extension.CUDA_HOME, "include", "cusparse.h")):
                 extra["cxx"] += ["-isystem", include]

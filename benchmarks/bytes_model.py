@@ -21,6 +21,14 @@ DEVICES = {
                   threads_per_sm=2048, blocks_per_sm=32, reserved_smem_per_block=1024, max_regs_per_thread=255),
 }
 
+# The devices of the static roofline (benchmarks/kernel_report.py): each with the architecture its
+# kernels are compiled for. H200: the H100's SM (sm_90, same peaks) with 4.8 TB/s of HBM3e.
+ROOFLINE_DEVICES = {
+    "A100": dict(DEVICES["sm_80"], arch="sm_80"),
+    "H100": dict(DEVICES["sm_90"], arch="sm_90"),
+    "H200": dict(DEVICES["sm_90"], arch="sm_90", name="H200 SXM", hbm_TBps=4.8),
+}
+
 
 def alignment_bytes(kernel: str, rows: int, cols: int, elem: int, partial_rows: int = 0) -> Dict[str, int]:
     """Bytes read and written by one alignment-loss kernel on a [rows, cols] operand.

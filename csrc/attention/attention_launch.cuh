@@ -68,6 +68,8 @@ inline dim3 make_grid(const Problem& pb, int rows_per_block) {
 }
 
 // Rows per warp of a pass for head dim D (R32, R64, R128 are the pass's choices).
+// Chosen so that no instantiation spills on sm_80 or sm_90 (4 rows at D=64 did): `make test`
+// builds with ptxas -warn-spills -Werror; benchmarks/results/kernels_static.md lists registers.
 template <int D, int R32, int R64, int R128>
 constexpr int rows_for() {
   return D == 32 ? R32 : (D == 64 ? R64 : R128);
@@ -300,14 +302,14 @@ template <typename scalar_t>
 cudaError_t spatial_forward(const Attention& a, const ForwardArgs<scalar_t>& f, const DeviceLimits& dev,
                             cudaStream_t stream) {
   if (has_mma_16816(dev)) return launch_forward_mma(a, f, stream);
-  return launch_forward_fma<scalar_t, 8, 8, 4, 2>(a, f, stream);
+  return launch_forward_fma<scalar_t, 8, 4, 2, 2>(a, f, stream);
 }
 
 template <typename scalar_t>
 cudaError_t spatial_backward(const Attention& a, const BackwardArgs<scalar_t>& b, const DeviceLimits& dev,
                              cudaStream_t stream) {
   if (has_mma_16816(dev)) return launch_backward_mma(a, b, stream);
-  return launch_backward_fma<scalar_t, 4, 4, 4, 2>(a, b, stream);
+  return launch_backward_fma<scalar_t, 4, 4, 2, 2>(a, b, stream);
 }
 
 // Temporal (T is 8 to 64 in practice): the tensor-core kernels that hold whole sequences; longer
@@ -326,7 +328,7 @@ cudaError_t temporal_backward(const Attention& a, const BackwardArgs<scalar_t>& 
                               cudaStream_t stream) {
   if (temporal_tc_serves(a, dev)) return launch_backward_temporal_tc(a, b, stream);
   if (has_mma_16816(dev)) return launch_backward_mma(a, b, stream);
-  return launch_backward_fma<scalar_t, 4, 4, 4, 2>(a, b, stream);
+  return launch_backward_fma<scalar_t, 4, 4, 2, 2>(a, b, stream);
 }
 
 }  // namespace attention
