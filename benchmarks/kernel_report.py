@@ -359,8 +359,16 @@ def mma_block_n(D):
     return 32 if D == 128 else 64
 
 
-def fused_bwd_smem(S, D):
-    return 4 * (S * (2 * D + 2 * (D + 1)) + 2 * S * (S + 1) + 2 * S)
+def temporal_tc_smem(S, D, backward):
+    """Dynamic shared memory of the whole-sequence temporal kernels (TemporalTiles in
+    attention_temporal_mma.cuh): 64 / T_PAD sequences per CTA, 16-bit tiles padded by 8."""
+    t_pad = 16 if S <= 16 else (32 if S <= 32 else 64)
+    seqs = 4 // (t_pad // 16)
+    ld_row, ld_t = D + MMA_PAD, t_pad + MMA_PAD
+    row, tr_d, tr_t = t_pad * ld_row, D * ld_t, t_pad * ld_t
+    if not backward:
+        return t_pad, 2 * seqs * (2 * row + tr_d)
+    return t_pad, seqs * (2 * (4 * row + tr_d + 2 * tr_t) + 2 * 4 * t_pad)
 
 
 def attention_launches(pass_: str, D: int, S: int, dtype: str, dev: Dict, arch_major: int) -> List[Dict]:
@@ -369,9 +377,14 @@ def attention_launches(pass_: str, D: int, S: int, dtype: str, dev: Dict, arch_m
     backward = pass_.endswith("bwd")
     r = {32: 0, 64: 1, 128: 2}[D]
     mma = arch_major >= 8
+    if temporal and mma and S <= 64:  # temporal_tc_serves: whole sequences per CTA
+        t_pad, smem = temporal_tc_smem(S, D, backward)
+        if smem <= dev["smem_per_block"]:
+            kname = "temporal_bwd_tc_kernel" if backward else "temporal_fwd_tc_kernel"
+            return [(f"{kname}<{dtype}, {D}, {t_pad}>", 128, smem)]
     ks = []
     if not backward:
-        if not temporal and mma:
+        if mma:
             ks.append((f"attention_fwd_mma_kernel<{dtype}, {D}>", 128, 0))
         elif not temporal:
             w = (8, (4, 2, 2)[r])  # launch_forward_fma<scalar_t, 8, 4, 2, 2>
@@ -379,10 +392,8 @@ def attention_launches(pass_: str, D: int, S: int, dtype: str, dev: Dict, arch_m
         else:
             ks.append((f"attention_fwd_kernel<{dtype}, {D}, 4, 4>", 128, 0))
         return ks
-    if temporal and S <= 64 and fused_bwd_smem(S, D) <= dev["smem_per_block"]:
-        return [(f"attention_bwd_fused_kernel<{dtype}, {D}>", 256, fused_bwd_smem(S, D))]
     ks.append((f"attention_bwd_delta_kernel<{dtype}, {D}>", 256, 0))
-    if not temporal and mma:
+    if mma:
         n = mma_block_n(D)
         ld_row, ld_t = D + MMA_PAD, n + MMA_PAD
         dq = 2 * (2 * MMA_BLOCK_M * ld_row + 2 * n * ld_row + D * ld_t)
@@ -397,7 +408,7 @@ def attention_launches(pass_: str, D: int, S: int, dtype: str, dev: Dict, arch_m
 
 
 ATTN_SHAPES = [  # (B, T, P, H, D)
-    (2, 16, 256, 16, 64), (2, 16, 1024, 16, 128), (8, 16, 1024, 16, 64), (4, 32, 1024, 16, 128),
+    (8, 8, 1024, 16, 64), (2, 16, 256, 16, 64), (2, 16, 1024, 16, 128), (8, 16, 1024, 16, 64), (4, 32, 1024, 16, 128),
     (2, 64, 256, 16, 128), (8, 64, 1024, 16, 128)]
 
 
