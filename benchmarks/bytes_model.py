@@ -75,3 +75,24 @@ def attention_cost(B: int, T: int, P: int, H: int, D: int, temporal: bool, causa
     else:
         nbytes = 3 * tensor + tensor + rows * 4
     return dict(flops=flops, bytes=nbytes, intensity=flops / nbytes)
+
+
+# Datasheet HBM bandwidth (TB/s) by device name, for "% of HBM" in the timed benchmarks. Checked
+# in order, so the specific names (PCIe, NVL) come before the family's SXM figure.
+DATASHEET_HBM_TBPS = (
+    ("H200", 4.8),
+    ("H100 PCIe", 2.0),
+    ("H100 NVL", 3.9),
+    ("H100", 3.35),  # SXM5 / "H100 80GB HBM3"
+    ("A100-SXM4-40GB", 1.555),
+    ("A100-PCIE-40GB", 1.555),
+    ("A100", 2.039),  # 80 GB SXM4
+)
+
+
+def datasheet_hbm_tbps(device_name: str):
+    """The datasheet HBM bandwidth of a GPU named like torch.cuda.get_device_name(), or None."""
+    for key, tbps in DATASHEET_HBM_TBPS:
+        if key.lower() in device_name.lower():
+            return tbps
+    return None

@@ -411,8 +411,56 @@ def test_dispatch_table_lookup_nearest_sequence_length():
     assert dispatch.lookup(entries, "temporal", "bfloat16", 64, 256, False) is None
 
 
+def test_dispatch_table_temporal_entries_by_causality():
+    """Temporal entries carry "causal"; one without it (an older table) is non-causal, and a
+    spatial query is never causal."""
+    entries = dispatch.parse_table(_table([
+        dict(_entry("fused", 16, mode="temporal"), causal=True),
+        dict(_entry("reference", 64, mode="temporal"), causal=True),
+        _entry("reference", 16, mode="temporal"),  # no "causal": non-causal
+        dict(_entry("fused", 64, mode="temporal"), causal=False),
+        _entry("fused", 256)]))
+    look = lambda t, causal, mode="temporal": dispatch.lookup(  # noqa: E731
+        entries, mode, "bfloat16", 64, t, False, causal=causal)
+    assert [look(t, True) for t in (8, 16, 24, 32, 64)] == ["fused", "fused", "fused", "reference",
+                                                             "reference"]
+    assert [look(t, False) for t in (8, 16, 32, 64)] == ["reference", "reference", "fused", "fused"]
+    assert look(256, False, "spatial") == "fused"
+    assert dispatch.lookup(entries, "temporal", "bfloat16", 64, 16, True) is None  # RoPE: no entry
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_auto_dispatch_temporal_follows_the_table_per_causality(monkeypatch, table_file, causal):
+    """temporal_attention(impl="auto") passes its causality to the lookup: the table's entry
+    for it runs, and the default (the reference) where the table has none."""
+    monkeypatch.setattr(attn, "has_kernel", lambda op, device_type: True)
+    table_file.write_text(json.dumps(_table([dict(_entry("fused", 4, mode="temporal", head_dim=32),
+                                                  causal=True)])))
+    asked = []
+    real = attn._choose_impl
+    def impl_for(q, impl, mode, rope, causal=False):  # as the real one, the dispatch seeing "cuda"
+        asked.append(causal)
+        return real(impl, mode, "cuda", q.dtype, q.shape[-1], seq_len=q.shape[ref.seq_axis(mode)],
+                    rope=rope is not None, capability=(9, 0), causal=causal)
+
+    monkeypatch.setattr(attn, "_impl_for", impl_for)
+    calls = []
+    real_ref = ref.temporal_attention
+    monkeypatch.setattr(ref, "temporal_attention",
+                        lambda *a, **kw: calls.append("reference") or real_ref(*a, **kw))
+    q, k, v = _inputs((1, 4, 3, 2, 32), torch.bfloat16, seed=17)
+    out = attn.temporal_attention(q, k, v, causal=causal)
+    assert asked == [causal]
+    assert calls == ([] if causal else ["reference"])
+    want = attn.temporal_attention(q, k, v, causal=causal, impl="fused" if causal else "reference")
+    torch.testing.assert_close(out, want, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("bad,match", [
     ({"format": "other"}, "not a gfcore.attention_dispatch/1 table"),
+    (_table([dict(_entry("fused", 16, mode="temporal"), causal="yes")]),
+     "causal must be true or false"),
+    (_table([dict(_entry("fused", 16), causal=True)]), "the spatial pass is never causal"),
     (_table([_entry("triton", 64)]), "impl must be one of"),
     (_table([_entry("sdpa", 0)]), "seq_len must be a positive integer"),
     (_table([_entry("sdpa", 64, mode="both")]), "mode must be"),
@@ -509,14 +557,17 @@ def test_auto_dispatch_end_to_end_as_on_cuda(monkeypatch, table_file, table_says
     temporal pass; else the table's choice), and the warning when the table's kernel cannot
     run for the head dim."""
     monkeypatch.setattr(attn, "has_kernel", lambda op, device_type: True)
-    monkeypatch.setattr(attn, "_impl_for", lambda q, impl, mode, rope: attn._choose_impl(
-        impl, mode, "cuda", q.dtype, q.shape[-1], seq_len=q.shape[ref.seq_axis(mode)],
-        rope=rope is not None, capability=(9, 0)))  # one frame, as the real one
+    monkeypatch.setattr(attn, "_impl_for", lambda q, impl, mode, rope, causal=False:
+                        attn._choose_impl(impl, mode, "cuda", q.dtype, q.shape[-1],
+                                          seq_len=q.shape[ref.seq_axis(mode)],
+                                          rope=rope is not None, capability=(9, 0),
+                                          causal=causal))  # one frame, as the real one
     monkeypatch.setattr(extension, "_warned", set())
     if table_says is not None:
-        table_file.write_text(json.dumps(_table([
-            _entry(table_says, 16, mode=m, dtype="bfloat16", head_dim=d)
-            for m in ("spatial", "temporal") for d in (32, 48)])))
+        table_file.write_text(json.dumps(_table([  # temporal entries for both causalities
+            dict(_entry(table_says, 16, mode=m, dtype="bfloat16", head_dim=d), causal=c)
+            for m, causals in (("spatial", (False,)), ("temporal", (False, True)))
+            for c in causals for d in (32, 48)])))
     calls = []
     for name in ("spatial_attention", "temporal_attention"):
         real = getattr(ref, name)

@@ -209,9 +209,10 @@ def test_auto_dispatch_and_fallbacks(monkeypatch, tmp_path, table_says):
     monkeypatch.setenv("GFCORE_ATTENTION_TABLE", str(path))
     dispatch.load_table.cache_clear()
     if table_says is not None:
-        path.write_text(json.dumps({"format": dispatch.FORMAT, "entries": [
-            dict(mode=m, dtype="bfloat16", head_dim=d, seq_len=9, rope=False, impl=table_says)
-            for m in ("spatial", "temporal") for d in (48, 64)]}))
+        path.write_text(json.dumps({"format": dispatch.FORMAT, "entries": [  # temporal: both causalities
+            dict(mode=m, dtype="bfloat16", head_dim=d, seq_len=9, rope=False, causal=c, impl=table_says)
+            for m, causals in (("spatial", (False,)), ("temporal", (False, True)))
+            for c in causals for d in (48, 64)]}))
     try:
         q, k, v = _inputs((1, 4, 9, 2, 48), torch.bfloat16, 15, packed=False)
         with warnings.catch_warnings(record=True) as caught:
@@ -237,7 +238,7 @@ def test_auto_dispatch_and_fallbacks(monkeypatch, tmp_path, table_says):
         q16, k16, v16 = (x.bfloat16() for x in (q32, k32, v32))
         for mode in ("spatial", "temporal"):
             want_impl = table_says or ("sdpa" if mode == "spatial" else "reference")
-            assert attn._impl_for(q16, "auto", mode, None) == want_impl
+            assert attn._impl_for(q16, "auto", mode, None, causal=mode == "temporal") == want_impl
             torch.testing.assert_close(_run("auto", mode, True, q16, k16, v16, None),
                                        _run(want_impl, mode, True, q16, k16, v16, None),
                                        atol=0, rtol=0)

@@ -13,7 +13,8 @@ a packed qkv [B, T, P, 3, H, D]); o is [B, T, P, H, D] contiguous. impl picks th
   "fused":     the gfcore::*_attention_fwd/bwd ops (CUDA kernels in csrc/attention; on CPU the
                explicit-math kernels of attention_math.py, registered here);
   "auto":      on CUDA, the implementation that the measured dispatch table names for the
-               shape (attention_dispatch.py), else the default: "sdpa" for the spatial pass,
+               shape (attention_dispatch.py; the temporal pass per T, head dim and causality:
+               "fused" or "reference"), else the default: "sdpa" for the spatial pass,
                "reference" for the temporal pass. No GPU has measured a table yet, so today
                "auto" takes the default. A table entry naming "fused" where the build has no
                kernel, or the dtype / head dim has none, falls back to the default with a
@@ -244,14 +245,16 @@ def _device_capability(q: torch.Tensor):
     return torch.cuda.get_device_capability(q.device) if q.device.type == "cuda" else (0, 0)
 
 
-def _impl_for(q: torch.Tensor, impl: str, mode: str, rope) -> str:
+def _impl_for(q: torch.Tensor, impl: str, mode: str, rope, causal: bool = False) -> str:
     seq_len = q.shape[attention_reference.seq_axis(mode)]
     return _choose_impl(impl, mode, q.device.type, q.dtype, q.shape[-1], seq_len=seq_len,
-                        rope=rope is not None, capability=_device_capability(q))
+                        rope=rope is not None, capability=_device_capability(q),
+                        causal=causal)
 
 
 def _choose_impl(impl: str, mode: str, device_type: str, dtype: torch.dtype, head_dim: int,
-                 seq_len: int = 0, rope: bool = False, capability=(0, 0)) -> str:
+                 seq_len: int = 0, rope: bool = False, capability=(0, 0),
+                 causal: bool = False) -> str:
     """"fused" (gfcore::<mode>_attention_fwd), "sdpa" (views) or "reference".
 
     Takes the tensor's properties rather than the tensor so that the CUDA branch can be
@@ -275,7 +278,7 @@ def _choose_impl(impl: str, mode: str, device_type: str, dtype: torch.dtype, hea
         return "fused"
     dtype_name = str(dtype).replace("torch.", "")
     choice, _why = attention_dispatch.choose(mode, dtype_name, head_dim, seq_len, rope,
-                                             tuple(capability))
+                                             tuple(capability), causal)
     # (Under torch.compile the table lookup is a trace-time constant; this fallback's warning
     # is a graph break, for a table that does not fit the build.)
     if choice == "fused" and not (compiled and supported):
@@ -369,7 +372,7 @@ def temporal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal
     """
     check_attention_inputs(q, k, v, rope, "temporal")
     scale = _default_scale(q, scale)
-    if _impl_for(q, impl, "temporal", rope) == "fused":
+    if _impl_for(q, impl, "temporal", rope, causal=bool(causal)) == "fused":
         cos, sin = _op_rope(rope, q)
         return torch.ops.gfcore.temporal_attention_fwd(q, k, v, cos, sin, scale, bool(causal))[0]
     # "sdpa" and "reference": the reference (SDPA after a rearrange of the sequences).

@@ -10,17 +10,24 @@ on a GPU (benchmarks/results/attention_dispatch_sm<major><minor>.json):
       "entries": [
         {"mode": "spatial", "dtype": "bfloat16", "head_dim": 64, "seq_len": 256,
          "rope": true, "impl": "fused", "median_ms": {"sdpa": 0.41, "fused": 0.33}},
+        {"mode": "temporal", "dtype": "bfloat16", "head_dim": 64, "seq_len": 16,
+         "rope": false, "causal": true, "impl": "fused",
+         "median_ms": {"reference": 1.9, "fused": 0.6}},
         ...
       ]
     }
 
 Each entry names the fastest implementation that passed the correctness check at one shape
-(mode, dtype, head dim, sequence length, with or without RoPE); median_ms is informational.
-A query takes the entries of its mode, dtype, head dim and RoPE setting and uses the one
-whose sequence length is nearest on a log scale. No table for the device's compute
-capability, or no matching entry: the default, DEFAULT_IMPL (SDPA on zero-copy views for the
-spatial pass; the reference for the temporal pass, whose sequences cannot be viewed without a
-copy). No GPU has measured a table yet, so today "auto" always takes the default on CUDA.
+(mode, dtype, head dim, sequence length, with or without RoPE, and for the temporal pass
+causal or not); median_ms is informational. The spatial pass chooses between "fused" and
+"sdpa" (zero-copy views), the temporal pass between "fused" and "reference" ("sdpa" there
+runs the reference too). "causal" is optional and false when absent (tables written before
+it existed; spatial entries), and a spatial query is never causal. A query takes the entries
+of its mode, dtype, head dim, RoPE setting and causality and uses the one whose sequence
+length is nearest on a log scale. No table for the device's compute capability, or no
+matching entry: the default, DEFAULT_IMPL (SDPA on zero-copy views for the spatial pass; the
+reference for the temporal pass, whose sequences cannot be viewed without a copy). No GPU has
+measured a table yet, so today "auto" always takes the default on CUDA.
 
 GFCORE_ATTENTION_TABLE=<path> overrides the table file (an empty value: no table).
 """
@@ -75,6 +82,10 @@ def parse_table(data: Dict, source: str = "<table>") -> List[Dict]:
                 raise DispatchTableError(f"{where}: {key} must be a positive integer, got {e.get(key)!r}")
         if not isinstance(e.get("rope"), bool):
             raise DispatchTableError(f"{where}: rope must be true or false, got {e.get('rope')!r}")
+        if not isinstance(e.get("causal", False), bool):
+            raise DispatchTableError(f"{where}: causal must be true or false, got {e.get('causal')!r}")
+        if e["mode"] == "spatial" and e.get("causal", False):
+            raise DispatchTableError(f"{where}: the spatial pass is never causal")
         out.append(e)
     return out
 
@@ -89,11 +100,13 @@ def load_table(path: Optional[str]) -> Tuple[Dict, ...]:
     return tuple(parse_table(data, str(path)))
 
 
-def lookup(entries, mode: str, dtype_name: str, head_dim: int, seq_len: int, rope: bool) -> Optional[str]:
+def lookup(entries, mode: str, dtype_name: str, head_dim: int, seq_len: int, rope: bool,
+           causal: bool = False) -> Optional[str]:
     """The impl of the matching entry with the nearest sequence length (log scale), or None."""
     best, best_dist = None, None
+    want = (mode, dtype_name, head_dim, rope, causal)
     for e in entries:
-        if (e["mode"], e["dtype"], e["head_dim"], e["rope"]) != (mode, dtype_name, head_dim, rope):
+        if (e["mode"], e["dtype"], e["head_dim"], e["rope"], e.get("causal", False)) != want:
             continue
         dist = abs(math.log(e["seq_len"]) - math.log(max(seq_len, 1)))
         if best_dist is None or dist < best_dist:
@@ -104,11 +117,11 @@ def lookup(entries, mode: str, dtype_name: str, head_dim: int, seq_len: int, rop
 # Under torch.compile the choice is made once at trace time (the file is not traced).
 @torch.compiler.assume_constant_result
 def choose(mode: str, dtype_name: str, head_dim: int, seq_len: int, rope: bool,
-           capability: Tuple[int, int]) -> Tuple[str, str]:
+           capability: Tuple[int, int], causal: bool = False) -> Tuple[str, str]:
     """(impl, why) for impl="auto" on a CUDA device of the given compute capability."""
     path = table_path(capability)
     entries = load_table(str(path) if path is not None else None)
-    impl = lookup(entries, mode, dtype_name, head_dim, seq_len, rope)
+    impl = lookup(entries, mode, dtype_name, head_dim, seq_len, rope, causal and mode == "temporal")
     if impl is None:
         return DEFAULT_IMPL[mode], "default (no measured entry)"
     return impl, f"table {path}"
