@@ -450,7 +450,7 @@ def attention_roofline() -> List[Dict]:
             for name, dev in ROOFLINE_DEVICES.items():
                 major = int(dev["arch"].split("_")[1]) // 10
                 kernels = attention_launches(pass_, D, T if temporal else P, "bf16", dev, major)
-                tensor_cores = any("mma" in k[0] for k in kernels)
+                tensor_cores = any("mma" in k[0] or "_tc_kernel" in k[0] for k in kernels)
                 peak = dev["bf16_dense_TFLOPs"] if tensor_cores else dev["fp32_simt_TFLOPs"]
                 memory_bound = c["bytes"] / (dev["hbm_TBps"] * 1e12) > c["flops"] / (peak * 1e12)
                 row[f"{name}_roof"] = ("TC" if tensor_cores else "FMA") + ("/mem" if memory_bound else "/compute")

@@ -207,8 +207,9 @@ def main():
         # Rerun of some mutations: replace their rows in the existing table.
         old = open(args.out).read().splitlines()
         new_rows = {r[0]: f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} |" for r in rows}
-        lines = [new_rows.get(l.split("|")[1].strip(), l) if l.startswith("| ") and not l.startswith("| id") else l
+        lines = [new_rows.pop(l.split("|")[1].strip(), l) if l.startswith("| ") and not l.startswith("| id") else l
                  for l in old]
+        lines += list(new_rows.values())  # mutations new to the table go at its end
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
