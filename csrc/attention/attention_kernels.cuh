@@ -48,8 +48,8 @@ struct Sequence {
   int64_t b, other, h;
 };
 
-__device__ inline Sequence sequence_of_block(const Problem& pb) {
-  int64_t idx = blockIdx.x;
+// The sequence of flat index idx (h fastest).
+__device__ inline Sequence sequence_at(int64_t idx, const Problem& pb) {
   Sequence s;
   s.h = idx % pb.heads;
   idx /= pb.heads;
@@ -57,6 +57,8 @@ __device__ inline Sequence sequence_of_block(const Problem& pb) {
   s.b = idx / pb.n_other;
   return s;
 }
+
+__device__ inline Sequence sequence_of_block(const Problem& pb) { return sequence_at(blockIdx.x, pb); }
 
 __device__ inline int64_t sequence_offset(const Layout& l, const Sequence& s) {
   return s.b * l.b + s.other * l.other + s.h * l.h;

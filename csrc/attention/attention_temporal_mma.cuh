@@ -57,16 +57,6 @@ struct TemporalTiles {
   static_assert(2 * kTrD <= 2 * kRow + kTrD, "q^T and dO^T fit over k, v and k^T");
 };
 
-// The sequence (b, other, h) of flat index idx, h fastest (as sequence_of_block).
-__device__ inline Sequence sequence_at(int64_t idx, const Problem& pb) {
-  Sequence s;
-  s.h = idx % pb.heads;
-  idx /= pb.heads;
-  s.other = idx % pb.n_other;
-  s.b = idx / pb.n_other;
-  return s;
-}
-
 // Eight consecutive values of a row as floats: one 16-byte load when the view allows it.
 template <typename scalar_t>
 __device__ inline void load8(float (&x)[8], const scalar_t* p, bool vec16) {
