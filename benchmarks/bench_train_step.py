@@ -79,12 +79,27 @@ def vggt_config(feature_dim: int) -> dict:
 
 
 def step_flops(module, batch, noise, features) -> float:
-    """FLOPs of one eager forward + backward of `module` (torch.utils.flop_counter), gradients dropped."""
+    """FLOPs of one eager forward + backward of `module` (torch.utils.flop_counter), gradients dropped.
+
+    The count runs the attention through gfcore's reference implementation with SDPA's math
+    backend (plain matmuls: gfcore's fused kernels and the CPU flash kernel are invisible to
+    the counter), then restores each impl."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
+    from gfcore.nn.attention import FactorizedAttention
+
+    attention = [m for m in module.modules() if isinstance(m, FactorizedAttention)]
+    impls = [m.impl for m in attention]
+    for m in attention:
+        m.impl = "reference"
     counter = FlopCounterMode(display=False)
-    with counter:
-        module(batch, noise, features)["loss"].backward()
+    try:
+        with counter, sdpa_kernel(SDPBackend.MATH):
+            module(batch, noise, features)["loss"].backward()
+    finally:
+        for m, impl in zip(attention, impls):
+            m.impl = impl
     module.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
 

@@ -62,3 +62,27 @@ def test_vggt_config_widths():
         assert "--teacher-dim" in str(exc)
     else:
         raise AssertionError("vggt_config(1024) should raise")
+
+
+def test_step_flops_counts_the_attention_and_restores_its_impl():
+    from gfcore.nn.attention import FactorizedAttention
+
+    class Attn(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = FactorizedAttention(16, 2, qk_norm=False, impl="fused")
+
+        def forward(self, batch, noise, features):
+            return {"loss": self.attn(batch, mode="spatial").sum()}
+
+    module = Attn()
+    B, T, P, D = 1, 2, 5, 16
+    counted = step_flops(module, torch.randn(B, T, P, D), None, None)
+    assert module.attn.impl == "fused"
+    tokens = B * T * P
+    # linear layers: forward (qkv + proj), their weight gradients (as much), and the gradient into
+    # proj's input (x needs none, so qkv's input gradient is not computed)
+    linear = 2 * (2 * tokens * (D * 3 * D + D * D)) + 2 * tokens * D * D
+    bmm = 2 * (B * T) * P * P * D  # one of q k^T or probs @ v, all heads
+    # attention: 2 products forward, 4 backward (grads of q, k, probs and v)
+    assert counted == linear + 6 * bmm
