@@ -251,14 +251,15 @@ def interleaved(args, device: torch.device, folder: str) -> list:
     for run in runs:  # warm-up (the first step was taken in prepare())
         for _ in range(args.warmup):
             run["full_step"]()
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     samples = [[] for _ in runs]
     for round_ in range(args.reps):
         for run, times in zip(runs, samples):
             sync(device)
-            t0 = time.perf_counter()
+            t0 = clock()
             run["full_step"]()
             sync(device)
-            times.append((time.perf_counter() - t0) * 1e3)
+            times.append((clock() - t0) * 1e3)
         print(f"round {round_ + 1}/{args.reps}: " + ", ".join(f"{t[-1]:.0f}" for t in samples) + " ms", flush=True)
     rows = []
     for i, run in enumerate(runs):
@@ -297,6 +298,10 @@ def main() -> None:
     parser.add_argument("--min-time-ms", type=float, default=500.0)
     parser.add_argument("--phase-reps", type=int, default=None, help="steps of the phase split (default: --reps)")
     parser.add_argument("--warmup", type=int, default=2, help="--interleave: untimed steps per run after the first")
+    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                        help="--interleave on the CPU: wall time, or the timing thread's CPU time (time.thread_time: "
+                             "the time the step ran on a core, not the time other processes held it; for a "
+                             "shared machine, with one torch thread)")
     parser.add_argument("--interleave", action="store_true",
                         help="build every run first, then time --reps rounds of one step per run in turn "
                              "(for a machine whose load changes; adds paired_vs_baseline)")
@@ -310,6 +315,8 @@ def main() -> None:
     args.teacher_dim = args.teacher_dim or width
     if args.teacher_image_size is None:
         args.teacher_image_size = 112 if device.type == "cpu" else (224 if "dinov2" in " ".join(args.teachers) else 518)
+    if args.clock == "cpu" and (device.type != "cpu" or not args.interleave or torch.get_num_threads() != 1):
+        parser.error("--clock cpu needs --device cpu, --interleave and one torch thread (OMP_NUM_THREADS=1)")
     load_start = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -339,7 +346,9 @@ def main() -> None:
               f"{args.resolution} px, batch {args.batch} x {args.frames} frames, {args.precision}; alignment projector "
               f"{args.projector_dim}, head {args.head_dim}, teacher features {args.teacher_dim}. first_step_s: the "
               f"first step alone (compilation with compile), not in step_ms. flops_vs_baseline: counted FLOPs "
-              f"(torch.utils.flop_counter, one eager step) over the baseline's.")
+              f"(torch.utils.flop_counter, one eager step) over the baseline's. Clock: {args.clock}"
+              + (" (step_ms, p20/p80 and paired ratios in thread CPU time; the phase split and first_step_s in wall "
+                 "time)" if args.clock == "cpu" else "") + ".")
     payload = {"env": environment(device), "config": vars(args), "rows": rows,
                "load_average_start_end": [load_start, load_end],
                "note": "step_ms: median of full steps (p20/p80 alongside); phase columns: separately synchronised "
