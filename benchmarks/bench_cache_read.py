@@ -2,7 +2,10 @@
 
 Before/after of the cached teacher path (TeacherTargets with a FeatureCache), interleaved in one process.
 before: the previous code (np.load per clip per step, np.array copy, .float() per clip, torch.stack);
-after: TeacherTargets as committed (memmap opened once, one float16 -> float32 copy into the batch)."""
+after: TeacherTargets as committed (memmap opened once, one float16 -> float32 copy into the batch).
+One torch thread; times are the thread's CPU time (time.thread_time: robust to other processes on a
+shared machine; page faults of fresh buffers count, as system time). Both paths give identical
+targets (asserted). Writes benchmarks/results/cache_read_cpu.md."""
 import json, os, sys, tempfile, time
 import numpy as np, torch
 from gfcore.train.teachers import TeacherTargets
@@ -25,7 +28,8 @@ def before(folder, batch):
     return feats[:, :, :, 0]
 
 reps = int(sys.argv[1]) if len(sys.argv) > 1 else 15
-print(f"load average at start {os.getloadavg()}")
+lines = ["# Cached teacher path: before / after (CPU, thread CPU time)", "", f"load average at start {os.getloadavg()}", ""]
+print(lines[-2])
 for name, (B, T, grid, D) in {"bench tiny: 8 clips x 8 frames, 8x8 grid, D 768": (8, 8, (8, 8), 768),
                               "bench dit_b: 1 clip x 4 frames, 4x4 grid, D 2048": (1, 4, (4, 4), 2048),
                               "paper-like: 8 clips x 16 frames, 32x32 grid, D 2048 (per step 1 GiB fp32)": (8, 16, (32, 32), 2048)}.items():
@@ -38,7 +42,11 @@ for name, (B, T, grid, D) in {"bench tiny: 8 clips x 8 frames, 8x8 grid, D 768":
         times = {"before": [], "after": []}
         for r in range(reps if B * T * grid[0] * grid[1] * D < 1e8 else 5):
             for label, fn in (("before", lambda: before(f, batch)), ("after", lambda: tt(batch))):
-                t0 = time.perf_counter(); fn(); times[label].append((time.perf_counter() - t0) * 1e3)
+                t0 = time.thread_time(); fn(); times[label].append((time.thread_time() - t0) * 1e3)
         b, a = np.median(times["before"]), np.median(times["after"])
-        print(f"{name}: before {b:.3f} ms, after {a:.3f} ms (median of {len(times['after'])} interleaved; ratio {b / a:.2f})")
-print(f"load average at end {os.getloadavg()}")
+        lines.append(f"- {name}: before {b:.3f} ms, after {a:.3f} ms (median of {len(times['after'])} interleaved; "
+                     f"ratio {b / a:.2f})")
+        print(lines[-1], flush=True)
+from benchmarks.common import RESULTS_DIR, git_commit
+lines += ["", f"load average at end {os.getloadavg()}; commit {git_commit()}; `python -m benchmarks.bench_cache_read {reps}`"]
+(RESULTS_DIR / "cache_read_cpu.md").write_text("\n".join(lines) + "\n")
