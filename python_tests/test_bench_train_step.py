@@ -1,12 +1,16 @@
 """benchmarks.bench_train_step's FLOP count and teacher presets, against hand computations."""
-import argparse
+import sys
+from pathlib import Path
 
 import torch
 
-from benchmarks.bench_train_step import _synthetic_batch, step_flops, vggt_config
-from gfcore.train import load_config
-from gfcore.train.objective import draw_noise
-from gfcore.train.trainer import TrainModule, build_training
+# `benchmarks` is not installed: reach it in the checkout, appended (not prepended) to sys.path so
+# that gfcore stays the installed package, as `make test-python` runs it.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+from benchmarks.bench_train_step import _synthetic_batch, step_flops, vggt_config  # noqa: E402
+from gfcore.train import load_config  # noqa: E402
+from gfcore.train.objective import draw_noise  # noqa: E402
+from gfcore.train.trainer import TrainModule, build_training  # noqa: E402
 
 
 class _Linear(torch.nn.Module):
