@@ -70,7 +70,7 @@ def _counting_worker(rank: int, world_size: int, port: int, overrides: list, fol
         handle.write(str(counters["stats"]["unique_graphs"]))
 
 
-@pytest.mark.parametrize("strategy", ["ddp"])
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_gloo_ranks_with_compile_match_one_eager_process(tmp_path, tiny_data_root, strategy):  # noqa: F811
     """train.compile under DDP (2 gloo ranks; the model compiled after wrapping, so dynamo's
     DDPOptimizer splits the graph at the gradient buckets) against one eager process on the same
