@@ -30,6 +30,7 @@ benchmarks/results/bench_train_step_<device>_<model>[_<tag>].json and .md.
 """
 import argparse
 import os
+import sys
 import tempfile
 import time
 from contextlib import nullcontext
@@ -341,6 +342,7 @@ def main() -> None:
                "teacher_ms", "teacher_share", "forward_ms", "backward_ms", "optimizer_ms", "peak_mem_mb",
                "first_step_s", "gflop_per_step", "counted_gflop_per_step", "achieved_tflops", "mfu"]
     table = markdown_table(rows, columns)
+    table += "\n\nCommand: `python -m benchmarks.bench_train_step " + " ".join(sys.argv[1:]) + "`"
     table += (f"\n\nLoad average (1, 5, 15 min): {load_start} at the start, {load_end} at the end "
               f"({os.cpu_count()} CPUs). Online teacher input: {args.teacher_image_size} px. Model {args.model}, "
               f"{args.resolution} px, batch {args.batch} x {args.frames} frames, {args.precision}; alignment projector "
