@@ -109,3 +109,49 @@ def test_command_line_on_mp4_folder(tmp_path, teacher):
     assert frames.shape == (3, 3, 48, 64) and frames.dtype == torch.uint8
     expected = teacher(frames[None].float() / 255, grid=(2, 3))[0]
     np.testing.assert_allclose(cache["sub/clip"].astype(np.float32), expected.numpy(), rtol=2e-3, atol=2e-3)
+
+
+def _random_cache(root, clips, layers=2, grid=(2, 3), dim=5):
+    """A cache index + float16 files written by hand (no teacher): {key: frames}."""
+    (root / "features").mkdir(parents=True)
+    entries, arrays = {}, {}
+    rng = np.random.default_rng(0)
+    for n, (key, frames) in enumerate(clips.items()):
+        arrays[key] = rng.standard_normal((frames, layers, *grid, dim)).astype(np.float16)
+        np.save(root / "features" / f"c{n}.npy", arrays[key])
+        entries[key] = {"file": f"features/c{n}.npy", "frames": frames}
+    (root / "index.json").write_text(json.dumps({"version": 1, "teacher": "vggt", "layers": list(range(layers)),
+                                                 "grid": list(grid), "feature_dim": dim, "dtype": "float16",
+                                                 "clips": entries}))
+    return arrays
+
+
+def test_cache_reads_open_each_file_once_and_match_the_files(tmp_path, monkeypatch):
+    from gfcore.train.teachers import TeacherTargets
+
+    arrays = _random_cache(tmp_path, {"a": 6, "b": 4})
+    opened = []
+    original = np.load
+    monkeypatch.setattr(np, "load", lambda *a, **k: opened.append(a[0]) or original(*a, **k))
+    targets = TeacherTargets((2, 3), cache=str(tmp_path))
+    batch = {"frames": torch.zeros(2, 3, 3, 4, 4), "key": ["a", "b"],
+             "frame_indices": [torch.tensor([5, 0, 5]), torch.tensor([1, 2, 3])]}  # out of order, repeated
+    for _ in range(3):
+        got = targets(batch)
+        # independent: the files as numpy reads them, frames picked, [B, T, P, L, D] in float32
+        expected = np.stack([arrays["a"][[5, 0, 5]], arrays["b"][[1, 2, 3]]]).astype(np.float32)
+        expected = torch.from_numpy(expected).permute(0, 1, 3, 4, 2, 5).flatten(2, 3)
+        assert got.dtype == torch.float32 and torch.equal(got, expected)
+    assert len(opened) == 2  # one open per clip file, not one per step
+    # features(): float16, the selected frames, a writable copy that does not alias the file
+    part = targets.cache.features("a", slice(1, 3))
+    assert part.dtype == torch.float16 and torch.equal(part, torch.from_numpy(arrays["a"][1:3]))
+    part.zero_()
+    assert torch.equal(targets.cache.features("a", [1, 2]), torch.from_numpy(arrays["a"][1:3]))
+    out = torch.empty(2, 2, 2, 3, 5, dtype=torch.float64)
+    targets.cache.read_into("b", [3, 0], out)
+    assert torch.equal(out, torch.from_numpy(arrays["b"][[3, 0]]).double())
+    with pytest.raises(ValueError, match="out is"):
+        targets.cache.read_into("b", [3], out)
+    with pytest.raises(ValueError, match="same number of frames"):
+        targets({**batch, "frame_indices": [torch.tensor([0, 1]), torch.tensor([1, 2, 3])]})

@@ -51,3 +51,49 @@ def test_two_gloo_ranks_with_checkpointing_samples_and_tensorboard(tmp_path, tin
         torch.testing.assert_close(b[key], a[key], atol=2e-6, rtol=1e-5, msg=lambda m: f"{key}: {m}")
     assert os.listdir(os.path.join(double, "samples")) == ["step_00000002.gif"]
     assert len(os.listdir(os.path.join(double, "tensorboard"))) == 1  # one writer: rank 0's
+
+
+def _metric_records(out):
+    import json
+
+    with open(os.path.join(out, "log.jsonl")) as handle:
+        return [r for r in (json.loads(line) for line in handle) if "event" not in r]
+
+
+def _counting_worker(rank: int, world_size: int, port: int, overrides: list, folder: str) -> None:
+    """ddp_worker, then the number of graphs dynamo compiled in this rank, in folder/graphs_<rank>."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    ddp_worker(rank, world_size, port, overrides)
+    with open(os.path.join(folder, f"graphs_{rank}"), "w") as handle:
+        handle.write(str(counters["stats"]["unique_graphs"]))
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_gloo_ranks_with_compile_match_one_eager_process(tmp_path, tiny_data_root, strategy):  # noqa: F811
+    """train.compile under DDP (2 gloo ranks; the model compiled after wrapping, so dynamo's
+    DDPOptimizer splits the graph at the gradient buckets) against one eager process on the same
+    global batch: each step's logged loss terms within rel 1e-4 (inductor reorders float
+    arithmetic, as in test_train_speed_switches) and the final weights within atol 1e-5 / rtol 1e-3."""
+    base = ["teacher=pointmap", "train.steps=3", "train.ckpt_every=3", "train.batch_size=4", "train.log_every=1"]
+    single = str(tmp_path / "single")
+    torch._dynamo.reset()
+    train(load_config(tiny_overrides(tiny_data_root, single, *base)))
+    double = str(tmp_path / "ddp")
+    mp.spawn(_counting_worker, args=(2, free_port(), tiny_overrides(tiny_data_root, double, *base,
+                                                                   f"train.strategy={strategy}", "train.compile=true"),
+                                     str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):  # the model really was compiled in both ranks
+        with open(tmp_path / f"graphs_{rank}") as handle:
+            assert int(handle.read()) > 0
+    eager, compiled = _metric_records(single), _metric_records(double)
+    assert [r["step"] for r in eager] == [r["step"] for r in compiled] and len(eager) == 3
+    for a, b in zip(eager, compiled):
+        for key in ("loss", "diffusion", "angular", "scale", "cosine", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
+    a = torch.load(os.path.join(single, "final.pt"), weights_only=False)["model"]
+    b = torch.load(os.path.join(double, "final.pt"), weights_only=False)["model"]
+    assert a.keys() == b.keys()  # compile kept the parameter names (no _orig_mod., no module.)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-3, msg=lambda m: f"{key}: {m}")

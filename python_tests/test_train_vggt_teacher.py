@@ -69,3 +69,33 @@ def test_live_vggt_teacher_from_a_checkpoint(tmp_path):
     expected = reference((frames + 1) / 2, grid=(2, 3))[:, :, 0].reshape(2, 3, 6, -1)
     assert feats.shape == (2, 3, 6, teacher.feature_dim)
     torch.testing.assert_close(feats, expected)
+
+
+def test_cached_targets_are_read_on_the_prefetch_threads_with_the_same_values(tmp_path, cache_dir, tiny_data_root,  # noqa: F811
+                                                                             monkeypatch):
+    """With prefetching, the feature cache is read ahead on the batch threads (not in the step);
+    losses and weights are bit-identical to a run that reads it in the step."""
+    import json
+    import threading
+
+    from gfcore.train.teachers import TeacherTargets
+
+    threads = []
+    original = TeacherTargets.forward
+    monkeypatch.setattr(TeacherTargets, "forward",
+                        lambda self, batch: threads.append(threading.current_thread().name) or original(self, batch))
+    runs = {}
+    for depth in (0, 2):
+        threads.clear()
+        out = str(tmp_path / f"prefetch{depth}")
+        train(load_config(tiny_overrides(tiny_data_root, out, "teacher=vggt", f"teacher.cache={cache_dir}",
+                                         "train.steps=3", "train.log_every=1", f"data.prefetch_steps={depth}")))
+        on_batch_threads = [name.startswith("gfcore-batches") for name in threads]
+        assert len(threads) == 3 and all(on_batch_threads) == (depth > 0) and any(on_batch_threads) == (depth > 0)
+        with open(os.path.join(out, "log.jsonl")) as handle:
+            records = [r for r in map(json.loads, handle) if "event" not in r]
+        runs[depth] = ([(r["loss"], r["angular"], r["scale"], r["cosine"]) for r in records],
+                       torch.load(os.path.join(out, "final.pt"), weights_only=False)["model"])
+    assert len(runs[0][0]) == 3 and runs[0][0] == runs[2][0]
+    for key, value in runs[0][1].items():
+        assert torch.equal(value, runs[2][1][key]), key

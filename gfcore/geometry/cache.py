@@ -157,6 +157,7 @@ class FeatureCache:
         self.feature_dim = int(index["feature_dim"])
         self.teacher = str(index.get("teacher", "vggt"))
         self.teacher_info = dict(index.get("teacher_info", {}))
+        self._arrays: Dict[str, np.ndarray] = {}  # key -> its checked memmap, opened once
 
     def keys(self) -> List[str]:
         return list(self.index["clips"])
@@ -168,6 +169,14 @@ class FeatureCache:
         return key in self.index["clips"]
 
     def __getitem__(self, key: str) -> np.ndarray:
+        """The clip's memmap; each file is opened and checked once, then reused (training reads
+        the same clips every epoch: no per-step open, header parse and mapping)."""
+        array = self._arrays.get(key)
+        if array is None:
+            array = self._arrays[key] = self._open(key)
+        return array
+
+    def _open(self, key: str) -> np.ndarray:
         if key not in self.index["clips"]:
             raise KeyError(f"feature cache {str(self.root)!r} has no clip {key!r}")
         entry = self.index["clips"][key]
@@ -185,7 +194,24 @@ class FeatureCache:
     def features(self, key: str, frames: slice | Sequence[int] = slice(None),
                  device: torch.device | str = "cpu") -> torch.Tensor:
         """The selected frames of one clip as a float16 tensor [t, L, h, w, 2C] on `device`."""
-        return torch.from_numpy(np.array(self[key][frames])).to(device)  # a writable copy
+        return torch.from_numpy(self._select(key, frames)).to(device)
+
+    def _select(self, key: str, frames) -> np.ndarray:
+        """A writable in-memory float16 copy of the selected frames (a list of indices gathers them in
+        one copy; a slice of the read-only memmap is copied)."""
+        selected = self[key][frames]
+        return selected if isinstance(selected, np.ndarray) and not isinstance(selected, np.memmap) \
+            and selected.flags.writeable else np.array(selected)
+
+    def read_into(self, key: str, frames: slice | Sequence[int], out: torch.Tensor) -> torch.Tensor:
+        """Copy the selected frames of one clip into `out` ([t, L, h, w, D], any dtype and device),
+        converting from float16 in the same pass: no intermediate float32 copy and no stack."""
+        src = torch.from_numpy(self._select(key, frames))
+        if tuple(out.shape) != tuple(src.shape):
+            raise ValueError(f"feature cache: clip {key!r} frames {frames} are {tuple(src.shape)}, out is "
+                             f"{tuple(out.shape)}")
+        out.copy_(src)
+        return out
 
 
 class VideoFolder(torch.utils.data.Dataset):

@@ -138,8 +138,14 @@ class TeacherTargets(torch.nn.Module):
     def forward(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
         frames = batch["frames"]
         if self.cache is not None:
-            feats = torch.stack([self.cache.features(key, idx.tolist(), frames.device).float()
-                                 for key, idx in zip(batch["key"], batch["frame_indices"])])
+            indices = [torch.as_tensor(idx).tolist() for idx in batch["frame_indices"]]
+            if len({len(idx) for idx in indices}) > 1:
+                raise ValueError(f"the clips of a batch need the same number of frames, got {[len(i) for i in indices]}")
+            c = self.cache
+            feats = torch.empty((len(indices), len(indices[0]), len(c.layers), *c.grid, c.feature_dim),
+                                dtype=torch.float32, device=frames.device)
+            for row, (key, idx) in enumerate(zip(batch["key"], indices)):  # float16 -> float32 in one copy
+                c.read_into(key, idx, feats[row])
         else:
             for key in self.requires:
                 if key not in batch:

@@ -36,6 +36,21 @@ class CrashForTesting(RuntimeError):
     """Raised by train.crash_after_step: simulates a run killed mid-way."""
 
 
+class CachedTargetsBatcher:
+    """batcher.batch(step) plus the cached teacher's targets of that batch under KEY, so the
+    prefetch threads read the feature cache ahead of the step. Same values as teacher(batch)."""
+
+    KEY = "_teacher_targets"
+
+    def __init__(self, batcher, teacher):
+        self.batcher, self.teacher = batcher, teacher
+
+    def batch(self, step: int, device: Optional[torch.device] = None) -> Dict:
+        batch = self.batcher.batch(step, device)
+        batch[self.KEY] = self.teacher(batch)
+        return batch
+
+
 class TrainModule(torch.nn.Module):
     """Model + objective (with its projector/head) as one module, so DDP sees every trained parameter."""
 
@@ -418,7 +433,11 @@ def train(cfg: DictConfig) -> Dict:
     window_start, window_steps = time.perf_counter(), 0
     # Batches are built ahead on threads (a batch depends on its step alone: same values).
     prefetch_steps = int(cfg.data.get("prefetch_steps", 2))
-    prefetcher = (BatchPrefetcher(batcher, start_step, cfg.train.steps, depth=prefetch_steps,
+    # A cache-backed teacher's targets are read there too (disk + float16 -> float32: host work
+    # that would otherwise stall every step); a live teacher runs in the loop on the device.
+    cached = teacher is not None and getattr(teacher, "cache", None) is not None
+    prefetcher = (BatchPrefetcher(CachedTargetsBatcher(batcher, teacher) if cached else batcher, start_step,
+                                  cfg.train.steps, depth=prefetch_steps,
                                   workers=int(cfg.data.get("num_workers", 2)))
                   if prefetch_steps > 0 and start_step < cfg.train.steps else None)
     try:
@@ -434,7 +453,8 @@ def train(cfg: DictConfig) -> Dict:
                 noise.t, noise.eps = noise.t.to(device), noise.eps.to(device)
                 noise.context, noise.drop_cond = noise.context.to(device), noise.drop_cond.to(device)
             with nvtx_range("train.teacher"):
-                features = teacher(batch) if teacher is not None else None
+                features = (batch.pop(CachedTargetsBatcher.KEY) if CachedTargetsBatcher.KEY in batch
+                            else teacher(batch) if teacher is not None else None)
             with nvtx_range("train.forward"):
                 autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
                             else nullcontext())
