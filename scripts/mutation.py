@@ -53,7 +53,7 @@ MODULES = {
     "data/geometry.py": (["gfcore/data/geometry.py"], ["test_data_geometry.py"], []),
     "data/camera_file.py": (["gfcore/data/camera_file.py"], ["test_data_re10k.py", "test_data_geometry.py"], []),
     "data/re10k.py": (["gfcore/data/re10k.py"], ["test_data_re10k.py"], []),
-    "train/trainer.py (resume path)": (["gfcore/train/trainer.py"], ["test_train_resume.py"],
+    "train/trainer.py (resume path)": (["gfcore/train/trainer.py"], ["test_train_resume.py", "test_train_resume_guard.py"],
                                        ["-k", "not sigkilled"]),
 }
 
@@ -61,11 +61,16 @@ MODULES = {
 # whole (mutmut's do_not_mutate_patterns drop a matching statement with its body), and in
 # train() every line outside the resume block (from `found = _find_resume` to the dataset)
 # gets mutmut's "# pragma: no mutate" in the scratch copy.
-TRAINER_SKIP = [r"^def (resolve_device|build_alignment|model_config|build_training|_progress|_precision|_wrap)\(",
-                r"^class (CrashForTesting|TrainModule)\b"]
-# (first line, first line after) of each resume block of train(): loading the weights, and
-# restoring optimizer, scheduler, EMA, step and RNG.
-RESUME_BLOCKS = [("    found = _find_resume(", "    wrapped = _wrap("), ("    start_step = 0", "    with_depth = ")]
+# What stays mutated: JsonlLog (drops the log lines after the resumed step), the checkpoint's
+# state (_full_state_dict, _optimizer_state, _state_for_checkpoint), its loading (_load_optimizer,
+# _apply_hyperparameters) and the resume blocks of train().
+TRAINER_SKIP = [r"^def (resolve_device|build_alignment|model_config|build_training|_progress|_precision|_wrap"
+                r"|fsdp_mixed_precision|configure_model|_sample_every|_history_guidance|_utc_now)\(",
+                r"^class (CrashForTesting|TrainModule|SampleVideos)\b"]
+# (first line, first line after) of each resume block of train(): finding and checking the
+# checkpoint and loading the weights, and restoring optimizer, scheduler, EMA, step and RNG.
+RESUME_BLOCKS = [("    found, unreadable = find_checkpoint(", "    if info.is_main:"),
+                 ("    start_step = 0", "    with_depth = ")]
 
 
 def mark_trainer_resume_path(path: Path) -> None:
@@ -89,6 +94,8 @@ def mark_trainer_resume_path(path: Path) -> None:
             line += "  # pragma: no mutate"
         out.append(line)
     text = "\n".join(out) + "\n"
+    if any(start not in "\n".join(lines) for start, _ in RESUME_BLOCKS):
+        raise SystemExit(f"mutation.py: a resume block's first line is no longer in {path}: update RESUME_BLOCKS")
     compile(text, str(path), "exec")  # the marks must leave valid Python
     path.write_text(text)
 
