@@ -3,6 +3,7 @@
     python scripts/mutation.py [MODULE ...]      # default: every module below, in order
     python scripts/mutation.py --list            # the modules and their test files
     python scripts/mutation.py --report          # only rewrite the table from saved results
+    python scripts/mutation.py --survivors MODULE  # after adding tests: only the saved run's survivors again
 
 For each module a scratch copy of the checkout (gfcore/ with its compiled extension, and
 python_tests/) is made under $MUTATION_WORKDIR (default /tmp/gfcore-mutation/MODULE), mutmut
@@ -180,6 +181,49 @@ def run_module(module: str, base: Path, python: str, resume: bool = False) -> di
     return record
 
 
+def rerun_survivors(module: str, base: Path, python: str) -> dict:
+    """Test again, with the current tests, only the mutants of the module's saved run that were not
+    killed, in that run's scratch copy. Sound while the mutated files are unchanged since that run
+    and tests were only added or strengthened: a mutant killed then is killed now. Refused when a
+    mutated file differs from the checkout (then a full run is needed)."""
+    workdir = base / slug(module)
+    path = RESULTS / f"{slug(module)}.json"
+    if not path.exists() or not (workdir / "mutants").is_dir():
+        raise SystemExit(f"{module}: no saved run with its scratch copy in {workdir}; run it in full first")
+    record = json.loads(path.read_text())
+    for pattern in MODULES[module][0]:
+        for source in ROOT.glob(pattern):
+            copy = workdir / source.relative_to(ROOT)
+            if module.startswith("train/trainer.py"):
+                changed = source.read_text() != copy.read_text().replace("  # pragma: no mutate", "")
+            else:
+                changed = source.read_bytes() != copy.read_bytes()
+            if changed:
+                raise SystemExit(f"{module}: {source.relative_to(ROOT)} changed since the saved run; run it in full")
+    names = sorted(n for n, v in record["verdicts"].items() if v not in ("killed", "timeout", "segfault"))
+    if not names:
+        return record
+    shutil.copytree(ROOT / "python_tests", workdir / "python_tests", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (workdir / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)  # which test calls what: traced again
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(workdir))
+    started = datetime.datetime.now()
+    print(f"== {module}: the {len(names)} mutants not killed on {record['date']}, again in {workdir}", flush=True)
+    run = subprocess.run([python, "-m", "mutmut", "run", "--max-children", "1", *names], cwd=workdir, env=env)
+    verdicts = collect(module, workdir)
+    if run.returncode != 0 or any(verdicts.get(n) in (None, "not checked") for n in names):
+        print(f"mutmut failed on {module} (exit code {run.returncode}); no results saved", file=sys.stderr)
+        return {}
+    record["verdicts"].update({n: verdicts[n] for n in names})
+    record["diffs"] = {n: record["diffs"].get(n) or mutant_diff(n, workdir, python, env) for n in names
+                       if record["verdicts"][n] not in ("killed", "timeout", "segfault")}
+    record.setdefault("survivor_reruns", []).append(
+        {"date": started.strftime("%Y-%m-%d %H:%M"), "mutants": len(names),
+         "minutes": round((datetime.datetime.now() - started).total_seconds() / 60, 1)})
+    path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return record
+
+
 def write_table() -> None:
     equivalent = json.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
     rows, details = [], []
@@ -195,8 +239,10 @@ def write_table() -> None:
         left = [n for n, v in verdicts.items() if v not in ("killed", "timeout", "segfault") and n not in equivalent]
         scored = len(verdicts) - len(equiv)
         score = f"{100 * killed / scored:.1f} %" if scored else "n/a"
-        rows.append(f"| {module} | {len(verdicts)} | {killed} | {len(left)} | {len(equiv)} | {score} | "
-                    f"{record['date']} ({record['minutes']} min) |")
+        run = f"{record['date']} ({record['minutes']} min)"
+        for again in record.get("survivor_reruns", []):
+            run += f"; its {again['mutants']} survivors again {again['date']} ({again['minutes']} min)"
+        rows.append(f"| {module} | {len(verdicts)} | {killed} | {len(left)} | {len(equiv)} | {score} | {run} |")
         if left or equiv:
             details.append(f"\n### {module}\n")
             diffs = record.get("diffs", {})
@@ -223,6 +269,9 @@ def main(argv=None) -> int:
     parser.add_argument("--python", default=sys.executable, help="the Python that has torch and mutmut")
     parser.add_argument("--continue", dest="resume", action="store_true",
                         help="finish an interrupted run in its scratch folder instead of starting afresh")
+    parser.add_argument("--survivors", action="store_true",
+                        help="test again only the mutants the saved run did not kill (after adding tests; "
+                             "the mutated files must be unchanged and the scratch folder still there)")
     args = parser.parse_args(argv)
     if args.list:
         for module, (files, tests, extra) in MODULES.items():
@@ -234,7 +283,10 @@ def main(argv=None) -> int:
     if not args.report:
         base = Path(os.environ.get("MUTATION_WORKDIR", "/tmp/gfcore-mutation"))
         for module in args.modules or list(MODULES):
-            run_module(module, base, args.python, args.resume)
+            if args.survivors:
+                rerun_survivors(module, base, args.python)
+            else:
+                run_module(module, base, args.python, args.resume)
     write_table()
     return 0
 
