@@ -146,6 +146,15 @@ def collect(module: str, workdir: Path) -> dict:
     return verdicts
 
 
+def source_hashes(module: str, root: Path) -> dict:
+    """sha256 of each file the module's run mutates (as checked out under root), to tell later
+    whether a saved score still describes the code."""
+    import hashlib
+
+    return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for pattern in MODULES[module][0] for f in sorted(root.glob(pattern))}
+
+
 def mutant_diff(name: str, workdir: Path, python: str, env: dict) -> str:
     """The changed lines of one mutant (`mutmut show`), '-' original and '+' mutated."""
     shown = subprocess.run([python, "-m", "mutmut", "show", name], cwd=workdir, env=env, capture_output=True,
@@ -161,6 +170,7 @@ def run_module(module: str, base: Path, python: str, resume: bool = False) -> di
         print(f"continuing the interrupted run in {workdir} (tests as copied then)", flush=True)
     else:
         prepare(module, workdir)
+    sources = source_hashes(module, ROOT)  # the code this run mutates (copied just now)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(workdir))
     started = datetime.datetime.now()
     print(f"== {module}: mutmut in {workdir}", flush=True)
@@ -175,6 +185,7 @@ def run_module(module: str, base: Path, python: str, resume: bool = False) -> di
               "pytest_args": MODULES[module][2], "mutmut_exit_code": run.returncode,
               "date": started.strftime("%Y-%m-%d %H:%M"),
               "minutes": round((datetime.datetime.now() - started).total_seconds() / 60, 1), "verdicts": verdicts,
+              "sources": sources,
               "diffs": diffs}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{slug(module)}.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
@@ -215,6 +226,7 @@ def rerun_survivors(module: str, base: Path, python: str) -> dict:
         print(f"mutmut failed on {module} (exit code {run.returncode}); no results saved", file=sys.stderr)
         return {}
     record["verdicts"].update({n: verdicts[n] for n in names})
+    record["sources"] = source_hashes(module, ROOT)  # checked above: the same code as the saved run's
     record["diffs"] = {n: record["diffs"].get(n) or mutant_diff(n, workdir, python, env) for n in names
                        if record["verdicts"][n] not in ("killed", "timeout", "segfault")}
     record.setdefault("survivor_reruns", []).append(
@@ -242,6 +254,8 @@ def write_table() -> None:
         run = f"{record['date']} ({record['minutes']} min)"
         for again in record.get("survivor_reruns", []):
             run += f"; its {again['mutants']} survivors again {again['date']} ({again['minutes']} min)"
+        if "sources" in record and record["sources"] != source_hashes(module, ROOT):
+            run += "; **the code changed since: score stale, rerun in full**"
         rows.append(f"| {module} | {len(verdicts)} | {killed} | {len(left)} | {len(equiv)} | {score} | {run} |")
         if left or equiv:
             details.append(f"\n### {module}\n")
