@@ -397,3 +397,24 @@ def test_flip_probability_and_flips_without_depth(raw_root):
     half = RealEstate10K(root, "test", num_frames=3, resolution=(16, 24), random_start=False, hflip_prob=0.5)
     draws = {half[i % len(half)]["flipped"] for i in range(24)}
     assert draws == {True, False}
+
+
+def test_constructor_defaults_and_layout_errors(tmp_path, raw_root):
+    """Defaults: split "train", 16 frames at 256 x 256, a random start for "train" only; a bad layout,
+    depth with the DFoT layout and an empty DFoT pose folder are named."""
+    root, _ = raw_root
+    shutil.copytree(root / "test", tmp_path / "train")
+    train = RealEstate10K(tmp_path)
+    assert (train.split, train.num_frames, train.resolution, train.random_start) == ("train", 16, (256, 256), True)
+    assert train.raw_dir == os.path.join(str(tmp_path), "train")
+    test = RealEstate10K(root, "test")
+    assert test.split == "test" and test.random_start is False
+    assert RealEstate10K(root, "test", random_start=True).random_start is True
+    assert RealEstate10K(tmp_path, random_start=False).random_start is False
+    with pytest.raises(ValueError, match=r"^layout must be 'auto', 'raw' or 'dfot', got 'mp4'$"):
+        RealEstate10K(root, "test", layout="mp4")
+    with pytest.raises(ValueError, match=r"^with_depth needs the raw layout \(\{key\}\.depth\.npz next to the camera file\)$"):
+        RealEstate10K(root, "test", layout="dfot", with_depth=True)
+    os.makedirs(tmp_path / "val_poses")
+    with pytest.raises(DataError, match=r"^no DFoT pose files \(\*\.pt\) in .*val_poses$"):
+        RealEstate10K(tmp_path, "val")
