@@ -181,6 +181,11 @@ def test_build_dataset_passes_the_config_to_the_readers(monkeypatch):
     assert train_data.build_dataset(OmegaConf.create(base | {"kind": "minecraft"}), with_depth=False,
                                     split="val") == "minecraft"
     assert built == [("minecraft", (home, "val"), window | dict(frame_skip=1, with_depth=False))]
+    built.clear()
+    train_data.build_dataset(OmegaConf.create(base | {"kind": "minecraft", "frame_skip": 2}), with_depth=True)
+    train_data.build_dataset(OmegaConf.create(base | {"kind": "re10k"}), with_depth=False)
+    assert built == [("minecraft", (home, "train"), window | dict(frame_skip=2, with_depth=True)),
+                     ("re10k", (home, "train"), window | dict(frame_skip=1, with_depth=False))]
     assert ensured == []
 
 
@@ -216,5 +221,7 @@ def test_batcher_windows_per_frame_vectors_default_keys_and_cache():
     assert sorted(dataset.reads) == sorted(set(dataset.reads))  # each clip read once
     with pytest.raises(ValueError, match=r"^clip 0 has 4 frames, fewer than train num_frames 5$"):
         StepBatcher(KeylessClips(), num_frames=5, batch_size=1, seed=0, camera=False)._clip(0)
+    with pytest.raises(ValueError, match=r"^clip 'clip0' has 6 frames, fewer than train num_frames 8$"):
+        StepBatcher(CountingClips(frames=(6,)), 8, 1, seed=0, camera=False).batch(0)
     with pytest.raises(ValueError, match=r"^the training dataset is empty$"):
         StepBatcher(KeylessClips(frames=()), 4, 1, seed=0, camera=False)
