@@ -333,10 +333,11 @@ def test_image_folder_grayscale_other_files_and_bad_images(tmp_path, raw_root):
         torch.testing.assert_close(item["frames"][1, channel], as_float, rtol=0, atol=1e-6)
     torch.testing.assert_close(item["frames"][3], torch.from_numpy(frames[3]).permute(2, 0, 1).float() / 127.5 - 1,
                                rtol=0, atol=1e-6)
-    Image.fromarray(frames[2][:20, :30]).save(folder / f"{stamps[2]}.png")
-    with pytest.raises(DataError, match=rf"{stamps[2]}\.png: image size \(20, 30\) differs from "
+    Image.fromarray(frames[1][:20, :30]).save(folder / f"{stamps[1]}.png")  # the second frame read
+    with pytest.raises(DataError, match=rf"{stamps[1]}\.png: image size \(20, 30\) differs from "
                                         rf".*{stamps[0]}\.png \({SRC_H}, {SRC_W}\)$"):
         ds[0]
+    Image.fromarray(frames[1]).save(folder / f"{stamps[1]}.png")
     (folder / f"{stamps[2]}.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match=rf"{stamps[2]}\.png: cannot read image \([A-Za-z]*Error: "):
         ds[0]
