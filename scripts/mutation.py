@@ -48,7 +48,7 @@ MODULES = {
     "metrics/rpe.py": (["gfcore/metrics/rpe.py"], ["test_metrics_rpe.py"], []),
     "metrics/rve.py": (["gfcore/metrics/rve.py"], ["test_metrics_rve_curves.py"], []),
     "metrics/fvd.py": (["gfcore/metrics/fvd.py"], ["test_metrics_fvd.py"], []),
-    "models/dit.py": (["gfcore/models/dit.py"], ["test_models_dit.py"], []),
+    "models/dit.py": (["gfcore/models/dit.py"], ["test_models_dit.py", "test_prediction_options.py"], []),
     "ops/*_reference.py": (["gfcore/ops/alignment_reference.py", "gfcore/ops/attention_reference.py"],
                            ["test_alignment_ops.py", "test_attention_cpu.py"], ["-k", "not compile"]),
     "data/geometry.py": (["gfcore/data/geometry.py"], ["test_data_geometry.py"], []),
@@ -110,7 +110,6 @@ def slug(module: str) -> str:
 
 
 def prepare(module: str, workdir: Path) -> None:
-    files, tests, extra = MODULES[module]
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
@@ -124,12 +123,19 @@ def prepare(module: str, workdir: Path) -> None:
             shutil.copy2(found, workdir / "gfcore")
         else:
             print("warning: no compiled gfcore._C found; tests needing the kernels will skip", file=sys.stderr)
+    write_setup_cfg(module, workdir)
+    if module.startswith("train/trainer.py"):
+        mark_trainer_resume_path(workdir / "gfcore" / "train" / "trainer.py")
+
+
+def write_setup_cfg(module: str, workdir: Path) -> None:
+    """mutmut's configuration in the scratch folder: the files mutated and the module's tests."""
+    files, tests, extra = MODULES[module]
     lines = ["[mutmut]", "source_paths = gfcore", "also_copy =", "    python_tests", "only_mutate ="]
     lines += [f"    {f}" for f in files]
     lines += ["pytest_add_cli_args_test_selection ="] + [f"    python_tests/{t}" for t in tests]
     lines += ["pytest_add_cli_args ="] + [f"    {a}" for a in ["-p", "no:cacheprovider", "-q", *extra]]
     if module.startswith("train/trainer.py"):
-        mark_trainer_resume_path(workdir / "gfcore" / "train" / "trainer.py")
         lines += ["do_not_mutate_patterns ="] + [f"    {p}" for p in TRAINER_SKIP]
     lines += ["process_isolation = forkserver", "timeout_multiplier = 10.0", "timeout_constant = 5.0",
               "use_git_change_detection = false"]
@@ -216,6 +222,7 @@ def rerun_survivors(module: str, base: Path, python: str) -> dict:
         return record
     shutil.copytree(ROOT / "python_tests", workdir / "python_tests", dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    write_setup_cfg(module, workdir)  # the module's current test files (a test file added: more tests)
     (workdir / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)  # which test calls what: traced again
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(workdir))
     started = datetime.datetime.now()
@@ -227,6 +234,7 @@ def rerun_survivors(module: str, base: Path, python: str) -> dict:
         return {}
     record["verdicts"].update({n: verdicts[n] for n in names})
     record["sources"] = source_hashes(module, ROOT)  # checked above: the same code as the saved run's
+    record["tests"], record["pytest_args"] = MODULES[module][1], MODULES[module][2]
     record["diffs"] = {n: record["diffs"].get(n) or mutant_diff(n, workdir, python, env) for n in names
                        if record["verdicts"][n] not in ("killed", "timeout", "segfault")}
     record.setdefault("survivor_reruns", []).append(
