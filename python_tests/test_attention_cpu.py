@@ -632,3 +632,27 @@ def test_bad_inputs_name_the_argument():
         attn.spatial_attention(q, q, q, impl="triton")
     with pytest.raises(TypeError, match="floating point"):
         attn.spatial_attention(q.long(), q.long(), q.long())
+
+
+def test_reference_scale_default_mode_and_bf16_rope():
+    """The plain-PyTorch reference on its own: a custom scale is used (spatial and temporal),
+    temporal attention is not causal unless asked, an unknown mode is named, and bf16 RoPE is
+    rotated in float32 (its result is the float64 rotation rounded once to bf16)."""
+    shape = (1, 4, 6, 2, 8)
+    q, k, v = (x.double() for x in _inputs(shape, seed=11))
+    for mode in ("spatial", "temporal"):
+        call = ref.spatial_attention if mode == "spatial" else ref.temporal_attention
+        torch.testing.assert_close(call(q, k, v, scale=0.3), naive_attention(q, k, v, mode, scale=0.3),
+                                   rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ref.temporal_attention(q, k, v), naive_attention(q, k, v, "temporal", causal=False),
+                               rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"^mode must be 'spatial' or 'temporal', got 'diagonal'$"):
+        ref.seq_axis("diagonal")
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(2, 5, 64, 2, 32, generator=g).bfloat16()
+    cos, sin = (t.bfloat16() for t in random_rope(64, 32, generator=g))  # bf16 tables too
+    exact = ref.apply_rope(x.double(), (cos.double(), sin.double()), "spatial")
+    got = ref.apply_rope(x, (cos, sin), "spatial")
+    assert got.dtype == torch.bfloat16
+    once = exact.bfloat16()  # float32 work differs from float64 by ~1e-7 relative: rarely a different rounding
+    assert (got != once).float().mean() < 0.01

@@ -102,6 +102,59 @@ def test_missing_camera_file(tmp_path):
         read_camera_file(tmp_path / "nope.txt")
 
 
+def test_camera_file_blank_lines_url_spaces_and_dtypes(tmp_path):
+    """A blank line between camera lines is skipped, not the end of the file (reading stopped
+    there would silently drop frames); the URL is stripped; timestamps int64, rows float64."""
+    line1 = "0 " + " ".join(str(0.5 + i) for i in range(18))
+    line2 = "33366 " + " ".join(str(-1.25 * i) for i in range(18))
+    path = tmp_path / "clip.txt"
+    path.write_text("  https://example.org/v \n" + line1 + "\n\n   \n" + line2 + "\n\n")
+    cameras = read_camera_file(path)
+    assert cameras.url == "https://example.org/v" and len(cameras) == 2
+    assert cameras.timestamps.dtype == np.int64 and cameras.rows.dtype == np.float64
+    np.testing.assert_array_equal(cameras.timestamps, [0, 33366])
+    np.testing.assert_array_equal(cameras.rows, [[0.5 + i for i in range(18)], [-1.25 * i for i in range(18)]])
+    path.write_text("   \n" + line1 + "\n")  # a blank first line is no URL
+    with pytest.raises(DataError, match=r"clip.txt:1: expected the source URL"):
+        read_camera_file(path)
+
+
+@pytest.mark.parametrize("bad,match", [("x", "expected 19 numbers, got 20"), ("inf", "non-finite value in")])
+def test_camera_file_errors_quote_the_line_cut_at_80_characters(tmp_path, bad, match):
+    """A long bad line is quoted, but only its first 80 characters: the message stays one readable line."""
+    fields = ["1"] + [f"{0.123456789 * i:.9f}" for i in range(18)]
+    line = " ".join(fields + ["7"]) if bad == "x" else " ".join(fields[:-1] + [bad])
+    assert len(line) > 100
+    path = tmp_path / "clip.txt"
+    path.write_text("url\n" + line + "\n")
+    with pytest.raises(DataError, match=match) as info:
+        read_camera_file(path)
+    assert str(info.value).endswith(repr(line[:80]))
+
+
+def test_write_camera_file_rejects_bad_rows_naming_the_shapes(tmp_path):
+    rows = np.zeros((5, 18))
+    with pytest.raises(ValueError, match=r"rows must have shape \[T, 18\], got \[5, 17\]"):
+        write_camera_file(tmp_path / "a.txt", "url", range(5), rows[:, :17])
+    with pytest.raises(ValueError, match=r"rows must have shape \[T, 18\], got \[5, 18, 2\]"):
+        write_camera_file(tmp_path / "a.txt", "url", range(5), np.zeros((5, 18, 2)))
+    with pytest.raises(ValueError, match=r"timestamps \(4\) and rows \(5\) differ in length"):
+        write_camera_file(tmp_path / "a.txt", "url", range(4), rows)
+    assert not (tmp_path / "a.txt").exists()
+
+
+def test_write_camera_file_creates_folders_and_nothing_else(tmp_path, monkeypatch):
+    rows = np.arange(36, dtype=np.float64).reshape(2, 18) / 7
+    nested = tmp_path / "new" / "split" / "clip.txt"
+    write_camera_file(nested, "u", [1, 2], rows)
+    np.testing.assert_allclose(read_camera_file(nested).rows, rows, rtol=0, atol=5e-10)
+    # A bare file name is written in the current folder, and no other folder is made there.
+    monkeypatch.chdir(tmp_path / "new")
+    write_camera_file("bare.txt", "u", [1, 2], rows)
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["bare.txt", "split"]
+    assert (tmp_path / "new" / "bare.txt").read_text().splitlines()[1].startswith("1 0.000000000 0.142857143 ")
+
+
 # ---------------------------------------------------------------- poses
 def test_relative_to_first_is_invariant_to_the_world_frame():
     g = torch.Generator().manual_seed(1)
@@ -263,5 +316,130 @@ def test_plucker_rays_reject_bad_input():
         geometry.plucker_rays(K, torch.eye(4, dtype=torch.int64), 4, 4)
     with pytest.raises(ValueError, match="divisible by patch_size 3"):
         geometry.plucker_rays(K, c2w, 4, 4, patch_size=3)
+    for height, width, patch in [(8, 6, 4), (6, 8, 4), (8, 8, 0), (8, 8, -2)]:  # either side, or a patch < 1
+        with pytest.raises(ValueError, match=rf"height {height} and width {width} must be divisible by patch_size {patch}"):
+            geometry.plucker_rays(K, c2w, height, width, patch_size=patch)
     with pytest.raises(ValueError, match=r"rows must have shape \[..., 18\]"):
         geometry.re10k_rows_to_cameras(torch.zeros(3, 17), 4, 4)
+
+
+# ---------------------------------------------------------------- argument checks, batching, dtypes
+def _bad_inputs():
+    """(call with one bad argument, the argument's name): every public function names what is wrong."""
+    K, c2w = torch.eye(3), torch.eye(4)
+    return [
+        (lambda x: geometry.intrinsics_from_normalized(x, 4, 4), (4,), "fxfycxcy"),
+        (lambda x: geometry.normalized_from_intrinsics(x, 4, 4), (3, 3), "K"),
+        (lambda x: geometry.invert_rigid(x), (4, 4), "T"),
+        (lambda x: geometry.re10k_rows_to_cameras(x, 4, 4), (18,), "rows"),
+        (lambda x: geometry.cameras_to_re10k_rows(K, x, 4, 4), (4, 4), "w2c"),
+        (lambda x: geometry.cameras_to_re10k_rows(x, c2w, 4, 4), (3, 3), "K"),
+        (lambda x: geometry.dfot_poses_to_cameras(x, 4, 4), (16,), "poses"),
+        (lambda x: geometry.relative_to_first(x), (4, 4), "c2w"),
+        (lambda x: geometry.resize_crop_intrinsics(x, (4, 4), (2, 2)), (3, 3), "K"),
+        (lambda x: geometry.flip_horizontal(x, c2w, 4), (3, 3), "K"),
+        (lambda x: geometry.flip_horizontal(K, x, 4), (4, 4), "c2w"),
+        (lambda x: geometry.plucker_rays(x, c2w, 4, 4), (3, 3), "intrinsics"),
+        (lambda x: geometry.plucker_rays(K, x, 4, 4), (4, 4), "c2w"),
+    ]
+
+
+@pytest.mark.parametrize("call,shape,name", _bad_inputs())
+def test_bad_geometry_inputs_name_the_argument(call, shape, name):
+    """Wrong last dims, a non-tensor, an integer tensor: each error starts with the argument's name.
+    (Last dims + 2: rows of 19 numbers are valid, the timestamp first.)"""
+    wrong = torch.zeros(2, *[s + 2 for s in shape])
+    with pytest.raises(ValueError, match=rf"^{name} must have shape \[\.\.\., {', '.join(map(str, shape))}\], "
+                                         rf"got \[2, {', '.join(str(s + 2) for s in shape)}\]$"):
+        call(wrong)
+    with pytest.raises(TypeError, match=rf"^{name} must be a torch.Tensor, got list$"):
+        call(torch.zeros(shape).tolist())
+    with pytest.raises(TypeError, match=rf"^{name} must be a floating-point tensor, got torch.int64$"):
+        call(torch.zeros(shape, dtype=torch.int64))
+
+
+def test_relative_to_first_needs_a_frame_axis():
+    with pytest.raises(ValueError, match=r"^c2w must have shape \[\.\.\., T, 4, 4\], got \[4, 4\]$"):
+        geometry.relative_to_first(torch.eye(4, dtype=torch.float64))
+    g = torch.Generator().manual_seed(7)
+    c2w = random_c2w(g, 3)  # [T, 4, 4], no batch dims: allowed
+    expected = np.linalg.inv(c2w[0].numpy()) @ c2w.numpy()
+    np.testing.assert_allclose(geometry.relative_to_first(c2w).numpy(), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("batch", [(), (2, 3)])
+def test_intrinsics_and_rows_keep_any_leading_dims(batch):
+    """Normalised <-> pixel intrinsics and camera rows, element by element against the formulas,
+    with no batch dims and with two of them (the last axis only is the one converted)."""
+    g = torch.Generator().manual_seed(8)
+    width, height = 40, 24
+    norm = torch.rand(*batch, 4, generator=g, dtype=torch.float64) + 0.2
+    K = geometry.intrinsics_from_normalized(norm, width, height)
+    assert K.shape == (*batch, 3, 3)
+    flat_norm, flat_K = norm.reshape(-1, 4).numpy(), K.reshape(-1, 3, 3).numpy()
+    for (fx, fy, cx, cy), k in zip(flat_norm, flat_K):
+        np.testing.assert_array_equal(k, [[fx * width, 0, cx * width], [0, fy * height, cy * height], [0, 0, 1]])
+    back = geometry.normalized_from_intrinsics(K, width, height)
+    assert back.shape == (*batch, 4)
+    np.testing.assert_allclose(back.numpy(), norm.numpy(), rtol=1e-15)
+    w2c = random_c2w(g, *batch)
+    rows = geometry.cameras_to_re10k_rows(K, w2c, width, height)
+    assert rows.shape == (*batch, 18)
+    for row, n, T in zip(rows.reshape(-1, 18).numpy(), flat_norm, w2c.reshape(-1, 4, 4).numpy()):
+        np.testing.assert_allclose(row, np.concatenate([n, [0, 0], T[:3].reshape(12)]), rtol=1e-15, atol=0)
+    # and back: rows (also with a timestamp first) and DFoT poses to (K, w2c, c2w) keep the leading dims
+    stamped = torch.cat([torch.full((*batch, 1), 33366.0, dtype=torch.float64), rows], -1)
+    dfot = torch.cat([rows[..., :4], rows[..., 6:]], -1)
+    for cams in (geometry.re10k_rows_to_cameras(rows, width, height),
+                 geometry.re10k_rows_to_cameras(stamped, width, height),
+                 geometry.dfot_poses_to_cameras(dfot, width, height)):
+        assert [c.shape for c in cams] == [(*batch, 3, 3), (*batch, 4, 4), (*batch, 4, 4)]
+        np.testing.assert_allclose(cams[0].numpy(), K.numpy(), rtol=1e-15)
+        np.testing.assert_array_equal(cams[1].numpy(), w2c.numpy())
+        np.testing.assert_allclose(cams[2].numpy(), np.linalg.inv(w2c.numpy()), atol=1e-12)
+
+
+def test_camera_rows_take_the_intrinsics_dtype():
+    """Rows are in K's dtype: float32 intrinsics with float64 poses give float32 rows (no silent promotion)."""
+    g = torch.Generator().manual_seed(9)
+    K, w2c = random_K(g, 3).float(), random_c2w(g, 3)
+    rows = geometry.cameras_to_re10k_rows(K, w2c, 32, 24)
+    assert rows.dtype == torch.float32
+    np.testing.assert_array_equal(rows[:, 6:].numpy(), w2c[:, :3].reshape(3, 12).float().numpy())
+
+
+@pytest.mark.parametrize(
+    "in_hw,out_hw,expected",
+    [
+        # scale = max(out_h / in_h, out_w / in_w); the other side is round(in * scale); centre crop, floor.
+        ((90, 160), (64, 64), ((64, 114), (0, 25))),  # 64/90 wins: 160 * 0.7111 = 113.8 -> 114, (114-64)//2
+        ((40, 40), (64, 96), ((96, 96), (16, 0))),  # 96/40 wins: 40 * 2.4 = 96, (96-64)//2
+        ((100, 50), (30, 20), ((40, 20), (5, 0))),  # 20/50 wins: 100 * 0.4 = 40, (40-30)//2
+        ((1, 1), (1, 1), ((1, 1), (0, 0))),  # one pixel is a valid size
+    ],
+)
+def test_resize_crop_geometry_by_hand(in_hw, out_hw, expected):
+    assert geometry.resize_crop_geometry(in_hw, out_hw) == expected
+
+
+@pytest.mark.parametrize("in_hw,out_hw", [((0, 4), (2, 2)), ((4, 0), (2, 2)), ((4, 4), (0, 2)), ((4, 4), (2, -1))])
+def test_resize_crop_geometry_rejects_each_non_positive_size(in_hw, out_hw):
+    with pytest.raises(ValueError, match=r"image sizes must be positive, got in_hw=\(.*\), out_hw=\(.*\)"):
+        geometry.resize_crop_geometry(in_hw, out_hw)
+
+
+def test_resize_crop_intrinsics_is_the_pixel_map_applied_to_K():
+    """K_out = A K with A = [[sx, 0, -left], [0, sy, -top], [0, 0, 1]] (scale, then shift by the crop),
+    for a K with skew, checked on every entry."""
+    g = torch.Generator().manual_seed(10)
+    K = random_K(g, 2, height=90, width=160)
+    K[..., 0, 1] = torch.tensor([0.8, -1.3], dtype=torch.float64)
+    in_hw, out_hw = (90, 160), (64, 64)
+    (rh, rw), (top, left) = (64, 114), (0, 25)  # by hand, as in test_resize_crop_geometry_by_hand
+    A = np.array([[rw / 160, 0, -left], [0, rh / 90, -top], [0, 0, 1]])
+    np.testing.assert_allclose(geometry.resize_crop_intrinsics(K, in_hw, out_hw).numpy(), A @ K.numpy(),
+                               rtol=1e-14, atol=1e-12)
+    in_hw, out_hw = (40, 40), (64, 96)  # resized (96, 96), crop top 16
+    A = np.array([[96 / 40, 0, 0], [0, 96 / 40, -16], [0, 0, 1]])
+    np.testing.assert_allclose(geometry.resize_crop_intrinsics(K, in_hw, out_hw).numpy(), A @ K.numpy(),
+                               rtol=1e-14, atol=1e-12)

@@ -302,3 +302,120 @@ def test_dataloader_with_workers(raw_root):
     assert first["frames"].shape == (2, 3, 3, 16, 24)
     assert first["intrinsics"].shape == (2, 3, 3, 3) and first["c2w"].shape == (2, 3, 4, 4)
     assert first["frame_indices"].shape == (2, 3) and first["flipped"].dtype == torch.bool
+
+
+def _image_folder_copy(tmp_path, raw_root):
+    root, frames = raw_root
+    key = REAL_CAMERA_KEYS[1]
+    shutil.copytree(root / "test" / key, tmp_path / "test" / key)
+    shutil.copy(root / "test" / f"{key}.txt", tmp_path / "test")
+    stamps = read_camera_file(tmp_path / "test" / f"{key}.txt").timestamps
+    return key, stamps, frames[key]
+
+
+def test_image_folder_grayscale_other_files_and_bad_images(tmp_path, raw_root):
+    """A grayscale PNG is read as RGB; files that are not <timestamp>.<image ext> are ignored (an
+    upper-case extension counts); a missing frame, an image of another size and an unreadable
+    image are each reported with the file and what is wrong."""
+    from PIL import Image
+
+    key, stamps, frames = _image_folder_copy(tmp_path, raw_root)
+    folder = tmp_path / "test" / key
+    gray = np.array(Image.fromarray(frames[1]).convert("L"))
+    Image.fromarray(gray).save(folder / f"{stamps[1]}.png")
+    os.rename(folder / f"{stamps[3]}.png", folder / f"{stamps[3]}.PNG")
+    Image.fromarray(frames[0]).save(folder / "preview.png")  # not a timestamp
+    (folder / "12345.json").write_text("{}")  # not an image
+    ds = RealEstate10K(tmp_path, "test", num_frames=4, resolution=(SRC_H, SRC_W), random_start=False)
+    item = ds[0]
+    as_float = torch.from_numpy(gray).float() / 127.5 - 1
+    for channel in range(3):  # the gray frame, replicated
+        torch.testing.assert_close(item["frames"][1, channel], as_float, rtol=0, atol=1e-6)
+    torch.testing.assert_close(item["frames"][3], torch.from_numpy(frames[3]).permute(2, 0, 1).float() / 127.5 - 1,
+                               rtol=0, atol=1e-6)
+    Image.fromarray(frames[1][:20, :30]).save(folder / f"{stamps[1]}.png")  # the second frame read
+    with pytest.raises(DataError, match=rf"{stamps[1]}\.png: image size \(20, 30\) differs from "
+                                        rf".*{stamps[0]}\.png \({SRC_H}, {SRC_W}\)$"):
+        ds[0]
+    Image.fromarray(frames[1]).save(folder / f"{stamps[1]}.png")
+    (folder / f"{stamps[2]}.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=rf"{stamps[2]}\.png: cannot read image \([A-Za-z]*Error: "):
+        ds[0]
+    os.remove(folder / f"{stamps[2]}.png")
+    with pytest.raises(DataError, match=rf"^.*{key}\.txt: 16 camera lines but .*{key} holds 15 frames$"):
+        ds[0]
+
+
+def test_too_short_clips_name_their_file_in_every_layout(tmp_path, raw_root):
+    root, _ = raw_root
+    key = REAL_CAMERA_KEYS[0]
+    image_key, _, _ = _image_folder_copy(tmp_path / "images", raw_root)
+    with pytest.raises(DataError, match=rf"{image_key}\.txt: has 16 frames, fewer than the 17 needed"):
+        RealEstate10K(tmp_path / "images", "test", num_frames=17, resolution=16)[0]
+    os.makedirs(tmp_path / "test_256")
+    os.makedirs(tmp_path / "test_poses")
+    shutil.copy(root / "test" / f"{key}.mp4", tmp_path / "test_256" / f"{key}.mp4")
+    rows = torch.from_numpy(read_camera_file(root / "test" / f"{key}.txt").rows)
+    torch.save(torch.cat([rows[:, :4], rows[:, 6:]], -1), tmp_path / "test_poses" / f"{key}.pt")
+    with pytest.raises(DataError, match=rf"{key}\.pt: has 16 frames, fewer than the 17 needed"):
+        RealEstate10K(tmp_path, "test", num_frames=17, resolution=16)[0]
+
+
+def test_dfot_pose_files_are_loaded_safely_and_checked(tmp_path, raw_root):
+    """Pose files are read with weights_only (a pickled numpy array is refused, not unpickled);
+    a file that is not a tensor says what it holds; errors carry the exception type."""
+    root, _ = raw_root
+    key = REAL_CAMERA_KEYS[0]
+    os.makedirs(tmp_path / "test_256")
+    os.makedirs(tmp_path / "test_poses")
+    shutil.copy(root / "test" / f"{key}.mp4", tmp_path / "test_256" / f"{key}.mp4")
+    pose_file = tmp_path / "test_poses" / f"{key}.pt"
+    torch.save(np.zeros((16, 16)), pose_file)
+    ds = RealEstate10K(tmp_path, "test", num_frames=2, resolution=16)
+    with pytest.raises(DataError, match=rf"{key}\.pt: cannot load poses \(UnpicklingError: "):
+        ds[0]
+    torch.save({"poses": torch.zeros(16, 16)}, pose_file)
+    with pytest.raises(DataError, match=rf"{key}\.pt: expected a \[T, 16\] tensor, got dict$"):
+        ds[0]
+    torch.save(torch.zeros(16), pose_file)
+    with pytest.raises(DataError, match=rf"{key}\.pt: expected a \[T, 16\] tensor, got \[16\]$"):
+        ds[0]
+
+
+def test_flip_probability_and_flips_without_depth(raw_root):
+    """hflip_prob 1: every clip flipped (no depth needed); 0: none, and no random number is drawn;
+    0.5: both happen."""
+    root, _ = raw_root
+    plain = RealEstate10K(root, "test", num_frames=3, resolution=(16, 24), random_start=False)
+    always = RealEstate10K(root, "test", num_frames=3, resolution=(16, 24), random_start=False, hflip_prob=1.0)
+    item, flipped = plain[0], always[0]
+    assert flipped["flipped"] and not item["flipped"] and "depth" not in flipped
+    torch.testing.assert_close(flipped["frames"], item["frames"].flip(-1), rtol=0, atol=0)
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    assert not any(plain[i]["flipped"] for i in range(len(plain)))
+    assert torch.equal(torch.get_rng_state(), state)
+    half = RealEstate10K(root, "test", num_frames=3, resolution=(16, 24), random_start=False, hflip_prob=0.5)
+    draws = {half[i % len(half)]["flipped"] for i in range(24)}
+    assert draws == {True, False}
+
+
+def test_constructor_defaults_and_layout_errors(tmp_path, raw_root):
+    """Defaults: split "train", 16 frames at 256 x 256, a random start for "train" only; a bad layout,
+    depth with the DFoT layout and an empty DFoT pose folder are named."""
+    root, _ = raw_root
+    shutil.copytree(root / "test", tmp_path / "train")
+    train = RealEstate10K(tmp_path)
+    assert (train.split, train.num_frames, train.resolution, train.random_start) == ("train", 16, (256, 256), True)
+    assert train.raw_dir == os.path.join(str(tmp_path), "train")
+    test = RealEstate10K(root, "test")
+    assert test.split == "test" and test.random_start is False
+    assert RealEstate10K(root, "test", random_start=True).random_start is True
+    assert RealEstate10K(tmp_path, random_start=False).random_start is False
+    with pytest.raises(ValueError, match=r"^layout must be 'auto', 'raw' or 'dfot', got 'mp4'$"):
+        RealEstate10K(root, "test", layout="mp4")
+    with pytest.raises(ValueError, match=r"^with_depth needs the raw layout \(\{key\}\.depth\.npz next to the camera file\)$"):
+        RealEstate10K(root, "test", layout="dfot", with_depth=True)
+    os.makedirs(tmp_path / "val_poses")
+    with pytest.raises(DataError, match=r"^no DFoT pose files \(\*\.pt\) in .*val_poses$"):
+        RealEstate10K(tmp_path, "val")

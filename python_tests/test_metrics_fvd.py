@@ -123,3 +123,73 @@ def test_missing_and_bad_inputs(tmp_path):
         frechet_distance_features(np.zeros((1, 4)), np.zeros((5, 4)))
     with pytest.raises(ValueError, match="videos"):
         i3d_feature_fn(nn.Identity())(torch.rand(2, 3, 8, 8))
+
+
+def test_frechet_distance_computes_in_float64_from_float32_statistics():
+    """float32 means / covariances give the float64 answer for those values (rel 1e-10), not a float32 one."""
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(300, 12)), rng.normal(size=(280, 12)) * 1.3 + 0.2
+    mu1, mu2 = a.mean(0).astype(np.float32), b.mean(0).astype(np.float32)
+    s1 = np.cov(a, rowvar=False).astype(np.float32)
+    s2 = np.cov(b, rowvar=False).astype(np.float32)
+    m1, m2, c1, c2 = (x.astype(np.float64) for x in (mu1, mu2, s1, s2))
+    covmean = scipy_linalg.sqrtm(c1 @ c2).real
+    expected = float(((m1 - m2) ** 2).sum() + np.trace(c1) + np.trace(c2) - 2 * np.trace(covmean))
+    for args in ((mu1, s1, mu2, s2), (m1, s1, m2, c2), (mu1, c1, mu2, s2)):
+        assert frechet_distance(*args) == pytest.approx(expected, rel=1e-10)
+
+
+def test_frechet_distance_shape_checks_name_every_shape():
+    mu, sigma = np.zeros(3), np.eye(3)
+    shapes = r"^mu/sigma shapes disagree: mu1 \({}\), mu2 \({}\), sigma1 \({}\), sigma2 \({}\)$"
+    with pytest.raises(ValueError, match=shapes.format("3,", "2,", "3, 3", "3, 3")):
+        frechet_distance(mu, sigma, np.zeros(2), sigma)
+    with pytest.raises(ValueError, match=shapes.format("3,", "3,", "3, 3", "2, 2")):
+        frechet_distance(mu, sigma, mu, np.eye(2))
+    with pytest.raises(ValueError, match=shapes.format("2,", "2,", "3, 3", "3, 3")):
+        frechet_distance(np.zeros(2), sigma, np.zeros(2), sigma)
+
+
+def test_i3d_feature_fn_default_batch_is_8_and_load_errors_name_the_network(tmp_path):
+    sizes = []
+
+    class Spy(nn.Module):
+        def forward(self, x, rescale=False, resize=True, return_features=True):
+            sizes.append(x.shape[0])
+            return x.mean(dim=(2, 3, 4))
+
+    i3d_feature_fn(Spy())(torch.rand(17, 2, 3, 4, 4))
+    assert sizes == [8, 8, 1]
+    with pytest.raises(WeightsUnavailable, match=r"^no I3D network \(i3d_torchscript\.pt\) given \(pass --i3d PATH\)$"):
+        load_i3d(None)
+    with pytest.raises(WeightsUnavailable, match=r"^I3D network \(i3d_torchscript\.pt\) not found: .*absent\.pt$"):
+        load_i3d(tmp_path / "absent.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match=r"^--i3d: cannot load .*corrupt\.pt as a TorchScript module"):
+        load_i3d(corrupt)
+
+
+def test_gaussian_stats_by_hand_and_its_errors():
+    """Two samples are enough: mean and unbiased covariance by hand; float32 or grad-carrying
+    torch features give float64 statistics of their values; bad features are named."""
+    from gfcore.metrics.fvd import gaussian_stats
+
+    mu, sigma = gaussian_stats(np.array([[0.0, 1.0], [2.0, 5.0]]))
+    np.testing.assert_array_equal(mu, [1.0, 3.0])
+    np.testing.assert_array_equal(sigma, [[2.0, 4.0], [4.0, 8.0]])  # (x - mean)^2 summed / (N - 1)
+    feats = torch.rand(50, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    mu32, sigma32 = gaussian_stats(feats)
+    values = feats.detach().double().numpy()
+    assert mu32.dtype == np.float64 and sigma32.dtype == np.float64
+    np.testing.assert_allclose(mu32, values.sum(0) / 50, rtol=1e-15, atol=0)
+    centred = values - values.mean(0)
+    np.testing.assert_allclose(sigma32, centred.T @ centred / 49, rtol=1e-13, atol=0)
+    with pytest.raises(ValueError, match=r"^features: expected \[N, F\] features, got shape \(4,\)$"):
+        gaussian_stats(np.zeros(4))
+    with pytest.raises(ValueError, match=r"^features: features contain NaN or inf$"):
+        gaussian_stats(np.array([[0.0, 1.0], [np.inf, 2.0]]))
+    with pytest.raises(ValueError, match=r"^feats_b: need at least 2 samples for a covariance, got 1$"):
+        frechet_distance_features(np.zeros((5, 4)), np.zeros((1, 4)))
+    with pytest.raises(ValueError, match=r"^feats_a: expected \[N, F\] features"):
+        frechet_distance_features(np.zeros((5, 4, 1)), np.zeros((5, 4)))

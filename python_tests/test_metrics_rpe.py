@@ -274,3 +274,17 @@ def test_paper_intrinsics_matrix_and_a_single_frame_clip():
     single = reprojection_error(image[None], depth[None], kk[None], torch.eye(4)[None])
     assert math.isnan(single.rpe) and single.covisible_pixels == 0 and single.covisible_fraction == 0.0
     assert single.per_pair == {}
+
+
+def test_rpe_is_invariant_to_the_scene_scale(scene):
+    """Scaling the world (depths and camera translations) by s leaves every projection, hence the
+    co-visibility mask and the errors, unchanged: a scene 5x smaller (depths below 1) and 3x larger
+    give the ground-truth scene's RPE and co-visible count."""
+    base = reprojection_error(scene["frames"], scene["depth"], scene["intrinsics"], scene["c2w"])
+    for s in (0.2, 3.0):
+        c2w = scene["c2w"].clone()
+        c2w[:, :3, 3] *= s
+        scaled = reprojection_error(scene["frames"], scene["depth"] * s, scene["intrinsics"], c2w)
+        assert scaled.covisible_pixels == base.covisible_pixels > 0
+        assert scaled.rpe == pytest.approx(base.rpe, rel=1e-6)
+    assert float(scene["depth"].max()) * 0.2 < 1.0  # the small scene lies entirely within depth 1

@@ -131,3 +131,58 @@ def test_sliding_window_fvd_against_direct_frechet():
     assert windows[1]["fvd"] == pytest.approx(direct)
     with pytest.raises(ValueError, match="at least 2"):
         sliding_window_fvd(generated[:1], reference, video_features, window=4)
+
+
+class _ScaledMean(torch.nn.Module):
+    """A stand-in Inception with one parameter: features = scale * per-channel mean."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        return self.scale * x.float().mean(dim=(2, 3))
+
+
+def test_load_inception_from_a_file_and_its_errors(tmp_path):
+    """The file loads onto the CPU by default and computes what was saved; a missing or bad file
+    names the network and the command-line flag."""
+    path = tmp_path / "inception.pt"
+    torch.jit.script(_ScaledMean()).save(str(path))
+    net = load_inception(path)
+    assert not net.training and net.scale.device.type == "cpu"
+    images = torch.rand(3, 3, 4, 5, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(net(images, return_features=True), 2 * images.mean(dim=(2, 3)), rtol=1e-6, atol=0)
+    with pytest.raises(WeightsUnavailable, match=r"^no Inception network for FID given \(pass --inception PATH\)$"):
+        load_inception(None)
+    with pytest.raises(WeightsUnavailable, match=r"^Inception network for FID not found: .*absent\.pt$"):
+        load_inception(tmp_path / "absent.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match=r"^--inception: cannot load .*corrupt\.pt as a TorchScript module"):
+        load_inception(corrupt)
+
+
+def test_inception_feature_fn_default_batch_is_32():
+    from gfcore.metrics.rve import inception_feature_fn
+
+    sizes = []
+
+    def detector(images, return_features=False):
+        sizes.append(images.shape[0])
+        return images.float().mean(dim=(2, 3))
+
+    inception_feature_fn(detector)(torch.rand(65, 3, 2, 2))
+    assert sizes == [32, 32, 1]
+
+
+def test_revisit_errors_name_first_and_last():
+    first = _clip(4, 0)
+    with pytest.raises(ValueError, match=r"^last and first must have the same shape, got \(4, 3, 16, 19\) and \(4, 3, 16, 20\)$"):
+        revisit_pair_metrics(first, first[..., :-1])
+    with pytest.raises(TypeError, match=r"^first: expected a floating-point tensor"):
+        revisit_pair_metrics(first.to(torch.uint8), first)
+    with pytest.raises(TypeError, match=r"^last: expected a floating-point tensor"):
+        revisit_fid(first, first.to(torch.uint8), _mean_pool)
+    with pytest.raises(ValueError, match=r"^last and first must have the same shape"):
+        revisit_fid(first, first[:3], _mean_pool)

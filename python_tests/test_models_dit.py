@@ -349,3 +349,43 @@ def test_input_shape_errors_are_exact():
     no_camera = build_model(dict(image_size=[8, 8], hidden_dim=32, depth=1, num_heads=2, align_depth=1,
                                  camera_cond=False))
     assert no_camera.ray_embed is None and no_camera(x, t)[0].shape == x.shape  # rays not needed
+
+
+def _saved_bytes(fn):
+    """Bytes of the tensors autograd keeps for the backward while fn() runs."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, total[0]
+
+
+def test_activation_checkpointing_same_values_less_saved():
+    """activation_checkpointing recomputes each block in the backward: the same output and
+    gradients as the plain model, fewer saved activations; without gradients (or with the switch
+    off) nothing changes."""
+    torch.manual_seed(0)
+    model = _randomized(build_model(dict(image_size=[8, 8], hidden_dim=32, depth=3, num_heads=2, align_depth=2)))
+    x, t, rays, _ = _inputs(H=8, W=8)
+
+    def run(flag):
+        model.activation_checkpointing = flag
+        model.zero_grad()
+        out, saved = _saved_bytes(lambda: model(x, t, rays=rays))
+        (out[0].square().sum() + out[1].sum()).backward()
+        return out, saved, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    (plain_v, plain_h), plain_saved, plain_grads = run(False)
+    (ckpt_v, ckpt_h), ckpt_saved, ckpt_grads = run(True)
+    torch.testing.assert_close(ckpt_v, plain_v, rtol=0, atol=0)
+    torch.testing.assert_close(ckpt_h, plain_h, rtol=0, atol=0)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(ckpt_grads[name], grad, rtol=1e-6, atol=1e-7, msg=name)
+    assert ckpt_saved < plain_saved / 2, (ckpt_saved, plain_saved)
+    model.activation_checkpointing = True
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, rays=rays)[0], plain_v, rtol=0, atol=0)

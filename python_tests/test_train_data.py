@@ -108,3 +108,120 @@ def test_build_dataset_kinds(tmp_path):
 
     with pytest.raises(ValueError, match="data.kind must be one of"):
         build(OmegaConf.create({"kind": "kinetics", "resolution": [8, 8]}), with_depth=False)
+
+
+def test_ensure_synthetic_generates_only_when_the_marker_differs(tmp_path, monkeypatch):
+    """{root}/{split}/generator.json written by an earlier generation with the same clips, frames,
+    seed, task and texture detail (1.0 when the marker predates it) means nothing is generated;
+    any difference, or another split, generates."""
+    import json
+
+    import gfcore.data.synthetic as synthetic
+    from gfcore.train.data import ensure_synthetic
+
+    calls = []
+    monkeypatch.setattr(synthetic, "generate", lambda *args, **kwargs: calls.append((args, kwargs)))
+    root = str(tmp_path)
+    ensure_synthetic(root, 3, 8, [16, 16], 5, "camera")
+    assert calls == [((root, 3, 8, [16, 16], 5, "camera", "train"), {"texture_detail": 1.0})]
+    (tmp_path / "train").mkdir()
+    marker = {"num_clips": 3, "num_frames": 8, "seed": 5, "task": "camera", "resolution": [16, 16]}
+    (tmp_path / "train" / "generator.json").write_text(json.dumps(marker))
+    calls.clear()
+    ensure_synthetic(root, 3, 8, [16, 16], 5, "camera")
+    assert calls == []
+    changed = [dict(num_clips=4), dict(num_frames=9), dict(seed=6), dict(task="action"), dict(texture_detail=2.0),
+               dict(split="test")]
+    for change in changed:
+        args = dict(num_clips=3, num_frames=8, resolution=[16, 16], seed=5, task="camera", split="train",
+                    texture_detail=1.0) | change
+        calls.clear()
+        ensure_synthetic(root, **args)
+        assert len(calls) == 1, change
+        assert calls[0][0][-1] == args["split"] and calls[0][1] == {"texture_detail": args["texture_detail"]}
+    (tmp_path / "train" / "generator.json").write_text(json.dumps(marker | {"texture_detail": 2.0}))
+    calls.clear()
+    ensure_synthetic(root, 3, 8, [16, 16], 5, "camera", texture_detail=2.0)
+    assert calls == []
+
+
+def test_build_dataset_passes_the_config_to_the_readers(monkeypatch):
+    """Which reader each data.kind builds, with which root (~ expanded), split, window settings and
+    depth flag; the built-in scenes are generated first (unless told not to) with their texture detail."""
+    import os
+
+    from omegaconf import OmegaConf
+
+    import gfcore.data as data_package
+    import gfcore.train.data as train_data
+
+    ensured, built = [], []
+    monkeypatch.setattr(train_data, "ensure_synthetic", lambda *args: ensured.append(args))
+    monkeypatch.setattr(data_package, "RealEstate10K", lambda *a, **k: built.append(("re10k", a, k)) or "re10k")
+    monkeypatch.setattr(data_package, "Minecraft", lambda *a, **k: built.append(("minecraft", a, k)) or "minecraft")
+    base = dict(root="~/gf-data", num_clips=3, clip_frames=8, resolution=[16, 24], seed=5, task="camera")
+    home = os.path.expanduser("~/gf-data")
+    window = dict(num_frames=8, resolution=[16, 24], random_start=False)
+
+    assert train_data.build_dataset(OmegaConf.create(base | {"kind": "synthetic"}), with_depth=True) == "re10k"
+    assert ensured == [(home, 3, 8, [16, 24], 5, "camera", "train", 1.0)]
+    assert built == [("re10k", (home, "train"), window | dict(with_depth=True, layout="raw"))]
+    ensured.clear(), built.clear()
+    cfg = OmegaConf.create(base | {"kind": "synthetic", "task": "action", "texture_detail": 0.25})
+    assert train_data.build_dataset(cfg, with_depth=False, split="test") == "minecraft"
+    assert ensured == [(home, 3, 8, [16, 24], 5, "action", "test", 0.25)]
+    assert built == [("minecraft", (home, "test"), window | dict(with_depth=False))]
+    ensured.clear(), built.clear()
+    train_data.build_dataset(OmegaConf.create(base | {"kind": "synthetic"}), with_depth=False, generate_missing=False)
+    assert ensured == [] and len(built) == 1
+    built.clear()
+    assert train_data.build_dataset(OmegaConf.create(base | {"kind": "re10k", "frame_skip": 3}), with_depth=True) == "re10k"
+    assert built == [("re10k", (home, "train"), window | dict(frame_skip=3, with_depth=True))]
+    built.clear()
+    assert train_data.build_dataset(OmegaConf.create(base | {"kind": "minecraft"}), with_depth=False,
+                                    split="val") == "minecraft"
+    assert built == [("minecraft", (home, "val"), window | dict(frame_skip=1, with_depth=False))]
+    built.clear()
+    train_data.build_dataset(OmegaConf.create(base | {"kind": "minecraft", "frame_skip": 2}), with_depth=True)
+    train_data.build_dataset(OmegaConf.create(base | {"kind": "re10k"}), with_depth=False)
+    assert built == [("minecraft", (home, "train"), window | dict(frame_skip=2, with_depth=True)),
+                     ("re10k", (home, "train"), window | dict(frame_skip=1, with_depth=False))]
+    assert ensured == []
+
+
+class KeylessClips(torch.utils.data.Dataset):
+    """Clips without a "key", with a per-frame 1-D tensor (like frame_indices) and a per-clip scalar."""
+
+    def __init__(self, frames=(4, 7)):
+        self.frames, self.reads = frames, []
+
+    def __len__(self):
+        return len(self.frames)
+
+    def __getitem__(self, index):
+        self.reads.append(index)
+        total = self.frames[index]
+        values = (100 * index + torch.arange(total, dtype=torch.float32)).view(total, 1, 1, 1).expand(total, 3, 2, 2)
+        return {"frames": values.clone(), "frame_indices": 10 * torch.arange(total), "fps": torch.tensor(30.0)}
+
+
+def test_batcher_windows_per_frame_vectors_default_keys_and_cache():
+    """A clip of exactly num_frames frames is one window; 1-D per-frame tensors are cut with the
+    frames; a clip without a key is named by its index; clips are cached by default."""
+    dataset = KeylessClips()
+    batcher = StepBatcher(dataset, num_frames=4, batch_size=3, seed=2, camera=False)
+    for step in range(4):
+        batch = batcher.batch(step)
+        assert "fps" not in batch
+        for sample, (index, fraction) in enumerate(batcher.plan(step)):
+            start = int(fraction * (dataset.frames[index] - 4 + 1))
+            assert torch.equal(batch["frame_indices"][sample], 10 * torch.arange(start, start + 4))
+            assert torch.equal(batch["frames"][sample, :, 0, 0, 0], 100 * index + torch.arange(start, start + 4.0))
+            assert batch["key"][sample] == str(index)
+    assert sorted(dataset.reads) == sorted(set(dataset.reads))  # each clip read once
+    with pytest.raises(ValueError, match=r"^clip 0 has 4 frames, fewer than train num_frames 5$"):
+        StepBatcher(KeylessClips(), num_frames=5, batch_size=1, seed=0, camera=False)._clip(0)
+    with pytest.raises(ValueError, match=r"^clip 'clip0' has 6 frames, fewer than train num_frames 8$"):
+        StepBatcher(CountingClips(frames=(6,)), 8, 1, seed=0, camera=False).batch(0)
+    with pytest.raises(ValueError, match=r"^the training dataset is empty$"):
+        StepBatcher(KeylessClips(frames=()), 4, 1, seed=0, camera=False)

@@ -57,3 +57,57 @@ def test_steps_must_be_taken_in_order():
             prefetcher.get(11)
     with pytest.raises(ValueError, match="depth and workers"):
         BatchPrefetcher(batcher, start=0, end=1, depth=0)
+
+
+class RecordingBatcher:
+    """A stand-in StepBatcher: records which steps were asked for, on which thread, and how many
+    batches were being built at once; each batch takes a little while."""
+
+    def __init__(self, delay=0.05):
+        import threading
+
+        self.delay, self.lock = delay, threading.Lock()
+        self.steps, self.threads, self.running, self.most_at_once = [], set(), 0, 0
+
+    def batch(self, step):
+        import threading
+        import time
+
+        with self.lock:
+            self.steps.append(step)
+            self.threads.add(threading.current_thread().name)
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        time.sleep(self.delay)
+        with self.lock:
+            self.running -= 1
+        return {"step": step}
+
+
+def test_prefetch_defaults_range_and_threads():
+    """Defaults: two batches ahead on two threads named gfcore-batches_*; never a step at or past
+    `end`; a deeper queue is still built by the two threads only."""
+    import time
+
+    batcher = RecordingBatcher()
+    with BatchPrefetcher(batcher, start=3, end=6) as prefetcher:
+        time.sleep(0.3)  # every submitted batch is built by now
+        assert sorted(batcher.steps) == [3, 4]  # depth 2
+        assert [prefetcher.get(step)["step"] for step in (3, 4, 5)] == [3, 4, 5]
+        time.sleep(0.1)
+    assert sorted(batcher.steps) == [3, 4, 5]  # nothing for step 6 = end
+    assert batcher.most_at_once == 2
+    assert batcher.threads and all(name.startswith("gfcore-batches_") for name in batcher.threads)
+    wide = RecordingBatcher(delay=0.2)
+    with BatchPrefetcher(wide, start=0, end=4, depth=4) as prefetcher:
+        assert [prefetcher.get(step)["step"] for step in range(4)] == [0, 1, 2, 3]
+    assert wide.most_at_once == 2  # 4 submitted at once, on the default 2 threads
+
+
+def test_close_waits_for_the_batches_being_built():
+    """Leaving the prefetcher (end of training, or an error) cancels queued batches and waits for the
+    ones already being built: no thread keeps reading data after close() returns."""
+    batcher = RecordingBatcher(delay=0.3)
+    with BatchPrefetcher(batcher, start=0, end=10, depth=4, workers=2):
+        pass
+    assert batcher.running == 0 and len(batcher.steps) == 2

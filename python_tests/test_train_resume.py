@@ -1,6 +1,7 @@
 """Atomic checkpoints, resume=auto, and a killed-then-resumed run matching an uninterrupted one."""
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -60,6 +61,55 @@ def test_rng_state_round_trip():
     set_rng_state(state)
     assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == first
     assert set(state) >= {"python", "numpy", "torch"}
+
+
+def test_rng_state_carries_the_cuda_generators(monkeypatch):
+    """On a CUDA machine the checkpoint holds every device's generator state under "cuda" and a
+    resume restores it; a CPU run's checkpoint (no "cuda") leaves them alone, and a CUDA entry
+    is ignored where there is no CUDA. The CUDA generator API is faked: the bookkeeping is checked."""
+    from gfcore.train.checkpoint import rng_state, set_rng_state
+
+    cuda_states = [torch.tensor([1, 2, 3], dtype=torch.uint8), torch.tensor([4], dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: cuda_states)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    state = rng_state()
+    assert state["cuda"] is cuda_states and set(state) == {"python", "numpy", "torch", "cuda"}
+    set_rng_state(state)
+    assert restored == [cuda_states]
+    set_rng_state({k: v for k, v in state.items() if k != "cuda"})
+    assert len(restored) == 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    set_rng_state(state)
+    assert len(restored) == 1 and "cuda" not in rng_state()
+
+
+def test_default_keeps_two_and_unreadable_files_say_why(tmp_path):
+    from gfcore.train.checkpoint import find_resumable
+
+    for step in (1, 2, 3):
+        save_checkpoint(str(tmp_path), step, {"step": step})  # keep_last's default: the newest two
+    assert [s for s, _ in list_checkpoints(str(tmp_path))] == [2, 3]
+    (tmp_path / "step_00000009.pt").write_bytes(b"not a checkpoint")
+    found, unreadable = find_resumable(str(tmp_path))
+    assert found[1] == {"step": 3}
+    [(path, why)] = unreadable
+    assert path.endswith("step_00000009.pt")
+    assert re.match(r"^[A-Za-z]*Error: \S", why), why  # the exception's type, then its message
+
+
+def test_quarantine_never_overwrites_an_earlier_corrupt_file(tmp_path):
+    from gfcore.train.checkpoint import quarantine
+
+    path = tmp_path / "step_00000004.pt"
+    names = []
+    for content in (b"first", b"second", b"third"):
+        path.write_bytes(content)
+        names.append(os.path.basename(quarantine(str(path))))
+    assert names == ["step_00000004.pt.corrupt", "step_00000004.pt.corrupt.1", "step_00000004.pt.corrupt.2"]
+    assert not path.exists()
+    assert [(tmp_path / n).read_bytes() for n in names] == [b"first", b"second", b"third"]
 
 
 def _final(out_dir):

@@ -3,6 +3,7 @@
     python scripts/mutation.py [MODULE ...]      # default: every module below, in order
     python scripts/mutation.py --list            # the modules and their test files
     python scripts/mutation.py --report          # only rewrite the table from saved results
+    python scripts/mutation.py --survivors MODULE  # after adding tests: only the saved run's survivors again
 
 For each module a scratch copy of the checkout (gfcore/ with its compiled extension, and
 python_tests/) is made under $MUTATION_WORKDIR (default /tmp/gfcore-mutation/MODULE), mutmut
@@ -39,21 +40,21 @@ MODULES = {
     # torch.compile(fullgraph=True) cannot trace through mutmut's trampolines: those tests are left out
     "losses": (["gfcore/losses/*.py"], ["test_alignment_loss.py", "test_alignment_ops.py"], ["-k", "not compile"]),
     "train/optim.py": (["gfcore/train/optim.py"], ["test_train_optim.py"], []),
-    "train/objective.py": (["gfcore/train/objective.py"], ["test_train_objective.py"], []),
+    "train/objective.py": (["gfcore/train/objective.py"], ["test_train_objective.py", "test_prediction_options.py"], []),
     "metrics/psnr_ssim.py": (["gfcore/metrics/psnr_ssim.py"], ["test_metrics_psnr_ssim.py"], []),
-    "sample/sampler.py": (["gfcore/sample/sampler.py"], ["test_sample_sampler.py"], []),
+    "sample/sampler.py": (["gfcore/sample/sampler.py"], ["test_sample_sampler.py", "test_sample_history_guidance.py"], []),
     "train/checkpoint.py": (["gfcore/train/checkpoint.py"], ["test_train_resume.py"], ["-k", "not sigkilled"]),
     "train/data.py": (["gfcore/train/data.py"], ["test_train_data.py", "test_train_prefetch.py"], []),
     "metrics/rpe.py": (["gfcore/metrics/rpe.py"], ["test_metrics_rpe.py"], []),
     "metrics/rve.py": (["gfcore/metrics/rve.py"], ["test_metrics_rve_curves.py"], []),
     "metrics/fvd.py": (["gfcore/metrics/fvd.py"], ["test_metrics_fvd.py"], []),
-    "models/dit.py": (["gfcore/models/dit.py"], ["test_models_dit.py"], []),
+    "models/dit.py": (["gfcore/models/dit.py"], ["test_models_dit.py", "test_prediction_options.py"], []),
     "ops/*_reference.py": (["gfcore/ops/alignment_reference.py", "gfcore/ops/attention_reference.py"],
                            ["test_alignment_ops.py", "test_attention_cpu.py"], ["-k", "not compile"]),
     "data/geometry.py": (["gfcore/data/geometry.py"], ["test_data_geometry.py"], []),
     "data/camera_file.py": (["gfcore/data/camera_file.py"], ["test_data_re10k.py", "test_data_geometry.py"], []),
     "data/re10k.py": (["gfcore/data/re10k.py"], ["test_data_re10k.py"], []),
-    "train/trainer.py (resume path)": (["gfcore/train/trainer.py"], ["test_train_resume.py"],
+    "train/trainer.py (resume path)": (["gfcore/train/trainer.py"], ["test_train_resume.py", "test_train_resume_guard.py"],
                                        ["-k", "not sigkilled"]),
 }
 
@@ -61,11 +62,16 @@ MODULES = {
 # whole (mutmut's do_not_mutate_patterns drop a matching statement with its body), and in
 # train() every line outside the resume block (from `found = _find_resume` to the dataset)
 # gets mutmut's "# pragma: no mutate" in the scratch copy.
-TRAINER_SKIP = [r"^def (resolve_device|build_alignment|model_config|build_training|_progress|_precision|_wrap)\(",
-                r"^class (CrashForTesting|TrainModule)\b"]
-# (first line, first line after) of each resume block of train(): loading the weights, and
-# restoring optimizer, scheduler, EMA, step and RNG.
-RESUME_BLOCKS = [("    found = _find_resume(", "    wrapped = _wrap("), ("    start_step = 0", "    with_depth = ")]
+# What stays mutated: JsonlLog (drops the log lines after the resumed step), the checkpoint's
+# state (_full_state_dict, _optimizer_state, _state_for_checkpoint), its loading (_load_optimizer,
+# _apply_hyperparameters) and the resume blocks of train().
+TRAINER_SKIP = [r"^def (resolve_device|build_alignment|model_config|build_training|_progress|_precision|_wrap"
+                r"|fsdp_mixed_precision|configure_model|_sample_every|_history_guidance|_utc_now)\(",
+                r"^class (CrashForTesting|TrainModule|SampleVideos)\b"]
+# (first line, first line after) of each resume block of train(): finding and checking the
+# checkpoint and loading the weights, and restoring optimizer, scheduler, EMA, step and RNG.
+RESUME_BLOCKS = [("    found, unreadable = find_checkpoint(", "    if info.is_main:"),
+                 ("    start_step = 0", "    with_depth = ")]
 
 
 def mark_trainer_resume_path(path: Path) -> None:
@@ -89,6 +95,8 @@ def mark_trainer_resume_path(path: Path) -> None:
             line += "  # pragma: no mutate"
         out.append(line)
     text = "\n".join(out) + "\n"
+    if any(start not in "\n".join(lines) for start, _ in RESUME_BLOCKS):
+        raise SystemExit(f"mutation.py: a resume block's first line is no longer in {path}: update RESUME_BLOCKS")
     compile(text, str(path), "exec")  # the marks must leave valid Python
     path.write_text(text)
 
@@ -102,7 +110,6 @@ def slug(module: str) -> str:
 
 
 def prepare(module: str, workdir: Path) -> None:
-    files, tests, extra = MODULES[module]
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
@@ -116,12 +123,19 @@ def prepare(module: str, workdir: Path) -> None:
             shutil.copy2(found, workdir / "gfcore")
         else:
             print("warning: no compiled gfcore._C found; tests needing the kernels will skip", file=sys.stderr)
+    write_setup_cfg(module, workdir)
+    if module.startswith("train/trainer.py"):
+        mark_trainer_resume_path(workdir / "gfcore" / "train" / "trainer.py")
+
+
+def write_setup_cfg(module: str, workdir: Path) -> None:
+    """mutmut's configuration in the scratch folder: the files mutated and the module's tests."""
+    files, tests, extra = MODULES[module]
     lines = ["[mutmut]", "source_paths = gfcore", "also_copy =", "    python_tests", "only_mutate ="]
     lines += [f"    {f}" for f in files]
     lines += ["pytest_add_cli_args_test_selection ="] + [f"    python_tests/{t}" for t in tests]
     lines += ["pytest_add_cli_args ="] + [f"    {a}" for a in ["-p", "no:cacheprovider", "-q", *extra]]
     if module.startswith("train/trainer.py"):
-        mark_trainer_resume_path(workdir / "gfcore" / "train" / "trainer.py")
         lines += ["do_not_mutate_patterns ="] + [f"    {p}" for p in TRAINER_SKIP]
     lines += ["process_isolation = forkserver", "timeout_multiplier = 10.0", "timeout_constant = 5.0",
               "use_git_change_detection = false"]
@@ -136,6 +150,15 @@ def collect(module: str, workdir: Path) -> dict:
         for name, code in data.get("exit_code_by_key", {}).items():
             verdicts[name] = "not checked" if code is None else STATUS.get(code, "suspicious")
     return verdicts
+
+
+def source_hashes(module: str, root: Path) -> dict:
+    """sha256 of each file the module's run mutates (as checked out under root), to tell later
+    whether a saved score still describes the code."""
+    import hashlib
+
+    return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for pattern in MODULES[module][0] for f in sorted(root.glob(pattern))}
 
 
 def mutant_diff(name: str, workdir: Path, python: str, env: dict) -> str:
@@ -153,6 +176,7 @@ def run_module(module: str, base: Path, python: str, resume: bool = False) -> di
         print(f"continuing the interrupted run in {workdir} (tests as copied then)", flush=True)
     else:
         prepare(module, workdir)
+    sources = source_hashes(module, ROOT)  # the code this run mutates (copied just now)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(workdir))
     started = datetime.datetime.now()
     print(f"== {module}: mutmut in {workdir}", flush=True)
@@ -167,9 +191,56 @@ def run_module(module: str, base: Path, python: str, resume: bool = False) -> di
               "pytest_args": MODULES[module][2], "mutmut_exit_code": run.returncode,
               "date": started.strftime("%Y-%m-%d %H:%M"),
               "minutes": round((datetime.datetime.now() - started).total_seconds() / 60, 1), "verdicts": verdicts,
+              "sources": sources,
               "diffs": diffs}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{slug(module)}.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return record
+
+
+def rerun_survivors(module: str, base: Path, python: str) -> dict:
+    """Test again, with the current tests, only the mutants of the module's saved run that were not
+    killed, in that run's scratch copy. Sound while the mutated files are unchanged since that run
+    and tests were only added or strengthened: a mutant killed then is killed now. Refused when a
+    mutated file differs from the checkout (then a full run is needed)."""
+    workdir = base / slug(module)
+    path = RESULTS / f"{slug(module)}.json"
+    if not path.exists() or not (workdir / "mutants").is_dir():
+        raise SystemExit(f"{module}: no saved run with its scratch copy in {workdir}; run it in full first")
+    record = json.loads(path.read_text())
+    for pattern in MODULES[module][0]:
+        for source in ROOT.glob(pattern):
+            copy = workdir / source.relative_to(ROOT)
+            if module.startswith("train/trainer.py"):
+                changed = source.read_text() != copy.read_text().replace("  # pragma: no mutate", "")
+            else:
+                changed = source.read_bytes() != copy.read_bytes()
+            if changed:
+                raise SystemExit(f"{module}: {source.relative_to(ROOT)} changed since the saved run; run it in full")
+    names = sorted(n for n, v in record["verdicts"].items() if v not in ("killed", "timeout", "segfault"))
+    if not names:
+        return record
+    shutil.copytree(ROOT / "python_tests", workdir / "python_tests", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    write_setup_cfg(module, workdir)  # the module's current test files (a test file added: more tests)
+    (workdir / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)  # which test calls what: traced again
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(workdir))
+    started = datetime.datetime.now()
+    print(f"== {module}: the {len(names)} mutants not killed on {record['date']}, again in {workdir}", flush=True)
+    run = subprocess.run([python, "-m", "mutmut", "run", "--max-children", "1", *names], cwd=workdir, env=env)
+    verdicts = collect(module, workdir)
+    if run.returncode != 0 or any(verdicts.get(n) in (None, "not checked") for n in names):
+        print(f"mutmut failed on {module} (exit code {run.returncode}); no results saved", file=sys.stderr)
+        return {}
+    record["verdicts"].update({n: verdicts[n] for n in names})
+    record["sources"] = source_hashes(module, ROOT)  # checked above: the same code as the saved run's
+    record["tests"], record["pytest_args"] = MODULES[module][1], MODULES[module][2]
+    record["diffs"] = {n: record["diffs"].get(n) or mutant_diff(n, workdir, python, env) for n in names
+                       if record["verdicts"][n] not in ("killed", "timeout", "segfault")}
+    record.setdefault("survivor_reruns", []).append(
+        {"date": started.strftime("%Y-%m-%d %H:%M"), "mutants": len(names),
+         "minutes": round((datetime.datetime.now() - started).total_seconds() / 60, 1)})
+    path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     return record
 
 
@@ -188,8 +259,12 @@ def write_table() -> None:
         left = [n for n, v in verdicts.items() if v not in ("killed", "timeout", "segfault") and n not in equivalent]
         scored = len(verdicts) - len(equiv)
         score = f"{100 * killed / scored:.1f} %" if scored else "n/a"
-        rows.append(f"| {module} | {len(verdicts)} | {killed} | {len(left)} | {len(equiv)} | {score} | "
-                    f"{record['date']} ({record['minutes']} min) |")
+        run = f"{record['date']} ({record['minutes']} min)"
+        for again in record.get("survivor_reruns", []):
+            run += f"; its {again['mutants']} survivors again {again['date']} ({again['minutes']} min)"
+        if "sources" in record and record["sources"] != source_hashes(module, ROOT):
+            run += "; **the code changed since: score stale, rerun in full**"
+        rows.append(f"| {module} | {len(verdicts)} | {killed} | {len(left)} | {len(equiv)} | {score} | {run} |")
         if left or equiv:
             details.append(f"\n### {module}\n")
             diffs = record.get("diffs", {})
@@ -216,6 +291,9 @@ def main(argv=None) -> int:
     parser.add_argument("--python", default=sys.executable, help="the Python that has torch and mutmut")
     parser.add_argument("--continue", dest="resume", action="store_true",
                         help="finish an interrupted run in its scratch folder instead of starting afresh")
+    parser.add_argument("--survivors", action="store_true",
+                        help="test again only the mutants the saved run did not kill (after adding tests; "
+                             "the mutated files must be unchanged and the scratch folder still there)")
     args = parser.parse_args(argv)
     if args.list:
         for module, (files, tests, extra) in MODULES.items():
@@ -227,7 +305,10 @@ def main(argv=None) -> int:
     if not args.report:
         base = Path(os.environ.get("MUTATION_WORKDIR", "/tmp/gfcore-mutation"))
         for module in args.modules or list(MODULES):
-            run_module(module, base, args.python, args.resume)
+            if args.survivors:
+                rerun_survivors(module, base, args.python)
+            else:
+                run_module(module, base, args.python, args.resume)
     write_table()
     return 0
 
