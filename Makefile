@@ -7,8 +7,10 @@ PY := $(VENV)/bin/python
 setup:
 	VENV=$(VENV) bash scripts/setup_env.sh
 
+# The installed console script, not `python -m gfcore`: the latter puts the checkout first on
+# sys.path and would import its gfcore/ without the compiled kernels (see test-python below).
 demo: setup
-	$(PY) -m gfcore demo
+	$(VENV)/bin/gfcore demo
 
 test: setup test-kernels test-python test-cpp
 
