@@ -479,3 +479,19 @@ def test_row_limit_of_the_device_kernels(monkeypatch):
     with pytest.raises(ValueError, match="^the fused cuda kernels do not take target_dim=4096 in torch.float32 "
                                          "\\(rows are held in registers\\); use impl='auto' or 'reference'$"):
         wide.resolved_impl(cuda, torch.float32)
+
+
+@requires_cpu_kernels
+@pytest.mark.parametrize("chunk_size", [None, 8])
+def test_autocast_forward_then_backward_outside_autocast(chunk_size):
+    """The usual mixed-precision recipe: the loss under autocast, .backward() after leaving it.
+    The fused path must have saved its activations in the autocast dtype (h cast to it), since
+    its backward runs without autocast; results within bf16's tolerance of float64."""
+    loss_fn = make_loss(torch.float32, chunk_size=chunk_size, impl="fused")
+    h, y = torch.randn(33, 24, requires_grad=True), torch.randn(33, 40)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = loss_fn(h, y)
+    out.loss.backward()
+    got = (out, h.grad, {name: p.grad for name, p in loss_fn.named_parameters()})
+    assert h.grad.dtype == torch.float32 and all(g.dtype == torch.float32 for g in got[2].values())
+    assert_close_to_float64(got, float64_run(loss_fn, h.detach(), y), rows=33)

@@ -389,3 +389,110 @@ def test_activation_checkpointing_same_values_less_saved():
     model.activation_checkpointing = True
     with torch.no_grad():
         torch.testing.assert_close(model(x, t, rays=rays)[0], plain_v, rtol=0, atol=0)
+
+
+def _float64_model(gates=True, **overrides):
+    """A float64 model with every weight random (norm weights around 1); gates=False zeroes the
+    blocks' gate rows, so every block passes its input through unchanged."""
+    cfg = dict(image_size=[8, 12], patch_size=4, hidden_dim=32, depth=2, num_heads=2, align_depth=1, action_dim=3)
+    model = build_model({**cfg, **overrides}).double()
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0, 0.3 if "norm_weight" not in name else 1.0)
+        for block in model.blocks:
+            if not gates:
+                dim = model.config.hidden_dim
+                for i in range(3):  # rows (3 i + 2) D .. (3 i + 3) D are the gate of sub-layer i
+                    block.modulation[1].weight[(3 * i + 2) * dim:(3 * i + 3) * dim] = 0
+                    block.modulation[1].bias[(3 * i + 2) * dim:(3 * i + 3) * dim] = 0
+        model.patch_embed.bias.zero_()
+        model.ray_embed.bias.zero_()
+    return model
+
+
+@pytest.mark.parametrize("gates", [True, False])
+def test_dit_layer_norm_eps_on_a_tiny_signal(gates):
+    """Frames and rays of size 1e-3 (embedding biases 0): the tokens' variance (~1e-7) is below
+    LayerNorm's eps, so eps = 1e-6 (DiT's) is visible in the output. With the gates on, the first
+    block's norm sees the tiny tokens; with them off, the blocks pass them through and the final
+    norm sees them. t = 0 keeps the model's float32 timestep embedding exact (cos 0 = 1, sin 0 = 0),
+    so the whole forward is float64 and must match the float64 reference to ~1e-8 (the reference
+    rebuilds RoPE angles from the float32 tables: ~4e-9 measured); eps = 1e-5 moves it by > 1e-3."""
+    model = _float64_model(gates)
+    x, _, rays, actions = (v.double() for v in _inputs(action_dim=3))
+    x, rays, t = 1e-3 * x, 1e-3 * rays, torch.zeros(2, 3, dtype=torch.float64)
+    got, hidden = model(x, t, rays=rays, actions=actions)
+    ref, ref_hidden = _reference_dit(model, x, t, rays, actions)
+    assert rel_err(got, ref) < 1e-7 and rel_err(hidden, ref_hidden) < 1e-7
+    assert ref.norm() > 0.1 * x.norm() / 1e-3  # not a tiny output: the comparison means something
+
+
+def test_dit_float32_rays_and_actions_into_a_float64_model():
+    """rays / actions are cast to the model's dtype: float32 conditioning fed to a float64 model
+    gives the float64 reference of the same (exactly representable) values."""
+    model = _float64_model()
+    x, t, rays, actions = _inputs(action_dim=3)
+    t = torch.zeros_like(t)
+    got, _ = model(x.double(), t, rays=rays, actions=actions)
+    ref, _ = _reference_dit(model, x.double(), t, rays.double(), actions.double())
+    assert got.dtype == torch.float64 and rel_err(got, ref) < 1e-7
+
+
+def test_parameter_shapes_follow_the_config():
+    """Widths by hand: MLP hidden = mlp_ratio * dim, adaLN 9 D per block, action MLP present
+    from action_dim = 1 on; the RoPE tables are derived buffers, not saved state."""
+    model = build_model(dict(image_size=[8, 12], patch_size=4, hidden_dim=32, depth=2, num_heads=2, align_depth=1,
+                             mlp_ratio=3.0, action_dim=1))
+    block = model.blocks[0]
+    assert block.mlp[0].weight.shape == (96, 32) and block.mlp[2].weight.shape == (32, 96)
+    assert block.modulation[1].weight.shape == (9 * 32, 32)
+    assert model.action_embed[0].weight.shape == (32, 1)
+    assert not any("spatial_cos" in k or "spatial_sin" in k for k in model.state_dict())
+    assert model.spatial_cos.shape == (6, 16)  # 2 x 3 patches, head_dim 16
+    assert not model.activation_checkpointing  # off unless asked for
+
+
+def test_one_dimensional_actions_condition_the_output():
+    """action_dim = 1 is a real action input (a mistaken `> 1` would silently ignore it)."""
+    model = _randomized(build_model(dict(image_size=[8, 8], hidden_dim=32, depth=1, num_heads=2, align_depth=1,
+                                         action_dim=1)))
+    with torch.no_grad():
+        for p in model.action_embed.parameters():
+            p.normal_(0, 0.5)
+    x, t, rays, actions = _inputs(H=8, W=8, action_dim=1)
+    a, _ = model(x, t, rays=rays, actions=actions)
+    b, _ = model(x, t, rays=rays, actions=actions + 1.0)
+    assert (a - b).norm() > 1e-3 * a.norm()
+
+
+def test_attention_options_reach_the_blocks():
+    """qk_norm and attention_impl of the config are the blocks' attention settings: no q/k norm
+    weights without qk_norm, and an unknown impl is rejected when the model is built."""
+    plain = build_model(dict(image_size=[8, 8], hidden_dim=32, depth=1, num_heads=2, align_depth=1, qk_norm=False,
+                             attention_impl="reference"))
+    assert not any("norm_weight" in k for k in plain.state_dict())
+    assert {plain.blocks[0].spatial.impl, plain.blocks[0].temporal.impl} == {"reference"}
+    normed = build_model(dict(image_size=[8, 8], hidden_dim=32, depth=1, num_heads=2, align_depth=1))
+    assert sum("norm_weight" in k for k in normed.state_dict()) == 4  # q and k, spatial and temporal
+    with pytest.raises(ValueError, match="impl must be one of"):
+        build_model(dict(image_size=[8, 8], hidden_dim=32, depth=1, num_heads=2, align_depth=1,
+                         attention_impl="bogus"))
+
+
+def test_build_model_accepts_an_int_image_size():
+    model = build_model(dict(image_size=8, hidden_dim=32, depth=1, num_heads=2, align_depth=1))
+    assert model.config.image_size == (8, 8) and model.config.grid == (2, 2)
+
+
+def test_more_error_messages_are_exact():
+    model = build_model(dict(image_size=[8, 12], hidden_dim=32, depth=1, num_heads=2, align_depth=1))
+    x, t, rays, _ = _inputs(H=8, W=12)
+    with pytest.raises(ValueError, match=r"^x must be \[B, T, 3, 8, 12\], got \(2, 3, 3, 8, 8\)$"):
+        model(x[..., :8], t, rays=rays)
+    with pytest.raises(ValueError, match=r"^t must be \[B, T\] = \(2, 3\), got \(2, 2\)$"):
+        model(x, t[:, :2], rays=rays)
+    with pytest.raises(ValueError, match=r"^rays \[B, T, 6, H, W\] are required: the model has camera_cond=True$"):
+        model(x, t)
+    with pytest.raises(ValueError, match=r"^prediction must be one of \('v', 'x0', 'x0_residual'\), got 'eps'$"):
+        VideoDiTConfig(prediction="eps")

@@ -250,3 +250,85 @@ def test_objective_passes_the_batch_and_returns_every_term():
     assert (terms["alignment"], terms["angular"], terms["scale"], terms["cosine"]) == (0.5, -0.25, 2.0, 0.25)
     with pytest.raises(ValueError, match="^GFObjective has an alignment loss but no teacher features"):
         GFObjective(alignment)(model, batch, noise)
+
+
+def test_shift_t_formula():
+    """t' = s t / (1 + (s - 1) t) (SD3's shift), by hand in float64; s = 1 is the identity."""
+    from gfcore.train.objective import shift_t
+
+    t = torch.tensor([0.0, 0.1, 0.5, 0.9], dtype=torch.float64)
+    for s in (2.0, 3.0, 0.5):
+        expected = torch.tensor([s * u / (1 + (s - 1) * u) for u in t.tolist()], dtype=torch.float64)
+        torch.testing.assert_close(shift_t(t, s), expected, rtol=1e-15, atol=0)
+    assert torch.equal(shift_t(t, 1.0), t)
+    assert float(shift_t(t, 2.0)[2]) == 2 * 0.5 / 1.5  # 0.667, not 0.5
+
+
+@pytest.mark.parametrize("frames,max_context,clean", [(3, 2, 2), (3, 5, 2), (4, 0, 0), (1, 2, 0), (6, 2, 2)])
+def test_sampled_task_context_count(frames, max_context, clean):
+    """sampled_task: k = min(max_context, frames - 1) clean frames (never the whole clip, 0 when
+    max_context is 0) and one noise level > 0 shared by the other frames of a clip."""
+    draw = draw_noise((64, frames, 1, 1, 1), torch.Generator().manual_seed(3), max_context=max_context,
+                      mode="sampled_task")
+    assert draw.context.dtype == torch.bool
+    assert (draw.context.sum(1) == clean).all() and draw.context[:, :clean].all()
+    assert (draw.t[:, :clean] == 0).all() and (draw.t[:, clean:] > 0).all()
+    assert (draw.t[:, clean:] == draw.t[:, -1:]).all()
+
+
+def test_sampled_task_draw_uses_only_its_generator_and_drops_conditioning():
+    """Every random part of a sampled_task draw comes from the generator (the global RNG must not
+    matter: resume and ranks rely on it), and conditioning is dropped for ~cond_drop_prob of clips."""
+    torch.manual_seed(1)
+    a = draw_noise((4000, 3, 1, 1, 1), torch.Generator().manual_seed(5), mode="sampled_task", cond_drop_prob=0.3)
+    torch.manual_seed(2)
+    b = draw_noise((4000, 3, 1, 1, 1), torch.Generator().manual_seed(5), mode="sampled_task", cond_drop_prob=0.3)
+    for name in ("t", "eps", "context", "drop_cond"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert a.drop_cond.dtype == torch.bool and a.drop_cond.shape == (4000,)
+    assert _binomial_ok(int(a.drop_cond.sum()), 4000, 0.3)
+
+
+class FixedV(torch.nn.Module):
+    """A model whose v_hat is a fixed tensor; `prediction` set: it has a config naming it."""
+
+    def __init__(self, v, prediction=None):
+        super().__init__()
+        self.v = v
+        if prediction is not None:
+            from types import SimpleNamespace
+
+            self.config = SimpleNamespace(prediction=prediction)
+
+    def forward(self, x, t, rays=None, actions=None, drop_cond=None):
+        return self.v, None
+
+
+@pytest.mark.parametrize("prediction", [None, "v", "x0", "x0_residual"])
+def test_x0_loss_space_by_hand(prediction):
+    """loss_space="x0": x0_hat = x_t - t' v_hat with t' = t for a v model (or a model without a
+    config) and max(t, 1e-3) for x0 / x0_residual models; squared error averaged over each clip's
+    noisy frames (clip 1 has exactly one), then over clips. float64 by hand."""
+    from gfcore.train.objective import NoiseDraw
+
+    x0, eps, v = (torch.randn(2, 3, 1, 2, 2, dtype=torch.float64) for _ in range(3))
+    # every noisy t small: the 1e-3 floor changes each error by a large factor, not a rounding
+    t = torch.tensor([[0.0, 1e-4, 5e-4], [0.0, 0.0, 2e-4]], dtype=torch.float64)
+    context = t == 0
+    noise = NoiseDraw(t, eps, context, torch.zeros(2, dtype=torch.bool))
+    floor = 1e-3 if prediction in ("x0", "x0_residual") else 0.0
+    per_clip = []
+    for b in range(2):
+        errors = []
+        for f in range(3):
+            if context[b, f]:
+                continue
+            tf = float(t[b, f])
+            x_t = (1 - tf) * x0[b, f] + tf * eps[b, f]
+            errors.append(float((x_t - max(tf, floor) * v[b, f] - x0[b, f]).pow(2).mean()))
+        per_clip.append(sum(errors) / len(errors))
+    expected = sum(per_clip) / 2
+    got = GFObjective(loss_space="x0")(FixedV(v, prediction), {"frames": x0}, noise)["diffusion"]
+    # the loss subtracts x0 in float32: rounding ~1e-7 of |x0| ~ 1 against errors ~1e-4, so ~1e-3
+    # relative; the floor, or halving the loss of the clip with one noisy frame, changes it by far more
+    assert abs(float(got) - expected) <= 1e-2 * expected

@@ -1,5 +1,6 @@
 """Atomic checkpoints, resume=auto, and a killed-then-resumed run matching an uninterrupted one."""
 import json
+import math
 import os
 import re
 
@@ -223,3 +224,143 @@ def test_sigkilled_process_resumes_bit_identical(tmp_path, tiny_data_root):  # n
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after SIGKILL + resume"
     assert [r["loss"] for r in _log(straight)] == [r["loss"] for r in _log(killed)]
+
+
+# -- the resume path's pieces, unit by unit -------------------------------------------------
+
+
+def _write_lines(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_jsonl_log_keeps_what_a_resume_needs(tmp_path):
+    """On resume at step s: metric records up to s, every event (history, whatever its step) and
+    records without a step are kept; later metrics and everything after a cut line are dropped.
+    A fresh start (step 0) empties the file."""
+    from gfcore.train.trainer import JsonlLog
+
+    records = [{"note": "no step"}, {"step": 1, "loss": 1.0}, {"event": "resume", "step": 5},
+               {"step": 2, "loss": 0.5}, {"step": 3, "loss": 0.25}]
+    path = tmp_path / "log.jsonl"
+    _write_lines(path, records)
+    JsonlLog(str(path), 1, True)  # resume at step 1 (a 1 is a real step, not "fresh")
+    assert [json.loads(line) for line in path.read_text().splitlines()] == records[:3]
+    _write_lines(path, records)
+    with open(path, "a") as handle:
+        handle.write('{"step": 4, "lo')  # cut by the crash
+        handle.write('\n{"step": 1, "after": "the cut"}\n')
+    JsonlLog(str(path), 2, True)
+    assert [json.loads(line) for line in path.read_text().splitlines()] == records[:4]
+    _write_lines(path, records)
+    JsonlLog(str(path), 0, True)  # a fresh start: nothing of the earlier attempt is kept
+    assert path.read_text() == ""
+
+
+def test_jsonl_log_last_is_the_newest_metric_record(tmp_path):
+    from gfcore.train.trainer import JsonlLog
+
+    path = tmp_path / "log.jsonl"
+    log = JsonlLog(str(path), 0, True)
+    assert log.last() == {}
+    log.write({"event": "start", "step": 0})
+    assert log.last() == {}  # events are not metrics
+    log.write({"step": 1, "loss": 1.0})
+    log.write({"step": 2, "loss": 0.5})
+    log.write({"event": "resume", "step": 2})
+    assert log.last() == {"step": 2, "loss": 0.5}
+
+
+def _trained_optimizer(lr, warmup, steps, decay, steps_done):
+    """An AdamW + schedule as train() builds them, stepped steps_done times: the checkpoint side."""
+    from gfcore.train.optim import build_optimizer, build_scheduler
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = build_optimizer(model.parameters(), lr, 0.01, (0.9, 0.999))
+    scheduler = build_scheduler(optimizer, warmup, steps, decay)
+    for _ in range(steps_done):
+        model(torch.randn(4, 3)).square().sum().backward()
+        optimizer.step()
+        scheduler.step()
+    return model, optimizer, scheduler
+
+
+@pytest.mark.parametrize("decay,steps_done,factor,next_factor", [
+    ("constant", 1, 2 / 4, 3 / 4),  # warmup 4: factor (step + 1) / 4
+    ("cosine", 6, 0.5 * (1 + math.cos(math.pi * 2 / 6)), 0.5 * (1 + math.cos(math.pi * 3 / 6))),
+])
+def test_apply_hyperparameters_by_hand(decay, steps_done, factor, next_factor):
+    """Resuming with a changed lr, betas, weight decay and EMA decay: this step's lr is the new lr
+    times the schedule's factor (by hand: warmup (s + 1) / 4, then cosine 0.5 (1 + cos(pi p)) over
+    steps 4..10), the next step's too; the scheduler reports it, and a scheduler rebuilt from the
+    optimizer (initial_lr) starts from the new lr. Old lr 4e-3, new 1e-3: the old group lr at
+    factor 1/2 is 2e-3 = new lr / factor exactly (a factor applied the wrong way round would pass)."""
+    from omegaconf import OmegaConf
+
+    from gfcore.train.optim import EMA, build_optimizer, build_scheduler
+    from gfcore.train.trainer import _apply_hyperparameters
+
+    old_model, old_opt, old_sched = _trained_optimizer(4e-3, 4, 10, decay, steps_done)
+    cfg = OmegaConf.create({"train": {"lr": 1e-3, "betas": [0.8, 0.95], "weight_decay": 0.1, "ema_decay": 0.9}})
+    # the resumed run, as train() makes it: built from the config, then loaded from the checkpoint
+    model = torch.nn.Linear(3, 2)
+    optimizer = build_optimizer(model.parameters(), 1e-3, 0.1, (0.8, 0.95))
+    scheduler = build_scheduler(optimizer, 4, 10, decay)
+    optimizer.load_state_dict(old_opt.state_dict())
+    scheduler.load_state_dict(old_sched.state_dict())
+    ema = EMA(model, 0.5)
+    _apply_hyperparameters(cfg, optimizer, scheduler, ema)
+    (group,) = optimizer.param_groups
+    assert group["lr"] == pytest.approx(1e-3 * factor, rel=1e-12) and scheduler.get_last_lr() == [group["lr"]]
+    assert tuple(group["betas"]) == (0.8, 0.95) and group["weight_decay"] == 0.1 and ema.decay == 0.9
+    rebuilt = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0, last_epoch=steps_done)
+    assert rebuilt.base_lrs == [1e-3]
+    optimizer.step()
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * next_factor, rel=1e-12)
+
+
+def test_apply_hyperparameters_plain_resume_changes_nothing():
+    """The same config as the checkpoint's: every value stays bit for bit (lr, betas, decay, EMA)."""
+    from omegaconf import OmegaConf
+
+    from gfcore.train.optim import EMA
+    from gfcore.train.trainer import _apply_hyperparameters
+
+    model, optimizer, scheduler = _trained_optimizer(4e-3, 4, 10, "cosine", 6)
+    before = [dict(g, params=None) for g in optimizer.param_groups]
+    ema = EMA(model, 0.5)
+    cfg = OmegaConf.create({"train": {"lr": 4e-3, "betas": [0.9, 0.999], "weight_decay": 0.01, "ema_decay": 0.5}})
+    _apply_hyperparameters(cfg, optimizer, scheduler, ema)
+    assert [dict(g, params=None) for g in optimizer.param_groups] == before and ema.decay == 0.5
+
+
+def _named_optimizer_state(model, optimizer):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True))
+
+
+def test_load_optimizer_maps_the_state_by_parameter_name_and_reads_old_checkpoints():
+    """Named optimizer state (the checkpoint format) is matched to parameters by name, not by
+    position: two same-shape layers listed in the other order still get their own moments. A
+    checkpoint from before names were used (integer keys) loads by position."""
+    import copy
+
+    from gfcore.train.optim import build_optimizer
+    from gfcore.train.trainer import _load_optimizer
+
+    torch.manual_seed(0)
+    source = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
+    opt = build_optimizer(source.parameters(), 1e-3, 0.0)
+    source(torch.randn(4, 3)).square().sum().backward()
+    opt.step()
+    expected = {name: opt.state[p]["exp_avg"] for name, p in source.named_parameters()}
+    named = _named_optimizer_state(source, opt)
+    named["param_groups"][0]["params"] = named["param_groups"][0]["params"][::-1]  # same state, other order
+    for state in (named, opt.state_dict()):
+        target = copy.deepcopy(source)
+        target_opt = build_optimizer(target.parameters(), 1e-3, 0.0)
+        _load_optimizer(target, target_opt, copy.deepcopy(state), sharded=False)
+        for name, p in target.named_parameters():
+            assert torch.equal(target_opt.state[p]["exp_avg"], expected[name]), name

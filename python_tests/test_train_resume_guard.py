@@ -2,6 +2,8 @@
 config is refused unless named in train.resume_allow_changes, and every resume is logged."""
 import json
 import os
+import re
+import time
 
 import pytest
 import torch
@@ -95,7 +97,8 @@ def test_unreadable_newest_checkpoint_is_kept_as_corrupt(tmp_path, tiny_data_roo
         train(load_config(tiny_overrides(tiny_data_root, out, "teacher=none", "train.steps=10", "train.lr=0.001")))
     assert sorted(os.listdir(ckpt_dir)) == ["step_00000004.pt", "step_00000006.pt"]
     # resume from step 4, then run to 10: saving step 6 again and pruning 4 and 6 must not touch the damaged file
-    with pytest.warns(UserWarning, match="step_00000006.pt.*kept as .*step_00000006.pt.corrupt"):
+    with pytest.warns(UserWarning, match="step_00000006.pt.*kept as .*step_00000006.pt.corrupt; "
+                                         "resuming from .*step_00000004.pt$"):
         summary = train(load_config(tiny_overrides(tiny_data_root, out, "teacher=none", "train.steps=10")))
     assert summary["resumed_from"] == 4
     assert sorted(os.listdir(ckpt_dir)) == ["step_00000006.pt.corrupt", "step_00000008.pt", "step_00000010.pt"]
@@ -157,3 +160,104 @@ def test_config_changes_rules():
     # under a cosine schedule the total number of steps shapes the lr: extending the run is a change
     old["train"]["lr_decay"] = new["train"]["lr_decay"] = "cosine"
     assert "train.steps" in config_changes(old, new)
+
+
+
+def _two_step_run(tiny_data_root, out, *extra):  # noqa: F811
+    overrides = tiny_overrides(tiny_data_root, out, "teacher=pointmap", "train.steps=2", *extra)
+    train(load_config(overrides))
+    return overrides, os.path.join(out, "checkpoints", "step_00000002.pt")
+
+
+def test_resume_messages_name_the_checkpoint_and_the_changes(tmp_path, tiny_data_root, capsys):  # noqa: F811
+    """What a resume prints and logs: the checkpoint, the step and the accepted changes (none: no
+    suffix); a refused config names the checkpoint; weights that do not fit name the part."""
+    out = str(tmp_path / "run")
+    base, ckpt = _two_step_run(tiny_data_root, out)
+    capsys.readouterr()
+    train(load_config(base))
+    assert capsys.readouterr().out.splitlines()[-1] == f"resumed from {ckpt} at step 2"
+    (event,) = _events(out)
+    assert time.strptime(event["time"], "%Y-%m-%dT%H:%M:%SZ")  # an ISO UTC time stamp
+    with pytest.raises(ResumeError, match=f"^resuming from {re.escape(ckpt)} with a different config"):
+        train(load_config(base + ["train.lr=0.001"]))
+    changed = base + ["train.lr=0.001", "loss.lambda_angular=0.7", "train.resume_allow_changes=[train.lr,loss]"]
+    train(load_config(changed))
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"resumed from {ckpt} at step 2 with changes: loss.lambda_angular, train.lr")
+    with pytest.raises(ResumeError, match="^the checkpoint's model weights do not fit the model built from this "
+                                          "config \\(changed keys: model.hidden_dim\\)"):
+        train(load_config(base + ["model.hidden_dim=64", "train.resume_allow_changes=[model]"]))
+    with pytest.raises(ResumeError, match="^the checkpoint's alignment projector/head weights do not fit the "
+                                          "alignment projector/head built from this config \\(changed keys: "
+                                          "loss.projector_dim\\)"):
+        train(load_config(base + ["loss.projector_dim=64", "train.resume_allow_changes=[loss]"]))
+
+
+def test_optimizer_state_that_does_not_fit_is_named(tmp_path, tiny_data_root):  # noqa: F811
+    """A checkpoint whose optimizer state lacks a parameter: a ResumeError naming the file and the
+    accepted config changes ("none" when there are none), not a raw KeyError."""
+    out = str(tmp_path / "run")
+    base, ckpt = _two_step_run(tiny_data_root, out)
+    state = torch.load(ckpt, weights_only=False)
+    dropped = state["optimizer"]["param_groups"][0]["params"].pop()
+    state["optimizer"]["state"].pop(dropped)
+    torch.save(state, ckpt)
+    with pytest.raises(ResumeError, match=f"^the optimizer state in {re.escape(ckpt)} does not fit this run's "
+                                          "parameters \\(changed keys: none\\): "):
+        train(load_config(base))
+    with pytest.raises(ResumeError, match="does not fit this run's parameters \\(changed keys: "
+                                          "loss.lambda_angular, train.lr\\): "):
+        train(load_config(base + ["train.lr=0.001", "loss.lambda_angular=0.7",
+                                  "train.resume_allow_changes=[train.lr,loss]"]))
+
+
+def test_checkpoint_records_the_resume_facts_and_a_resolved_config(tmp_path, tiny_data_root):  # noqa: F811
+    """The checkpoint holds the data position (next step, seed), the world size and the config with
+    interpolations resolved, and a resume compares resolved values: a config whose batch size is
+    an interpolation (${train.ckpt_every} = 2) resumes."""
+    from omegaconf import OmegaConf
+
+    out = str(tmp_path / "run")
+    overrides = tiny_overrides(tiny_data_root, out, "teacher=pointmap", "train.steps=2")
+    cfg = load_config(overrides)
+    OmegaConf.update(cfg, "train.batch_size", "${train.ckpt_every}")
+    assert OmegaConf.to_container(cfg)["train"]["batch_size"] == "${train.ckpt_every}"
+    train(cfg)
+    state = torch.load(os.path.join(out, "checkpoints", "step_00000002.pt"), weights_only=False)
+    assert state["data"] == {"next_step": 2, "seed": int(cfg.seed)} and state["world_size"] == 1
+    assert state["config"]["train"]["batch_size"] == 2
+    assert train(cfg)["resumed_from"] == 2  # no "these keys changed" for the interpolated key
+
+
+def _rng_restores(monkeypatch, out, overrides, edit):
+    """The RNG states set_rng_state is given when resuming from the step-2 checkpoint after
+    edit(state), and that checkpoint's first RNG entry."""
+    import gfcore.train.trainer as trainer
+
+    ckpt = os.path.join(out, "checkpoints", "step_00000002.pt")
+    state = torch.load(ckpt, weights_only=False)
+    saved = state["rng"][0]
+    edit(state)
+    torch.save(state, ckpt)
+    calls = []
+    monkeypatch.setattr(trainer, "set_rng_state", calls.append)
+    train(load_config(overrides))
+    return calls, saved
+
+
+@pytest.mark.parametrize("edit,restored", [
+    (lambda state: None, True),                                      # the same world size: restored
+    (lambda state: state.pop("world_size"), True),                   # older checkpoints: one process
+    (lambda state: state.update(world_size=2, rng=state["rng"] * 2), False),  # another world size: not
+])
+def test_rng_state_restored_only_for_the_same_world_size(tmp_path, tiny_data_root, monkeypatch, edit,  # noqa: F811
+                                                         restored):
+    out = str(tmp_path / "run")
+    overrides, _ = _two_step_run(tiny_data_root, out)
+    calls, saved = _rng_restores(monkeypatch, out, overrides, edit)
+    if restored:
+        (given,) = calls
+        assert torch.equal(given["torch"], saved["torch"]) and given["python"] == saved["python"]
+    else:
+        assert calls == []

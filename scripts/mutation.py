@@ -58,47 +58,82 @@ MODULES = {
                                        ["-k", "not sigkilled"]),
 }
 
-# trainer.py: only its resume path is mutated. Functions that are not part of it are left out
-# whole (mutmut's do_not_mutate_patterns drop a matching statement with its body), and in
-# train() every line outside the resume block (from `found = _find_resume` to the dataset)
-# gets mutmut's "# pragma: no mutate" in the scratch copy.
+# trainer.py: only its resume path is mutated. mutmut 3.8.1 applies do_not_mutate_patterns to the
+# matching lines alone (a pattern matching a `def` line leaves the function's body mutated), so the
+# scratch copy is marked with mutmut's pragmas instead: every top-level function or class outside
+# the resume path gets "# pragma: no mutate block" on its header line (mutmut skips it whole), and
+# train()'s statements outside its resume blocks are enclosed in "# pragma: no mutate start" /
+# "# pragma: no mutate end" comment lines.
 # What stays mutated: JsonlLog (drops the log lines after the resumed step), the checkpoint's
 # state (_full_state_dict, _optimizer_state, _state_for_checkpoint), its loading (_load_optimizer,
 # _apply_hyperparameters) and the resume blocks of train().
-TRAINER_SKIP = [r"^def (resolve_device|build_alignment|model_config|build_training|_progress|_precision|_wrap"
-                r"|fsdp_mixed_precision|configure_model|_sample_every|_history_guidance|_utc_now)\(",
-                r"^class (CrashForTesting|TrainModule|SampleVideos)\b"]
-# (first line, first line after) of each resume block of train(): finding and checking the
-# checkpoint and loading the weights, and restoring optimizer, scheduler, EMA, step and RNG.
-RESUME_BLOCKS = [("    found, unreadable = find_checkpoint(", "    if info.is_main:"),
-                 ("    start_step = 0", "    with_depth = ")]
+TRAINER_RESUME = ("JsonlLog", "_full_state_dict", "_optimizer_state", "_load_optimizer", "_state_for_checkpoint",
+                  "_apply_hyperparameters", "train")
+TRAINER_SKIP = ("CrashForTesting", "CachedTargetsBatcher", "TrainModule", "resolve_device", "build_alignment",
+                "model_config", "build_training", "_progress", "_precision", "_wrap", "fsdp_mixed_precision",
+                "configure_model", "_sample_every", "SampleVideos", "_history_guidance", "_utc_now")
+# (first statement, first statement after) of each resume block of train(): finding and checking
+# the checkpoint and loading the weights, and restoring optimizer, scheduler, EMA, step and RNG.
+RESUME_BLOCKS = [("found, unreadable = find_checkpoint(", "if info.is_main:"),
+                 ("start_step = 0", "with_depth = ")]
+PRAGMA_BLOCK = "  # pragma: no mutate block"
+PRAGMA_START, PRAGMA_END = "# pragma: no mutate start", "# pragma: no mutate end"
 
 
 def mark_trainer_resume_path(path: Path) -> None:
-    lines = path.read_text().splitlines()
-    out, in_train, block = [], False, None
-    for line in lines:
-        if line.startswith("def train("):
-            in_train = True
-            out.append(line)
-            continue
-        if in_train and line and not line[0].isspace():
-            in_train = False
-        if in_train:
-            for start, end in RESUME_BLOCKS:
-                if line.startswith(start):
-                    block = end
-            if block is not None and line.startswith(block):
-                block = None
-        code = line.strip()
-        if in_train and block is None and code and not code.startswith(("#", '"""')):
-            line += "  # pragma: no mutate"
-        out.append(line)
-    text = "\n".join(out) + "\n"
-    if any(start not in "\n".join(lines) for start, _ in RESUME_BLOCKS):
-        raise SystemExit(f"mutation.py: a resume block's first line is no longer in {path}: update RESUME_BLOCKS")
+    import ast
+
+    source = path.read_text()
+    lines = source.splitlines()
+    tree = ast.parse(source)
+    top = {node.name: node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    unknown, missing = set(top) - set(TRAINER_SKIP + TRAINER_RESUME), set(TRAINER_SKIP + TRAINER_RESUME) - set(top)
+    if unknown or missing:
+        raise SystemExit(f"mutation.py: update TRAINER_RESUME / TRAINER_SKIP for {path}: "
+                         f"not classified {sorted(unknown)}, gone {sorted(missing)}")
+    inserts = []  # (0-based line index, comment line inserted before it)
+    for name in TRAINER_SKIP:
+        header = top[name].body[0].lineno - 2  # the line ending the def / class header, just above its body
+        if not lines[header].rstrip().endswith(":"):
+            raise SystemExit(f"mutation.py: {name}'s header does not end on line {header + 1} of {path}")
+        lines[header] += PRAGMA_BLOCK
+    # train(): regions of consecutive top-level statements outside the resume blocks
+    body, block, regions = top["train"].body, None, []
+    for stmt in body:
+        text = lines[stmt.lineno - 1].strip()
+        for first, after in RESUME_BLOCKS:
+            if text.startswith(first):
+                block = after
+        if block is not None and text.startswith(block) and not any(text.startswith(f) for f, _ in RESUME_BLOCKS):
+            block = None
+        if block is None:
+            if regions and regions[-1][1] == stmt_index(body, stmt) - 1:
+                regions[-1][1] += 1
+            else:
+                regions.append([stmt_index(body, stmt)] * 2)
+    found = [first for first, _ in RESUME_BLOCKS
+             if not any(lines[s.lineno - 1].strip().startswith(first) for s in body)]
+    if found:
+        raise SystemExit(f"mutation.py: resume block starts {found} are no longer statements of train() in {path}")
+    for first, last in regions:
+        indent = " " * body[first].col_offset
+        inserts += [(body[first].lineno - 1, indent + PRAGMA_START), (body[last].end_lineno, indent + PRAGMA_END)]
+    for index, comment in sorted(inserts, reverse=True):
+        lines.insert(index, comment)
+    text = "\n".join(lines) + "\n"
     compile(text, str(path), "exec")  # the marks must leave valid Python
     path.write_text(text)
+
+
+def stmt_index(body, stmt) -> int:
+    return next(i for i, s in enumerate(body) if s is stmt)
+
+
+def unmark(text: str) -> str:
+    """A marked trainer.py without its marks (to compare it with the checkout)."""
+    kept = [line.replace(PRAGMA_BLOCK, "") for line in text.splitlines()
+            if line.strip() not in (PRAGMA_START, PRAGMA_END)]
+    return "\n".join(kept) + "\n"
 
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
@@ -135,8 +170,6 @@ def write_setup_cfg(module: str, workdir: Path) -> None:
     lines += [f"    {f}" for f in files]
     lines += ["pytest_add_cli_args_test_selection ="] + [f"    python_tests/{t}" for t in tests]
     lines += ["pytest_add_cli_args ="] + [f"    {a}" for a in ["-p", "no:cacheprovider", "-q", *extra]]
-    if module.startswith("train/trainer.py"):
-        lines += ["do_not_mutate_patterns ="] + [f"    {p}" for p in TRAINER_SKIP]
     lines += ["process_isolation = forkserver", "timeout_multiplier = 10.0", "timeout_constant = 5.0",
               "use_git_change_detection = false"]
     (workdir / "setup.cfg").write_text("\n".join(lines) + "\n")
@@ -212,7 +245,7 @@ def rerun_survivors(module: str, base: Path, python: str) -> dict:
         for source in ROOT.glob(pattern):
             copy = workdir / source.relative_to(ROOT)
             if module.startswith("train/trainer.py"):
-                changed = source.read_text() != copy.read_text().replace("  # pragma: no mutate", "")
+                changed = source.read_text() != unmark(copy.read_text())
             else:
                 changed = source.read_bytes() != copy.read_bytes()
             if changed:
