@@ -277,6 +277,12 @@ def rerun_survivors(module: str, base: Path, python: str) -> dict:
     return record
 
 
+def rounding_only(reason: str) -> bool:
+    """An entry of the equivalents file that changes results by rounding only: not equivalent, so it
+    counts as a survivor (it stays listed with its reason), though no tolerance-based test can kill it."""
+    return reason.startswith("equivalent up to rounding")
+
+
 def write_table() -> None:
     equivalent = json.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
     rows, details = [], []
@@ -288,7 +294,8 @@ def write_table() -> None:
         record = json.loads(path.read_text())
         verdicts = record["verdicts"]
         killed = sum(v in ("killed", "timeout", "segfault") for v in verdicts.values())
-        equiv = [n for n, v in verdicts.items() if v != "killed" and n in equivalent]
+        equiv = [n for n, v in verdicts.items() if v != "killed" and n in equivalent and not rounding_only(equivalent[n])]
+        accepted = [n for n, v in verdicts.items() if v != "killed" and n in equivalent and rounding_only(equivalent[n])]
         left = [n for n, v in verdicts.items() if v not in ("killed", "timeout", "segfault") and n not in equivalent]
         scored = len(verdicts) - len(equiv)
         score = f"{100 * killed / scored:.1f} %" if scored else "n/a"
@@ -297,16 +304,20 @@ def write_table() -> None:
             run += f"; its {again['mutants']} survivors again {again['date']} ({again['minutes']} min)"
         if "sources" in record and record["sources"] != source_hashes(module, ROOT):
             run += "; **the code changed since: score stale, rerun in full**"
-        rows.append(f"| {module} | {len(verdicts)} | {killed} | {len(left)} | {len(equiv)} | {score} | {run} |")
-        if left or equiv:
+        survived = f"{len(left) + len(accepted)}" + (f" ({len(accepted)} rounding-level, accepted)" if accepted else "")
+        rows.append(f"| {module} | {len(verdicts)} | {killed} | {survived} | {len(equiv)} | {score} | {run} |")
+        if left or equiv or accepted:
             details.append(f"\n### {module}\n")
             diffs = record.get("diffs", {})
             details += [f"- `{n}`: **{verdicts[n]}**: `{diffs.get(n, '')}`" for n in sorted(left)]
             details += [f"- `{n}`: equivalent ({equivalent[n]}): `{diffs.get(n, '')}`" for n in sorted(equiv)]
+            details += [f"- `{n}`: **survived, accepted** ({equivalent[n]}): `{diffs.get(n, '')}`" for n in sorted(accepted)]
     text = ["# Mutation testing (mutmut)", "",
             "`make mutation` (or `python scripts/mutation.py [MODULE ...]`) regenerates this file; "
             "score = killed / (mutants - equivalent). Timeouts count as killed; \"no tests\" (no selected "
-            "test reaches the mutated function) counts as survived.", "",
+            "test reaches the mutated function) counts as survived. Mutants that change results by rounding only "
+            "(\"equivalent up to rounding\" in benchmarks/mutation_equivalent.json) are not equivalent: they count "
+            "as survived and are listed as accepted, with the reason no test can kill them.", "",
             "| module | mutants | killed | survived | equivalent | score | run |",
             "| --- | ---: | ---: | ---: | ---: | ---: | --- |", *rows]
     if details:
