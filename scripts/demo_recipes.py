@@ -1,6 +1,7 @@
 """Rank training / sampling recipes for the CPU demo quickly: train one run per recipe, roll out
 the test clips from their first 2 frames along their paths, and print mean PSNR of the generated
-frames against the trivial predictors (repeat the last context frame; the clip's mean colour).
+frames against the trivial predictors (repeat the last context frame; the clip's mean colour), per
+path kind, and the demo's high-frequency detector (max ratio, share of frames above 1.5x).
 
     python scripts/demo_recipes.py --root /tmp/recipes --test-clips 8 \
         --recipe "v500=train.steps=500" --recipe "res=model.prediction=x0_residual train.loss_space=x0 ..."
@@ -18,15 +19,8 @@ import numpy as np
 import torch
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean over frames of per-frame PSNR, uint8-quantised like the demo's files, range [0, 1]."""
-    a = ((a.clamp(-1, 1) + 1) * 127.5).round() / 255.0
-    b = ((b.clamp(-1, 1) + 1) * 127.5).round() / 255.0
-    mse = (a - b).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-    return float((10 * torch.log10(1.0 / mse)).mean())
-
-
 def main() -> None:
+    from gfcore import demo_analysis as analysis
     from gfcore.demo import _test_split
     from gfcore.sample import rollout
     from gfcore.sample.run import load_trained_model
@@ -56,20 +50,27 @@ def main() -> None:
         frames = torch.stack([c["frames"] for c in clips])
         ctx = cfg.sample.context_frames
         model, _ = load_trained_model(run_dir, use_ema=sample.get("ema", str(cfg.sample.use_ema)) in ("True", "true", "1"))
-        per_seed = []
+        per_seed, hf = [], []
         for seed in args.seeds:
             video = rollout(model, frames[:, :ctx], frames.shape[1], cfg.sample.window, ctx,
                             int(sample.get("steps", cfg.sample.steps)), sample.get("method", cfg.sample.method),
                             intrinsics=torch.stack([c["intrinsics"] for c in clips]),
                             c2w=torch.stack([c["c2w"] for c in clips]), generator=torch.Generator().manual_seed(seed))
-            per_seed.append([psnr(video[i, ctx:], frames[i, ctx:]) for i in range(len(clips))])
-        copy = [psnr(frames[i, ctx - 1:ctx].expand_as(frames[i, ctx:]), frames[i, ctx:]) for i in range(len(clips))]
-        mean = [psnr(frames[i].mean((0, 2, 3), keepdim=True).expand_as(frames[i, ctx:]), frames[i, ctx:])
-                for i in range(len(clips))]
-        ps = np.array(per_seed)
+            per_seed.append([analysis.clip_psnr(video[i], frames[i], ctx) for i in range(len(clips))])
+            hf += [analysis.high_frequency_ratio(video[i], frames[i], ctx) for i in range(len(clips))]
+        trivial = [analysis.trivial_predictions(frames[i], ctx) for i in range(len(clips))]
+        copy = [analysis.clip_psnr(t["repeat last context frame"], frames[i], ctx) for i, t in enumerate(trivial)]
+        mean = [analysis.clip_psnr(t["clip mean colour"], frames[i], ctx) for i, t in enumerate(trivial)]
+        ps, hf = np.array(per_seed), torch.cat(hf)
+        kinds = {}
+        for clip, value in zip(clips, ps.mean(0)):
+            with np.load(os.path.join(test.raw_dir, f"{clip['key']}.depth.npz")) as stored:
+                kinds.setdefault(str(stored["kind"]), []).append(float(value))
         results[name] = {"overrides": rest, "train_s": round(train_s), "psnr_seeds": ps.mean(1).round(2).tolist(),
                          "psnr": round(float(ps.mean()), 2), "copy": round(float(np.mean(copy)), 2),
                          "mean_colour": round(float(np.mean(mean)), 2),
+                         "per_kind": {k: round(float(np.mean(v)), 2) for k, v in kinds.items()},
+                         "hf_max": round(float(hf.max()), 2), "hf_share_above_1_5": round(float((hf > 1.5).float().mean()), 4),
                          "per_clip": ps.mean(0).round(2).tolist(), "copy_per_clip": np.round(copy, 2).tolist(),
                          "load": os.getloadavg()[0]}
         print(json.dumps({name: results[name]}), flush=True)
