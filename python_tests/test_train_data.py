@@ -60,11 +60,14 @@ class CountingClips(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.frames)
 
-    def __getitem__(self, index):
+    def _frames(self, index):
+        """Counts the read; frame f of clip i holds the value 100 i + f, shape [T, 3, 2, 2]."""
         self.reads.append(index)
         total = self.frames[index]
-        values = (100 * index + torch.arange(total, dtype=torch.float32)).view(total, 1, 1, 1).expand(total, 3, 2, 2)
-        return {"frames": values.clone(), "key": f"clip{index}", "scalar": torch.tensor(1.0)}
+        return (100 * index + torch.arange(total, dtype=torch.float32)).view(total, 1, 1, 1).expand(total, 3, 2, 2).clone()
+
+    def __getitem__(self, index):
+        return {"frames": self._frames(index), "key": f"clip{index}", "scalar": torch.tensor(1.0)}
 
 
 def test_windows_ranks_and_cache():
@@ -189,20 +192,15 @@ def test_build_dataset_passes_the_config_to_the_readers(monkeypatch):
     assert ensured == []
 
 
-class KeylessClips(torch.utils.data.Dataset):
+class KeylessClips(CountingClips):
     """Clips without a "key", with a per-frame 1-D tensor (like frame_indices) and a per-clip scalar."""
 
     def __init__(self, frames=(4, 7)):
-        self.frames, self.reads = frames, []
-
-    def __len__(self):
-        return len(self.frames)
+        super().__init__(frames)
 
     def __getitem__(self, index):
-        self.reads.append(index)
-        total = self.frames[index]
-        values = (100 * index + torch.arange(total, dtype=torch.float32)).view(total, 1, 1, 1).expand(total, 3, 2, 2)
-        return {"frames": values.clone(), "frame_indices": 10 * torch.arange(total), "fps": torch.tensor(30.0)}
+        frames = self._frames(index)
+        return {"frames": frames, "frame_indices": 10 * torch.arange(len(frames)), "fps": torch.tensor(30.0)}
 
 
 def test_batcher_windows_per_frame_vectors_default_keys_and_cache():
