@@ -191,11 +191,7 @@ def test_line_count_differs_from_frame_count(tmp_path, raw_root):
 
 
 def test_image_folder_with_a_missing_timestamp(tmp_path, raw_root):
-    root, _ = raw_root
-    key = REAL_CAMERA_KEYS[1]
-    shutil.copytree(root / "test" / key, tmp_path / "test" / key)
-    shutil.copy(root / "test" / f"{key}.txt", tmp_path / "test")
-    stamps = read_camera_file(tmp_path / "test" / f"{key}.txt").timestamps
+    key, stamps, _ = _image_folder_copy(tmp_path, raw_root)
     os.rename(tmp_path / "test" / key / f"{stamps[2]}.png", tmp_path / "test" / key / "999.png")
     ds = RealEstate10K(tmp_path, "test", num_frames=4, resolution=16)
     with pytest.raises(DataError, match=rf"{key}.txt:4: no image for timestamp {stamps[2]}"):
