@@ -35,3 +35,17 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def saved_bytes(fn):
+    """(fn()'s result, bytes of the tensors autograd keeps for the backward while fn() runs);
+    tensors saved inside checkpointed regions are not kept, so they do not count."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, total[0]

@@ -6,7 +6,7 @@ import torch
 
 from gfcore.models import FactorizedAttention, VideoDiT, VideoDiTConfig, build_model
 from gfcore.nn.rope import rope_1d, rope_2d
-from conftest import rel_err
+from conftest import rel_err, saved_bytes
 from trainer_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
 
@@ -351,19 +351,6 @@ def test_input_shape_errors_are_exact():
     assert no_camera.ray_embed is None and no_camera(x, t)[0].shape == x.shape  # rays not needed
 
 
-def _saved_bytes(fn):
-    """Bytes of the tensors autograd keeps for the backward while fn() runs."""
-    total = [0]
-
-    def pack(t):
-        total[0] += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return out, total[0]
-
-
 def test_activation_checkpointing_same_values_less_saved():
     """activation_checkpointing recomputes each block in the backward: the same output and
     gradients as the plain model, fewer saved activations; without gradients (or with the switch
@@ -375,7 +362,7 @@ def test_activation_checkpointing_same_values_less_saved():
     def run(flag):
         model.activation_checkpointing = flag
         model.zero_grad()
-        out, saved = _saved_bytes(lambda: model(x, t, rays=rays))
+        out, saved = saved_bytes(lambda: model(x, t, rays=rays))
         (out[0].square().sum() + out[1].sum()).backward()
         return out, saved, {n: p.grad.clone() for n, p in model.named_parameters()}
 

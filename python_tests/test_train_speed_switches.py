@@ -14,6 +14,7 @@ from gfcore.train import load_config, train
 from gfcore.train.data import StepBatcher, build_dataset
 from gfcore.train.objective import draw_noise
 from gfcore.train.trainer import TrainModule, build_training, configure_model
+from conftest import saved_bytes
 from trainer_helpers import one_torch_thread, tiny_data_root, tiny_overrides  # noqa: F401  (fixtures)
 
 
@@ -42,19 +43,6 @@ def _one_step(tiny_data_root, out, *extra):  # noqa: F811
     return {k: v.detach() for k, v in terms.items()}, grads, model
 
 
-def _saved_bytes(model_step):
-    """Bytes autograd keeps for the backward outside checkpointed regions."""
-    total = [0]
-
-    def pack(t):
-        total[0] += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model_step()
-    return total[0]
-
-
 def test_activation_checkpointing_same_loss_and_gradients_less_saved(tmp_path, tiny_data_root):  # noqa: F811
     plain_terms, plain_grads, plain_model = _one_step(tiny_data_root, str(tmp_path / "a"))
     ckpt_terms, ckpt_grads, ckpt_model = _one_step(tiny_data_root, str(tmp_path / "b"),
@@ -76,9 +64,9 @@ def test_activation_checkpointing_same_loss_and_gradients_less_saved(tmp_path, t
         return lambda: model(x, t, rays=rays)[0].sum()
 
     plain_model.activation_checkpointing = False
-    kept = _saved_bytes(step(plain_model))
+    _, kept = saved_bytes(step(plain_model))
     plain_model.activation_checkpointing = True
-    assert _saved_bytes(step(plain_model)) < 0.5 * kept
+    assert saved_bytes(step(plain_model))[1] < 0.5 * kept
 
 
 def test_compile_same_loss_and_gradients(tmp_path, tiny_data_root):  # noqa: F811
