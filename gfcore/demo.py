@@ -47,6 +47,8 @@ def _parse(argv: Optional[Sequence[str]]):
     parser.add_argument("--seeds", type=int, default=1, help="training seeds per model (seed, seed+1, ...): mean and "
                         "spread over them")
     parser.add_argument("--noise-seeds", type=int, default=3, help="sampling-noise seeds per rollout (consistency check)")
+    parser.add_argument("--jobs", type=int, default=None, help="runs trained at once (default: 2 on a CPU with 2 or "
+                        "more cores, a core share each; 1 on a GPU)")
     parser.add_argument("overrides", nargs="*", help="hydra overrides, e.g. train.steps=100 model.depth=2")
     return parser.parse_args(argv)
 
@@ -131,25 +133,83 @@ def _run_names(seeds: int) -> Dict[str, Dict]:
     return runs
 
 
-def _train_all(out: str, base: List[str], seeds: int, timings: Dict) -> tuple:
+def _train_one(overrides: List[str], threads: int) -> tuple:
+    """One training run (in a worker process when runs go in parallel): (summary, seconds)."""
     from gfcore.train import load_config, train
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    summary = train(load_config(overrides))
+    return summary, time.perf_counter() - t0
+
+
+def _default_jobs(cfg) -> int:
+    """Runs trained at once: 2 on a CPU with 2+ cores (two small models, a core each, train faster
+    side by side than one after the other with 2 threads each), 1 on a GPU."""
+    on_gpu = torch.cuda.is_available() and cfg.train.device in ("auto", "cuda")
+    return 1 if on_gpu or (os.cpu_count() or 1) < 2 else 2
+
+
+def _step_done(run_dir: str) -> int:
+    try:
+        with open(os.path.join(run_dir, "log.jsonl")) as handle:
+            lines = handle.read().splitlines()
+        return int(json.loads(lines[-1])["step"]) if lines else 0
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _run_parallel(jobs: Dict[str, List[str]], workers: int, out: str, steps: int) -> Dict[str, tuple]:
+    """Train the runs in `workers` spawned processes, each with its share of the cores, and print
+    every run's step twice a minute (the runs' own progress bars would overwrite each other)."""
+    import concurrent.futures as futures
+    import multiprocessing
+
+    threads = max(1, torch.get_num_threads() // workers)
+    results = {}
+    with futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending = {pool.submit(_train_one, overrides + ["train.progress=false"], threads): name
+                   for name, overrides in jobs.items()}
+        while pending:
+            done, _ = futures.wait(pending, timeout=30, return_when=futures.FIRST_COMPLETED)
+            for future in done:
+                results[pending.pop(future)] = future.result()  # a worker's exception is raised here
+            if pending:
+                print("[demo] " + ", ".join(f"{name} {_step_done(os.path.join(out, 'runs', name))}/{steps}"
+                                            for name in jobs if name not in results), flush=True)
+    return results
+
+
+def _train_all(out: str, base: List[str], seeds: int, timings: Dict, jobs: Optional[int] = None) -> tuple:
+    from gfcore.train import load_config
+    from gfcore.train.data import build_dataset
     from gfcore.train.teachers import ORACLE_LABEL
 
-    runs, summaries, reused = {}, {}, {}
+    runs = {}
     for name, info in _run_names(seeds).items():
         teacher = "none" if info["model"] == "baseline" else "pointmap"
         cfg0 = load_config(base)
-        overrides = base + [f"teacher={teacher}", f"name={name}", f"out_dir={out}/runs/{name}",
-                            f"seed={int(cfg0.seed) + info['seed']}"]
-        runs[name] = overrides
-        cfg = load_config(overrides)
+        runs[name] = base + [f"teacher={teacher}", f"name={name}", f"out_dir={out}/runs/{name}",
+                             f"seed={int(cfg0.seed) + info['seed']}"]
+        cfg = load_config(runs[name])
         label = "baseline" if info["model"] == "baseline" else f"Geometry Forcing ({ORACLE_LABEL})"
         print(f"[demo] training {label} (seed {cfg.seed}): {cfg.train.steps} steps, "
               f"model {cfg.model.hidden_dim}x{cfg.model.depth}")
-        t0 = time.perf_counter()
-        summaries[name] = train(cfg)
-        timings[f"train_{name}_s"] = time.perf_counter() - t0
-        reused[name] = summaries[name].get("resumed_from", 0) >= cfg.train.steps
+    workers = min(len(runs), jobs or _default_jobs(cfg0))
+    t0 = time.perf_counter()
+    if workers > 1:
+        build_dataset(cfg0.data, with_depth=False, split="train")  # generated once, before the runs share it
+        trained = _run_parallel(runs, workers, out, int(cfg0.train.steps))
+        print(f"[demo] trained {len(runs)} runs, {workers} at a time, in {time.perf_counter() - t0:.0f} s")
+    else:
+        trained = {name: _train_one(overrides, 0) for name, overrides in runs.items()}
+    timings["train_wall_s"] = time.perf_counter() - t0
+    summaries, reused = {}, {}
+    for name, (summary, seconds) in trained.items():
+        summaries[name] = summary
+        timings[f"train_{name}_s"] = seconds
+        reused[name] = summary.get("resumed_from", 0) >= load_config(runs[name]).train.steps
         if reused[name]:
             print(f"[demo] {name}: reused the finished run in {out}/runs/{name} (nothing to train)")
     return runs, summaries, reused
@@ -167,7 +227,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     base = SCALES[args.scale] + [f"data.root={out}/data"] + list(args.overrides)
     load_config(base)  # a typo in an override fails here, before anything is written
     timings: Dict[str, float] = {}
-    runs, summaries, reused = _train_all(out, base, args.seeds, timings)
+    runs, summaries, reused = _train_all(out, base, args.seeds, timings, args.jobs)
     cfg = load_config(runs["gf"])
     device = "cuda" if torch.cuda.is_available() and cfg.train.device in ("auto", "cuda") else "cpu"
     context = cfg.sample.context_frames

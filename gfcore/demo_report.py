@@ -204,8 +204,10 @@ def write_report(out: str, cfg, runs: Dict, summaries: Dict, results: Dict, clip
                      if analysis else {})
     plot_metrics(out, results, trivial_means, cfg.sample.context_frames)
     reused = (analysis or {}).get("reused", {})
-    train_note = " + ".join(f"{timings[f'train_{n}_s']:.0f} s" + (" (reused: finished run)" if reused.get(n) else "")
-                            for n in runs)
+    train_note = ", ".join(f"{n} {timings[f'train_{n}_s']:.0f} s" + (" (reused: finished run)" if reused.get(n) else "")
+                           for n in runs)
+    if "train_wall_s" in timings:  # runs trained side by side: their times overlap
+        train_note = f"{timings['train_wall_s']:.0f} s for all runs: {train_note}"
     lines = [
         "# gfcore demo: baseline vs Geometry Forcing",
         "",

@@ -110,3 +110,28 @@ def test_condition_a_counts_every_training_seed():
     assert "spread over the 2 training seeds 1.00 dB (< 0.5: NOT met)" in gf_a and gf_a.endswith("NOT met")
     # (b) and (c) read the mean over seeds: 20 dB against bars of 9 and 10 dB
     assert text.count("-> met") == 4
+
+
+def test_runs_trained_side_by_side_match_runs_trained_one_after_the_other(tmp_path):
+    """`gfcore demo` trains its runs in parallel worker processes on a multi-core CPU: same weights
+    and logs as training them one by one (same threads), with the data generated once up front
+    (a run that regenerated it under another would fail or differ)."""
+    from gfcore.demo import _train_all
+
+    base = ["experiment=demo", "data.num_clips=2", "data.clip_frames=8", "data.resolution=[16,16]",
+            "train.steps=3", "train.batch_size=2", "train.num_frames=4", "train.log_every=1", "train.device=cpu",
+            *TINY_MODEL]
+    finals = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        timings = {}
+        runs, summaries, reused = _train_all(str(out), base + [f"data.root={out}/data"], 1, timings, jobs)
+        assert sorted(runs) == ["baseline", "gf"] and not any(reused.values())
+        assert timings["train_wall_s"] > 0 and all(timings[f"train_{n}_s"] > 0 for n in runs)
+        finals[jobs] = {n: torch.load(out / "runs" / n / "final.pt", weights_only=False)["model"] for n in runs}
+        assert summaries["gf"]["final"]["cosine"] != 0 and "cosine" not in summaries["baseline"]["final"]
+    for name in ("baseline", "gf"):
+        for key, value in finals[1][name].items():
+            assert torch.equal(value, finals[2][name][key]), (name, key)
+    shared = set(finals[2]["baseline"]) & set(finals[2]["gf"])
+    assert any(not torch.equal(finals[2]["baseline"][k], finals[2]["gf"][k]) for k in shared)  # two distinct runs
