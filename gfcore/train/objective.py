@@ -96,8 +96,8 @@ class GFObjective(torch.nn.Module):
 
     alignment: a GeometryAlignmentLoss (None for the baseline). features: teacher targets
     [B, T, P, target_dim] or [B, T, P, L, target_dim] matching the model's hidden state.
-    Returns a dict with loss (to backpropagate), diffusion, and when aligning angular,
-    scale, cosine, alignment.
+    Returns a dict with loss (to backpropagate: diffusion + alignment_weight * alignment),
+    diffusion, and when aligning angular, scale, cosine, alignment.
     """
 
     def __init__(self, alignment: Optional[GeometryAlignmentLoss] = None, loss_space: str = "v"):
@@ -108,7 +108,7 @@ class GFObjective(torch.nn.Module):
         self.loss_space = loss_space
 
     def forward(self, model, batch: Dict[str, torch.Tensor], noise: NoiseDraw,
-                features: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+                features: Optional[torch.Tensor] = None, alignment_weight: float = 1.0) -> Dict[str, torch.Tensor]:
         x0 = batch["frames"]
         x_t = noisy_input(x0, noise.t, noise.eps)
         v_hat, hidden = model(x_t, noise.t, rays=batch.get("rays"), actions=batch.get("actions"),
@@ -126,6 +126,7 @@ class GFObjective(torch.nn.Module):
                 raise ValueError("GFObjective has an alignment loss but no teacher features were given")
             out = self.alignment(hidden, features.to(hidden.dtype) if not torch.is_autocast_enabled(hidden.device.type)
                                  else features)
-            terms.update(loss=diffusion + out.loss, alignment=out.loss, angular=out.angular, scale=out.scale,
+            # alignment_weight 0 (before loss.align_start): computed and logged, no gradient from it
+            terms.update(loss=diffusion + alignment_weight * out.loss, alignment=out.loss, angular=out.angular, scale=out.scale,
                          cosine=out.cosine)
         return terms

@@ -58,8 +58,8 @@ class TrainModule(torch.nn.Module):
         super().__init__()
         self.model, self.objective = model, objective
 
-    def forward(self, batch, noise, features):
-        return self.objective(self.model, batch, noise, features)
+    def forward(self, batch, noise, features, alignment_weight: float = 1.0):
+        return self.objective(self.model, batch, noise, features, alignment_weight)
 
 
 def resolve_device(name: str, info: Optional[DistInfo] = None) -> torch.device:
@@ -78,6 +78,15 @@ def build_alignment(cfg: DictConfig, model: VideoDiT, teacher) -> Optional[Geome
                                  projector_dim=loss_cfg.projector_dim, head_dim=loss_cfg.head_dim,
                                  lambda_angular=loss_cfg.lambda_angular, lambda_scale=loss_cfg.lambda_scale,
                                  impl=loss_cfg.impl)
+
+
+def alignment_start(cfg: DictConfig) -> int:
+    """loss.align_start: the first step whose alignment loss counts. Before it the GF run trains on
+    the diffusion loss alone (the alignment is still computed and logged, with weight 0)."""
+    start = cfg.loss.get("align_start", 0)
+    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < int(cfg.train.steps):
+        raise ValueError(f"loss.align_start must be an integer step in [0, train.steps={cfg.train.steps}), got {start!r}")
+    return start
 
 
 def model_config(cfg: DictConfig) -> dict:
@@ -354,6 +363,7 @@ def train(cfg: DictConfig) -> Dict:
     info = setup_distributed(device_type)
     device = resolve_device(cfg.train.device, info)
     logger_names = check_loggers(cfg.train.get("loggers", ["jsonl"]))  # before the run folder is touched
+    align_start = alignment_start(cfg)
     out_dir = os.path.expanduser(cfg.out_dir)
     ckpt_dir = os.path.join(out_dir, "checkpoints")
     events = []  # written to log.jsonl once it is open
@@ -459,7 +469,7 @@ def train(cfg: DictConfig) -> Dict:
                 autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
                             else nullcontext())
                 with autocast:
-                    terms = wrapped(batch, noise, features)
+                    terms = wrapped(batch, noise, features, 0.0 if step < align_start else 1.0)
             with nvtx_range("train.backward"):
                 terms["loss"].backward()
             with nvtx_range("train.optimizer"):
