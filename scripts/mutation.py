@@ -71,7 +71,7 @@ TRAINER_RESUME = ("JsonlLog", "_full_state_dict", "_optimizer_state", "_load_opt
                   "_apply_hyperparameters", "train")
 TRAINER_SKIP = ("CrashForTesting", "CachedTargetsBatcher", "TrainModule", "resolve_device", "build_alignment",
                 "model_config", "build_training", "_progress", "_precision", "_wrap", "fsdp_mixed_precision",
-                "configure_model", "_sample_every", "SampleVideos", "_history_guidance", "_utc_now")
+                "configure_model", "_sample_every", "SampleVideos", "_history_guidance", "_utc_now", "alignment_start")
 # (first statement, first statement after) of each resume block of train(): finding and checking
 # the checkpoint and loading the weights, and restoring optimizer, scheduler, EMA, step and RNG.
 RESUME_BLOCKS = [("found, unreadable = find_checkpoint(", "if info.is_main:"),
