@@ -81,12 +81,13 @@ def build_alignment(cfg: DictConfig, model: VideoDiT, teacher) -> Optional[Geome
 
 
 def alignment_start(cfg: DictConfig) -> int:
-    """loss.align_start: the first step whose alignment loss counts. Before it the GF run trains on
-    the diffusion loss alone (the alignment is still computed and logged, with weight 0)."""
-    start = cfg.loss.get("align_start", 0)
-    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < int(cfg.train.steps):
-        raise ValueError(f"loss.align_start must be an integer step in [0, train.steps={cfg.train.steps}), got {start!r}")
-    return start
+    """The first step whose alignment loss counts: loss.align_start (a share of train.steps) x steps.
+    Before it the GF run trains on the diffusion loss alone (the alignment is still computed and
+    logged, with weight 0)."""
+    share = cfg.loss.get("align_start", 0.0)
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
+        raise ValueError(f"loss.align_start must be a share of train.steps in [0, 1), got {share!r}")
+    return int(share * int(cfg.train.steps))
 
 
 def model_config(cfg: DictConfig) -> dict:
