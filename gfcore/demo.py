@@ -273,6 +273,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         per_clip = {k: float(np.mean([s[k] for s in per_seed])) for k in keys}
         measured[name] = {"per_clip": per_clip, "per_seed_mean": [float(np.mean(list(s.values()))) for s in per_seed],
                           "hf_max": float(hf.max()), "hf_share_above_1_5": float((hf > 1.5).float().mean())}
+        if len(videos) > 1:  # the noise-dependent part needs 2+ sampling seeds
+            noise = torch.cat([analysis.noise_dependent_ratio([v[i] for v in videos], clips[i]["frames"], context)
+                               for i in range(len(clips))])
+            measured[name].update(noise_max=float(noise.max()),
+                                  noise_share=float((noise > analysis.NOISE_FRAME_LIMIT).float().mean()))
         t0 = time.perf_counter()
         if train_clips is None:
             train_set = build_dataset(cfg.data, with_depth=True, split="train")
