@@ -151,13 +151,17 @@ def _default_jobs(cfg) -> int:
     return 1 if on_gpu or (os.cpu_count() or 1) < 2 else 2
 
 
-def _step_done(run_dir: str) -> int:
+def _progress_of(run_dir: str, steps: int) -> str:
+    """'step/steps' from the run's log.jsonl; 'queued' before its worker has started it."""
     try:
         with open(os.path.join(run_dir, "log.jsonl")) as handle:
             lines = handle.read().splitlines()
-        return int(json.loads(lines[-1])["step"]) if lines else 0
-    except (OSError, ValueError, KeyError):
-        return 0
+    except OSError:
+        return "queued"
+    try:
+        return f"{int(json.loads(lines[-1])['step']) if lines else 0}/{steps}"
+    except (ValueError, KeyError, IndexError):  # a line being written, or an event record
+        return f"?/{steps}"
 
 
 def _run_parallel(jobs: Dict[str, List[str]], workers: int, out: str, steps: int) -> Dict[str, tuple]:
@@ -176,7 +180,7 @@ def _run_parallel(jobs: Dict[str, List[str]], workers: int, out: str, steps: int
             for future in done:
                 results[pending.pop(future)] = future.result()  # a worker's exception is raised here
             if pending:
-                print("[demo] " + ", ".join(f"{name} {_step_done(os.path.join(out, 'runs', name))}/{steps}"
+                print("[demo] " + ", ".join(f"{name} {_progress_of(os.path.join(out, 'runs', name), steps)}"
                                             for name in jobs if name not in results), flush=True)
     return results
 

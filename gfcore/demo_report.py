@@ -9,6 +9,7 @@ import numpy as np
 
 from gfcore.metrics.report import COLUMNS, format_cell, unavailable
 from gfcore.train.teachers import ORACLE_LABEL
+from gfcore.train.trainer import alignment_start
 
 LABELS = {"baseline": "baseline (no alignment)", "gf": f"Geometry Forcing, {ORACLE_LABEL}"}
 
@@ -228,7 +229,9 @@ def write_report(out: str, cfg, runs: Dict, summaries: Dict, results: Dict, clip
         "",
         f"**Teacher: {ORACLE_LABEL}.** The GF run aligns block {m.align_depth} of {m.depth} with features built from "
         "the ground-truth depth and cameras of the synthetic scenes (not VGGT): an oracle for offline runs and "
-        "tests. Numbers here say nothing about VGGT-based Geometry Forcing.",
+        "tests. Numbers here say nothing about VGGT-based Geometry Forcing."
+        + (f" It aligns from step {alignment_start(cfg)} of {cfg.train.steps} on (loss.align_start "
+           f"{cfg.loss.align_start}), training on the diffusion loss alone before." if alignment_start(cfg) else ""),
         "",
         f"- data: {cfg.data.num_clips} synthetic training clips x {cfg.data.clip_frames} frames at "
         f"{cfg.data.resolution[0]}x{cfg.data.resolution[1]} px; {len(clips)} test clips (path kinds cycle "

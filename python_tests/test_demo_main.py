@@ -23,6 +23,7 @@ def test_demo_writes_a_labelled_report(tmp_path):
     assert code == 0
     report = (out / "report.md").read_text()
     assert "oracle pointmap teacher" in report and "baseline (no alignment)" in report
+    assert "It aligns from step 1 of 2 on (loss.align_start 0.5)" in report  # experiment=demo's late start
     assert (out / "loss.png").stat().st_size > 0
     for name in ("baseline", "gf"):
         clips = sorted((out / "samples" / name / "clips").glob("*.npy"))
