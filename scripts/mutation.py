@@ -40,7 +40,8 @@ MODULES = {
     # torch.compile(fullgraph=True) cannot trace through mutmut's trampolines: those tests are left out
     "losses": (["gfcore/losses/*.py"], ["test_alignment_loss.py", "test_alignment_ops.py"], ["-k", "not compile"]),
     "train/optim.py": (["gfcore/train/optim.py"], ["test_train_optim.py"], []),
-    "train/objective.py": (["gfcore/train/objective.py"], ["test_train_objective.py", "test_prediction_options.py"], []),
+    "train/objective.py": (["gfcore/train/objective.py"], ["test_train_objective.py", "test_prediction_options.py",
+                                                          "test_train_align_start.py"], []),
     "metrics/psnr_ssim.py": (["gfcore/metrics/psnr_ssim.py"], ["test_metrics_psnr_ssim.py"], []),
     "sample/sampler.py": (["gfcore/sample/sampler.py"], ["test_sample_sampler.py", "test_sample_history_guidance.py"], []),
     "train/checkpoint.py": (["gfcore/train/checkpoint.py"], ["test_train_resume.py"], ["-k", "not sigkilled"]),
