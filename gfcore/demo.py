@@ -37,6 +37,13 @@ SCALES = {
 }
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def _parse(argv: Optional[Sequence[str]]):
     parser = argparse.ArgumentParser(prog="gfcore demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="gfcore_demo", help="output folder (default ./gfcore_demo, git-ignored)")
@@ -47,8 +54,8 @@ def _parse(argv: Optional[Sequence[str]]):
     parser.add_argument("--seeds", type=int, default=1, help="training seeds per model (seed, seed+1, ...): mean and "
                         "spread over them")
     parser.add_argument("--noise-seeds", type=int, default=3, help="sampling-noise seeds per rollout (consistency check)")
-    parser.add_argument("--jobs", type=int, default=None, help="runs trained at once (default: 2 on a CPU with 2 or "
-                        "more cores, a core share each; 1 on a GPU)")
+    parser.add_argument("--jobs", type=_positive, default=None, help="runs trained at once (default: 2 on a CPU with 2 "
+                        "or more cores, a core share each; 1 on a GPU)")
     parser.add_argument("overrides", nargs="*", help="hydra overrides, e.g. train.steps=100 model.depth=2")
     return parser.parse_args(argv)
 
@@ -144,11 +151,16 @@ def _train_one(overrides: List[str], threads: int) -> tuple:
     return summary, time.perf_counter() - t0
 
 
+def _cores() -> int:
+    """The cores this process may use (a container's limit, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _default_jobs(cfg) -> int:
     """Runs trained at once: 2 on a CPU with 2+ cores (two small models, a core each, train faster
     side by side than one after the other with 2 threads each), 1 on a GPU."""
     on_gpu = torch.cuda.is_available() and cfg.train.device in ("auto", "cuda")
-    return 1 if on_gpu or (os.cpu_count() or 1) < 2 else 2
+    return 1 if on_gpu or _cores() < 2 else 2
 
 
 def _progress_of(run_dir: str, steps: int) -> str:
@@ -170,7 +182,7 @@ def _run_parallel(jobs: Dict[str, List[str]], workers: int, out: str, steps: int
     import concurrent.futures as futures
     import multiprocessing
 
-    threads = max(1, torch.get_num_threads() // workers)
+    threads = max(1, min(torch.get_num_threads(), _cores()) // workers)
     results = {}
     with futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         pending = {pool.submit(_train_one, overrides + ["train.progress=false"], threads): name
@@ -178,7 +190,11 @@ def _run_parallel(jobs: Dict[str, List[str]], workers: int, out: str, steps: int
         while pending:
             done, _ = futures.wait(pending, timeout=30, return_when=futures.FIRST_COMPLETED)
             for future in done:
-                results[pending.pop(future)] = future.result()  # a worker's exception is raised here
+                name = pending.pop(future)
+                if future.exception() is not None:  # start no queued run; the error is raised once the running ones end
+                    print(f"[demo] training {name} failed; waiting for the runs in progress", flush=True)
+                    pool.shutdown(wait=True, cancel_futures=True)
+                results[name] = future.result()
             if pending:
                 print("[demo] " + ", ".join(f"{name} {_progress_of(os.path.join(out, 'runs', name), steps)}"
                                             for name in jobs if name not in results), flush=True)

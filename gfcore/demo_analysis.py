@@ -52,21 +52,26 @@ def high_frequency_ratio(generated: torch.Tensor, reference: torch.Tensor, conte
 
 
 # A frame whose noise-dependent high-frequency energy reaches a quarter of the ground truth's
-# (-6 dB) shows visible noise. The issue's rollouts (v-prediction, 500 steps, Heun 10) read a
-# median 1.2 on this scale (p99 5.4); the demo's models read below 0.05 (demo_recipes.md).
+# (-6 dB) shows visible noise. Measured with 3 sampling seeds (benchmarks/results/demo_recipes.md):
+# the old recipe's rollouts (v-prediction, 500 steps, Heun 10), the issue's blocky colour noise,
+# read a median of OLD_RECIPE_NOISE_MEDIAN, every frame above the limit; the demo's models below 0.1.
 NOISE_FRAME_LIMIT = 0.25
+OLD_RECIPE_NOISE_MEDIAN = 1.80
 
 
 def noise_dependent_ratio(rollouts: Sequence[torch.Tensor], reference: torch.Tensor, context: int) -> torch.Tensor:
-    """Per generated frame [T - context]: high-frequency energy of the part of the frame that changes
-    with the sampling noise (each seed's rollout minus the mean over the seeds, energy averaged over
-    the seeds), relative to the reference frame's. Input noise the model fails to remove (the
-    blocky colour noise) reads high; whatever all seeds share, blur or artefact, reads 0."""
-    if len(rollouts) < 2:
-        raise ValueError(f"noise_dependent_ratio needs rollouts from 2 or more sampling seeds, got {len(rollouts)}")
+    """Per generated frame [T - context]: high-frequency energy of the part of a rollout that changes
+    with the sampling noise, relative to the reference frame's. Estimated from S seeds as the
+    energy of each seed's rollout minus the mean over the seeds, summed over the seeds and divided
+    by S - 1 (the deviations from the seeds' own mean hold (S - 1) / S of it), so the scale does not
+    depend on how many seeds there are. Input noise the model fails to remove (the blocky colour
+    noise) reads high; whatever all seeds share, blur or artefact, reads 0."""
+    seeds = len(rollouts)
+    if seeds < 2:
+        raise ValueError(f"noise_dependent_ratio needs rollouts from 2 or more sampling seeds, got {seeds}")
     x = torch.stack([_unit(video[context:]) for video in rollouts])  # [S, T, C, H, W]
     deviation = x - x.mean(0, keepdim=True)
-    energy = torch.stack([_high_pass_energy(d) for d in deviation]).mean(0)
+    energy = torch.stack([_high_pass_energy(d) for d in deviation]).sum(0) / (seeds - 1)
     return energy / _high_pass_energy(_unit(reference[context:])).clamp_min(1e-8)
 
 

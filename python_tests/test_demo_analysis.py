@@ -42,8 +42,8 @@ def test_high_pass_energies_against_a_float64_loop():
     x = np.stack([_quantised(v[context:]) for v in rollouts])
     deviation = x - x.mean(0, keepdims=True)
     ref = _quantised(reference[context:])
-    expected_noise = [np.mean([_high_pass_energy_by_hand(d[t]) for d in deviation]) / _high_pass_energy_by_hand(ref[t])
-                      for t in range(3)]
+    expected_noise = [sum(_high_pass_energy_by_hand(d[t]) for d in deviation) / 2 / _high_pass_energy_by_hand(ref[t])
+                      for t in range(3)]  # the sum over 3 seeds' deviations / (3 - 1)
     expected_sharp = [_high_pass_energy_by_hand(x[0, t]) / _high_pass_energy_by_hand(ref[t]) for t in range(3)]
     noise = noise_dependent_ratio(rollouts, reference, context)
     sharp = high_frequency_ratio(rollouts[0], reference, context)
@@ -70,3 +70,24 @@ def test_noise_dependent_ratio_needs_two_seeds():
     reference = _scene()
     with pytest.raises(ValueError, match="2 or more sampling seeds"):
         noise_dependent_ratio([reference], reference, 2)
+
+
+def test_two_seeds_read_half_the_energy_of_their_difference():
+    """With 2 seeds the estimate is the high-pass energy of (a - b) / 2 per seed, summed: half the
+    energy of a - b, which is the per-seed noise energy when the two draws are independent."""
+    reference = _scene(seed=1)
+    a, b = (reference + _blocky_colour_noise(5, 8, 0.2, seed) for seed in (3, 4))
+    difference = _quantised(a[2:]) - _quantised(b[2:])
+    ref = _quantised(reference[2:])
+    expected = [_high_pass_energy_by_hand(difference[t]) / 2 / _high_pass_energy_by_hand(ref[t]) for t in range(3)]
+    np.testing.assert_allclose(noise_dependent_ratio([a, b], reference, 2).double().numpy(), expected, rtol=1e-4)
+
+
+def test_the_scale_does_not_depend_on_the_number_of_seeds():
+    """Same noise level, 2 or 8 seeds: the same reading up to sampling error (the deviations from the
+    seeds' own mean alone would read 1/2 and 7/8 of it)."""
+    reference = _scene(frames=6, size=32, seed=1)
+    rollouts = [reference + _blocky_colour_noise(6, 32, 0.15, seed) for seed in range(8)]
+    two = noise_dependent_ratio(rollouts[:2], reference, 2).mean()
+    eight = noise_dependent_ratio(rollouts, reference, 2).mean()
+    assert float(two / eight) == pytest.approx(1.0, abs=0.15)

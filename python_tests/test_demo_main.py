@@ -136,9 +136,8 @@ def test_condition_a_reads_the_noise_dependent_part_not_sharpness():
 
 
 def test_runs_trained_side_by_side_match_runs_trained_one_after_the_other(tmp_path):
-    """`gfcore demo` trains its runs in parallel worker processes on a multi-core CPU: same weights
-    and logs as training them one by one (same threads), with the data generated once up front
-    (a run that regenerated it under another would fail or differ)."""
+    """`gfcore demo` trains its runs in parallel worker processes on a multi-core CPU: the same
+    weights as training them one after the other (with the same threads)."""
     from gfcore.demo import _train_all
 
     base = ["experiment=demo", "data.num_clips=2", "data.clip_frames=8", "data.resolution=[16,16]",
@@ -158,3 +157,10 @@ def test_runs_trained_side_by_side_match_runs_trained_one_after_the_other(tmp_pa
             assert torch.equal(value, finals[2][name][key]), (name, key)
     shared = set(finals[2]["baseline"]) & set(finals[2]["gf"])
     assert any(not torch.equal(finals[2]["baseline"][k], finals[2]["gf"][k]) for k in shared)  # two distinct runs
+
+
+@pytest.mark.parametrize("jobs", ["0", "-1"])
+def test_jobs_must_be_positive(jobs, capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--jobs", jobs])
+    assert f"argument --jobs: must be 1 or more, got {jobs}" in capsys.readouterr().err

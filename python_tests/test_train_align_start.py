@@ -53,3 +53,19 @@ def test_align_start_outside_the_run_is_refused(tmp_path, tiny_data_root, value)
     with pytest.raises(ValueError, match=r"loss\.align_start must be a share of train\.steps in \[0, 1\)"):
         train(cfg)
     assert not (tmp_path / "gf").exists()  # refused before the run folder is written
+
+
+def test_a_run_killed_before_align_start_resumes_bit_identical(tmp_path, tiny_data_root):  # noqa: F811
+    from gfcore.train.trainer import CrashForTesting
+
+    common = ["teacher=pointmap", "loss.align_start=0.5", "train.steps=4", "train.ckpt_every=1"]
+    straight = train(load_config(tiny_overrides(tiny_data_root, str(tmp_path / "straight"), *common)))
+    with pytest.raises(CrashForTesting):
+        train(load_config(tiny_overrides(tiny_data_root, str(tmp_path / "killed"), *common, "train.crash_after_step=1")))
+    resumed = train(load_config(tiny_overrides(tiny_data_root, str(tmp_path / "killed"), *common)))
+    timing = ("samples_per_s", "achieved_tflops", "mfu")
+    assert resumed["resumed_from"] == 1
+    assert {k: v for k, v in resumed["final"].items() if k not in timing} == \
+        {k: v for k, v in straight["final"].items() if k not in timing}
+    final = [torch.load(tmp_path / run / "final.pt", weights_only=False)["model"] for run in ("straight", "killed")]
+    assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])

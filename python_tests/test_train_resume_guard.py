@@ -160,6 +160,13 @@ def test_config_changes_rules():
     # under a cosine schedule the total number of steps shapes the lr: extending the run is a change
     old["train"]["lr_decay"] = new["train"]["lr_decay"] = "cosine"
     assert "train.steps" in config_changes(old, new)
+    # a run from before loss.align_start existed aligned from step 0: a late start is a change,
+    # and so are more steps (they move the start step), even under a constant lr
+    old["train"]["lr_decay"] = new["train"]["lr_decay"] = "constant"
+    new["teacher"], new["loss"] = dict(old["teacher"]), {"align_start": 0.0}
+    assert config_changes(old, new) == {}
+    new["loss"]["align_start"] = 0.5
+    assert config_changes(old, new) == {"loss.align_start": (0.0, 0.5), "train.steps": (10, 20)}
 
 
 

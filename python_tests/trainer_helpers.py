@@ -10,9 +10,11 @@ TINY_MODEL = ["model.hidden_dim=32", "model.depth=2", "model.num_heads=2", "mode
 
 
 # The trainer tests keep the recipe they were written for (flow matching on v, per-frame noise,
-# constant lr 3e-4), not the demo's current one (issue #13), which experiment=demo now sets.
+# constant lr 3e-4, alignment from step 0), not the demo's current one (issue #13), which
+# experiment=demo now sets.
 PLAIN_RECIPE = ["model.prediction=v", "train.loss_space=v", "train.noise_mode=independent", "train.t_shift=1.0",
-                "train.lr=3e-4", "train.lr_decay=constant", "sample.method=heun", "sample.steps=10"]
+                "train.lr=3e-4", "train.lr_decay=constant", "sample.method=heun", "sample.steps=10",
+                "loss.align_start=0.0"]
 
 
 def tiny_overrides(data_root: str, out_dir: str, *extra: str) -> list:

@@ -40,6 +40,10 @@ FREE_KEYS = (
 
 _ABSENT = "<absent>"
 
+# Keys added after runs were made that lack them, with the value those runs trained with: a
+# resume that sets another value is a change like any other.
+ADDED_WITH_DEFAULTS = {"loss.align_start": 0.0}
+
 
 def _under(key: str, prefixes: Iterable[str]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
@@ -58,13 +62,21 @@ def flatten(node: Any, prefix: str = "") -> Dict[str, Any]:
 def config_changes(old: Dict, new: Dict) -> Dict[str, Tuple[Any, Any]]:
     """{key: (old value, new value)} for every training-relevant key that differs.
 
-    Keys missing from the old config (added by a newer gfcore) are not changes; keys gone
-    from the new one are (new value "<absent>"). train.steps is free unless the learning rate
-    follows a cosine schedule over the total, which extending the run would reshape.
+    Keys missing from the old config (added by a newer gfcore) are not changes, except those of
+    ADDED_WITH_DEFAULTS, read as their old value; keys gone from the new one are (new value
+    "<absent>"). train.steps is free unless the learning rate follows a cosine schedule over the
+    total or the alignment starts at a share of it, which extending the run would move.
     """
     old_flat, new_flat = flatten(old), flatten(new)
+    for key, default in ADDED_WITH_DEFAULTS.items():  # a run from before the key had its default
+        if key in new_flat:
+            old_flat.setdefault(key, default)
     free = list(FREE_KEYS)
-    if "cosine" not in (old_flat.get("train.lr_decay"), new_flat.get("train.lr_decay")):
+    # train.steps is free unless the run depends on its total: a cosine lr, or an alignment
+    # that starts at a share of it (extending the run would move the start)
+    aligned_late = any(flat.get("teacher.name", "none") != "none" and flat.get("loss.align_start")
+                       for flat in (old_flat, new_flat))
+    if "cosine" not in (old_flat.get("train.lr_decay"), new_flat.get("train.lr_decay")) and not aligned_late:
         free.append("train.steps")
     changes = {}
     for key in sorted(old_flat):

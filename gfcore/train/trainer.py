@@ -87,7 +87,7 @@ def alignment_start(cfg: DictConfig) -> int:
     share = cfg.loss.get("align_start", 0.0)
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
         raise ValueError(f"loss.align_start must be a share of train.steps in [0, 1), got {share!r}")
-    return int(share * int(cfg.train.steps))
+    return round(share * int(cfg.train.steps))  # round: int(0.29 * 100) would be 28
 
 
 def model_config(cfg: DictConfig) -> dict:
@@ -364,7 +364,7 @@ def train(cfg: DictConfig) -> Dict:
     info = setup_distributed(device_type)
     device = resolve_device(cfg.train.device, info)
     logger_names = check_loggers(cfg.train.get("loggers", ["jsonl"]))  # before the run folder is touched
-    align_start = alignment_start(cfg)
+    align_start_step = alignment_start(cfg)
     out_dir = os.path.expanduser(cfg.out_dir)
     ckpt_dir = os.path.join(out_dir, "checkpoints")
     events = []  # written to log.jsonl once it is open
@@ -470,7 +470,7 @@ def train(cfg: DictConfig) -> Dict:
                 autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
                             else nullcontext())
                 with autocast:
-                    terms = wrapped(batch, noise, features, 0.0 if step < align_start else 1.0)
+                    terms = wrapped(batch, noise, features, 0.0 if step < align_start_step else 1.0)
             with nvtx_range("train.backward"):
                 terms["loss"].backward()
             with nvtx_range("train.optimizer"):
