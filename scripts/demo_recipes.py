@@ -1,7 +1,8 @@
 """Rank training / sampling recipes for the CPU demo quickly: train one run per recipe, roll out
 the test clips from their first 2 frames along their paths, and print mean PSNR of the generated
 frames against the trivial predictors (repeat the last context frame; the clip's mean colour), per
-path kind, and the demo's high-frequency detector (max ratio, share of frames above 1.5x).
+path kind, and the demo's high-frequency detector (max ratio, share of frames above 1.5x); with
+2+ sampling seeds (--seeds 0 1 2) also condition (a)'s noise-dependent ratio.
 
     python scripts/demo_recipes.py --root /tmp/recipes --test-clips 8 \
         --recipe "v500=train.steps=500" --recipe "res=model.prediction=x0_residual train.loss_space=x0 ..."
@@ -50,7 +51,7 @@ def main() -> None:
         frames = torch.stack([c["frames"] for c in clips])
         ctx = cfg.sample.context_frames
         model, _ = load_trained_model(run_dir, use_ema=sample.get("ema", str(cfg.sample.use_ema)) in ("True", "true", "1"))
-        per_seed, hf = [], []
+        per_seed, hf, videos = [], [], []
         for seed in args.seeds:
             video = rollout(model, frames[:, :ctx], frames.shape[1], cfg.sample.window, ctx,
                             int(sample.get("steps", cfg.sample.steps)), sample.get("method", cfg.sample.method),
@@ -58,6 +59,7 @@ def main() -> None:
                             c2w=torch.stack([c["c2w"] for c in clips]), generator=torch.Generator().manual_seed(seed))
             per_seed.append([analysis.clip_psnr(video[i], frames[i], ctx) for i in range(len(clips))])
             hf += [analysis.high_frequency_ratio(video[i], frames[i], ctx) for i in range(len(clips))]
+            videos.append(video)
         trivial = [analysis.trivial_predictions(frames[i], ctx) for i in range(len(clips))]
         copy = [analysis.clip_psnr(t["repeat last context frame"], frames[i], ctx) for i, t in enumerate(trivial)]
         mean = [analysis.clip_psnr(t["clip mean colour"], frames[i], ctx) for i, t in enumerate(trivial)]
@@ -73,6 +75,12 @@ def main() -> None:
                          "hf_max": round(float(hf.max()), 2), "hf_share_above_1_5": round(float((hf > 1.5).float().mean()), 4),
                          "per_clip": ps.mean(0).round(2).tolist(), "copy_per_clip": np.round(copy, 2).tolist(),
                          "load": os.getloadavg()[0]}
+        if len(videos) > 1:  # condition (a)'s colour-noise detector needs 2+ sampling seeds
+            noise = torch.cat([analysis.noise_dependent_ratio([v[i] for v in videos], frames[i], ctx)
+                               for i in range(len(clips))])
+            results[name]["noise"] = {"median": round(float(noise.median()), 3),
+                                      "p99": round(float(noise.quantile(0.99)), 3), "max": round(float(noise.max()), 3),
+                                      "share_above_limit": round(float((noise > analysis.NOISE_FRAME_LIMIT).float().mean()), 4)}
         print(json.dumps({name: results[name]}), flush=True)
     with open(os.path.join(args.root, "recipes.jsonl"), "a") as handle:
         for name, r in results.items():
