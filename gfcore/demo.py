@@ -206,13 +206,14 @@ def _train_all(out: str, base: List[str], seeds: int, timings: Dict, jobs: Optio
     from gfcore.train.data import build_dataset
     from gfcore.train.teachers import ORACLE_LABEL
 
-    runs = {}
+    cfg0 = load_config(base)
+    runs, steps = {}, {}
     for name, info in _run_names(seeds).items():
         teacher = "none" if info["model"] == "baseline" else "pointmap"
-        cfg0 = load_config(base)
         runs[name] = base + [f"teacher={teacher}", f"name={name}", f"out_dir={out}/runs/{name}",
                              f"seed={int(cfg0.seed) + info['seed']}"]
         cfg = load_config(runs[name])
+        steps[name] = int(cfg.train.steps)
         label = "baseline" if info["model"] == "baseline" else f"Geometry Forcing ({ORACLE_LABEL})"
         print(f"[demo] training {label} (seed {cfg.seed}): {cfg.train.steps} steps, "
               f"model {cfg.model.hidden_dim}x{cfg.model.depth}")
@@ -229,7 +230,7 @@ def _train_all(out: str, base: List[str], seeds: int, timings: Dict, jobs: Optio
     for name, (summary, seconds) in trained.items():
         summaries[name] = summary
         timings[f"train_{name}_s"] = seconds
-        reused[name] = summary.get("resumed_from", 0) >= load_config(runs[name]).train.steps
+        reused[name] = summary.get("resumed_from", 0) >= steps[name]
         if reused[name]:
             print(f"[demo] {name}: reused the finished run in {out}/runs/{name} (nothing to train)")
     return runs, summaries, reused
@@ -294,8 +295,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         measured[name] = {"per_clip": per_clip, "per_seed_mean": [float(np.mean(list(s.values()))) for s in per_seed],
                           "hf_max": float(hf.max()), "hf_share_above_1_5": float((hf > 1.5).float().mean())}
         if len(videos) > 1:  # the noise-dependent part needs 2+ sampling seeds
-            noise = torch.cat([analysis.noise_dependent_ratio([v[i] for v in videos], clips[i]["frames"], context)
-                               for i in range(len(clips))])
+            noise = analysis.noise_dependent_ratios(videos, [clip["frames"] for clip in clips], context)
             measured[name].update(noise_max=float(noise.max()),
                                   noise_share=float((noise > analysis.NOISE_FRAME_LIMIT).float().mean()))
         t0 = time.perf_counter()

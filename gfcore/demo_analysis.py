@@ -75,6 +75,14 @@ def noise_dependent_ratio(rollouts: Sequence[torch.Tensor], reference: torch.Ten
     return energy / _high_pass_energy(_unit(reference[context:])).clamp_min(1e-8)
 
 
+def noise_dependent_ratios(rollouts: Sequence[torch.Tensor], references: Sequence[torch.Tensor],
+                           context: int) -> torch.Tensor:
+    """noise_dependent_ratio of every clip, concatenated: rollouts [S] of [B, T, C, H, W] (one batch
+    of B clips per sampling seed), references B clips [T, C, H, W]."""
+    return torch.cat([noise_dependent_ratio([video[i] for video in rollouts], reference, context)
+                      for i, reference in enumerate(references)])
+
+
 def bootstrap_mean_interval(values: Sequence[float], resamples: int = 5000, seed: int = 0,
                             level: float = 0.95) -> tuple:
     """(mean, low, high): percentile bootstrap interval of the mean over the given per-clip values."""

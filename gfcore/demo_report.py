@@ -226,14 +226,15 @@ def write_report(out: str, cfg, runs: Dict, summaries: Dict, results: Dict, clip
                            for n in runs)
     if "train_wall_s" in timings:  # with runs trained side by side their times overlap: give the wall time
         train_note = f"{timings['train_wall_s']:.0f} s for all runs: {train_note}"
+    start = alignment_start(cfg)
     lines = [
         "# gfcore demo: baseline vs Geometry Forcing",
         "",
         f"**Teacher: {ORACLE_LABEL}.** The GF run aligns block {m.align_depth} of {m.depth} with features built from "
         "the ground-truth depth and cameras of the synthetic scenes (not VGGT): an oracle for offline runs and "
         "tests. Numbers here say nothing about VGGT-based Geometry Forcing."
-        + (f" It aligns from step {alignment_start(cfg)} of {cfg.train.steps} on (loss.align_start "
-           f"{cfg.loss.align_start}), training on the diffusion loss alone before." if alignment_start(cfg) else ""),
+        + (f" It aligns from step {start} of {cfg.train.steps} on (loss.align_start "
+           f"{cfg.loss.align_start}), training on the diffusion loss alone before." if start else ""),
         "",
         f"- data: {cfg.data.num_clips} synthetic training clips x {cfg.data.clip_frames} frames at "
         f"{cfg.data.resolution[0]}x{cfg.data.resolution[1]} px; {len(clips)} test clips (path kinds cycle "

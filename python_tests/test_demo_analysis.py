@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from gfcore.demo_analysis import NOISE_FRAME_LIMIT, high_frequency_ratio, noise_dependent_ratio
+from gfcore.demo_analysis import NOISE_FRAME_LIMIT, high_frequency_ratio, noise_dependent_ratio, noise_dependent_ratios
 
 
 def _high_pass_energy_by_hand(frame: np.ndarray) -> float:
@@ -91,3 +91,12 @@ def test_the_scale_does_not_depend_on_the_number_of_seeds():
     two = noise_dependent_ratio(rollouts[:2], reference, 2).mean()
     eight = noise_dependent_ratio(rollouts, reference, 2).mean()
     assert float(two / eight) == pytest.approx(1.0, abs=0.15)
+
+
+def test_batched_ratios_are_each_clips_in_order():
+    references = [_scene(seed=1), _scene(seed=2)]
+    rollouts = [torch.stack([ref + _blocky_colour_noise(5, 8, 0.1 * (i + 1), 10 * seed + i)
+                             for i, ref in enumerate(references)]) for seed in range(3)]  # [S] of [B, T, C, H, W]
+    per_clip = [noise_dependent_ratio([r[i] for r in rollouts], references[i], 2) for i in range(2)]
+    assert torch.equal(noise_dependent_ratios(rollouts, references, 2), torch.cat(per_clip))
+    assert not torch.allclose(per_clip[0], per_clip[1])  # the clips differ: an order mix-up would show

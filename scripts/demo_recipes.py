@@ -76,8 +76,7 @@ def main() -> None:
                          "per_clip": ps.mean(0).round(2).tolist(), "copy_per_clip": np.round(copy, 2).tolist(),
                          "load": os.getloadavg()[0]}
         if len(videos) > 1:  # condition (a)'s colour-noise detector needs 2+ sampling seeds
-            noise = torch.cat([analysis.noise_dependent_ratio([v[i] for v in videos], frames[i], ctx)
-                               for i in range(len(clips))])
+            noise = analysis.noise_dependent_ratios(videos, frames, ctx)
             results[name]["noise"] = {"median": round(float(noise.median()), 3),
                                       "p99": round(float(noise.quantile(0.99)), 3), "max": round(float(noise.max()), 3),
                                       "share_above_limit": round(float((noise > analysis.NOISE_FRAME_LIMIT).float().mean()), 4)}
