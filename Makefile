@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-python test-cpp test-kernels test-kernel-mutations bench mutation
+.PHONY: setup setup-torch-min demo test test-python test-python-torch-min test-cpp test-kernels test-kernel-mutations bench mutation
 
 setup:
 	VENV=$(VENV) bash scripts/setup_env.sh
@@ -12,7 +12,7 @@ setup:
 demo: setup
 	$(VENV)/bin/gfcore demo
 
-test: setup test-kernels test-python test-cpp
+test: setup test-kernels test-python test-cpp test-python-torch-min
 
 # `make test` (and so CI) fails the CUDA build if any kernel spills registers to local memory
 # (setup.py: ptxas -warn-spills -Werror). GFCORE_FAIL_ON_SPILLS=0 make test turns it off.
@@ -37,6 +37,18 @@ test-python:
 
 test-cpp:
 	bash scripts/build_cpp.sh $(PY)
+
+# The Python tests again against the oldest supported torch (gfcore/torch_support.py: MINIMUM),
+# in a second environment with gfcore's CPU kernels (the CUDA build and the kernel harness run
+# once, above, against the pinned torch). PyPI's torch 2.11 is a CUDA build: about 4.6 GB.
+TORCH_MIN ?= 2.11.0
+VENV_TORCH_MIN ?= .venv-torch-min
+setup-torch-min:
+	VENV=$(VENV_TORCH_MIN) TORCH_VERSION=$(TORCH_MIN) GFCORE_CUDA=0 GFCORE_BUILD_DIR=build/torch-min \
+	  bash scripts/setup_env.sh
+
+test-python-torch-min: setup-torch-min
+	$(VENV_TORCH_MIN)/bin/pytest python_tests -q -ra
 
 bench: setup
 	$(PY) -m benchmarks.bench_alignment_loss

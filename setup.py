@@ -18,6 +18,7 @@ Switches (environment variables):
                          visible (A100 and H100), else the visible GPU's.
   GFCORE_FAIL_ON_SPILLS=1  fail the CUDA build when ptxas spills registers in any kernel
                          (ptxas -warn-spills -Werror); `make test`, and so CI, sets it.
+  GFCORE_BUILD_DIR       build folder (default build/): one per torch version avoids rebuilds.
   MAX_JOBS               parallel compile jobs (torch's ninja builder honours it).
   CUDA_HOME              toolkit location; found from nvcc or /usr/local/cuda otherwise.
 """
@@ -131,6 +132,23 @@ To install the pure-Python package without the kernels anyway, set GFCORE_ALLOW_
 """
 
 
+def _check_torch_support(version):
+    """Refuse to build against a torch older than gfcore supports (gfcore/torch_support.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_gfcore_torch_support",
+                                                  os.path.join(ROOT, "gfcore", "torch_support.py"))
+    support = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(support)
+    problem = support.support_problem(version)
+    if problem is None:
+        return
+    kind, message = problem
+    if kind == "error" and os.environ.get(support.ALLOW_ENV) != "1":
+        raise SystemExit("gfcore: " + message)
+    print("gfcore: warning: " + message)
+
+
 def _extension():
     torch = _import_torch()
     if isinstance(torch, ImportError):
@@ -139,6 +157,7 @@ def _extension():
                   "building the pure-Python package only, without gfcore._C")
             return [], {}
         raise SystemExit(_no_torch_message(torch))
+    _check_torch_support(torch.__version__)
     from torch.utils import cpp_extension
 
     with_cuda = _want_cuda(torch)
@@ -197,6 +216,9 @@ def _extension():
 
 
 ext_modules, cmdclass = _extension()
+# GFCORE_BUILD_DIR: where the build's objects go (default build/), so that environments built
+# against different torch versions (make test-torch-min) do not rebuild each other's objects.
+build_options = {"build": {"build_base": os.environ["GFCORE_BUILD_DIR"]}} if os.environ.get("GFCORE_BUILD_DIR") else {}
 
 setup(
     name="gfcore",
@@ -209,5 +231,6 @@ setup(
     extras_require={"nvtx": ["nvtx"], "safetensors": ["safetensors"], "decord": ["decord"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
+    options=build_options,
     entry_points={"console_scripts": ["gfcore=gfcore.cli:main"]},
 )

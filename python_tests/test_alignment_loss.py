@@ -245,6 +245,24 @@ def test_autocast_takes_y_in_any_floating_dtype(impl):
             assert_same(run(loss_fn, h, other, impl), same, rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("impl", ["reference", "auto"])
+def test_autocast_terms_come_out_in_float32_whatever_y_dtype(impl):
+    """The cause of torch 2.11's 'Found dtype Double but expected Float' in this path: y's own
+    dtype leaking into the loss arithmetic (float64 targets promoted the terms to float64 and
+    handed mse_loss's backward mixed dtypes). y is taken in the autocast dtype and the terms
+    accumulate in float32, so every y dtype gives float32 terms, identical values (y is
+    bf16-exact) and a backward that runs."""
+    loss_fn = make_loss(torch.float32, impl=impl)
+    h, y = torch.randn(33, 24), torch.randn(33, 40).bfloat16().float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        same = run(loss_fn, h, y, impl)
+        for other in (y.double(), y.half(), y.bfloat16()):
+            got = run(loss_fn, h, other, impl)
+            for term in ("loss", "angular", "scale", "cosine"):
+                assert getattr(got[0], term).dtype == torch.float32, (term, other.dtype)
+            assert_same(got, same, rtol=0, atol=0)
+
+
 @requires_cpu_kernels
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_torch_compile_fullgraph(backend):

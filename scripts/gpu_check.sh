@@ -8,7 +8,7 @@
 #   bash scripts/gpu_check.sh bench        # the GPU benchmarks of the loss, the attention, VGGT
 #
 # Logs and results go to $OUT (the device tool brings them back): build-test writes device.txt,
-# build.log, tests.log, harness_gpu.log, sanitizer.log; bench writes device.txt, build.log,
+# build.log, tests_cpu.log, tests.log, harness_gpu.log, sanitizer.log; bench writes device.txt, build.log,
 # bench.log and results_cuda.tar.gz, the benchmarks' *cuda* JSON/markdown and the attention
 # dispatch table attention_dispatch_sm<XY>.json that impl="auto" follows (unpack and commit
 # them under benchmarks/results/). Wheels the
@@ -27,7 +27,9 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv | tee "$OUT/device.txt"
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/device.txt"
+# The torch this ran with (gfcore supports the range in gfcore/torch_support.py; CI tests its ends).
+python3 -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)" \
+  | tee -a "$OUT/device.txt"
 git rev-parse HEAD 2>/dev/null | sed 's/^/commit /' | tee -a "$OUT/device.txt"
 cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d ' ')
 arch=sm_${cap/./}
@@ -39,6 +41,12 @@ stamp "extension built for $arch"
 python3 -c "import gfcore; print('backends', gfcore.backends())" | tee -a "$OUT/device.txt"
 
 if [ "$STEP" = build-test ]; then
+  # First the CPU tests of the ops and the loss, with the GPU hidden, on this machine's torch: a
+  # failure there is a torch-version difference, not to be read as a kernel failure below.
+  CUDA_VISIBLE_DEVICES= timeout 180 python3 -m pytest python_tests/test_torch_support.py \
+    python_tests/test_alignment_loss.py python_tests/test_alignment_ops.py python_tests/test_attention_cpu.py \
+    -q -ra -p no:cacheprovider > "$OUT/tests_cpu.log" 2>&1
+  stamp "pytest, CPU only: $(tail -1 "$OUT/tests_cpu.log")"
   python3 -m pytest python_tests/test_alignment_cuda.py python_tests/test_attention_cuda.py \
     python_tests/test_geometry_teacher.py -q -ra -p no:cacheprovider > "$OUT/tests.log" 2>&1
   stamp "pytest: $(tail -1 "$OUT/tests.log")"

@@ -26,10 +26,15 @@ fi
 # an unpinned `make setup` resolved to and built gfcore against (2.14.1+cu130, for CUDA 13.0
 # like the nvcc used) and the CPU wheel (2.13.0+cpu) that the CPU benchmarks in
 # benchmarks/results/ ran with. Change a pin only together with a full `make test` on it.
+# TORCH_VERSION=X installs that torch instead (PyPI's build of it): `make test-torch-min` uses it
+# for the oldest supported torch (gfcore/torch_support.py states the range).
 TORCH_CUDA_VERSION=2.14.1
 TORCH_CPU_VERSION=2.13.0
 if ! "$PY" -c "import torch" 2>/dev/null; then
-  if [ "$want_cuda" = 1 ]; then
+  if [ -n "${TORCH_VERSION:-}" ]; then
+    echo "setup: installing torch $TORCH_VERSION (TORCH_VERSION)"
+    "$PY" -m pip install -q "torch==$TORCH_VERSION"
+  elif [ "$want_cuda" = 1 ]; then
     echo "setup: installing a CUDA build of torch $TORCH_CUDA_VERSION (nvcc found, so the CUDA kernels get compiled)"
     "$PY" -m pip install -q "torch==$TORCH_CUDA_VERSION"
   else
@@ -40,6 +45,7 @@ fi
 # An existing environment keeps its torch; say so when it is not a pinned one.
 have_torch=$("$PY" -c "import torch; print(torch.__version__)")
 case "$have_torch" in
+  "${TORCH_VERSION:-none}" | "${TORCH_VERSION:-none}"+*) ;;
   "$TORCH_CUDA_VERSION" | "$TORCH_CUDA_VERSION"+* | "$TORCH_CPU_VERSION" | "$TORCH_CPU_VERSION"+*) ;;
   *) echo "setup: note: $VENV has torch $have_torch, not a tested one" \
           "($TORCH_CUDA_VERSION CUDA, $TORCH_CPU_VERSION CPU)" ;;
@@ -48,6 +54,9 @@ esac
 # whose own requirements would pull torchvision and with it another torch) go in with --no-deps.
 "$PY" -m pip install -q -r <(grep -v '^[^#].*# no-deps' requirements-dev.txt)
 "$PY" -m pip install -q --no-deps $(grep '^[^#].*# no-deps' requirements-dev.txt | sed 's/#.*//')
+# The build uses setuptools' own bdist_wheel (setuptools >= 70.1); torch 2.14 brings such a
+# setuptools, torch 2.11 none (and it asks for setuptools < 82), and a new venv's is older.
+"$PY" -m pip install -q "setuptools>=70.1,<82"
 # --no-build-isolation: build against the torch just installed (an isolated build would
 # fetch another torch, with a different ABI).
 MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install -q --no-build-isolation .

@@ -177,6 +177,7 @@ class GeometryAlignmentLoss(nn.Module):
                 if self.check_finite and not torch.compiler.is_compiling() and not bool(torch.isfinite(y3d).all()):
                     raise ValueError("y (the teacher features) holds NaN or Inf values")
                 projectors, heads = zip(*self.target_modules())
-                angular, scale, cosine = reference_alignment_terms(h2d, y3d, projectors, heads, self.eps)
+                angular, scale, cosine = reference_alignment_terms(h2d, y3d, projectors, heads, self.eps,
+                                                                   self._compute_dtype(h))
             loss = self.lambda_angular * angular + self.lambda_scale * scale
             return AlignmentOutput(loss, angular, scale, cosine)
