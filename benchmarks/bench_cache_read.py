@@ -22,7 +22,7 @@ def build(folder, T, grid, D, n):
                "dtype": "float16", "clips": clips}, open(f"{folder}/index.json", "w"))
 
 def before(folder, batch):
-    feats = torch.stack([torch.from_numpy(np.array(np.load(f"{folder}/features/{k}.npy", mmap_mode="r")[idx.tolist()])).float()
+    feats = torch.stack([torch.from_numpy(np.array(np.load(f"{folder}/features/{k}.npy", mmap_mode="r", allow_pickle=False)[idx.tolist()])).float()
                          for k, idx in zip(batch["key"], batch["frame_indices"])])
     feats = feats.permute(0, 1, 3, 4, 2, 5).flatten(2, 3)
     return feats[:, :, :, 0]

@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     clips = []
     for index in range(len(test)):
         clip = test[index]
-        with np.load(os.path.join(test.raw_dir, f"{clip['key']}.depth.npz")) as stored:
+        with np.load(os.path.join(test.raw_dir, f"{clip['key']}.depth.npz"), allow_pickle=False) as stored:
             if str(stored["kind"]) == "turn360":
                 clips.append(clip)
     frames = torch.stack([c["frames"] for c in clips])
@@ -127,7 +127,9 @@ def main(argv=None) -> int:
 
 def run_cfg_use_ema(run: str) -> bool:
     file = os.path.join(run, "final.pt") if os.path.isdir(run) else run
-    state = torch.load(file, map_location="cpu", weights_only=False)
+    from gfcore.io.checkpoint_file import read_checkpoint
+
+    state = read_checkpoint(file)
     return bool(state["config"].get("sample", {}).get("use_ema", True))
 
 

@@ -12,6 +12,7 @@ commands:
   sample RUN --out DIR [...]                        sliding-window rollouts of a trained run (mp4 + gif)
   eval --generated DIR --reference DIR --out DIR    the paper's metrics (python -m gfcore.metrics)
   synthetic ROOT [...]                              render the built-in synthetic scenes
+  convert-checkpoint PATH --trust                   rewrite an earlier gfcore's checkpoints in the safe format
 """
 
 
@@ -74,5 +75,9 @@ def _dispatch(argv: Optional[Sequence[str]] = None) -> int:
         from gfcore.data.synthetic.__main__ import main as synthetic_main
 
         return synthetic_main(rest)
+    if command == "convert-checkpoint":
+        from gfcore.io.convert import main as convert_main
+
+        return convert_main(rest)
     print(f"gfcore: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2

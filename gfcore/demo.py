@@ -259,7 +259,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     samples = os.path.join(out, "samples")
     for index in range(len(test)):
         clip = test[index]
-        with np.load(os.path.join(test.raw_dir, f"{clip['key']}.depth.npz")) as stored:
+        with np.load(os.path.join(test.raw_dir, f"{clip['key']}.depth.npz"), allow_pickle=False) as stored:
             clip["kind"] = str(stored["kind"])
         clips.append(clip)
         _write_clip_files(os.path.join(samples, "reference"), clip["key"], to_uint8(clip["frames"]))

@@ -9,6 +9,7 @@ import torch
 
 pytest.importorskip("av", reason="writing test videos needs PyAV (pip install av)")
 
+from malicious_files import PAYLOAD_GLOBAL, write_malicious
 from data_test_utils import REAL_CAMERA_DIR, REAL_CAMERA_KEYS, depth_agreement, smooth_frames  # noqa: E402
 from gfcore.data import DataError, RealEstate10K, VideoError  # noqa: E402
 from gfcore.data.camera_file import read_camera_file  # noqa: E402
@@ -358,7 +359,8 @@ def test_too_short_clips_name_their_file_in_every_layout(tmp_path, raw_root):
 
 
 def test_dfot_pose_files_are_loaded_safely_and_checked(tmp_path, raw_root):
-    """Pose files are read with weights_only (a pickled numpy array is refused, not unpickled);
+    """Pose files are read with weights_only (a pickled numpy array, or a pickle that would run a
+    command, is refused with the class named, not unpickled);
     a file that is not a tensor says what it holds; errors carry the exception type."""
     root, _ = raw_root
     key = REAL_CAMERA_KEYS[0]
@@ -368,8 +370,14 @@ def test_dfot_pose_files_are_loaded_safely_and_checked(tmp_path, raw_root):
     pose_file = tmp_path / "test_poses" / f"{key}.pt"
     torch.save(np.zeros((16, 16)), pose_file)
     ds = RealEstate10K(tmp_path, "test", num_frames=2, resolution=16)
-    with pytest.raises(DataError, match=rf"{key}\.pt: cannot load poses \(UnpicklingError: "):
+    with pytest.raises(DataError, match=rf"{key}\.pt: cannot load poses \(UnsafeFileError: pose file .*: refused, "
+                                        rf"not loaded: it asks for .*numpy"):
         ds[0]
+    marker = tmp_path / "code_ran"
+    write_malicious(pose_file, marker)
+    with pytest.raises(DataError, match=rf"{key}\.pt: cannot load poses \(UnsafeFileError: .*{PAYLOAD_GLOBAL}"):
+        ds[0]
+    assert not marker.exists()
     torch.save({"poses": torch.zeros(16, 16)}, pose_file)
     with pytest.raises(DataError, match=rf"{key}\.pt: expected a \[T, 16\] tensor, got dict$"):
         ds[0]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from gfcore.io.checkpoint_file import read_checkpoint
 from gfcore.cli import main
 from trainer_helpers import TINY_MODEL, one_torch_thread  # noqa: F401  (autouse fixture)
 
@@ -150,7 +151,7 @@ def test_runs_trained_side_by_side_match_runs_trained_one_after_the_other(tmp_pa
         runs, summaries, reused = _train_all(str(out), base + [f"data.root={out}/data"], 1, timings, jobs)
         assert sorted(runs) == ["baseline", "gf"] and not any(reused.values())
         assert timings["train_wall_s"] > 0 and all(timings[f"train_{n}_s"] > 0 for n in runs)
-        finals[jobs] = {n: torch.load(out / "runs" / n / "final.pt", weights_only=False)["model"] for n in runs}
+        finals[jobs] = {n: read_checkpoint(out / "runs" / n / "final.pt")["model"] for n in runs}
         assert summaries["gf"]["final"]["cosine"] != 0 and "cosine" not in summaries["baseline"]["final"]
     for name in ("baseline", "gf"):
         for key, value in finals[1][name].items():

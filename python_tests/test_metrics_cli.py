@@ -104,7 +104,7 @@ def test_all_metrics_with_local_weights(inputs, tmp_path):
         "--generated", str(inputs["gen"]), "--reference", str(inputs["ref"]), "--out", str(out),
         "--geometry", str(inputs["geo"]), "--generated-geometry", str(inputs["gen_geo"]),
         "--revisit", str(inputs["revisit"]), "--lpips-weights", str(inputs["weights"]),
-        "--i3d", str(inputs["weights"] / "i3d.pt"), "--inception", str(inputs["weights"] / "inception.pt"),
+        "--i3d", str(inputs["weights"] / "i3d.pt"), "--inception", str(inputs["weights"] / "inception.pt"), "--trust-weights",
         "--fvd-window", "4", "--fvd-stride", "2",
     ]
     assert main(argv) == 0
@@ -135,7 +135,7 @@ def _has_lpips_package():
 def test_identical_inputs(inputs, tmp_path):
     out = tmp_path / "out"
     argv = ["--generated", str(inputs["ref"]), "--reference", str(inputs["ref"]), "--out", str(out),
-            "--i3d", str(inputs["weights"] / "i3d.pt"), "--fvd-window", "4"]
+            "--i3d", str(inputs["weights"] / "i3d.pt"), "--trust-weights", "--fvd-window", "4"]
     assert main(argv) == 0
     metrics = json.loads((out / "results.json").read_text())["metrics"]
     assert metrics["PSNR"] == "inf" and metrics["SSIM"] == pytest.approx(1.0)

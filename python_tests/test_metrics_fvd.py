@@ -85,7 +85,7 @@ def _videos(n, seed, t=8, h=24, w=28):
 
 
 def test_fvd_identical_zero_and_corruption_increases(scripted_i3d):
-    feature_fn = i3d_feature_fn(load_i3d(scripted_i3d), batch_size=5)
+    feature_fn = i3d_feature_fn(load_i3d(scripted_i3d, trust=True), batch_size=5)
     real = _videos(24, 0)
     assert abs(fvd(real, real, feature_fn)) < 1e-9
     mild = (real + 0.05 * torch.randn(real.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
@@ -118,7 +118,7 @@ def test_missing_and_bad_inputs(tmp_path):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x00garbage")
     with pytest.raises(ValueError, match="corrupt.pt"):
-        load_i3d(corrupt)
+        load_i3d(corrupt, trust=True)
     with pytest.raises(ValueError, match="feats_a"):
         frechet_distance_features(np.zeros((1, 4)), np.zeros((5, 4)))
     with pytest.raises(ValueError, match="videos"):
@@ -167,7 +167,7 @@ def test_i3d_feature_fn_default_batch_is_8_and_load_errors_name_the_network(tmp_
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x00garbage")
     with pytest.raises(ValueError, match=r"^--i3d: cannot load .*corrupt\.pt as a TorchScript module"):
-        load_i3d(corrupt)
+        load_i3d(corrupt, trust=True)
 
 
 def test_gaussian_stats_by_hand_and_its_errors():

@@ -149,7 +149,7 @@ def test_load_inception_from_a_file_and_its_errors(tmp_path):
     names the network and the command-line flag."""
     path = tmp_path / "inception.pt"
     torch.jit.script(_ScaledMean()).save(str(path))
-    net = load_inception(path)
+    net = load_inception(path, trust=True)
     assert not net.training and net.scale.device.type == "cpu"
     images = torch.rand(3, 3, 4, 5, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(net(images, return_features=True), 2 * images.mean(dim=(2, 3)), rtol=1e-6, atol=0)
@@ -160,7 +160,7 @@ def test_load_inception_from_a_file_and_its_errors(tmp_path):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x00garbage")
     with pytest.raises(ValueError, match=r"^--inception: cannot load .*corrupt\.pt as a TorchScript module"):
-        load_inception(corrupt)
+        load_inception(corrupt, trust=True)
 
 
 def test_inception_feature_fn_default_batch_is_32():

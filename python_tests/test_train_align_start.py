@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from gfcore.io.checkpoint_file import read_checkpoint
 from gfcore.losses import GeometryAlignmentLoss
 from gfcore.train import load_config, train
 from gfcore.train.checkpoint import list_checkpoints
@@ -29,7 +30,7 @@ def test_alignment_weight_scales_only_the_alignment_term():
 
 def _weights_at(out_dir, step):
     path = dict((s, p) for s, p in list_checkpoints(str(out_dir / "checkpoints")))[step]
-    return torch.load(path, weights_only=False)["model"]
+    return read_checkpoint(path)["model"]
 
 
 def test_before_align_start_the_gf_run_trains_like_the_baseline(tmp_path, tiny_data_root):  # noqa: F811
@@ -67,5 +68,5 @@ def test_a_run_killed_before_align_start_resumes_bit_identical(tmp_path, tiny_da
     assert resumed["resumed_from"] == 1
     assert {k: v for k, v in resumed["final"].items() if k not in timing} == \
         {k: v for k, v in straight["final"].items() if k not in timing}
-    final = [torch.load(tmp_path / run / "final.pt", weights_only=False)["model"] for run in ("straight", "killed")]
+    final = [read_checkpoint(tmp_path / run / "final.pt")["model"] for run in ("straight", "killed")]
     assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])

@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+from gfcore.io.checkpoint_file import read_checkpoint
 from gfcore.cli import main
 from gfcore.train import load_config, train
 from trainer_helpers import one_torch_thread, tiny_data_root, tiny_overrides  # noqa: F401  (fixtures)
@@ -69,7 +70,7 @@ def test_action_conditioned_training_on_the_synthetic_walker(tmp_path):
     assert cfg.model.action_dim == 7 and cfg.model.camera_cond is False
     summary = train(cfg)
     assert summary["final"]["teacher"] == "oracle pointmap teacher" and "cosine" in summary["final"]
-    state = torch.load(os.path.join(out, "final.pt"), weights_only=False)
+    state = read_checkpoint(os.path.join(out, "final.pt"))
     assert any(k.startswith("action_embed") for k in state["model"]) and not any(
         k.startswith("ray_embed") for k in state["model"])
 

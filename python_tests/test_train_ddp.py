@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from gfcore.io.checkpoint_file import read_checkpoint
 from gfcore.train import load_config, train
 from gfcore.train.trainer import build_training
 from trainer_helpers import ddp_worker, free_port, one_torch_thread, tiny_data_root, tiny_overrides  # noqa: F401
@@ -19,8 +20,8 @@ def test_two_gloo_ranks_match_one_process(tmp_path, tiny_data_root, strategy):  
     double = str(tmp_path / "ddp")
     mp.spawn(ddp_worker, args=(2, free_port(), tiny_overrides(tiny_data_root, double, *extra)), nprocs=2, join=True)
 
-    a = torch.load(os.path.join(single, "final.pt"), weights_only=False)["model"]
-    b = torch.load(os.path.join(double, "final.pt"), weights_only=False)["model"]
+    a = read_checkpoint(os.path.join(single, "final.pt"))["model"]
+    b = read_checkpoint(os.path.join(double, "final.pt"))["model"]
     assert a.keys() == b.keys()
     for key in a:
         # all-reduce sums in another order than one process: equal up to float rounding
@@ -29,7 +30,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path, tiny_data_root, strategy):  
     changed = [k for k, v in initial.state_dict().items() if not torch.equal(v, a[k])]
     assert len(changed) > len(a) // 2  # the runs did train
     # the per-rank RNG states of both ranks are in the checkpoint
-    ckpt = torch.load(os.path.join(double, "checkpoints", "step_00000003.pt"), weights_only=False)
+    ckpt = read_checkpoint(os.path.join(double, "checkpoints", "step_00000003.pt"))
     assert len(ckpt["rng"]) == 2 and ckpt["world_size"] == 2
 
 
@@ -45,8 +46,8 @@ def test_two_gloo_ranks_with_checkpointing_samples_and_tensorboard(tmp_path, tin
     train(load_config(tiny_overrides(tiny_data_root, single, *extra)))
     double = str(tmp_path / "ddp")
     mp.spawn(ddp_worker, args=(2, free_port(), tiny_overrides(tiny_data_root, double, *extra)), nprocs=2, join=True)
-    a = torch.load(os.path.join(single, "final.pt"), weights_only=False)["model"]
-    b = torch.load(os.path.join(double, "final.pt"), weights_only=False)["model"]
+    a = read_checkpoint(os.path.join(single, "final.pt"))["model"]
+    b = read_checkpoint(os.path.join(double, "final.pt"))["model"]
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=2e-6, rtol=1e-5, msg=lambda m: f"{key}: {m}")
     assert os.listdir(os.path.join(double, "samples")) == ["step_00000002.gif"]
@@ -92,8 +93,8 @@ def test_two_gloo_ranks_with_compile_match_one_eager_process(tmp_path, tiny_data
     for a, b in zip(eager, compiled):
         for key in ("loss", "diffusion", "angular", "scale", "cosine", "grad_norm"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
-    a = torch.load(os.path.join(single, "final.pt"), weights_only=False)["model"]
-    b = torch.load(os.path.join(double, "final.pt"), weights_only=False)["model"]
+    a = read_checkpoint(os.path.join(single, "final.pt"))["model"]
+    b = read_checkpoint(os.path.join(double, "final.pt"))["model"]
     assert a.keys() == b.keys()  # compile kept the parameter names (no _orig_mod., no module.)
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-3, msg=lambda m: f"{key}: {m}")

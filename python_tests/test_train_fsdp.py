@@ -8,6 +8,7 @@ import torch
 import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 
+from gfcore.io.checkpoint_file import read_checkpoint
 from gfcore.train import load_config, train
 from gfcore.train.trainer import fsdp_mixed_precision
 from trainer_helpers import ddp_worker, free_port, one_torch_thread, tiny_data_root, tiny_overrides  # noqa: F401
@@ -51,9 +52,9 @@ def test_fsdp_bf16_matches_the_float32_path_within_bf16_rounding(tmp_path, tiny_
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=2e-2), step
     assert max(abs(a[s] - b[s]) for s in a) > 1e-6  # bf16 compute did happen
-    final = torch.load(os.path.join(bf16, "final.pt"), weights_only=False)
+    final = read_checkpoint(os.path.join(bf16, "final.pt"))
     assert all(v.dtype == torch.float32 for v in final["model"].values() if v.is_floating_point())
-    ckpt = torch.load(os.path.join(bf16, "checkpoints", "step_00000004.pt"), weights_only=False)
+    ckpt = read_checkpoint(os.path.join(bf16, "checkpoints", "step_00000004.pt"))
     assert all(v.dtype == torch.float32 for s in ckpt["optimizer"]["state"].values() for k, v in s.items()
                if k != "step")
 
@@ -72,13 +73,13 @@ def test_a_checkpoint_resumes_on_another_world_size(tmp_path, tiny_data_root, st
             train(load_config(overrides))
         else:
             spawn(overrides, world)
-    ckpt = torch.load(os.path.join(run, "checkpoints", "step_00000004.pt"), weights_only=False)
+    ckpt = read_checkpoint(os.path.join(run, "checkpoints", "step_00000004.pt"))
     assert ckpt["world_size"] == second and isinstance(next(iter(ckpt["optimizer"]["state"])), str)
     with open(os.path.join(run, "log.jsonl")) as handle:
         events = [json.loads(line) for line in handle if '"event"' in line]
     assert [e["event"] for e in events] == ["resume"] and events[0]["step"] == 2
-    a = torch.load(os.path.join(whole, "final.pt"), weights_only=False)
-    b = torch.load(os.path.join(run, "final.pt"), weights_only=False)
+    a = read_checkpoint(os.path.join(whole, "final.pt"))
+    b = read_checkpoint(os.path.join(run, "final.pt"))
     for part in ("model", "ema"):
         for key in a[part]:
             torch.testing.assert_close(b[part][key], a[part][key], atol=2e-6, rtol=1e-5,

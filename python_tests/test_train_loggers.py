@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from gfcore.io.checkpoint_file import read_checkpoint
 from gfcore.train import load_config, train
 from gfcore.train.trainer import CrashForTesting
 from trainer_helpers import one_torch_thread, tiny_data_root, tiny_overrides  # noqa: F401  (fixtures)
@@ -170,7 +171,7 @@ def test_sample_videos_change_no_training_value(tmp_path, tiny_data_root):  # no
                                                    "sample.use_ema=true"])):
         out = str(tmp_path / name)
         train(load_config(tiny_overrides(tiny_data_root, out, "teacher=pointmap", "train.steps=4", *extra)))
-        runs[name] = (_metrics(out), torch.load(os.path.join(out, "final.pt"), weights_only=False))
+        runs[name] = (_metrics(out), read_checkpoint(os.path.join(out, "final.pt")))
     assert sorted(os.listdir(tmp_path / "sampled" / "samples")) == ["step_00000002.gif", "step_00000004.gif"]
     assert not os.path.exists(tmp_path / "plain" / "samples")
     (log_a, final_a), (log_b, final_b) = runs["plain"], runs["sampled"]

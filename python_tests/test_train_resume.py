@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 
+from gfcore.io.checkpoint_file import read_checkpoint
 from gfcore.train import load_config, train
 from gfcore.train.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
 from gfcore.train.trainer import CrashForTesting
@@ -114,7 +115,7 @@ def test_quarantine_never_overwrites_an_earlier_corrupt_file(tmp_path):
 
 
 def _final(out_dir):
-    return torch.load(os.path.join(out_dir, "final.pt"), weights_only=False)
+    return read_checkpoint(os.path.join(out_dir, "final.pt"))
 
 
 def _log(out_dir):
@@ -141,8 +142,8 @@ def test_killed_run_resumes_bit_identical(tmp_path, tiny_data_root, teacher):  #
     for part in ("model", "ema"):
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after resume"
-    ckpt_a = torch.load(os.path.join(straight, "checkpoints", "step_00000006.pt"), weights_only=False)
-    ckpt_b = torch.load(os.path.join(interrupted, "checkpoints", "step_00000006.pt"), weights_only=False)
+    ckpt_a = read_checkpoint(os.path.join(straight, "checkpoints", "step_00000006.pt"))
+    ckpt_b = read_checkpoint(os.path.join(interrupted, "checkpoints", "step_00000006.pt"))
     for key, value in ckpt_a["objective"].items():  # projector and head too
         assert torch.equal(value, ckpt_b["objective"][key])
     assert ckpt_a["optimizer"]["state"].keys() == ckpt_b["optimizer"]["state"].keys()

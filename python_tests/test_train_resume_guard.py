@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from gfcore.io.checkpoint_file import read_checkpoint, write_checkpoint
 from gfcore.cli import main
 from gfcore.train import load_config, train
 from gfcore.train.checkpoint import list_checkpoints
@@ -206,10 +207,10 @@ def test_optimizer_state_that_does_not_fit_is_named(tmp_path, tiny_data_root):  
     accepted config changes ("none" when there are none), not a raw KeyError."""
     out = str(tmp_path / "run")
     base, ckpt = _two_step_run(tiny_data_root, out)
-    state = torch.load(ckpt, weights_only=False)
+    state = read_checkpoint(ckpt)
     dropped = state["optimizer"]["param_groups"][0]["params"].pop()
     state["optimizer"]["state"].pop(dropped)
-    torch.save(state, ckpt)
+    write_checkpoint(state, ckpt)
     with pytest.raises(ResumeError, match=f"^the optimizer state in {re.escape(ckpt)} does not fit this run's "
                                           "parameters \\(changed keys: none\\): "):
         train(load_config(base))
@@ -231,7 +232,7 @@ def test_checkpoint_records_the_resume_facts_and_a_resolved_config(tmp_path, tin
     OmegaConf.update(cfg, "train.batch_size", "${train.ckpt_every}")
     assert OmegaConf.to_container(cfg)["train"]["batch_size"] == "${train.ckpt_every}"
     train(cfg)
-    state = torch.load(os.path.join(out, "checkpoints", "step_00000002.pt"), weights_only=False)
+    state = read_checkpoint(os.path.join(out, "checkpoints", "step_00000002.pt"))
     assert state["data"] == {"next_step": 2, "seed": int(cfg.seed)} and state["world_size"] == 1
     assert state["config"]["train"]["batch_size"] == 2
     assert train(cfg)["resumed_from"] == 2  # no "these keys changed" for the interpolated key
@@ -243,10 +244,10 @@ def _rng_restores(monkeypatch, out, overrides, edit):
     import gfcore.train.trainer as trainer
 
     ckpt = os.path.join(out, "checkpoints", "step_00000002.pt")
-    state = torch.load(ckpt, weights_only=False)
+    state = read_checkpoint(ckpt)
     saved = state["rng"][0]
     edit(state)
-    torch.save(state, ckpt)
+    write_checkpoint(state, ckpt)
     calls = []
     monkeypatch.setattr(trainer, "set_rng_state", calls.append)
     train(load_config(overrides))

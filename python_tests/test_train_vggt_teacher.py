@@ -4,6 +4,7 @@ import os
 import pytest
 import torch
 
+from gfcore.io.checkpoint_file import read_checkpoint
 from gfcore.geometry import VGGT, VGGTTeacher, save_state_dict, small_config
 from gfcore.geometry.cache import FeatureCache, build_feature_cache
 from gfcore.train import load_config, train
@@ -44,7 +45,7 @@ def test_training_with_the_vggt_cache(tmp_path, cache_dir, tiny_data_root):  # n
     summary = train(load_config(tiny_overrides(tiny_data_root, out, "teacher=vggt", f"teacher.cache={cache_dir}",
                                                "train.steps=2")))
     assert summary["teacher"] == "VGGT teacher" and "cosine" in summary["final"]
-    state = torch.load(os.path.join(out, "final.pt"), weights_only=False)
+    state = read_checkpoint(os.path.join(out, "final.pt"))
     assert state["teacher"] == "VGGT teacher"
 
 
@@ -95,7 +96,7 @@ def test_cached_targets_are_read_on_the_prefetch_threads_with_the_same_values(tm
         with open(os.path.join(out, "log.jsonl")) as handle:
             records = [r for r in map(json.loads, handle) if "event" not in r]
         runs[depth] = ([(r["loss"], r["angular"], r["scale"], r["cosine"]) for r in records],
-                       torch.load(os.path.join(out, "final.pt"), weights_only=False)["model"])
+                       read_checkpoint(os.path.join(out, "final.pt"))["model"])
     assert len(runs[0][0]) == 3 and runs[0][0] == runs[2][0]
     for key, value in runs[0][1].items():
         assert torch.equal(value, runs[2][1][key]), key

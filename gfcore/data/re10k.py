@@ -20,6 +20,7 @@ from gfcore.data.errors import DataError
 from gfcore.data.geometry import dfot_poses_to_cameras, flip_horizontal, re10k_rows_to_cameras, relative_to_first
 from gfcore.data.transforms import as_hw, frames_to_tensor, resize_crop_clip
 from gfcore.data.video import read_video, video_num_frames
+from gfcore.io.safe_load import load_weights_only
 
 __all__ = ["RealEstate10K"]
 
@@ -143,7 +144,7 @@ class RealEstate10K(ClipDataset):
         pose_path = os.path.join(self.pose_dir, f"{key}.pt")
         video_path = os.path.join(self.video_dir, f"{key}.mp4")
         try:
-            poses = torch.load(pose_path, map_location="cpu", weights_only=True)
+            poses = load_weights_only(pose_path, "pose file")
         except Exception as exc:
             raise DataError(f"{pose_path}: cannot load poses ({type(exc).__name__}: {exc})") from exc
         if not isinstance(poses, torch.Tensor) or poses.dim() != 2 or poses.shape[1] != 16:

@@ -124,7 +124,7 @@ def _has_array(path: Path, shape: Sequence[int]) -> bool:
     if not path.is_file():
         return False
     try:
-        return tuple(np.load(path, mmap_mode="r").shape) == tuple(shape)
+        return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape) == tuple(shape)
     except (ValueError, OSError):
         return False
 
@@ -182,7 +182,7 @@ class FeatureCache:
         entry = self.index["clips"][key]
         path = self.root / entry["file"]
         try:
-            array = np.load(path, mmap_mode="r")
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise ValueError(f"feature cache: cannot read {str(path)!r}: {exc}") from exc
         expected = (entry["frames"], len(self.layers), *self.grid, self.feature_dim)

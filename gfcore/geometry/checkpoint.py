@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from gfcore._extension import warn_once
+from gfcore.io.safe_load import UnsafeFileError, load_weights_only
 
 HEAD_PREFIXES = ("camera_head.", "point_head.", "depth_head.", "track_head.")
 _MAX_LISTED = 20
@@ -23,8 +24,14 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not match the model."""
 
 
+# Classes a teacher checkpoint may hold besides tensors and plain containers (which
+# torch.load(weights_only=True) takes): none so far. The released VGGT and DINOv2 files are
+# plain state_dicts; a file that asks for anything else is refused with the class named.
+ALLOWED_GLOBALS: tuple = ()
+
+
 def read_state_dict(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
-    """Read a state_dict from .pt/.pth (torch.load, weights only, CPU) or .safetensors."""
+    """Read a state_dict from .pt/.pth (weights only, never unpickled; CPU) or .safetensors."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no such file {str(path)!r}")
@@ -34,7 +41,7 @@ def read_state_dict(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
             from safetensors.torch import load_file  # optional dependency, imported on demand
             state = load_file(str(path), device="cpu")
         elif suffix in (".pt", ".pth", ".bin", ".ckpt"):
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
+            state = load_weights_only(path, "checkpoint", ALLOWED_GLOBALS, mmap=_is_zip(path))
         else:
             raise CheckpointError(f"checkpoint {str(path)!r}: unknown extension {suffix!r} "
                                   "(expected .pt, .pth, .bin, .ckpt or .safetensors)")
@@ -43,6 +50,8 @@ def read_state_dict(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
                               "'safetensors' package (pip install safetensors)") from exc
     except CheckpointError:
         raise
+    except UnsafeFileError as exc:
+        raise CheckpointError(str(exc)) from exc
     except Exception as exc:  # torch and safetensors raise many types for corrupt files
         raise CheckpointError(f"checkpoint {str(path)!r} could not be read: {exc}") from exc
     if isinstance(state, Mapping) and not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lpips-net", choices=("alex", "vgg"), default="alex")
     parser.add_argument("--i3d", type=Path, help="StyleGAN-V's i3d_torchscript.pt (for FVD)")
     parser.add_argument("--inception", type=Path, help="TorchScript Inception-v3 of the StyleGAN FID code (for RVE FID)")
+    parser.add_argument("--trust-weights", action="store_true",
+                        help="load --i3d / --inception even when the file's SHA-256 is not the published one "
+                             "(TorchScript files are code: only for files you trust)")
     parser.add_argument("--context-frames", type=int, default=None,
                         help="leading given frames left out of PSNR/SSIM/LPIPS (default: the context_frames that "
                              "`gfcore sample` recorded in GENERATED/sample.json, else 0)")

@@ -16,6 +16,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from gfcore.io.safe_load import load_weights_only
+
 ARRAY_SUFFIXES = (".npy", ".npz", ".pt")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".webm", ".mkv")
 GEOMETRY_KEYS = ("depth", "intrinsics", "c2w")
@@ -35,7 +37,7 @@ def _read_raw(path: Path):
                     return archive[archive.files[0]]
                 raise ValueError(f"{path}: .npz holds {archive.files}; expected an array named 'video' or 'frames'")
         if suffix == ".pt":
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            data = load_weights_only(path, "clip")
             if isinstance(data, dict):
                 data = data.get("video", data.get("frames"))
                 if data is None:

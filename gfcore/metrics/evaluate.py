@@ -39,6 +39,7 @@ class EvalConfig:
     lpips_net: str = "alex"
     i3d: Optional[Path] = None
     inception: Optional[Path] = None
+    trust_weights: bool = False  # load --i3d / --inception files whose SHA-256 is not the published one
     context_frames: int = 0  # leading frames given to the model, left out of frame metrics
     fvd_frames: Optional[int] = None  # frames per clip fed to I3D (default: all)
     fvd_window: int = 16
@@ -120,7 +121,7 @@ def evaluate(config: EvalConfig) -> dict:
     lpips_model, lpips_reason = _try(load_lpips, config.lpips_net, weights=config.lpips_weights)
     if lpips_model is not None:
         lpips_model = lpips_model.to(device)
-    i3d, i3d_reason = _try(load_i3d, config.i3d, device)
+    i3d, i3d_reason = _try(load_i3d, config.i3d, device, trust=config.trust_weights)
     video_features = i3d_feature_fn(i3d, device) if i3d is not None else None
     vggt = _load_vggt(config, device)
 
@@ -216,7 +217,7 @@ def _rve(config: EvalConfig, lpips_model, lpips_reason: Optional[str], device: t
     pairs = revisit_pair_metrics(first, last, lpips_model, config.ssim_border)
     detail = {"clips": len(clips), "psnr": finite_mean(pairs["psnr"]), "ssim": finite_mean(pairs["ssim"])}
     detail["lpips"] = finite_mean(pairs["lpips"]) if "lpips" in pairs else unavailable(lpips_reason or "")
-    inception, reason = _try(load_inception, config.inception, device)
+    inception, reason = _try(load_inception, config.inception, device, trust=config.trust_weights)
     if inception is None:
         detail["fid"] = unavailable(reason)
     elif len(clips) < 2:

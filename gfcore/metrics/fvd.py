@@ -28,9 +28,10 @@ FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 I3D_KWARGS = dict(rescale=False, resize=True, return_features=True)
 
 
-def load_i3d(path: Optional[os.PathLike], device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
-    """Load the TorchScript I3D from a local file; WeightsUnavailable when absent."""
-    return load_torchscript(path, "I3D network (i3d_torchscript.pt)", "--i3d", device)
+def load_i3d(path: Optional[os.PathLike], device: str | torch.device = "cpu", trust: bool = False) -> torch.jit.ScriptModule:
+    """Load the TorchScript I3D from a local file; WeightsUnavailable when absent, UnsafeFileError
+    when its SHA-256 is not the published file's and `trust` (--trust-weights) is not given."""
+    return load_torchscript(path, "I3D network (i3d_torchscript.pt)", "--i3d", device, network="i3d", trust=trust)
 
 
 def i3d_feature_fn(detector: torch.nn.Module, device: str | torch.device = "cpu", batch_size: int = 8) -> FeatureFn:

@@ -20,9 +20,11 @@ from gfcore.metrics.weights import load_torchscript
 ImageFeatureFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-def load_inception(path: Optional[os.PathLike], device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
-    """The TorchScript Inception-v3 of the StyleGAN FID code, from a local file."""
-    return load_torchscript(path, "Inception network for FID", "--inception", device)
+def load_inception(path: Optional[os.PathLike], device: str | torch.device = "cpu",
+                   trust: bool = False) -> torch.jit.ScriptModule:
+    """The TorchScript Inception-v3 of the StyleGAN FID code, from a local file (verified as load_i3d)."""
+    return load_torchscript(path, "Inception network for FID", "--inception", device, network="inception",
+                            trust=trust)
 
 
 def inception_feature_fn(detector: torch.nn.Module, device: str | torch.device = "cpu", batch_size: int = 32) -> ImageFeatureFn:

@@ -8,6 +8,8 @@ from typing import Iterable, Optional
 
 import torch
 
+from gfcore.io.safe_load import UnsafeFileError, load_weights_only, verify_sha256
+
 
 class WeightsUnavailable(RuntimeError):
     """A metric cannot run because its weights are not on this machine.
@@ -41,12 +43,15 @@ def find_first(candidates: Iterable[Path]) -> Optional[Path]:
 
 
 def load_state_dict_file(path: os.PathLike, what: str) -> dict:
-    """torch.load a state_dict onto the CPU with a clear error naming the file."""
+    """A state_dict read onto the CPU without running code, with a clear error naming the file
+    (UnsafeFileError, naming the classes, for a pickle that asks for more than tensors)."""
     path = Path(path)
     if not path.is_file():
         raise WeightsUnavailable(f"{what}: file not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights_only(path, what)
+    except UnsafeFileError:
+        raise
     except Exception as exc:  # corrupt or not a torch file
         raise ValueError(f"{what}: cannot read {path} as a torch state_dict ({exc})") from exc
     if not isinstance(state, dict):
@@ -54,11 +59,24 @@ def load_state_dict_file(path: os.PathLike, what: str) -> dict:
     return state
 
 
-def load_torchscript(path: Optional[os.PathLike], what: str, flag: str, device="cpu") -> torch.jit.ScriptModule:
-    """Load a TorchScript feature network from a local file.
+# SHA-256 of the published TorchScript files, checked before torch.jit.load: a TorchScript file
+# is code. None: gfcore has not recorded the published file's digest yet (no copy of it could be
+# hashed on the offline machines gfcore is built on); such a file loads only with --trust-weights.
+PUBLISHED_SHA256 = {
+    "i3d": None,        # StyleGAN-V's i3d_torchscript.pt (FVD)
+    "inception": None,  # StyleGAN2-ADA's inception-2015-12-05.pt (FID)
+}
+TRUST_FLAG = "--trust-weights"
+
+
+def load_torchscript(path: Optional[os.PathLike], what: str, flag: str, device="cpu", *, network: str,
+                     trust: bool = False) -> torch.jit.ScriptModule:
+    """Load a TorchScript feature network from a local file, once its SHA-256 is the published
+    file's (PUBLISHED_SHA256[network]) or the user trusts it (`trust`, the --trust-weights flag).
 
     Raises WeightsUnavailable when no path is given or the file is absent (the message
-    names the command-line flag), ValueError when the file is not TorchScript.
+    names the command-line flag), UnsafeFileError for an unverified file (before anything in
+    it is read by torch), ValueError when the file is not TorchScript.
     """
     import warnings
 
@@ -67,6 +85,7 @@ def load_torchscript(path: Optional[os.PathLike], what: str, flag: str, device="
     path = Path(path)
     if not path.is_file():
         raise WeightsUnavailable(f"{what} not found: {path}")
+    verify_sha256(path, PUBLISHED_SHA256[network], f"{flag} {what}", TRUST_FLAG, trusted=trust)
     try:
         with warnings.catch_warnings():  # the published networks only exist as TorchScript
             warnings.simplefilter("ignore", DeprecationWarning)

@@ -4,10 +4,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Optional, Sequence
 
 import torch
 
+from gfcore.io.checkpoint_file import read_checkpoint
+from gfcore.io.safe_load import UnsafeFileError
 from gfcore.models.dit import VideoDiT, build_model
 from gfcore.sample.sampler import HISTORY_MODES, HistoryGuidance, revisit_path, rollout, to_uint8
 
@@ -17,7 +20,7 @@ def load_trained_model(path: str, use_ema: bool = True, device: str | torch.devi
     file = os.path.join(path, "final.pt") if os.path.isdir(path) else path
     if not os.path.isfile(file):
         raise FileNotFoundError(f"no trained model at {file!r} (expected a run folder with final.pt)")
-    state = torch.load(file, map_location="cpu", weights_only=False)
+    state = read_checkpoint(file)  # never unpickled: an old or crafted file is refused, nothing runs
     missing = [k for k in ("model", "ema", "model_config", "config") if k not in state]
     if missing:
         raise KeyError(f"{file}: not a gfcore final.pt, lacks {missing}")
@@ -55,7 +58,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from omegaconf import OmegaConf
 
-    model, run_cfg = load_trained_model(args.run, args.weights != "raw", args.device)
+    try:
+        model, run_cfg = load_trained_model(args.run, args.weights != "raw", args.device)
+    except UnsafeFileError as exc:  # a refusal with its remedy (the convert command), not a crash
+        print(f"gfcore sample: error: {exc}", file=sys.stderr)
+        return 2
     cfg = OmegaConf.create(run_cfg)
     if args.weights == "run" and not cfg.sample.get("use_ema", True):
         model, _ = load_trained_model(args.run, False, args.device)

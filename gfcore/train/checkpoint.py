@@ -1,8 +1,11 @@
 """Checkpoints written atomically (temp file, fsync, os.replace) and found again for resume=auto.
 
-Files are {dir}/step_{step:08d}.pt; a crash mid-write leaves only a *.tmp file, which is
+Files are {dir}/step_{step:08d}.pt in gfcore's safe format (gfcore.io.checkpoint_file: read
+with weights_only=True, never unpickled); a crash mid-write leaves only a *.tmp file, which is
 ignored. `find_resumable` returns the newest file that loads and names the damaged ones;
-the trainer renames those to *.corrupt (kept for inspection, never pruned or overwritten).
+the trainer renames those to *.corrupt (kept for inspection, never pruned or overwritten). A
+file that is refused as unsafe (an old pickled checkpoint, or a crafted one) is not damage:
+it stops the search with LegacyCheckpointError, whose message names the convert command.
 """
 from __future__ import annotations
 
@@ -15,6 +18,9 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 import numpy as np
 import torch
 
+from gfcore.io.checkpoint_file import atomic_save, read_checkpoint, write_checkpoint  # noqa: F401 (re-exported)
+from gfcore.io.safe_load import UnsafeFileError
+
 PATTERN = re.compile(r"^step_(\d{8})\.pt$")
 
 
@@ -22,27 +28,9 @@ def checkpoint_path(directory: str, step: int) -> str:
     return os.path.join(directory, f"step_{step:08d}.pt")
 
 
-def atomic_save(obj, path: str) -> str:
-    """torch.save to a temp file in the same folder, fsync, then os.replace onto path."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
-    return path
-
-
 def save_checkpoint(directory: str, step: int, state: Dict, keep_last: int = 2) -> str:
     """Write state to step_{step}.pt atomically and prune all but the newest keep_last files."""
-    final = atomic_save(state, checkpoint_path(directory, step))
+    final = write_checkpoint(state, checkpoint_path(directory, step))
     if keep_last > 0:
         for _, old in list_checkpoints(directory)[:-keep_last]:
             os.remove(old)
@@ -69,7 +57,9 @@ def find_resumable(directory: str) -> Resumable:
     unreadable = []
     for _, path in reversed(list_checkpoints(directory)):
         try:
-            return Resumable((path, torch.load(path, map_location="cpu", weights_only=False)), unreadable)
+            return Resumable((path, read_checkpoint(path)), unreadable)
+        except UnsafeFileError:
+            raise  # refused, not damaged: falling back would silently resume from an older step
         except Exception as exc:  # a damaged file: fall back to the one before
             unreadable.append((path, f"{type(exc).__name__}: {exc}"))
     return Resumable(None, unreadable)

@@ -21,6 +21,8 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
+from gfcore.io.checkpoint_file import read_checkpoint
+from gfcore.io.safe_load import UnsafeFileError
 from gfcore.train.checkpoint import find_resumable, list_checkpoints, quarantine
 
 
@@ -120,7 +122,10 @@ def find_checkpoint(resume, ckpt_dir: str) -> Tuple[Optional[Tuple[str, Dict]], 
     if resume in (None, "none", False):
         return None, []
     if resume == "auto":
-        found, unreadable = find_resumable(ckpt_dir)
+        try:
+            found, unreadable = find_resumable(ckpt_dir)
+        except UnsafeFileError as exc:
+            raise ResumeError(f"train.resume=auto: {exc}") from exc
         if unreadable and found is None:
             lines = "\n".join(f"  {p}: {why}" for p, why in unreadable)
             raise ResumeError(
@@ -133,7 +138,9 @@ def find_checkpoint(resume, ckpt_dir: str) -> Tuple[Optional[Tuple[str, Dict]], 
     if not os.path.isfile(resume):
         raise FileNotFoundError(f"train.resume={resume!r}: no such checkpoint file")
     try:
-        return (resume, torch.load(resume, map_location="cpu", weights_only=False)), []
+        return (resume, read_checkpoint(resume)), []
+    except UnsafeFileError as exc:
+        raise ResumeError(f"train.resume={resume!r}: {exc}") from exc
     except Exception as exc:
         raise ResumeError(f"train.resume={resume!r}: the checkpoint cannot be read ({type(exc).__name__}: {exc})") \
             from exc

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from gfcore.losses import GeometryAlignmentLoss
 from gfcore.models.dit import VideoDiT, build_model
 from gfcore.nvtx import nvtx_range
-from gfcore.train.checkpoint import atomic_save, rng_state, save_checkpoint, set_rng_state
+from gfcore.train.checkpoint import rng_state, save_checkpoint, set_rng_state, write_checkpoint
 from gfcore.train.data import BatchPrefetcher, StepBatcher, batch_to_device, build_dataset
 from gfcore.train.distributed import DistInfo, barrier, gather_objects, mean_across_ranks, setup_distributed
 from gfcore.train.flops import forward_flops, peak_flops
@@ -522,7 +522,7 @@ def train(cfg: DictConfig) -> Dict:
     ema.copy_to(ema_model)  # gathers FSDP shards: every rank takes part
     final_weights = _full_state_dict(model)
     if info.is_main:
-        atomic_save({"model": final_weights, "ema": ema_model.state_dict(), "model_config": model_config(cfg),
+        write_checkpoint({"model": final_weights, "ema": ema_model.state_dict(), "model_config": model_config(cfg),
                      "config": OmegaConf.to_container(cfg, resolve=True), "teacher": label},
                     os.path.join(out_dir, "final.pt"))
         with open(os.path.join(out_dir, "summary.json"), "w") as handle:

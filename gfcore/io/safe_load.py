@@ -1,0 +1,91 @@
+"""torch.load that can never run code, with errors that name the file and what it asked for."""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Any, Iterable, List, Optional
+
+import torch
+
+
+class UnsafeFileError(ValueError):
+    """A file that would need more than tensors and plain containers to load.
+
+    It is refused before anything in it runs; `globals` names the classes or functions that
+    its pickle asks for.
+    """
+
+    def __init__(self, message: str, globals_needed: Iterable[str] = ()):
+        super().__init__(message)
+        self.globals = list(globals_needed)
+
+
+def _qualified_name(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', getattr(obj, '__name__', repr(obj)))}"
+
+
+def _globals_asked_for(path: Path, error: Exception) -> List[str]:
+    """The globals the pickle in `path` names, read without running it (zip files), or taken
+    from torch's refusal message (legacy, non-zip files)."""
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # not a zip checkpoint: torch's message names the first refused global
+        found = []
+    if not found:
+        found = re.findall(r"GLOBAL ([\w.]+)", str(error))
+    return sorted(set(found))
+
+
+def load_weights_only(path: os.PathLike | str, what: str, allowed: Iterable[Any] = (), mmap: bool = False) -> Any:
+    """`torch.load(path, weights_only=True)` onto the CPU, with `allowed` (classes or functions)
+    added to torch's allowlist for this call only.
+
+    A pickle that asks for anything else is refused with UnsafeFileError naming the file and
+    each class it wanted; nothing in it is executed. Other read errors (a truncated or corrupt
+    file) propagate unchanged, so that callers can tell damage from danger.
+    """
+    path = Path(path)
+    allowed = list(allowed)
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        names = _globals_asked_for(path, exc)
+        names = [n for n in names if n not in {_qualified_name(a) for a in allowed}]
+        if not names:
+            raise  # a damaged pickle (nothing outside the allowlist named), not a dangerous one
+        listed = ", ".join(names)
+        raise UnsafeFileError(
+            f"{what} {str(path)!r}: refused, not loaded: it asks for {listed}, which loading with "
+            f"weights_only=True does not allow (a pickle that names arbitrary classes or functions can run "
+            f"code when read)", names) from exc
+
+
+def sha256_of(path: os.PathLike | str, chunk_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_sha256(path: os.PathLike | str, expected: Optional[str], what: str, trust_flag: str,
+                  trusted: bool = False) -> str:
+    """The file's SHA-256, after checking it against `expected` (the published file's).
+
+    A mismatch, or a file whose published digest gfcore has not recorded (`expected` None), is
+    refused with UnsafeFileError unless `trusted` (the user passed `trust_flag`).
+    """
+    actual = sha256_of(path)
+    if expected is not None and actual == expected.lower():
+        return actual
+    if trusted:
+        return actual
+    known = f"the published file's is {expected}" if expected else "gfcore has no published digest recorded for it"
+    raise UnsafeFileError(
+        f"{what} {str(path)!r}: SHA-256 {actual} is not verified ({known}). This file is code "
+        f"(TorchScript) and runs when loaded; load it only if you trust where it came from, by passing {trust_flag}.")
