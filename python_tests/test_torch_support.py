@@ -38,6 +38,13 @@ def test_the_range_itself_is_supported():
     assert support_problem(torch.__version__) is None, "the tests run on a torch outside the declared range"
 
 
+def test_range_reads_as_major_dot_minor():
+    dotted = lambda v: ".".join(str(n) for n in v)  # noqa: E731
+    assert torch_support.describe_range() == f"torch {dotted(MINIMUM)} through {dotted(NEWEST_TESTED)}"
+    kind, message = support_problem("1.0.0")
+    assert f"pip install 'torch>={dotted(MINIMUM)}'" in message
+
+
 def test_older_is_an_error_newer_a_warning():
     older = f"{MINIMUM[0]}.{MINIMUM[1] - 1}.1"
     newer = f"{NEWEST_TESTED[0]}.{NEWEST_TESTED[1] + 1}.0"
@@ -86,6 +93,8 @@ def test_import_warns_for_a_newer_torch():
     new = f"{NEWEST_TESTED[0]}.{NEWEST_TESTED[1] + 1}.0"
     result = _python_with_torch_version(new, "import warnings; warnings.simplefilter('always')\nimport gfcore")
     assert result.returncode == 0, result.stderr
+    # attributed to the line that imported gfcore (stacklevel), not to gfcore's own files
+    assert "<string>:3: UserWarning: gfcore is tested with" in result.stderr  # line 3: "import gfcore"
     assert f"torch {new} is newer and untested" in result.stderr
 
 
