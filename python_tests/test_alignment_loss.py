@@ -1,5 +1,6 @@
 """GeometryAlignmentLoss: the fused and chunked paths against the reference, and its errors."""
 import copy
+import re
 
 import pytest
 import torch
@@ -168,6 +169,29 @@ def test_only_the_first_parameter_needs_grad(chunk_size):
 
 
 @requires_cpu_kernels
+def test_chunked_terms_refuse_a_backward_instead_of_training_nothing():
+    """With chunk_size the gradients are computed in the forward for out.loss alone: a loss built
+    from out.angular or out.scale would train nothing, so its backward raises."""
+    from gfcore.losses.alignment import CHUNKED_TERM_MESSAGE
+
+    loss_fn = make_loss(torch.float64, chunk_size=5)
+    h, y = torch.randn(12, 24, dtype=torch.float64, requires_grad=True), torch.randn(12, 40, dtype=torch.float64)
+    for term in ("angular", "scale"):
+        out = loss_fn(h, y)
+        with pytest.raises(RuntimeError, match=re.escape(CHUNKED_TERM_MESSAGE)):
+            (out.loss + 0.5 * getattr(out, term)).backward()
+    out = loss_fn(h, y)
+    reference = make_loss(torch.float64, impl="reference")
+    reference.load_state_dict(loss_fn.state_dict())
+    expected = reference(h, y)
+    torch.testing.assert_close(out.angular, expected.angular.detach())  # the values are still right
+    torch.testing.assert_close(out.scale, expected.scale.detach())
+    out.loss.backward()  # the supported use is unchanged
+    assert h.grad is not None and h.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert not loss_fn(h, y).angular.requires_grad
+
+
 def test_chunked_scales_by_incoming_gradient():
     loss_fn = make_loss(torch.float64, chunk_size=16)
     h = torch.randn(40, 24, dtype=torch.float64, requires_grad=True)
@@ -368,13 +392,13 @@ def test_rows_too_wide_for_the_cuda_kernels_fall_back():
 @pytest.mark.parametrize("impl,chunk_size", [("reference", None), ("fused", None), ("fused", 8)])
 def test_only_the_loss_carries_a_gradient_and_term_dtypes(impl, chunk_size):
     """The cosine is a statistic (no gradient, float32; float64 for float64 models); the chunked path
-    computes gradients during the forward, so there angular and scale carry none either."""
+    computes gradients during the forward: there angular and scale stay in the graph only to refuse
+    a backward (test_chunked_terms_refuse_a_backward_instead_of_training_nothing)."""
     for dtype, stat in ((torch.float32, torch.float32), (torch.bfloat16, torch.float32), (torch.float64, torch.float64)):
         loss_fn = make_loss(dtype, impl=impl, chunk_size=chunk_size)
         out = loss_fn(torch.randn(20, 24, dtype=dtype, requires_grad=True), torch.randn(20, 40, dtype=dtype))
         assert out.loss.requires_grad
-        for term in ("angular", "scale", "cosine") if chunk_size else ("cosine",):
-            assert not getattr(out, term).requires_grad, term
+        assert not out.cosine.requires_grad
         assert out.cosine.dtype == stat, (impl, dtype, out.cosine.dtype)
 
 

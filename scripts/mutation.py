@@ -55,8 +55,9 @@ MODULES = {
     "data/geometry.py": (["gfcore/data/geometry.py"], ["test_data_geometry.py"], []),
     "data/camera_file.py": (["gfcore/data/camera_file.py"], ["test_data_re10k.py", "test_data_geometry.py"], []),
     "data/re10k.py": (["gfcore/data/re10k.py"], ["test_data_re10k.py"], []),
+    # the source audit reads mutmut's rewritten files (every mutant's code side by side): left out
     "io/*.py": (["gfcore/io/*.py"], ["test_safe_loading.py", "test_train_resume.py", "test_data_re10k.py"],
-                ["-k", "not sigkilled"]),
+                ["-k", "not sigkilled and not audit_finds"]),
     "torch_support.py": (["gfcore/torch_support.py"], ["test_torch_support.py"], []),
     "train/trainer.py (resume path)": (["gfcore/train/trainer.py"], ["test_train_resume.py", "test_train_resume_guard.py"],
                                        ["-k", "not sigkilled"]),

@@ -14,6 +14,25 @@ from gfcore.ops.alignment import fused_available, fused_row_supported
 IMPLS = ("auto", "fused", "reference")
 
 
+CHUNKED_TERM_MESSAGE = (
+    "GeometryAlignmentLoss(chunk_size=...) computes its gradients during the forward, for out.loss only: "
+    "out.angular and out.scale carry none. Backpropagate through out.loss (lambda_angular and lambda_scale set "
+    "their weights), or use chunk_size=None to train on the terms separately.")
+
+
+class _ForwardOnlyTerm(torch.autograd.Function):
+    """A loss term whose gradient was never computed (chunked mode): backpropagating through it
+    raises instead of silently training nothing."""
+
+    @staticmethod
+    def forward(ctx, value, *anchors):
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError(CHUNKED_TERM_MESSAGE)
+
+
 class AlignmentOutput(NamedTuple):
     loss: torch.Tensor     # lambda_angular * angular + lambda_scale * scale
     angular: torch.Tensor  # L_ang: mean over tokens and targets of -cos(y, f(h))
@@ -48,7 +67,8 @@ class GeometryAlignmentLoss(nn.Module):
     impl: "reference" (plain PyTorch), "fused" (gfcore's kernels for the tensors' device),
     "auto" (fused where built, else reference). chunk_size=N processes N tokens at a time and
     computes all gradients during the forward, so no full-size activation is kept; then only
-    `out.loss` carries a gradient. y is a constant: no gradient flows into it.
+    `out.loss` carries a gradient (a backward through `out.angular` or `out.scale` raises).
+    y is a constant: no gradient flows into it.
     """
 
     def __init__(self, hidden_dim: int, target_dim: int, num_targets: int = 1, projector_dim: int = 2048,
@@ -166,9 +186,13 @@ class GeometryAlignmentLoss(nn.Module):
         with nvtx_range(f"gfcore.alignment_loss.{impl}{'.chunked' if self.chunk_size else ''}"):
             # Chunked mode runs the fused ops, each on its compiled kernel or its reference.
             if self.chunk_size is not None:
+                params = self.flat_parameters()
                 loss, angular, scale, cosine = ChunkedAlignmentFunction.apply(
                     h2d, y3d, self._compute_dtype(h), self.eps, self.check_finite, self.chunk_size,
-                    self.lambda_angular, self.lambda_scale, *self.flat_parameters())
+                    self.lambda_angular, self.lambda_scale, *params)
+                if loss.requires_grad:  # the terms join the graph only to refuse a backward through them
+                    angular = _ForwardOnlyTerm.apply(angular, h2d, *params)
+                    scale = _ForwardOnlyTerm.apply(scale, h2d, *params)
                 return AlignmentOutput(loss, angular, scale, cosine)
             if impl == "fused":
                 angular, scale, cosine = FusedAlignmentFunction.apply(
