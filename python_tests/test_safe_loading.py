@@ -4,6 +4,7 @@ checkpoints of earlier versions are refused with the convert command, and conver
 and sample bit for bit; an audit of the sources keeps it so."""
 import ast
 import filecmp
+import json
 import os
 from pathlib import Path
 
@@ -214,6 +215,7 @@ def test_config_text_round_trips_every_experiment():
         config["tricky"] = {"tiny": 1e-8, "third": 1 / 3, "interpolation": "${not.resolved}", "yes": "true",
                             "none": None, "big": 2 ** 62}
         assert config_from_text(config_to_text(config)) == config
+        assert json.dumps(config_from_text(config_to_text(config))) == json.dumps(config)  # the order too
 
 
 # -- third-party files -------------------------------------------------------------------------
@@ -370,3 +372,235 @@ def test_audit_finds_no_unsafe_load():
 def test_audit_catches_planted_unsafe_loads(planted, why):
     problems = audit("import torch\n" + planted + "\n", "planted.py")
     assert problems and any(why in p for _, p in problems), problems
+
+
+# -- the pieces of the converter and the loader, one by one ------------------------------------
+
+def test_an_allowed_class_is_not_named_among_the_refused_ones(tmp_path, marker):
+    from pathlib import PurePosixPath
+
+    evil = write_malicious(tmp_path / "mixed.pt", marker, where=PurePosixPath("/a"))
+    with pytest.raises(UnsafeFileError) as info:
+        load_weights_only(evil, "file", allowed=[PurePosixPath])
+    assert info.value.globals == [PAYLOAD_GLOBAL]
+    with pytest.raises(UnsafeFileError, match=f"it asks for pathlib.PurePosixPath, {PAYLOAD_GLOBAL}, which") as info:
+        load_weights_only(evil, "file")
+    assert info.value.globals == sorted(["pathlib.PurePosixPath", PAYLOAD_GLOBAL])
+
+
+def test_sha256_of_reads_the_whole_file_in_chunks(tmp_path):
+    import hashlib
+
+    path = tmp_path / "blob"
+    data = bytes(range(256)) * 9000  # 2.3 MB: more than one chunk
+    path.write_bytes(data)
+    assert sha256_of(path) == hashlib.sha256(data).hexdigest()
+    assert sha256_of(path, chunk_bytes=1000) == hashlib.sha256(data).hexdigest()
+
+
+def test_same_values_compares_like_a_checkpoint_reader():
+    import numpy as np
+
+    from gfcore.io.convert import same_values
+
+    t = torch.arange(4.0)
+    assert same_values({"a": [t, (1, 2.5, None)], "b": "x"}, {"a": ((t.clone()), [1, 2.5, None]), "b": "x"})
+    assert not same_values(t, t.double())                       # dtype
+    assert not same_values(t, t.reshape(2, 2))                  # shape
+    assert not same_values(t, t + 1)                            # values
+    assert not same_values(t, t.tolist())                       # a tensor is not a list
+    assert same_values(np.arange(3, dtype=np.uint32), np.arange(3, dtype=np.uint32))
+    assert not same_values(np.arange(3, dtype=np.uint32), np.arange(3, dtype=np.int64))
+    assert not same_values(np.arange(3), np.arange(1, 4))
+    assert same_values(float("nan"), float("nan")) and not same_values(float("nan"), 1.0)
+    assert not same_values({"a": 1}, {"a": 1, "b": 2}) and not same_values({"a": 1}, {"a": 2})
+    assert not same_values([1, 2], [1, 2, 3]) and not same_values([1, 2], [1, 3])
+    assert not same_values(1, 1.0) and not same_values(True, 1)  # YAML keeps types: an int stays an int
+    assert not same_values(torch.arange(3), np.arange(3)) and not same_values(np.arange(3), [0, 1, 2])
+    assert not same_values(np.zeros((2, 2)), np.zeros(4)) and not same_values({"a": 1}, [("a", 1)])
+    assert not same_values(float("nan"), "nan") and same_values((), [])
+
+
+def test_checkpoint_files_of_a_run_folder(tmp_path):
+    from gfcore.io.convert import checkpoint_files
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("step_00000004.pt", "step_00000002.pt", "step_00000002.pt.corrupt", "notes.txt"):
+        (run / "checkpoints" / name).write_bytes(b"")
+    (run / "final.pt").write_bytes(b"")
+    assert checkpoint_files(str(run)) == [str(run / "final.pt"), str(run / "checkpoints" / "step_00000002.pt"),
+                                          str(run / "checkpoints" / "step_00000004.pt")]
+    assert checkpoint_files(str(run / "final.pt")) == [str(run / "final.pt")]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"^convert-checkpoint: '.*empty' holds no final.pt and no "
+                                                r"checkpoints/step_\*.pt$"):
+        checkpoint_files(str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match=r"^convert-checkpoint: no such file or folder '.*absent'$"):
+        checkpoint_files(str(tmp_path / "absent"))
+
+
+def _legacy_file(path):
+    import random
+
+    import numpy as np
+
+    state = {"model": {"w": torch.arange(3.0)}, "config": {"seed": 3, "train": {"lr": 3e-4}}, "step": 2,
+             "rng": [{"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}]}
+    torch.save(state, path)
+    return state
+
+
+def test_convert_keeps_every_earlier_original(tmp_path, capsys):
+    from gfcore.io.convert import same_values
+
+    path = tmp_path / "final.pt"
+    first = _legacy_file(path)
+    (tmp_path / "final.pt.legacy").write_bytes(b"an older original")
+    assert convert_main([str(path), "--trust"]) == 0
+    assert f"converted (the original is kept as {path}.legacy.1)" in capsys.readouterr().out
+    assert (tmp_path / "final.pt.legacy").read_bytes() == b"an older original"
+    assert same_values(torch.load(f"{path}.legacy.1", weights_only=False), first)
+    assert same_values(read_checkpoint(path), first) and not (tmp_path / "final.pt.converted").exists()
+
+
+def test_convert_leaves_the_file_when_it_does_not_read_back_equal(tmp_path, monkeypatch, capsys):
+    import gfcore.io.convert as convert
+
+    path = tmp_path / "final.pt"
+    _legacy_file(path)
+    before = path.read_bytes()
+    monkeypatch.setattr(convert, "same_values", lambda a, b: False)
+    assert convert_main([str(path), "--trust"]) == 2
+    assert "does not read back equal to the original; left unchanged" in capsys.readouterr().err
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["final.pt"]
+
+
+def test_convert_cli_messages(tmp_path, capsys):
+    path = tmp_path / "step_00000002.pt"
+    _legacy_file(path)
+    assert convert_main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gfcore convert-checkpoint: error: converting unpickles the old files, which can run "
+                          "code; pass --trust")
+    from gfcore.cli import main as gfcore_main
+
+    assert gfcore_main(["convert-checkpoint", str(path), "--trust"]) == 0
+    assert capsys.readouterr().out == f"{path}: converted (the original is kept as {path}.legacy)\n"
+    assert gfcore_main(["convert-checkpoint", str(path), "--trust"]) == 0
+    assert capsys.readouterr().out == f"{path}: already in the safe format\n"
+
+
+def test_refusal_names_every_class_of_zip_and_legacy_files(tmp_path, marker):
+    """Zip files: every class the pickle asks for (read without running it); legacy (non-zip)
+    files: the one torch names when it refuses."""
+    from pathlib import PurePosixPath
+
+    evil = write_malicious(tmp_path / "mixed.pt", marker, where=PurePosixPath("/a"))
+    with pytest.raises(LegacyCheckpointError) as info:
+        read_checkpoint(evil)
+    assert info.value.globals == ["pathlib.PurePosixPath", PAYLOAD_GLOBAL]
+    assert f"it asks for pathlib.PurePosixPath, {PAYLOAD_GLOBAL} when loaded" in str(info.value)
+    old_style = tmp_path / "old_style.pt"
+    from malicious_files import RunsCommand
+
+    torch.save({"payload": RunsCommand(marker)}, old_style, _use_new_zipfile_serialization=False)
+    with pytest.raises(UnsafeFileError, match=rf"^weights {str(old_style)!r}: refused, not loaded: it asks for "
+                                              rf"{PAYLOAD_GLOBAL}, which") as info:
+        load_weights_only(old_style, "weights")
+    assert info.value.globals == [PAYLOAD_GLOBAL]
+
+
+def test_checkpoints_without_the_marker_or_of_another_format(tmp_path):
+    """A pre-safe final.pt can hold only plain containers and so load safely: it is refused all the
+    same (no marker), with the convert command; another format number is named."""
+    plain = tmp_path / "final.pt"
+    torch.save({"model": {"w": torch.ones(2)}, "config": {"seed": 0}}, plain)
+    with pytest.raises(LegacyCheckpointError) as info:
+        read_checkpoint(plain)
+    assert str(info.value).startswith(f"{plain}: it is not in gfcore's safe checkpoint format (no 'gfcore_format' "
+                                      f"key). gfcore reads checkpoints with weights_only=True")
+    assert str(info.value).endswith(f"gfcore convert-checkpoint {plain} --trust")
+    newer = tmp_path / "newer.pt"
+    torch.save({"gfcore_format": 3, "model": {}}, newer)
+    with pytest.raises(ValueError, match=rf"^{newer}: checkpoint format 3, this gfcore reads format 2 \(written by "
+                                         rf"another gfcore version: use that version, or upgrade gfcore\)$"):
+        read_checkpoint(newer)
+
+
+def test_packed_rng_layout_and_a_cuda_state_round_trip():
+    import random
+
+    import numpy as np
+
+    from gfcore.io.checkpoint_file import pack_rng, unpack_rng
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+             "cuda": [torch.arange(16, dtype=torch.uint8), torch.arange(8, dtype=torch.uint8)]}
+    packed = pack_rng(state)
+    assert packed["python"]["state"].dtype == torch.int64 and packed["numpy"]["keys"].dtype == torch.int64
+    assert [t.tolist() for t in packed["cuda"]] == [list(range(16)), list(range(8))]
+    back = unpack_rng(packed)
+    assert back["numpy"][1].dtype == np.uint32 and np.array_equal(back["numpy"][1], state["numpy"][1])
+    assert back["python"] == state["python"] and back["numpy"][2:] == state["numpy"][2:]
+    assert [torch.equal(a, b) for a, b in zip(back["cuda"], state["cuda"])] == [True, True]
+    assert "cuda" not in unpack_rng(pack_rng({k: v for k, v in state.items() if k != "cuda"}))
+    with pytest.raises(ValueError, match="^numpy generator 'PCG64': only MT19937 states can be saved$"):
+        pack_rng({**state, "numpy": ("PCG64",) + state["numpy"][1:]})
+
+
+def test_config_text_keeps_the_key_order():
+    from gfcore.io.checkpoint_file import config_from_text, config_to_text
+
+    config = {"train": {"steps": 2, "lr": 1e-4}, "model": {"depth": 2}, "a": [3, 1]}
+    assert list(config_from_text(config_to_text(config))) == ["train", "model", "a"]
+    assert list(config_from_text(config_to_text(config))["train"]) == ["steps", "lr"]
+
+
+def test_convert_refuses_dicts_without_model_and_config(tmp_path, capsys):
+    for content, shown in (({"model": {}, "step": 1}, "got dict with ['model', 'step']"),
+                           ([1, 2], "got list)")):
+        path = tmp_path / "ckpt.pt"
+        torch.save(content, path)
+        assert convert_main([str(path), "--trust"]) == 2
+        assert shown in capsys.readouterr().err
+    many = {"model": {}, **{f"key{i:03d}": 0 for i in range(40)}}
+    path = tmp_path / "many.pt"
+    torch.save(many, path)
+    assert convert_main([str(path), "--trust"]) == 2
+    assert f"got dict with {str(sorted(many))[:200]})" in capsys.readouterr().err  # the key list cut at 200
+    path = tmp_path / "minimal.pt"
+    torch.save({"model": {"w": torch.ones(1)}, "config": {"seed": 1}}, path)  # exactly the two keys
+    assert convert_main([str(path), "--trust"]) == 0
+    assert read_checkpoint(path)["config"] == {"seed": 1}
+
+
+def test_convert_free_name_counts_up(tmp_path, capsys):
+    path = tmp_path / "final.pt"
+    _legacy_file(path)
+    for name in ("final.pt.legacy", "final.pt.legacy.1"):
+        (tmp_path / name).write_bytes(b"older")
+    assert convert_main([str(path), "--trust"]) == 0
+    assert f"kept as {path}.legacy.2)" in capsys.readouterr().out
+
+
+def test_convert_help_says_what_it_does(capsys):
+    with pytest.raises(SystemExit) as info:
+        convert_main(["--help"])
+    assert info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.startswith("usage: gfcore convert-checkpoint [-h] [--trust] path")
+    assert "Rewrite checkpoints of earlier gfcore versions (pickles) in the safe format that gfcore reads with " \
+           "weights_only=True. Loading a pickle can run code: only for files you trust." in out
+    assert " path a checkpoint file, or a run folder (final.pt and checkpoints/step_*.pt) options:" in out
+    assert out.endswith(" --trust required: you trust these files (they are unpickled once to convert them)")
+
+
+def test_verify_sha256_refuses_by_default(tmp_path):
+    from gfcore.io.safe_load import verify_sha256
+
+    path = tmp_path / "net.pt"
+    path.write_bytes(b"code")
+    with pytest.raises(UnsafeFileError, match=rf"^net {str(path)!r}: SHA-256 {sha256_of(path)} is not verified"):
+        verify_sha256(path, None, "net", "--trust-weights")
+    assert verify_sha256(path, None, "net", "--trust-weights", trusted=True) == sha256_of(path)

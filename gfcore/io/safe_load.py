@@ -24,19 +24,22 @@ class UnsafeFileError(ValueError):
 
 
 def _qualified_name(obj: Any) -> str:
-    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', getattr(obj, '__name__', repr(obj)))}"
+    """module.name of an allowed class or function, as a pickle names it."""
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+def _named_in(error: Exception) -> List[str]:
+    """The global torch's refusal message names (the first one the unpickler met)."""
+    return sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(error))))
 
 
 def _globals_asked_for(path: Path, error: Exception) -> List[str]:
-    """The globals the pickle in `path` names, read without running it (zip files), or taken
-    from torch's refusal message (legacy, non-zip files)."""
+    """Every global the pickle in `path` names beyond torch's defaults, read without running it
+    (zip files), else the one in torch's refusal message (legacy, non-zip files)."""
     try:
-        found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception:  # not a zip checkpoint: torch's message names the first refused global
-        found = []
-    if not found:
-        found = re.findall(r"GLOBAL ([\w.]+)", str(error))
-    return sorted(set(found))
+        return sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))) or _named_in(error)
+    except Exception:  # not a zip checkpoint
+        return _named_in(error)
 
 
 def load_weights_only(path: os.PathLike | str, what: str, allowed: Iterable[Any] = (), mmap: bool = False) -> Any:
