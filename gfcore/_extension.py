@@ -65,7 +65,16 @@ def extension_loaded() -> bool:
     return _C is not None
 
 
-@torch.compiler.assume_constant_result  # registrations are fixed once loaded: no graph break
+def assume_constant_result(fn):
+    """torch.compiler.assume_constant_result without importing torch._dynamo, which costs about
+    0.9 s of `import gfcore`: in the supported torch versions that decorator does nothing but
+    set this attribute, which dynamo reads when it traces a call (a test checks that the two
+    mark a function alike)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@assume_constant_result  # registrations are fixed once loaded: no graph break
 def has_kernel(op_name: str, device_type: str) -> bool:
     """True when gfcore::op_name has a compiled kernel for device_type ('cpu' or 'cuda')."""
     if _C is None:

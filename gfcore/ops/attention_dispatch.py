@@ -40,6 +40,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from gfcore._extension import assume_constant_result
+
 FORMAT = "gfcore.attention_dispatch/1"
 TABLE_IMPLS = ("sdpa", "fused", "reference")
 DEFAULT_IMPL = {"spatial": "sdpa", "temporal": "reference"}
@@ -115,7 +117,7 @@ def lookup(entries, mode: str, dtype_name: str, head_dim: int, seq_len: int, rop
 
 
 # Under torch.compile the choice is made once at trace time (the file is not traced).
-@torch.compiler.assume_constant_result
+@assume_constant_result
 def choose(mode: str, dtype_name: str, head_dim: int, seq_len: int, rope: bool,
            capability: Tuple[int, int], causal: bool = False) -> Tuple[str, str]:
     """(impl, why) for impl="auto" on a CUDA device of the given compute capability."""
