@@ -13,5 +13,6 @@ _check_torch_version(_torch.__version__)
 from gfcore._extension import backends
 from gfcore import ops
 from gfcore.losses import AlignmentOutput, GeometryAlignmentLoss
+from gfcore.hidden_states import Capture, capture
 
-__all__ = ["AlignmentOutput", "GeometryAlignmentLoss", "backends", "ops", "__version__"]
+__all__ = ["AlignmentOutput", "Capture", "GeometryAlignmentLoss", "backends", "capture", "ops", "__version__"]

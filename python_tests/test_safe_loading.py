@@ -419,6 +419,7 @@ def test_same_values_compares_like_a_checkpoint_reader():
     assert not same_values(torch.arange(3), np.arange(3)) and not same_values(np.arange(3), [0, 1, 2])
     assert not same_values(np.zeros((2, 2)), np.zeros(4)) and not same_values({"a": 1}, [("a", 1)])
     assert not same_values(float("nan"), "nan") and same_values((), [])
+    assert not same_values([], "") and not same_values(["a"], "a")  # sequences only match sequences
 
 
 def test_checkpoint_files_of_a_run_folder(tmp_path):

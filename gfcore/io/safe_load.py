@@ -37,7 +37,7 @@ def _globals_asked_for(path: Path, error: Exception) -> List[str]:
     """Every global the pickle in `path` names beyond torch's defaults, read without running it
     (zip files), else the one in torch's refusal message (legacy, non-zip files)."""
     try:
-        return sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))) or _named_in(error)
+        return sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path))))
     except Exception:  # not a zip checkpoint
         return _named_in(error)
 
