@@ -87,8 +87,9 @@ def load_torchscript(path: Optional[os.PathLike], what: str, flag: str, device="
         raise WeightsUnavailable(f"{what} not found: {path}")
     verify_sha256(path, PUBLISHED_SHA256[network], f"{flag} {what}", TRUST_FLAG, trusted=trust)
     try:
-        with warnings.catch_warnings():  # the published networks only exist as TorchScript
-            warnings.simplefilter("ignore", DeprecationWarning)
+        with warnings.catch_warnings():  # the published networks only exist as TorchScript:
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.load's deprecation notice,
+            warnings.simplefilter("ignore", FutureWarning)  # a FutureWarning in torch >= 2.10
             return torch.jit.load(str(path), map_location=device).eval()
     except Exception as exc:
         raise ValueError(f"{flag}: cannot load {path} as a TorchScript module ({exc})") from exc
