@@ -269,3 +269,95 @@ def test_rng_state_restored_only_for_the_same_world_size(tmp_path, tiny_data_roo
         assert torch.equal(given["torch"], saved["torch"]) and given["python"] == saved["python"]
     else:
         assert calls == []
+
+
+def test_archive_previous_run_moves_exactly_the_run_files(tmp_path, monkeypatch):
+    """What counts as an earlier run, where its files go (previous/{UTC time}, -1, -2 when taken),
+    and that only the run's own files move."""
+    import time as time_module
+
+    from gfcore.train.resume import RUN_FILES, archive_previous_run
+
+    out = tmp_path / "run"
+    out.mkdir()
+    assert archive_previous_run(str(out)) is None and not (out / "previous").exists()
+    (out / "log.jsonl").write_text("")  # an empty log is no run
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "notes.txt").write_text("x")
+    assert archive_previous_run(str(out)) is None and not (out / "previous").exists()
+
+    monkeypatch.setattr(time_module, "gmtime", lambda: time_module.struct_time((2026, 1, 2, 3, 4, 5, 4, 2, 0)))
+    made = []
+    for marker in ("step_00000002.pt.corrupt", "step_00000002.pt.corrupt.1", "final.pt", "log.jsonl"):
+        (out / "checkpoints").mkdir(exist_ok=True)
+        where = out / ("checkpoints" if "step" in marker else "") / marker
+        where.write_text("{}\n")
+        made.append(archive_previous_run(str(out)))
+        assert not where.exists()
+    assert made == [str(out / "previous" / name) for name in
+                    ("20260102-030405", "20260102-030405-1", "20260102-030405-2", "20260102-030405-3")]
+    for name in RUN_FILES:  # every run file moves; the rest stays
+        path = out / name
+        path.mkdir() if name in ("checkpoints", "tensorboard", "wandb", "samples") else path.write_text("x")
+    (out / "checkpoints" / "step_00000004.pt").write_text("x")
+    (out / "mine.txt").write_text("keep")
+    target = archive_previous_run(str(out))
+    assert sorted(os.listdir(target)) == sorted(RUN_FILES)
+    assert sorted(os.listdir(out)) == ["mine.txt", "previous"]
+
+
+def test_resume_helpers_one_by_one(tmp_path):
+    """as_list, config_changes' free keys, check_config's listing and warning, find_checkpoint's
+    refusals, keep_unreadable on other ranks and load_into's message, each against its contract."""
+    import warnings as warnings_module
+
+    from gfcore.train.resume import (ResumeError, as_list, check_config, config_changes, find_checkpoint,
+                                     keep_unreadable, load_into)
+
+    assert as_list(None) == [] and as_list("") == [] and as_list("a") == ["a"] and as_list(["a", 1]) == ["a", "1"]
+
+    base = {"train": {"steps": 4, "lr_decay": "constant"}, "loss": {"align_start": 0.5}}
+    longer = {"train": {"steps": 8, "lr_decay": "constant"}, "loss": {"align_start": 0.5}}
+    assert config_changes(base, longer) == {}  # no teacher: the share of steps changes nothing
+    with_teacher = [{**c, "teacher": {"name": "vggt"}} for c in (base, longer)]
+    assert config_changes(*with_teacher) == {"train.steps": (4, 8)}
+    for old_decay, new_decay in (("cosine", "constant"), ("constant", "cosine")):
+        old = {"train": {"steps": 4, "lr_decay": old_decay}}
+        new = {"train": {"steps": 8, "lr_decay": new_decay}}
+        assert config_changes(old, new)["train.steps"] == (4, 8)
+    assert config_changes({"a": True}, {"a": 1}) == {} and config_changes({"a": 1}, {"a": 1.0}) == {}
+
+    old, new = {"x": 1, "y": 2, "gone": 1}, {"x": 2, "y": 3, "added": 1}
+    with pytest.raises(ResumeError) as info:
+        check_config(old, new, [], "ck.pt")
+    assert "these keys changed:\n  gone: 1 -> '<absent>'\n  x: 1 -> 2\n  y: 2 -> 3\nResume with" in str(info.value)
+    with warnings_module.catch_warnings():
+        warnings_module.simplefilter("error")
+        check_config(old, new, ["x", "y", "gone", "added"], "ck.pt")  # keys of either config are known names
+    with pytest.warns(UserWarning, match=r"'nope' is not a config key"):
+        check_config(old, new, ["x", "y", "gone", "nope"], "ck.pt")
+
+    assert find_checkpoint(False, str(tmp_path)) == (None, []) and find_checkpoint("none", str(tmp_path)) == (None, [])
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    for step in (2, 4):
+        (ckpts / f"step_{step:08d}.pt").write_bytes(b"damaged")
+    with pytest.raises(ResumeError) as info:
+        find_checkpoint("auto", str(ckpts))
+    text = str(info.value)  # one line per file, newest first (torch's reasons may span lines)
+    assert f":\n  {ckpts / 'step_00000004.pt'}: " in text and f"\n  {ckpts / 'step_00000002.pt'}: " in text
+    assert text.index("step_00000004.pt: ") < text.index("step_00000002.pt: ")
+    damaged = str(ckpts / "step_00000004.pt")
+    with pytest.raises(ResumeError, match=rf"^train.resume={damaged!r}: the checkpoint cannot be read "
+                                          r"\((RuntimeError|UnpicklingError): "):
+        find_checkpoint(damaged, str(ckpts))
+
+    with pytest.warns(UserWarning, match=rf"kept as {damaged}.corrupt; resuming from other"):
+        keep_unreadable([(damaged, "why")], "other", is_main=False)
+    assert os.path.exists(damaged)  # only the main process renames
+    with pytest.warns(UserWarning, match="kept as .*absent.pt.corrupt"):
+        keep_unreadable([(str(ckpts / "absent.pt"), "why")], "other", is_main=True)
+
+    for changes, named in (({}, "none"), ({"a": 1, "b": 2}, "a, b")):
+        with pytest.raises(ResumeError, match=rf"\(changed keys: {named}\)"):
+            load_into(torch.nn.Linear(2, 2), {"weight": torch.zeros(1)}, "model", changes)
