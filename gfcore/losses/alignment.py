@@ -7,6 +7,7 @@ from torch import nn
 from gfcore.losses.chunked_path import ChunkedAlignmentFunction
 from gfcore.losses.fused_path import FusedAlignmentFunction
 from gfcore.losses.reference import reference_alignment_terms
+from gfcore.losses.sync_check import warn_if_unsynchronized
 from gfcore.nvtx import nvtx_range
 from gfcore._extension import warn_once
 from gfcore.ops.alignment import fused_available, fused_row_supported
@@ -97,6 +98,7 @@ class GeometryAlignmentLoss(nn.Module):
         # One target: the modules themselves; several: projector[i] and head[i] are target i's.
         self.projector = projectors[0] if num_targets == 1 else nn.ModuleList(projectors)
         self.head = heads[0] if num_targets == 1 else nn.ModuleList(heads)
+        self._sync_checked = False
 
     def extra_repr(self) -> str:
         return (f"lambda_angular={self.lambda_angular}, lambda_scale={self.lambda_scale}, impl={self.impl!r}, "
@@ -180,6 +182,9 @@ class GeometryAlignmentLoss(nn.Module):
         return h.dtype
 
     def forward(self, h: torch.Tensor, y: torch.Tensor) -> AlignmentOutput:
+        if not self._sync_checked and not torch.compiler.is_compiling():
+            self._sync_checked = True  # once per module: the wrapping does not change between steps
+            warn_if_unsynchronized(self)
         h2d, y3d = self._check_inputs(h, y)
         y3d = y3d.detach()
         impl = self.resolved_impl(h.device, self._compute_dtype(h))
