@@ -288,14 +288,16 @@ def test_archive_previous_run_moves_exactly_the_run_files(tmp_path, monkeypatch)
 
     monkeypatch.setattr(time_module, "gmtime", lambda: time_module.struct_time((2026, 1, 2, 3, 4, 5, 4, 2, 0)))
     made = []
-    for marker in ("step_00000002.pt.corrupt", "step_00000002.pt.corrupt.1", "final.pt", "log.jsonl"):
+    for marker in ("step_00000002.pt", "step_00000002.pt.corrupt", "step_00000002.pt.corrupt.1", "final.pt",
+                   "log.jsonl"):
         (out / "checkpoints").mkdir(exist_ok=True)
         where = out / ("checkpoints" if "step" in marker else "") / marker
         where.write_text("{}\n")
         made.append(archive_previous_run(str(out)))
         assert not where.exists()
     assert made == [str(out / "previous" / name) for name in
-                    ("20260102-030405", "20260102-030405-1", "20260102-030405-2", "20260102-030405-3")]
+                    ("20260102-030405", "20260102-030405-1", "20260102-030405-2", "20260102-030405-3",
+                     "20260102-030405-4")]
     for name in RUN_FILES:  # every run file moves; the rest stays
         path = out / name
         path.mkdir() if name in ("checkpoints", "tensorboard", "wandb", "samples") else path.write_text("x")
