@@ -154,13 +154,17 @@ def test_vggt_checkpoint_loader_passes_assign(tmp_path):
     state = {"weight": torch.full((2,), 3.0), "track_head.w": torch.ones(1)}
     path = tmp_path / "m.pt"
     torch.save(state, path)
+    before = model.weight
     load_vggt_checkpoint(model, path)
-    assert torch.equal(model.weight, state["weight"])
+    assert torch.equal(model.weight, state["weight"]) and model.weight is before  # copied into the parameter
     copied = load_vggt_state_dict(model, state)
     assert copied.weight.data_ptr() != state["weight"].data_ptr()
     assert load_vggt_state_dict(model, state, assign=True).weight.data_ptr() == state["weight"].data_ptr()
+    before = model.weight
     loaded = load_vggt_checkpoint(model, path, assign=True)
-    assert torch.equal(loaded.weight, state["weight"])
+    assert torch.equal(loaded.weight, state["weight"]) and loaded.weight is not before  # adopted
+    with pytest.raises(CheckpointError, match=r"^state_dict does not match the model:"):
+        load_vggt_state_dict(model, {"weight": torch.ones(3)})
     with pytest.raises(CheckpointError, match=r"^src does not match the model:\n  unexpected keys \(1\): "
                                               r"track_head.w$"):
         load_vggt_state_dict(model, state, source="src", skip_prefixes=())
