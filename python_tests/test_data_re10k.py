@@ -423,3 +423,18 @@ def test_constructor_defaults_and_layout_errors(tmp_path, raw_root):
     os.makedirs(tmp_path / "val_poses")
     with pytest.raises(DataError, match=r"^no DFoT pose files \(\*\.pt\) in .*val_poses$"):
         RealEstate10K(tmp_path, "val")
+
+
+def test_read_images_names_the_size_of_the_image_that_differs(tmp_path):
+    """The third image differs: its own size is named (not the second's)."""
+    from PIL import Image
+
+    from gfcore.data.re10k import _read_images
+
+    paths = []
+    for i, size in enumerate([(8, 6), (8, 6), (10, 4)]):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.new("RGB", size).save(paths[-1])
+    with pytest.raises(DataError, match=rf"^{paths[2]}: image size \(4, 10\) differs from {paths[0]} \(6, 8\)$"):
+        _read_images(paths)
+    assert _read_images(paths[:2]).shape == (2, 6, 8, 3)
