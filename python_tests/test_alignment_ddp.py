@@ -1,6 +1,7 @@
 """GeometryAlignmentLoss under a process group (2 gloo ranks): inside DDP or sharded by FSDP2 its
 projector gradients are averaged (equal on both ranks, and equal to one process on the union of
 the data), and left outside any wrapper it warns once that they are not."""
+import gc
 import os
 import warnings
 
@@ -58,7 +59,7 @@ def _worker(rank, port, pattern, out_dir):
 
                 both = ModelWithLoss(model, align)
                 fully_shard(both.align)
-                fully_shard(both)
+                wrapped = fully_shard(both)
                 both(x, y).backward()
             else:  # the mistake: only the model in DDP, the loss module beside it
                 from torch.nn.parallel import DistributedDataParallel
@@ -70,6 +71,13 @@ def _worker(rank, port, pattern, out_dir):
         torch.save({"grad": grad.detach().clone(),
                     "warned": [str(w.message) for w in caught if "never averaged across ranks" in str(w.message)]},
                    os.path.join(out_dir, f"rank{rank}.pt"))
+        # The wrappers (DDP's reducer) go before their process group: destroyed after it, a
+        # reducer's threads can abort the process at exit.
+        del wrapped
+        if pattern == "fsdp2":
+            del both
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
