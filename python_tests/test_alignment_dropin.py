@@ -1,0 +1,307 @@
+"""GeometryAlignmentLoss as other codebases use it: their own projector and head, no head at all,
+targets of several widths with weights, the teacher's layer axis anywhere, token masks."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from gfcore import GeometryAlignmentLoss
+from conftest import rel_err, requires_cpu_kernels
+
+IMPLS = ["reference", pytest.param("fused", marks=requires_cpu_kernels)]
+
+
+def repa_mlp(hidden, width, out):
+    """REPA's build_mlp, as written in its code base: three Linears with SiLU, xavier weights, zero biases."""
+    mlp = nn.Sequential(nn.Linear(hidden, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, out))
+    for m in mlp:
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    return mlp
+
+
+def paper_terms(h, ys, projectors, heads, weights):
+    """The paper's formulas, by hand: sum_i w_i (-mean cos) and sum_i w_i mean (g(zhat) - y)^2."""
+    angular = scale = 0.0
+    for y, projector, head, w in zip(ys, projectors, heads, weights):
+        z = projector(h)
+        angular = angular - w * ((z * y).sum(-1) / (z.norm(dim=-1) * y.norm(dim=-1))).mean()
+        if head is not None:
+            scale = scale + w * ((head(z / z.norm(dim=-1, keepdim=True)) - y) ** 2).mean()
+    return angular, scale
+
+
+def grads_of(value, tensors):
+    return torch.autograd.grad(value, tensors, allow_unused=True)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_external_projector_angular_only_is_repas_loss(impl):
+    """REPA's projector as it is, lambda_scale=0: the loss owns nothing, and value and gradients are
+    REPA's proj_loss (mean over tokens of -cos) in float64."""
+    torch.manual_seed(0)
+    projector = repa_mlp(24, 32, 40).double()
+    loss_fn = GeometryAlignmentLoss(target_dim=40, projector=projector, lambda_angular=1.0, lambda_scale=0, impl=impl)
+    assert list(loss_fn.parameters()) == [] and loss_fn.state_dict() == {} and loss_fn.head is None
+    h = torch.randn(3, 7, 24, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(3, 7, 40, dtype=torch.float64)
+    out = loss_fn(h, y)
+    z = projector(h)
+    expected = -F.cosine_similarity(F.normalize(z, dim=-1), F.normalize(y, dim=-1), dim=-1).mean()
+    torch.testing.assert_close(out.loss, expected, rtol=1e-12, atol=1e-14)
+    assert out.scale.item() == 0 and not out.scale.requires_grad
+    got = grads_of(out.loss, [h, *projector.parameters()])
+    want = grads_of(expected, [h, *projector.parameters()])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_external_head_and_projector_follow_the_paper(impl):
+    torch.manual_seed(1)
+    projector, head = repa_mlp(24, 32, 40).double(), nn.Sequential(nn.Linear(40, 16), nn.GELU(), nn.Linear(16, 40))
+    head = head.double()
+    loss_fn = GeometryAlignmentLoss(target_dim=40, projector=projector, head=head, lambda_angular=0.5,
+                                    lambda_scale=0.05, impl=impl)
+    h = torch.randn(11, 24, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(11, 40, dtype=torch.float64)
+    out = loss_fn(h, y)
+    angular, scale = paper_terms(h, [y], [projector], [head], [1.0])
+    torch.testing.assert_close(out.angular, angular, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(out.scale, scale, rtol=1e-12, atol=1e-14)
+    params = [h, *projector.parameters(), *head.parameters()]
+    for g, w in zip(grads_of(out.loss, params), grads_of(0.5 * angular + 0.05 * scale, params)):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-13)
+
+
+def test_caller_modules_are_referenced_not_owned():
+    """The model keeps its checkpoint keys and its init; a default head next to an external projector
+    is the loss's own (its parameters, its state_dict)."""
+    projector = repa_mlp(24, 32, 40)
+    before = copy.deepcopy(projector.state_dict())
+    loss_fn = GeometryAlignmentLoss(target_dim=40, projector=projector, head_dim=16)
+    assert all(torch.equal(before[k], v) for k, v in projector.state_dict().items())
+    assert sorted(loss_fn.state_dict()) == ["head.0.bias", "head.0.weight", "head.2.bias", "head.2.weight"]
+    assert loss_fn.target_modules()[0][0] is projector
+    loss_fn.double()  # moves the loss's own head only
+    assert projector[0].weight.dtype == torch.float32 and loss_fn.head[0].weight.dtype == torch.float64
+
+
+PATHS = [("reference", None), pytest.param("fused", None, marks=requires_cpu_kernels),
+         pytest.param("fused", 4, marks=requires_cpu_kernels)]
+
+
+@pytest.mark.parametrize("impl,chunk_size", PATHS)
+def test_lambda_scale_zero_builds_no_head(impl, chunk_size):
+    torch.manual_seed(2)
+    loss_fn = GeometryAlignmentLoss(24, 40, projector_dim=32, lambda_scale=0.0, lambda_angular=1.0, impl=impl,
+                                    chunk_size=chunk_size).double()
+    assert loss_fn.head is None
+    assert sorted(loss_fn.state_dict()) == [f"projector.{i}.{p}" for i in (0, 2, 4) for p in ("bias", "weight")]
+    h = torch.randn(2, 9, 24, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(2, 9, 40, dtype=torch.float64)
+    out = loss_fn(h, y)
+    assert out.scale.item() == 0.0
+    angular, _ = paper_terms(h, [y], [loss_fn.projector], [None], [1.0])
+    torch.testing.assert_close(out.loss, angular, rtol=1e-12, atol=1e-14)
+    params = [h, *loss_fn.parameters()]
+    for g, w in zip(grads_of(out.loss, params), grads_of(angular, params)):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("impl,chunk_size", PATHS)
+def test_targets_of_different_widths_with_weights(impl, chunk_size):
+    """DINOv2-like 24 + VGGT-like 40 channels, one projector and head each, weights 1 and 0.25."""
+    torch.manual_seed(3)
+    loss_fn = GeometryAlignmentLoss(24, [24, 40], projector_dim=32, head_dim=16, target_weights=[1.0, 0.25],
+                                    impl=impl, chunk_size=chunk_size).double()
+    assert [p[4].out_features for p in loss_fn.projector] == [24, 40]
+    h = torch.randn(2, 7, 24, dtype=torch.float64, requires_grad=True)
+    ys = [torch.randn(2, 7, 24, dtype=torch.float64), torch.randn(2, 7, 40, dtype=torch.float64)]
+    out = loss_fn(h, ys)
+    angular, scale = paper_terms(h, ys, loss_fn.projector, loss_fn.head, [1.0, 0.25])
+    torch.testing.assert_close(out.angular, angular, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(out.scale, scale, rtol=1e-12, atol=1e-14)
+    params = [h, *loss_fn.parameters()]
+    for g, w in zip(grads_of(out.loss, params), grads_of(0.5 * angular + 0.05 * scale, params)):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-13)
+
+
+class LargestAllocation(TorchDispatchMode):
+    """The largest tensor any aten op returns while active (a full copy of y would show here)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("impl,chunk_size", PATHS)
+@pytest.mark.parametrize("h_layout", ["tokens", "grid"])
+def test_teacher_layout_with_the_layer_axis_inside(impl, chunk_size, h_layout):
+    """y [B, T, L, h, w, D] (the teacher protocol) against h [B, T, h*w, C] or [B, T, h, w, C]: the same
+    loss as y permuted to [..., L, D], and y is never copied whole (only one layer at a time)."""
+    torch.manual_seed(4)
+    B, T, L, gh, gw, C, D = 2, 3, 3, 2, 3, 24, 40
+    loss_fn = GeometryAlignmentLoss(C, D, num_targets=L, projector_dim=32, head_dim=16, impl=impl,
+                                    chunk_size=chunk_size, layer_dim=2)
+    h = torch.randn(B, T, gh * gw, C) if h_layout == "tokens" else torch.randn(B, T, gh, gw, C)
+    y = torch.randn(B, T, L, gh, gw, D)
+    with LargestAllocation() as watch:
+        out = loss_fn(h, y)
+    assert watch.largest < y.numel(), f"a tensor of {watch.largest} values (y has {y.numel()})"
+    permuted = copy.deepcopy(loss_fn)
+    permuted.layer_dim = None
+    expected = permuted(h.reshape(B, T, gh * gw, C), y.permute(0, 1, 3, 4, 2, 5).reshape(B, T, gh * gw, L, D))
+    for term in ("loss", "angular", "scale", "cosine"):
+        torch.testing.assert_close(getattr(out, term), getattr(expected, term), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("impl,chunk_size", PATHS)
+def test_mask_keeps_only_its_tokens(impl, chunk_size):
+    """The loss over the kept tokens only; dropped tokens get exactly zero gradient."""
+    torch.manual_seed(5)
+    loss_fn = GeometryAlignmentLoss(24, 40, projector_dim=32, head_dim=16, impl=impl, chunk_size=chunk_size).double()
+    h = torch.randn(2, 6, 24, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(2, 6, 40, dtype=torch.float64)
+    mask = torch.rand(2, 6) > 0.4
+    mask[0, 0], mask[1, 5] = True, False
+    out = loss_fn(h, y, mask)
+    angular, scale = paper_terms(h[mask], [y[mask]], [loss_fn.projector], [loss_fn.head], [1.0])
+    torch.testing.assert_close(out.angular, angular, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(out.scale, scale, rtol=1e-12, atol=1e-14)
+    (grad_h,) = grads_of(out.loss, [h])
+    assert torch.count_nonzero(grad_h[~mask]) == 0 and torch.count_nonzero(grad_h[mask].abs().sum(-1)) == mask.sum()
+
+
+def test_bad_drop_in_inputs_name_the_argument():
+    loss_fn = GeometryAlignmentLoss(24, 40, projector_dim=32, head_dim=16)
+    h, y = torch.randn(2, 5, 24), torch.randn(2, 5, 40)
+    with pytest.raises(ValueError, match=r"^mask must have shape \(2, 5\) \(the token axes of h\), got \(2, 4\)$"):
+        loss_fn(h, y, torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(TypeError, match=r"^mask must be a bool tensor of shape \(2, 5\) .*got torch.float32$"):
+        loss_fn(h, y, torch.ones(2, 5))
+    with pytest.raises(ValueError, match="^mask keeps no token"):
+        loss_fn(h, y, torch.zeros(2, 5, dtype=torch.bool))
+    two = GeometryAlignmentLoss(24, [16, 40], projector_dim=32, head_dim=16)
+    with pytest.raises(ValueError, match=r"^y is a list of 1 tensors but the loss has 2 target\(s\)"):
+        two(h, [torch.randn(2, 5, 16)])
+    with pytest.raises(ValueError, match=r"^y\[1\] must be a list of 2 tensors .*last dimension 40, got \(2, 5, 41\)$"):
+        two(h, [torch.randn(2, 5, 16), torch.randn(2, 5, 41)])
+    with pytest.raises(ValueError, match=r"^y must be a list of 2 tensors \[..., target_dim\[i\]\] \(target_dim=\[16, 40\]\)"):
+        two(h, torch.randn(2, 5, 2, 40))
+    with pytest.raises(ValueError, match=r"^y\[0\] must be .* with token axes \(2, 5\)"):
+        two(h, [torch.randn(2, 4, 16), torch.randn(2, 5, 40)])
+    layered = GeometryAlignmentLoss(24, 40, num_targets=3, projector_dim=32, head_dim=16, layer_dim=1)
+    with pytest.raises(ValueError, match=r"a layer axis of size num_targets=3 at dim 1 \(not the last\), got shape"):
+        layered(h, torch.randn(2, 2, 5, 40))
+    wrong = GeometryAlignmentLoss(target_dim=40, projector=repa_mlp(24, 32, 39), lambda_scale=0)
+    with pytest.raises(ValueError, match=r"^the projector of target 0 must map to \[tokens, target_dim\] = \(10, 40\), "
+                                         r"got \(10, 39\)$"):
+        wrong(h, y)
+    bad_head = GeometryAlignmentLoss(24, 40, projector_dim=32, head=nn.Linear(40, 41))
+    with pytest.raises(ValueError, match=r"^the head of target 0 must map to \[tokens, target_dim\] = \(10, 40\)"):
+        bad_head(h, y)
+
+
+def test_bad_drop_in_constructor_arguments():
+    with pytest.raises(ValueError, match="^head= was given but lambda_scale=0"):
+        GeometryAlignmentLoss(24, 40, head=nn.Linear(40, 40), lambda_scale=0)
+    with pytest.raises(ValueError, match="^chunk_size needs gfcore's own projector and head"):
+        GeometryAlignmentLoss(target_dim=40, projector=nn.Linear(24, 40), chunk_size=8)
+    with pytest.raises(ValueError, match="^hidden_dim is needed to build gfcore's projector"):
+        GeometryAlignmentLoss(target_dim=40)
+    with pytest.raises(ValueError, match=r"^projector must be an nn.Module \(one target\) or a list of 2 nn.Modules"):
+        GeometryAlignmentLoss(target_dim=[8, 8], projector=nn.Linear(24, 8))
+    with pytest.raises(ValueError, match=r"^num_targets=3 but target_dim lists 2 widths"):
+        GeometryAlignmentLoss(24, [8, 8], num_targets=3)
+    with pytest.raises(ValueError, match=r"^target_dim\[1\] must be a positive int, got 0$"):
+        GeometryAlignmentLoss(24, [8, 0])
+    with pytest.raises(ValueError, match=r"^target_dim must be a positive int or a non-empty list"):
+        GeometryAlignmentLoss(24, [])
+    for weights in ([1.0], [1.0, -1.0], [0.0, 0.0], [1.0, float("nan")]):
+        with pytest.raises(ValueError, match=r"^target_weights must be 2 finite non-negative numbers"):
+            GeometryAlignmentLoss(24, [8, 8], target_weights=weights)
+    with pytest.raises(ValueError, match=r"^layer_dim must be an int"):
+        GeometryAlignmentLoss(24, 8, num_targets=2, layer_dim=1.0)
+
+
+@requires_cpu_kernels
+def test_reference_under_autocast_is_as_accurate_as_the_fused_path():
+    """bf16 autocast: the reference's error against float64 is at most twice the fused path's, on the
+    terms and every gradient (both accumulate the loss arithmetic in float32). Errors are averaged
+    over four draws (a single draw's rounding can favour either path); the terms' errors are
+    absolute (the mean cosine of a random projector is near 0), the gradients' relative."""
+    def errors(seed):
+        torch.manual_seed(seed)
+        base = GeometryAlignmentLoss(64, 96, projector_dim=128, head_dim=32)
+        h, y = torch.randn(256, 64), torch.randn(256, 96)
+
+        def run(impl, dtype=None):
+            loss_fn = copy.deepcopy(base)
+            loss_fn.impl = impl
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is None):
+                loss_fn = loss_fn.to(dtype or torch.float32)
+                hh = h.to(dtype or torch.float32).clone().requires_grad_(True)
+                out = loss_fn(hh, y.to(dtype or torch.float32))
+            out.loss.backward()
+            return [out.angular.detach(), out.scale.detach(), hh.grad] + [p.grad for p in loss_fn.parameters()]
+
+        exact = run("reference", torch.float64)
+        per_path = []
+        for impl in ("fused", "reference"):
+            got = run(impl)
+            assert got[0].dtype == got[1].dtype == torch.float32
+            per_path.append([abs(got[0].item() - exact[0].item()), abs(got[1].item() - exact[1].item())]
+                            + [rel_err(g.double(), e) for g, e in zip(got[2:], exact[2:])])
+        return torch.tensor(per_path)
+
+    mean = sum(errors(seed) for seed in range(4)) / 4
+    fused, reference = mean
+    assert (reference <= 2 * fused).all(), list(zip(reference.tolist(), fused.tolist()))
+
+
+def test_a_model_hidden_state_with_an_external_projector_trains():
+    """Four AdamW steps of a model whose own projector feeds the loss: the projector learns and the
+    mean cosine rises."""
+    torch.manual_seed(7)
+    model = nn.ModuleDict(dict(body=nn.Linear(16, 24), projector=repa_mlp(24, 32, 40)))
+    loss_fn = GeometryAlignmentLoss(target_dim=40, projector=model["projector"], lambda_scale=0, lambda_angular=1.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x, y = torch.randn(64, 16), torch.randn(64, 40)
+    cosines = []
+    for _ in range(4):
+        out = loss_fn(model["body"](x), y)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+        cosines.append(out.cosine.item())
+    assert cosines[-1] > cosines[0] + 0.05, cosines
+
+
+@requires_cpu_kernels
+def test_external_projector_under_torch_compile():
+    """The modular path (the caller's projector, gfcore's cosine and MSE ops) compiles in one graph and
+    gives the eager values and gradients."""
+    torch._dynamo.reset()
+    torch.manual_seed(8)
+    projector = repa_mlp(24, 32, 40)
+    loss_fn = GeometryAlignmentLoss(target_dim=40, projector=projector, head_dim=16, impl="fused")
+    h, y = torch.randn(2, 9, 24), torch.randn(2, 9, 40)
+    params = [*projector.parameters(), *loss_fn.parameters()]
+    eager = loss_fn(h, y).loss
+    want = grads_of(eager, params)
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")(h, y).loss
+    torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-7)
+    for g, w in zip(grads_of(compiled, params), want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-7)
