@@ -215,6 +215,33 @@ def _extension():
     return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
 
 
+# What `pip install .` brings is what the loss needs (torch itself, built against, is the
+# user's); the trainer, the metrics and the demo are extras. gfcore/cli.py names the extra a
+# command needs when one of its packages is missing.
+CORE_REQUIRES = ["numpy", "einops"]
+TRAIN_REQUIRES = ["hydra-core", "av", "pillow"]  # configs, video decoding, image frames
+EVAL_REQUIRES = ["scipy", "av", "pillow"]        # FVD's matrix square root, reading videos
+
+
+def _dev_requires():
+    """requirements-dev.txt without its --no-deps lines (setup_env.sh installs those apart)."""
+    path = os.path.join(ROOT, "requirements-dev.txt")
+    if not os.path.exists(path):  # an sdist built without it
+        return []
+    lines = [line.split("#")[0].strip() for line in open(path) if "# no-deps" not in line]
+    return [line for line in lines if line]
+
+
+EXTRAS_REQUIRE = {
+    "train": TRAIN_REQUIRES,
+    "eval": EVAL_REQUIRES,
+    "demo": sorted(set(TRAIN_REQUIRES + EVAL_REQUIRES + ["matplotlib"])),
+    "dev": sorted(set(TRAIN_REQUIRES + EVAL_REQUIRES + ["matplotlib"] + _dev_requires())),
+    "nvtx": ["nvtx"],
+    "safetensors": ["safetensors"],
+    "decord": ["decord"],
+}
+
 ext_modules, cmdclass = _extension()
 # GFCORE_BUILD_DIR: where the build's objects go (default build/), so that environments built
 # against different torch versions (make test-torch-min) do not rebuild each other's objects.
@@ -227,8 +254,8 @@ setup(
     packages=find_packages(include=["gfcore", "gfcore.*"]),
     package_data={"gfcore": ["configs/*.yaml", "configs/**/*.yaml"], "gfcore.geometry": ["*.json"]},
     python_requires=">=3.10",
-    install_requires=["numpy", "einops", "av", "pillow", "scipy", "matplotlib", "hydra-core"],
-    extras_require={"nvtx": ["nvtx"], "safetensors": ["safetensors"], "decord": ["decord"]},
+    install_requires=CORE_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     options=build_options,

@@ -41,14 +41,36 @@ def _train(argv: Sequence[str]) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from gfcore.train.config import ConfigError
+# The optional packages behind the commands, by import name: the extra of setup.py that brings each.
+OPTIONAL_PACKAGES = {"hydra": "train", "omegaconf": "train", "av": "train", "PIL": "train", "scipy": "eval",
+                     "matplotlib": "demo"}
 
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        from gfcore.train.config import ConfigError
+    except ModuleNotFoundError as exc:
+        return _missing_extra(exc, argv)
     try:
         return _dispatch(argv)
     except ConfigError as exc:  # a typo in an override: one line naming the key, not a traceback
         print(f"gfcore: error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        return _missing_extra(exc, argv)
+
+
+def _missing_extra(exc: ModuleNotFoundError, argv) -> int:
+    """A command whose optional package is not installed: name the extra that brings it."""
+    package = (exc.name or "").split(".")[0]
+    if package not in OPTIONAL_PACKAGES:
+        raise exc
+    command = (list(sys.argv[1:] if argv is None else argv) or ["gfcore"])[0]
+    extra = OPTIONAL_PACKAGES[package]
+    print(f"gfcore {command}: error: this command needs the package {package!r}, which `pip install gfcore` "
+          f"leaves out (it installs only what the loss needs). Install the extra: pip install --no-build-isolation "
+          f"'.[{extra}]' in the checkout (or '.[train,eval,demo]' for every command).", file=sys.stderr)
+    return 2
 
 
 def _dispatch(argv: Optional[Sequence[str]] = None) -> int:

@@ -41,7 +41,8 @@ def _data(rank):
 def _worker(rank, port, pattern, out_dir):
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(WORLD))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
@@ -54,6 +55,12 @@ def _worker(rank, port, pattern, out_dir):
 
                 wrapped = DistributedDataParallel(ModelWithLoss(model, align))  # kept: its reducer works in backward
                 wrapped(x, y).backward()
+            elif pattern == "accelerate":  # accelerate wraps what it prepares (here DDP)
+                from accelerate import Accelerator
+
+                accelerator = Accelerator(cpu=True)
+                wrapped = accelerator.prepare(ModelWithLoss(model, align))
+                accelerator.backward(wrapped(x, y))
             elif pattern == "fsdp2":
                 from torch.distributed.fsdp import fully_shard
 
@@ -90,7 +97,7 @@ def _one_process_grad():
     return align.projector[0].weight.grad
 
 
-@pytest.mark.parametrize("pattern", ["ddp", "fsdp2", "outside"])
+@pytest.mark.parametrize("pattern", ["ddp", "fsdp2", "accelerate", "outside"])
 def test_projector_gradients_across_ranks(tmp_path, pattern):
     mp.spawn(_worker, args=(free_port(), pattern, str(tmp_path)), nprocs=WORLD, join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]

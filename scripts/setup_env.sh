@@ -52,13 +52,17 @@ case "$have_torch" in
 esac
 # Lines of requirements-dev.txt marked "no-deps" (lpips: the LPIPS reference in the tests,
 # whose own requirements would pull torchvision and with it another torch) go in with --no-deps.
-"$PY" -m pip install -q -r <(grep -v '^[^#].*# no-deps' requirements-dev.txt)
+# The installed torch is a constraint: timm needs torchvision, whose every release pins one torch,
+# and without the constraint pip would replace this torch with the newest torchvision's.
+torch_pin="torch==${have_torch%%+*}"
+"$PY" -m pip install -q -r <(grep -v '^[^#].*# no-deps' requirements-dev.txt) -c <(echo "$torch_pin")
 "$PY" -m pip install -q --no-deps $(grep '^[^#].*# no-deps' requirements-dev.txt | sed 's/#.*//')
 # The build uses setuptools' own bdist_wheel (setuptools >= 70.1); torch 2.14 brings such a
 # setuptools, torch 2.11 none (and it asks for setuptools < 82), and a new venv's is older.
 "$PY" -m pip install -q "setuptools>=70.1,<82"
 # --no-build-isolation: build against the torch just installed (an isolated build would
 # fetch another torch, with a different ABI).
-MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install -q --no-build-isolation .
+# [train,eval,demo]: everything (a bare `pip install .` brings only what the loss needs).
+MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install -q --no-build-isolation ".[train,eval,demo]" -c <(echo "$torch_pin")
 # From outside the checkout, so that the installed package is the one imported.
 (cd / && "$PY" -c "import gfcore; print('setup: gfcore', gfcore.__version__, 'backends', gfcore.backends())")
