@@ -114,3 +114,68 @@ def test_no_check_without_a_process_group(recwarn):
     model, align = _build()
     ModelWithLoss(model, align)(*_data(0)).backward()
     assert not [w for w in recwarn if "never averaged" in str(w.message)]
+
+
+# -- the check itself, in this process (a one-rank gloo group; the world size faked for the warning) --
+
+
+@pytest.fixture
+def one_rank_group():
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        gc.collect()
+        dist.destroy_process_group()
+
+
+def test_which_modules_count_as_synchronised(one_rank_group):
+    from torch.distributed.fsdp import fully_shard
+    from torch.nn.parallel import DistributedDataParallel
+
+    from gfcore.losses import sync_check
+
+    model, align = _build()
+    assert not sync_check.parameters_synchronized(align)  # no wrapper holds it
+    assert sync_check.parameters_synchronized(nn.ReLU())  # no parameters: nothing to synchronise
+    wrapped = DistributedDataParallel(ModelWithLoss(model, align))
+    assert sync_check.parameters_synchronized(align)
+    assert sync_check.parameters_synchronized(wrapped)  # the wrapper itself
+    other_model, other_align = _build()
+    assert not sync_check.parameters_synchronized(other_align)  # another module's DDP does not count
+    del wrapped
+    gc.collect()
+    assert not sync_check.parameters_synchronized(align)  # the wrapper is gone
+    fully_shard(other_align)
+    assert sync_check.parameters_synchronized(other_align)  # FSDP2 (sharded parameters)
+
+
+def test_the_warning_names_the_world_and_comes_once(one_rank_group, monkeypatch):
+    from gfcore.losses import sync_check
+
+    model, align = _build()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        align(model(_data(0)[0]), _data(0)[1])  # world size 1: nothing to synchronise, no warning
+    assert not [w for w in caught if "never averaged" in str(w.message)]
+    monkeypatch.setattr(sync_check, "_distributed_world_size", lambda: 2)
+    model, align = _build()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            align(model(_data(0)[0]), _data(0)[1])
+    messages = [str(w.message) for w in caught if "never averaged" in str(w.message)]
+    assert messages == [
+        "GeometryAlignmentLoss: a process group of 2 ranks is initialised, but this module's parameters (the "
+        "projector and head) are inside no DistributedDataParallel and are not sharded by FSDP, so their gradients "
+        "are never averaged across ranks and each rank's copy drifts apart. Put the loss module inside the "
+        "DDP/FSDP-wrapped module (or wrap it too); see the README's drop-in section."]
+    assert [w.filename for w in caught if "never averaged" in str(w.message)] == [__file__]  # the caller's line
+
+
+def test_world_size_without_and_with_a_group(one_rank_group):
+    from gfcore.losses import sync_check
+
+    assert sync_check._distributed_world_size() == 1

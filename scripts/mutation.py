@@ -38,7 +38,14 @@ EQUIVALENT = ROOT / "benchmarks" / "mutation_equivalent.json"
 # module -> (files mutated, test files run, extra pytest arguments)
 MODULES = {
     # torch.compile(fullgraph=True) cannot trace through mutmut's trampolines: those tests are left out
-    "losses": (["gfcore/losses/*.py"], ["test_alignment_loss.py", "test_alignment_ops.py"], ["-k", "not compile"]),
+    "losses": ([f"gfcore/losses/{name}.py" for name in ("__init__", "alignment", "chunked_path", "fused_path",
+                                                        "modular_path", "reference", "targets")],
+               ["test_alignment_loss.py", "test_alignment_dropin.py", "test_alignment_ops.py"], ["-k", "not compile"]),
+    # the in-process tests of the check; the 2-rank ones run in spawned processes, which do not see mutants
+    "losses/sync_check.py": (["gfcore/losses/sync_check.py"], ["test_alignment_ddp.py"], []),
+    "functional.py": (["gfcore/functional.py"], ["test_functional.py"], ["-k", "not compile"]),
+    "hidden_states.py": (["gfcore/hidden_states.py"], ["test_hidden_states.py", "test_dropin_clients.py"],
+                         ["-k", "not compile"]),
     "train/optim.py": (["gfcore/train/optim.py"], ["test_train_optim.py"], []),
     "train/objective.py": (["gfcore/train/objective.py"], ["test_train_objective.py", "test_prediction_options.py",
                                                           "test_train_align_start.py"], []),

@@ -8,6 +8,8 @@ once, on its first forward, and warns.
 from __future__ import annotations
 
 import gc
+import os
+import sys
 import warnings
 
 import torch
@@ -39,9 +41,23 @@ def parameters_synchronized(module: nn.Module) -> bool:
     if not ours:
         return True
     for obj in gc.get_objects():  # once per loss module: the cost is paid on its first forward only
-        if isinstance(obj, wrappers) and obj is not module and any(id(p) in ours for p in obj.parameters()):
+        # type(obj), not isinstance: isinstance reads obj.__class__, which some objects (torch.distributed.reduce_op)
+        # answer with a deprecation warning
+        if issubclass(type(obj), wrappers) and obj is not module and any(id(p) in ours for p in obj.parameters()):
             return True
     return False
+
+
+_INTERNAL_DIRS = tuple(os.path.dirname(m.__file__) + os.sep for m in (torch, sys.modules[__name__.split(".")[0]]))
+
+
+def _caller_stacklevel() -> int:
+    """The stacklevel, for a warning raised in our caller, of the first frame outside torch and gfcore
+    (nn.Module.__call__ and the loss's forward lie between the user's line and this check)."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def warn_if_unsynchronized(module: nn.Module) -> None:
@@ -52,4 +68,4 @@ def warn_if_unsynchronized(module: nn.Module) -> None:
             f"parameters (the projector and head) are inside no DistributedDataParallel and are not sharded by "
             f"FSDP, so their gradients are never averaged across ranks and each rank's copy drifts apart. Put the "
             f"loss module inside the DDP/FSDP-wrapped module (or wrap it too); see the README's drop-in section.",
-            UserWarning, stacklevel=3)
+            UserWarning, stacklevel=_caller_stacklevel())
