@@ -159,3 +159,25 @@ def test_bad_arguments_are_named():
         ops.bias_normalize_cosine(x, bias, y.double(), 1e-8)
     with pytest.raises(RuntimeError, match="x must be 2-D"):
         ops.bias_silu(x[0], bias)
+
+
+def test_bf16_silu_rounds_to_nearest_even_like_torch():
+    """The bf16 SiLU kernels convert by bit arithmetic (vectorised): the result is the float32 value
+    rounded to nearest even, as torch rounds; NaN and Inf pass through. The kernel's exp is a
+    polynomial (rel. error < 3e-7), so a value within that of a rounding tie may round the other
+    way: at most 1 % of elements and one ulp. Truncating instead of rounding would change about half."""
+    torch.manual_seed(0)
+    x, bias, grad = torch.randn(64, 300).bfloat16(), torch.randn(300).bfloat16(), torch.randn(64, 300).bfloat16()
+    a = x.float() + bias.float()
+    s = torch.sigmoid(a)
+    for got, exact in ((ops.bias_silu(x, bias), a * s),
+                       (ops.bias_silu_backward(grad, x, bias)[0], grad.float() * s * (1 + a * (1 - s)))):
+        want = exact.bfloat16()
+        differ = got != want
+        assert differ.float().mean() < 0.01, differ.float().mean()
+        ulp = (want.float().abs() * 2.0**-7).clamp_min(2.0**-133)
+        assert ((got.float() - want.float()).abs() <= ulp)[differ].all()
+    special = x.clone()
+    special[0, :2] = torch.tensor([float("nan"), float("inf")])
+    out = ops.bias_silu(special, torch.zeros_like(bias))
+    assert out[0, 0].isnan() and out[0, 1] == float("inf")

@@ -217,6 +217,55 @@ GFCORE_VECTOR_CLONES void bias_silu_backward_rows(const float* grad, const float
   bias_silu_backward_rows<float, float>(grad, x, bias, grad_x, colsum, r0, r1, cols);
 }
 
+// bfloat16 SiLU rows: the storage converted by bit arithmetic that vectorises. c10's float ->
+// bfloat16 conversion (the same rounding: to nearest even, NaN -> 0x7FC0) branches on NaN and
+// kept these loops scalar: 12x slower than ATen's SiLU under CPU autocast (bench_dropin).
+inline float bf16_bits_to_float(uint16_t bits) { return std::bit_cast<float>(uint32_t(bits) << 16); }
+
+inline uint16_t float_to_bf16_bits(float value) {
+  const uint32_t u = std::bit_cast<uint32_t>(value);
+  const uint16_t rounded = static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+  return value != value ? uint16_t(0x7FC0) : rounded;
+}
+
+inline const uint16_t* bits(const c10::BFloat16* p) { return reinterpret_cast<const uint16_t*>(p); }
+inline uint16_t* bits(c10::BFloat16* p) { return reinterpret_cast<uint16_t*>(p); }
+
+GFCORE_VECTOR_CLONES void bias_silu_rows(const c10::BFloat16* x, const c10::BFloat16* bias, c10::BFloat16* out,
+                                         int64_t r0, int64_t r1, int64_t cols) {
+  const ExpBounds<float> bounds;
+  const uint16_t* b = bits(bias);
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint16_t* xr = bits(x) + r * cols;
+    uint16_t* orow = bits(out) + r * cols;
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c) {
+      const float a = bf16_bits_to_float(xr[c]) + bf16_bits_to_float(b[c]);
+      orow[c] = float_to_bf16_bits(a * sigmoid(a, bounds));
+    }
+  }
+}
+
+GFCORE_VECTOR_CLONES void bias_silu_backward_rows(const c10::BFloat16* grad, const c10::BFloat16* x,
+                                                  const c10::BFloat16* bias, c10::BFloat16* grad_x, float* colsum,
+                                                  int64_t r0, int64_t r1, int64_t cols) {
+  const ExpBounds<float> bounds;
+  const uint16_t* b = bits(bias);
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint16_t* gr = bits(grad) + r * cols;
+    const uint16_t* xr = bits(x) + r * cols;
+    uint16_t* gxr = bits(grad_x) + r * cols;
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c) {
+      const float a = bf16_bits_to_float(xr[c]) + bf16_bits_to_float(b[c]);
+      const float s = sigmoid(a, bounds);
+      const float g = bf16_bits_to_float(gr[c]) * s * (1.0f + a * (1.0f - s));
+      gxr[c] = float_to_bf16_bits(g);
+      colsum[c] += g;
+    }
+  }
+}
+
 GFCORE_VECTOR_CLONES void bias_normalize_cosine_rows(const float* x, const float* bias, const float* y, float* zhat,
                                                      float* cos, float* norms, float eps, int64_t r0, int64_t r1,
                                                      int64_t cols) {
