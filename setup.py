@@ -215,8 +215,9 @@ def _extension():
     return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
 
 
-# What `pip install .` brings is what the loss needs (torch itself, built against, is the
-# user's); the trainer, the metrics and the demo are extras. gfcore/cli.py names the extra a
+# What `pip install .` brings is what the loss needs: torch (the user's, installed first; the
+# metadata pins the version built against), numpy, einops; the trainer, the metrics and the demo
+# are extras. gfcore/cli.py names the extra a
 # command needs when one of its packages is missing.
 CORE_REQUIRES = ["numpy", "einops"]
 TRAIN_REQUIRES = ["hydra-core", "av", "pillow"]  # configs, video decoding, image frames
@@ -242,7 +243,18 @@ EXTRAS_REQUIRE = {
     "decord": ["decord"],
 }
 
+def _torch_requirement():
+    """torch as the kernels were built against (its public version: a CPU or CUDA build of it
+    both satisfy it), so that pip refuses, rather than silently makes, a swap to a torch whose
+    ABI the compiled gfcore._C does not match. None when built without torch."""
+    torch = _import_torch()
+    if isinstance(torch, ImportError):
+        return []
+    return [f"torch=={torch.__version__.split('+')[0]}"]
+
+
 ext_modules, cmdclass = _extension()
+CORE_REQUIRES = CORE_REQUIRES + _torch_requirement()
 # GFCORE_BUILD_DIR: where the build's objects go (default build/), so that environments built
 # against different torch versions (make test-torch-min) do not rebuild each other's objects.
 build_options = {"build": {"build_base": os.environ["GFCORE_BUILD_DIR"]}} if os.environ.get("GFCORE_BUILD_DIR") else {}

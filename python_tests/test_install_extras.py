@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import torch
+
 OPTIONAL = ["hydra", "omegaconf", "av", "PIL", "scipy", "matplotlib", "decord", "safetensors", "nvtx", "diffusers",
             "timm", "accelerate", "torchvision", "lpips", "torchmetrics", "skimage"]
 
@@ -57,7 +59,7 @@ def test_a_command_without_its_extra_names_it():
 def test_installed_metadata_declares_core_and_extras():
     requires = importlib.metadata.requires("gfcore")
     core = sorted(r for r in requires if "extra ==" not in r)
-    assert core == ["einops", "numpy"], core
+    assert core == ["einops", "numpy", f"torch=={torch.__version__.split('+')[0]}"], core  # torch as built against
     extras = set(importlib.metadata.metadata("gfcore").get_all("Provides-Extra"))
     assert {"train", "eval", "demo", "dev"} <= extras
 
