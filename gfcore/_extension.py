@@ -76,10 +76,11 @@ def assume_constant_result(fn):
 
 @assume_constant_result  # registrations are fixed once loaded: no graph break
 def has_kernel(op_name: str, device_type: str) -> bool:
-    """True when gfcore::op_name has a compiled kernel for device_type ('cpu' or 'cuda')."""
-    if _C is None:
+    """True when gfcore::op_name has a compiled kernel for device_type (only 'cpu' and 'cuda'
+    have any: every other device, mps, xpu, meta, ..., runs the PyTorch references)."""
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    if _C is None or key is None:
         return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"gfcore::{op_name}", key)
 
 

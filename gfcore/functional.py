@@ -15,6 +15,7 @@ reproducing their checkpoints; it is not the paper's loss (see its docstring).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional, Tuple
 
 import torch
@@ -55,6 +56,13 @@ def _rows(name: str, t: torch.Tensor, other_name: str, other: torch.Tensor,
     return z.contiguous(), y.to(z.dtype).contiguous()
 
 
+def _autocast_off(device_type: str):
+    """No autocast around the loss arithmetic (a device without autocast, e.g. meta: nothing to do)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _op(name: str, rows: torch.Tensor):
     """The fused op where it takes these rows, its reference otherwise (wide rows on CUDA)."""
     if fused_row_supported(rows.device.type, rows.dtype, rows.shape[1]):
@@ -70,7 +78,7 @@ def angular_loss(z: torch.Tensor, y: torch.Tensor, mask: Optional[torch.Tensor] 
     True for the tokens that count. cos = <z, y> / (max(|z|, eps) max(|y|, eps)).
     """
     z2, y2 = _rows("z", z, "y", y, mask)
-    with torch.autocast(z2.device.type, enabled=False):
+    with _autocast_off(z2.device.type):
         bias = torch.zeros(z2.shape[1], dtype=z2.dtype, device=z2.device)
         _, cos, _ = _op("bias_normalize_cosine", z2)(z2, bias, y2, eps)
         return -cos.mean()
@@ -80,7 +88,7 @@ def scale_loss(pred: torch.Tensor, y: torch.Tensor, mask: Optional[torch.Tensor]
     """Mean over the (unmasked) tokens and the channels of (pred - y)^2: the scale term, pred
     being the head's prediction of y from the unit-length projection."""
     p2, y2 = _rows("pred", pred, "y", y, mask)
-    with torch.autocast(p2.device.type, enabled=False):
+    with _autocast_off(p2.device.type):
         bias = torch.zeros(p2.shape[1], dtype=p2.dtype, device=p2.device)
         loss, _, _ = _op("bias_mse", p2)(p2, bias, y2)
         return loss

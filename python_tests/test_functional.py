@@ -4,10 +4,13 @@ values from the authors' released code (python_tests/data/official_gf_loss_golde
 VGGTAlignmentLoss.forward run on these maps with an identity projector, in float64)."""
 from pathlib import Path
 
+import re
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from gfcore.functional import angular_loss, official_gf_loss, scale_loss
 
@@ -148,3 +151,135 @@ def test_official_gf_loss_runs_rows_of_262144_values():
     ref, ref_grad = _grad(official_formula, pred.double(), target.double())
     torch.testing.assert_close(value.double(), ref, rtol=1e-5, atol=0)
     torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-4, atol=1e-12)
+
+
+# -- the edges: devices, chunks, dtypes, which implementation, every message --------------------
+
+
+class LargestFloatAllocation(TorchDispatchMode):
+    """The most values any float32/float64 tensor an aten op returns holds while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor) and t.dtype in (torch.float32, torch.float64):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def test_official_gf_loss_reduces_many_maps_in_chunks_of_16():
+    """40 (frame, layer) maps of bf16: the float32 copies hold at most 16 maps at once (never all), and
+    value and gradient are the float64 formula's on the bf16 values, to float32 accumulation's
+    precision (a bf16 accumulation would miss by ~1e-3)."""
+    g = torch.Generator().manual_seed(7)
+    pred = torch.randn(10, 4, 16, 16, generator=g).bfloat16().requires_grad_(True)
+    target = (torch.randn(10, 4, 16, 16, generator=g) + pred.detach().float()).bfloat16()
+    with LargestFloatAllocation() as watch:
+        value = official_gf_loss(pred, target)
+        (grad,) = torch.autograd.grad(value, pred)
+    assert watch.largest <= 16 * 16 * 16, watch.largest
+    assert value.dtype == torch.float32 and grad.dtype == torch.bfloat16
+    exact, exact_grad = _grad(official_formula, pred.detach().double(), target.double())
+    torch.testing.assert_close(value.double(), exact, rtol=2e-6, atol=0)
+    torch.testing.assert_close(grad.double(), exact_grad.bfloat16().double(), rtol=0, atol=0)
+
+
+def test_official_gf_loss_zero_pred_map_has_a_finite_gradient():
+    """|pred| = 0 clamps: the cosine's second term (along pred) drops out, the gradient is t / (eps |t|)."""
+    pred = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    pred[0, 1] = 0
+    target = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    value, grad = _grad(official_gf_loss, pred, target)
+    assert torch.isfinite(grad).all()
+    expected = -target[0, 1] / (1e-12 * target[0, 1].norm()) / (3 * 16)
+    torch.testing.assert_close(grad[0, 1], expected, rtol=1e-12, atol=0)
+
+
+def test_official_gf_loss_takes_target_in_preds_dtype():
+    pred, target = torch.randn(2, 3, 8, 8).bfloat16(), torch.randn(2, 3, 8, 8)
+    assert torch.equal(official_gf_loss(pred, target), official_gf_loss(pred, target.bfloat16()))
+
+
+def test_shapes_only_on_the_meta_device():
+    """Every helper tensor is made on the inputs' device (a CPU one would not mix with meta); devices
+    without compiled kernels (meta, mps, xpu, ...) run the references, rather than fail a lookup."""
+    from gfcore._extension import has_kernel
+
+    assert not any(has_kernel("bias_normalize_cosine", device) for device in ("meta", "mps", "xpu"))
+    meta = torch.device("meta")
+    z, y = torch.randn(2, 5, 8, device=meta, requires_grad=True), torch.randn(2, 5, 8, device=meta)
+    for fn in (angular_loss, scale_loss):  # (a mask needs nonzero, which meta tensors cannot run)
+        out = fn(z, y)
+        assert out.device == meta and out.shape == ()
+        out.backward()
+    pred = torch.randn(2, 3, 4, 4, device=meta, requires_grad=True)
+    out = official_gf_loss(pred, torch.randn(2, 3, 4, 4, device=meta))
+    out.backward()
+    assert out.device == meta and pred.grad.shape == pred.shape
+
+
+def test_one_token_and_edge_shapes():
+    z, y = torch.randn(7, dtype=torch.float64), torch.randn(7, dtype=torch.float64)
+    torch.testing.assert_close(angular_loss(z, y), -F.cosine_similarity(z, y, dim=0), rtol=1e-12, atol=0)
+    for shape in ((3, 0), (2, 3, 0)):
+        with pytest.raises(ValueError, match=rf"^z must have shape \[..., D\] with D > 0, got {re.escape(str(shape))}$"):
+            angular_loss(torch.randn(shape), torch.randn(shape))
+    with pytest.raises(ValueError, match=r"^z has no tokens: the loss over zero tokens is undefined$"):
+        angular_loss(torch.randn(0, 5), torch.randn(0, 5))
+    one = torch.randn(1, 1, 1, 1, dtype=torch.float64)
+    assert official_gf_loss(one, one).item() == pytest.approx(-1.0)  # one value: cos 1, divided by H*W = 1
+    with pytest.raises(ValueError, match=r"^pred must be a non-empty \[N, L, H, W\] map .*got shape \(0, 2, 3, 3\)$"):
+        official_gf_loss(torch.randn(0, 2, 3, 3), torch.randn(0, 2, 3, 3))
+
+
+def test_every_message_names_its_argument():
+    z, y = torch.randn(2, 3, 8), torch.randn(2, 3, 8)
+    meta = torch.device("meta")
+    with pytest.raises(TypeError, match="^z must be a tensor, got list$"):
+        angular_loss(z.tolist(), y)
+    with pytest.raises(TypeError, match="^y must be a tensor, got list$"):
+        angular_loss(z, y.tolist())
+    with pytest.raises(ValueError, match="^y is on meta but z is on cpu$"):
+        angular_loss(z, y.to(meta))
+    with pytest.raises(TypeError, match=r"^mask must be a bool tensor of shape \(2, 3\) \(the tokens of z\), got list$"):
+        angular_loss(z, y, [[True] * 3] * 2)
+    with pytest.raises(ValueError, match=r"^y must have the shape of pred, \(2, 3, 8\), got \(2, 3, 7\)$"):
+        scale_loss(z, y[..., :7])
+    with pytest.raises(ValueError, match="^pred has no tokens that the mask keeps: the loss over zero tokens"):
+        scale_loss(z, y, torch.zeros(2, 3, dtype=torch.bool))
+    with pytest.raises(TypeError, match=r"^pred must be a floating-point tensor \[N, L, H, W\], got list$"):
+        official_gf_loss([1.0], torch.randn(1, 1, 2, 2))
+    with pytest.raises(TypeError, match=r"^target must be a floating-point tensor \[N, L, H, W\], got torch.int64$"):
+        official_gf_loss(torch.randn(1, 1, 2, 2), torch.ones(1, 1, 2, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"^target must be a non-empty \[N, L, H, W\] map"):
+        official_gf_loss(torch.randn(1, 1, 2, 2), torch.randn(1, 2, 2))
+    with pytest.raises(ValueError, match="^target is on meta but pred is on cpu$"):
+        official_gf_loss(torch.randn(1, 1, 2, 2), torch.randn(1, 1, 2, 2, device=meta))
+
+
+@pytest.mark.parametrize("supported", [True, False])
+def test_rows_the_kernels_do_not_take_use_the_reference(monkeypatch, supported):
+    """The kernels' row check is asked with the rows' device, dtype and width; rows it refuses run the
+    PyTorch reference ops (same values), also under autocast, whose casts never reach the loss."""
+    import gfcore.functional as functional
+    from gfcore.ops import alignment_reference
+
+    asked, ran = [], []
+    monkeypatch.setattr(functional, "fused_row_supported", lambda *args: asked.append(args) or supported)
+    for name in ("bias_normalize_cosine", "bias_mse"):
+        original = getattr(alignment_reference, name)
+        monkeypatch.setattr(alignment_reference, name,
+                            lambda *a, _name=name, _f=original: ran.append(_name) or _f(*a))
+    z, y = torch.randn(4, 6, 24).bfloat16(), torch.randn(4, 6, 24).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        values = [angular_loss(z, y), scale_loss(z, y)]
+    assert asked == [("cpu", torch.bfloat16, 24)] * 2
+    assert ran == ([] if supported else ["bias_normalize_cosine", "bias_mse"])
+    exact = [-F.cosine_similarity(z.double(), y.double(), dim=-1).mean(), F.mse_loss(z.double(), y.double())]
+    for value, want in zip(values, exact):
+        assert value.dtype == torch.float32
+        torch.testing.assert_close(value.double(), want, rtol=1e-5, atol=1e-7)
