@@ -135,3 +135,32 @@ def test_unknown_name_lists_real_ones():
         gfcore.capture(TinyModel(), "blocks.9")
     with pytest.raises(TypeError, match="model must be an nn.Module, got function"):
         gfcore.capture(lambda x: x, "blocks.0")
+
+
+def test_ddp_style_wrappers_may_be_left_out_of_the_name():
+    class Wrapper(nn.Module):  # like DDP and FSDP1: the model under .module, no attribute forwarding
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, x):
+            return self.module(x)
+
+    model = TinyModel()
+    x, _ = _data()
+    twice = Wrapper(Wrapper(model))
+    hidden = gfcore.capture(twice, "blocks.1")  # module.module.blocks.1
+    twice(x)
+    torch.testing.assert_close(hidden.pop(), by_hand(model, x, 1), rtol=0, atol=0)
+    hidden.remove()
+    with pytest.raises(RuntimeError, match="'blocks.1' has not run since the last pop"):
+        hidden.pop()  # remove() drops a value not yet popped
+    # an unknown name lists the innermost model's names: those sharing its first part, else the first 8
+    with pytest.raises(ValueError, match=r"^capture: Wrapper has no submodule 'blocks.9'; some of its names: "
+                                         r"\['blocks', 'blocks.0', 'blocks.0.norm', 'blocks.0.mlp', 'blocks.0.mlp.0', "
+                                         r"'blocks.0.mlp.1', 'blocks.0.mlp.2', 'blocks.1'\]$"):
+        gfcore.capture(twice, "blocks.9")
+    with pytest.raises(ValueError, match=r"^capture: Wrapper has no submodule 'trunk'; some of its names: "
+                                         r"\['embed', 'blocks', 'blocks.0', 'blocks.0.norm', 'blocks.0.mlp', "
+                                         r"'blocks.0.mlp.0', 'blocks.0.mlp.1', 'blocks.0.mlp.2'\]$"):
+        gfcore.capture(twice, "trunk")
