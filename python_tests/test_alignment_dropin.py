@@ -305,3 +305,49 @@ def test_external_projector_under_torch_compile():
     torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-7)
     for g, w in zip(grads_of(compiled, params), want):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-7)
+
+
+def test_layout_messages_say_where_the_layer_axis_is():
+    h = torch.randn(2, 5, 24)
+    default_axis = GeometryAlignmentLoss(24, 40, num_targets=3, projector_dim=32, head_dim=16)
+    with pytest.raises(ValueError, match=r"^y must be \[..., num_targets, target_dim\] \(num_targets\) or a list of "
+                                         r"num_targets tensors \[..., target_dim\]: a layer axis of size num_targets=3 "
+                                         r"at dim -2 \(not the last\), got shape \(2, 5, 40\)$"):
+        default_axis(h, torch.randn(2, 5, 40))
+    axis_one = GeometryAlignmentLoss(24, 40, num_targets=3, projector_dim=32, head_dim=16, layer_dim=1)
+    with pytest.raises(ValueError, match=r"^y must be \[..., num_targets, target_dim\] \(num_targets at dim 1\) or a "
+                                         r"list"):
+        axis_one(h, torch.randn(2, 2, 5, 40))
+
+
+def test_take_rows_is_a_view_where_the_layout_allows():
+    from gfcore.losses.targets import take_rows
+
+    y = torch.randn(4, 6, 5)
+    rows = take_rows(y, 3, 9)  # spans two [6, 5] blocks of a contiguous tensor: still a view
+    assert rows.untyped_storage().data_ptr() == y.untyped_storage().data_ptr()
+    torch.testing.assert_close(rows, y.reshape(-1, 5)[3:9], rtol=0, atol=0)
+    layered = torch.randn(2, 3, 4, 5)  # [B, L, N, D]: a selected layer's rows are strided per batch
+    view = layered.select(1, 2)
+    torch.testing.assert_close(take_rows(view, 2, 7), view.reshape(-1, 5)[2:7], rtol=0, atol=0)
+
+
+def test_kernel_metrics_fall_back_to_torch_for_rows_the_kernels_refuse(monkeypatch):
+    """The row check is asked with the rows' device, dtype and width; refused rows run TorchMetrics
+    (same values); accepted ones the kernels. Helper tensors live on the rows' device (meta here)."""
+    from gfcore.losses import modular_path
+    from gfcore.losses.reference import TorchMetrics
+
+    z, y = torch.randn(6, 40, dtype=torch.float64), torch.randn(6, 40, dtype=torch.float64)
+    want = TorchMetrics.normalize_cosine(z, y, 1e-8), TorchMetrics.mse(z, y)
+    for supported in (False, True):
+        asked = []
+        monkeypatch.setattr(modular_path, "fused_row_supported", lambda *a: asked.append(a) or supported)
+        measured, mse = modular_path.KernelMetrics.normalize_cosine(z, y, 1e-8), modular_path.KernelMetrics.mse(z, y)
+        assert asked == [("cpu", torch.float64, 40)] * 2
+        for got, expected in zip((*measured, mse), (*want[0], want[1])):
+            torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+    monkeypatch.undo()
+    meta = torch.device("meta")
+    measured = modular_path.KernelMetrics.normalize_cosine(z.to(meta), y.to(meta), 1e-8)
+    assert measured.zhat.device == meta and modular_path.KernelMetrics.mse(z.to(meta), y.to(meta)).device == meta
