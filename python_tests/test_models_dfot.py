@@ -1,0 +1,395 @@
+"""gfcore.models.dfot against facts made by the authors' code (scripts/make_dfot_golden.py, run
+against CIntellifusion/GeometryForcing's algorithms/dfot and configurations/):
+
+- dfot_golden_small.npz / dfot_golden_variant.npz: two small configs of their UViT3DPose with
+  every state_dict tensor random and non-zero, inputs, their outputs (with and without the pose
+  mask) and the seven level latents, float32; and the ray map their
+  DFoTVideoPose._process_conditions makes from a rotated 16-D pose.
+- dfot_re10k_manifest.json: every key, shape and the parameter count of their RE10K backbone,
+  built from their own composed configuration.
+"""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gfcore.models.dfot import RE10K, CheckpointError, UViT3DPose, camera_rays, load_dfot_checkpoint, ray_encoding
+from gfcore.models.dfot.checkpoint import PREFIXES
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+DATA = Path(__file__).resolve().parent / "data"
+GOLDEN = {"a": DATA / "dfot_golden_small.npz", "b": DATA / "dfot_golden_variant.npz"}
+MANIFEST = DATA / "dfot_re10k_manifest.json"
+TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+def _golden(tag):
+    g = np.load(GOLDEN[tag])
+    config = json.loads(str(g[f"{tag}.config"]))
+    head = f"{tag}.state."
+    state = {k[len(head):]: torch.from_numpy(g[k]) for k in g.files if k.startswith(head)}
+    arrays = {k[len(tag) + 1:]: torch.from_numpy(g[k]) for k in g.files
+              if k.startswith(tag + ".") and not k.startswith(head) and k != f"{tag}.config"}
+    return config, state, arrays
+
+
+@pytest.fixture(scope="module", params=["a", "b"])
+def golden(request):
+    return _golden(request.param)
+
+
+@pytest.fixture(scope="module")
+def small():
+    return _golden("a")
+
+
+def build(config):
+    return UViT3DPose.from_config(config, config["resolution"], config["frames"])
+
+
+def inputs(arrays):
+    return (arrays["x"], arrays["noise_levels"], arrays["external_cond"].float())
+
+
+# ---------------------------------------------------------------------------------------------
+# the authors' outputs
+# ---------------------------------------------------------------------------------------------
+
+def test_golden_state_dict_loads_strictly_with_the_same_key_order(golden):
+    config, state, _ = golden
+    model = build(config)
+    assert list(model.state_dict()) == list(state)
+    assert all(bool((v != 0).all()) for v in state.values())  # no zero-initialised layer left untested
+    model.load_state_dict(state, strict=True)
+
+
+def test_outputs_and_latents_match_the_authors(golden):
+    config, state, arrays = golden
+    model = build(config).eval()
+    model.load_state_dict(state, strict=True)
+    x, levels, cond = inputs(arrays)
+    with torch.no_grad():
+        out, latents = model(x, levels, cond, return_latents=True)
+        masked = model(x, levels, cond, arrays["mask"])
+        plain = model(x, levels, cond)
+    torch.testing.assert_close(out, arrays["out"], **TOL)
+    torch.testing.assert_close(masked, arrays["out_masked"], **TOL)
+    assert torch.equal(plain, out)
+    assert len(latents) == 2 * len(config["channels"]) - 1
+    for i, latent in enumerate(latents):
+        torch.testing.assert_close(latent, arrays[f"latent.{i}"], **TOL, msg=lambda m: f"latent {i}: {m}")
+
+
+def test_pose_input_of_the_golden_is_our_ray_map(golden):
+    """The golden's pose input is their ray map of the stored pose, stored in float16."""
+    config, _, arrays = golden
+    rays = ray_encoding(arrays["pose"], config["resolution"], config["resolution"])
+    torch.testing.assert_close(rays.half(), arrays["external_cond"], rtol=0, atol=0)
+
+
+def test_ray_encoding_matches_the_authors():
+    g = np.load(GOLDEN["a"])
+    pose, size = torch.from_numpy(g["rays.pose"]), int(g["rays.resolution"])
+    expected = torch.from_numpy(g["rays.map"])
+    rays = ray_encoding(pose, size, size)
+    assert rays.shape == expected.shape == (2, 4, 180, size, size) and rays.dtype == torch.float32
+    torch.testing.assert_close(rays, expected, **TOL)
+
+
+# ---------------------------------------------------------------------------------------------
+# the RE10K model
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def manifest():
+    return json.loads(MANIFEST.read_text())
+
+
+@pytest.fixture(scope="module")
+def re10k():
+    with torch.device("meta"):
+        return UViT3DPose.re10k()
+
+
+def test_re10k_matches_the_manifest(manifest, re10k):
+    state = re10k.state_dict()
+    assert [(k, list(v.shape), str(v.dtype).replace("torch.", "")) for k, v in state.items()] == \
+        [(e["key"], e["shape"], e["dtype"]) for e in manifest["state_dict"]]
+    assert [name for name, _ in re10k.named_parameters()] == manifest["parameters"]  # order of their EMA list
+    assert [k for k in state if k not in dict(re10k.named_parameters())] == manifest["persistent_buffers"]
+    assert sum(p.numel() for p in re10k.parameters()) == manifest["num_parameters"] == 458_818_051
+
+
+def test_re10k_numbers_are_their_config(manifest):
+    cfg = manifest["backbone_config"]
+    for field in ("channels", "block_types", "block_dropouts", "num_updown_blocks", "use_checkpointing"):
+        assert list(RE10K[field]) == cfg[field], field
+    for field in ("emb_channels", "patch_size", "num_mid_blocks", "num_heads", "external_cond_dropout",
+                  "use_fourier_noise_embedding"):
+        assert RE10K[field] == cfg[field], field
+    assert cfg["pos_emb_type"] == "rope" and cfg["conditioning"]["dim"] == 180
+    assert manifest["x_shape"] == [3, RE10K["resolution"], RE10K["resolution"]]
+    assert manifest["max_tokens"] == RE10K["frames"] == 16
+    with torch.device("meta"):
+        from_cfg = UViT3DPose.from_config(cfg, manifest["x_shape"][-1], manifest["max_tokens"])
+    assert [(k, v.shape) for k, v in from_cfg.state_dict().items()] == \
+        [(e["key"], torch.Size(e["shape"])) for e in manifest["state_dict"]]
+
+
+def test_re10k_forward_shapes_on_the_meta_device(re10k):
+    x = torch.empty(1, 16, 3, 256, 256, device="meta")
+    cond = torch.empty(1, 16, 180, 256, 256, device="meta")
+    with torch.no_grad():
+        out, latents = re10k(x, torch.empty(1, 16, device="meta"), cond, return_latents=True)
+    assert out.shape == x.shape
+    assert [tuple(l.shape[2:]) for l in latents] == [
+        (128, 128, 128), (256, 64, 64), (576, 32, 32), (1152, 16, 16), (576, 32, 32), (256, 64, 64), (128, 128, 128)]
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+# ---------------------------------------------------------------------------------------------
+
+def _fresh(config, seed=1):
+    torch.manual_seed(seed)
+    return build(config)
+
+
+def _assert_loaded(model, state):
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
+def test_lightning_checkpoint(tmp_path, small):
+    config, state, _ = small
+    content = {"epoch": 3, "global_step": 100, "pytorch-lightning_version": "2.4.0",
+               "state_dict": {PREFIXES[0] + k: v for k, v in state.items()}, "optimizer_states": [],
+               "lr_schedulers": [], "loops": {"fit_loop": {"epoch_progress": {"current": {"completed": 3}}}}}
+    content["state_dict"]["vggt_alignment_loss.projector.0.weight"] = torch.ones(2, 2)  # other modules: left out
+    torch.save(content, tmp_path / "last.ckpt")
+    _assert_loaded(load_dfot_checkpoint(_fresh(config), tmp_path / "last.ckpt"), state)
+
+
+@pytest.mark.parametrize("prefix", ["", PREFIXES[0], PREFIXES[1]], ids=["plain", "prefixed", "compiled"])
+def test_plain_and_compiled_state_dicts(tmp_path, small, prefix):
+    config, state, _ = small
+    torch.save({prefix + k: v for k, v in state.items()}, tmp_path / "weights.pt")
+    _assert_loaded(load_dfot_checkpoint(_fresh(config), tmp_path / "weights.pt"), state)
+
+
+def test_compiled_lightning_checkpoint(tmp_path, small):
+    config, state, _ = small
+    torch.save({"state_dict": {PREFIXES[1] + k: v for k, v in state.items()}}, tmp_path / "c.ckpt")
+    _assert_loaded(load_dfot_checkpoint(_fresh(config), tmp_path / "c.ckpt"), state)
+
+
+def test_safetensors_state_dict(tmp_path, small):
+    safetensors = pytest.importorskip("safetensors.torch")
+    config, state, _ = small
+    safetensors.save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "w.safetensors"))
+    _assert_loaded(load_dfot_checkpoint(_fresh(config), tmp_path / "w.safetensors"), state)
+
+
+def _ema_checkpoint(config, state, path, pretrained_ema=False, ema=None):
+    model = build(config)
+    names = [n for n, _ in model.named_parameters()]
+    if ema is None:
+        ema = [state[n] * 0.5 + 0.25 for n in names]
+    content = {"state_dict": {PREFIXES[0] + k: v for k, v in state.items()},
+               "optimizer_states": [{"opt": {"state": {}, "param_groups": [{"lr": 1e-4,
+                                                                             "params": list(range(len(ema)))}]},
+                                     "ema": ema, "current_step": 7, "decay": 0.9999, "every_n_steps": 1}]}
+    if pretrained_ema:
+        content.update(pretrained_ema=True, optimizer_states=[])
+    torch.save(content, path)
+    return dict(zip(names, ema))
+
+
+def test_ema_weights_replace_the_parameters(tmp_path, small):
+    config, state, _ = small
+    ema = _ema_checkpoint(config, state, tmp_path / "ema.ckpt")
+    model = load_dfot_checkpoint(_fresh(config), tmp_path / "ema.ckpt")
+    expected = {**state, **ema}  # buffers (Fourier freqs/phases) come from state_dict
+    _assert_loaded(model, expected)
+    assert not torch.equal(model.embed_input.proj.weight, state["embed_input.proj.weight"])
+    _assert_loaded(load_dfot_checkpoint(_fresh(config), tmp_path / "ema.ckpt", use_ema=False), state)
+
+
+def test_ema_only_release_uses_its_state_dict(tmp_path, small):
+    config, state, _ = small
+    _ema_checkpoint(config, state, tmp_path / "release.ckpt", pretrained_ema=True)
+    _assert_loaded(load_dfot_checkpoint(_fresh(config), tmp_path / "release.ckpt"), state)
+
+
+def test_ema_list_of_another_model_is_refused(tmp_path, small):
+    config, state, _ = small
+    _ema_checkpoint(config, state, tmp_path / "ema.ckpt", ema=[torch.zeros(1)] * 3)
+    with pytest.raises(CheckpointError, match=r"EMA weights .* 3 entries, the model has \d+ parameters"):
+        load_dfot_checkpoint(_fresh(config), tmp_path / "ema.ckpt")
+
+
+def test_mismatch_lists_missing_unexpected_and_misshaped_keys(tmp_path, small):
+    config, state, _ = small
+    bad = dict(state)
+    del bad["mid_blocks.1.q_norm.weight"]
+    bad["mid_blocks.1.extra.weight"] = torch.zeros(3)
+    bad["down_blocks.0.1.emb_layer.weight"] = torch.zeros(5, 5, 1, 1)
+    torch.save({"state_dict": {PREFIXES[0] + k: v for k, v in bad.items()}}, tmp_path / "bad.ckpt")
+    model = _fresh(config)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError) as info:
+        load_dfot_checkpoint(model, tmp_path / "bad.ckpt")
+    message = str(info.value)
+    assert "missing keys (1): mid_blocks.1.q_norm.weight" in message
+    assert "unexpected keys (1): mid_blocks.1.extra.weight" in message
+    assert "mis-shaped keys (1): down_blocks.0.1.emb_layer.weight (checkpoint [5, 5, 1, 1], model [64, 32, 1, 1])" \
+        in message
+    assert info.value.missing == ["mid_blocks.1.q_norm.weight"]
+    assert info.value.unexpected == ["mid_blocks.1.extra.weight"]
+    assert info.value.mismatched == ["down_blocks.0.1.emb_layer.weight"]
+    _assert_loaded(model, before)  # nothing was loaded
+
+
+def test_every_mismatch_is_listed(tmp_path, small):
+    config, state, _ = small
+    torch.save({k: v for k, v in state.items() if not k.startswith("mid_blocks.")}, tmp_path / "w.pt")
+    with pytest.raises(CheckpointError) as info:
+        load_dfot_checkpoint(_fresh(config), tmp_path / "w.pt")
+    gone = [k for k in state if k.startswith("mid_blocks.")]
+    assert len(gone) > 20 and info.value.missing == gone
+    assert all(k in str(info.value) for k in gone)
+
+
+def test_file_that_runs_code_is_refused(tmp_path, small):
+    from malicious_files import write_malicious
+    marker = tmp_path / "ran"
+    evil = write_malicious(tmp_path / "evil.ckpt", marker, state_dict={})
+    with pytest.raises(CheckpointError, match="refused"):
+        load_dfot_checkpoint(_fresh(small[0]), evil)
+    assert not marker.exists()
+
+
+def test_unreadable_and_absent_files(tmp_path, small):
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="could not be read"):
+        load_dfot_checkpoint(_fresh(small[0]), tmp_path / "junk.ckpt")
+    with pytest.raises(FileNotFoundError):
+        load_dfot_checkpoint(_fresh(small[0]), tmp_path / "absent.ckpt")
+
+
+def test_meta_model_loads_by_assignment(tmp_path, small):
+    config, state, arrays = small
+    torch.save(state, tmp_path / "w.pt")
+    with torch.device("meta"):
+        model = build(config)
+    load_dfot_checkpoint(model, tmp_path / "w.pt", assign=True)
+    with torch.no_grad():
+        out = model.eval()(*inputs(arrays))
+    torch.testing.assert_close(out, arrays["out"], **TOL)
+
+
+# ---------------------------------------------------------------------------------------------
+# behaviour beyond the golden values
+# ---------------------------------------------------------------------------------------------
+
+def test_fresh_model_outputs_zero_like_theirs(small):
+    """Their initialisation zeroes the output layers (final transposed conv included)."""
+    config, _, arrays = small
+    with torch.no_grad():
+        out = _fresh(config).eval()(*inputs(arrays))
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+def test_training_dropout_drops_whole_samples(small):
+    config, state, arrays = small
+    model = UViT3DPose.from_config({**config, "external_cond_dropout": 1.0}, config["resolution"], config["frames"])
+    model.load_state_dict(state)
+    x, levels, cond = inputs(arrays)
+    for block in model.modules():  # keep the transformer MLP dropout out of the comparison
+        if isinstance(block, torch.nn.Dropout):
+            block.p = 0.0
+    with torch.no_grad():
+        dropped = model.train()(x, levels, cond)
+        masked = model.eval()(x, levels, cond, torch.ones(x.shape[0], dtype=torch.bool))
+    torch.testing.assert_close(dropped, masked, rtol=0, atol=0)
+
+
+def test_gradients_flow_with_activation_checkpointing(small):
+    config, state, arrays = small
+    model = UViT3DPose.from_config({**config, "use_checkpointing": [True] * 4, "block_dropouts": [0.0] * 4},
+                                   config["resolution"], config["frames"])
+    model.load_state_dict(state)
+    x, levels, cond = inputs(arrays)
+    model(x, levels, cond).square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x, levels, cond), arrays["out"], **TOL)
+
+
+def test_input_shapes_are_checked(small):
+    config, _, arrays = small
+    model = build(config)
+    x, levels, cond = inputs(arrays)
+    with pytest.raises(ValueError, match="frames, resolution"):
+        model(x[:, :2], levels[:, :2], cond[:, :2])
+    with pytest.raises(ValueError, match="external_cond"):
+        model(x, levels, None)
+    with pytest.raises(ValueError, match="noise_levels"):
+        model(x, levels[:, 0], cond)
+    with pytest.raises(ValueError, match="external_cond_mask"):
+        model(x, levels, cond, torch.zeros(3, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(block_types=["ResBlock", "ResBlock", "TransformerBlock", "AxialTransformerBlock"]), "not supported"),
+    (dict(block_dropouts=[0.1, 0.0, 0.1, 0.1]), "ResBlock has no dropout"),
+    (dict(num_updown_blocks=[1, 1]), "num_updown_blocks"),
+    (dict(pos_emb_type="learned_1d"), "only 'rope'"),
+    (dict(num_heads=3), "not divisible"),
+])
+def test_config_errors(small, change, match):
+    with pytest.raises(ValueError, match=match):
+        UViT3DPose.from_config({**small[0], **change}, 16, 3)
+
+
+def _random_poses(batch, frames, seed):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.nn.functional.normalize(torch.randn(batch, frames, 4, generator=gen, dtype=torch.float64), dim=-1)
+    w, x, y, z = q.unbind(-1)
+    rot = torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+                       2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+                       2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1).unflatten(-1, (3, 3))
+    trans = torch.randn(batch, frames, 3, generator=gen, dtype=torch.float64)
+    intr = torch.tensor([0.9, 1.1, 0.48, 0.52], dtype=torch.float64).expand(batch, frames, 4)
+    return torch.cat([intr, torch.cat([rot, trans[..., None]], -1).flatten(-2)], -1), rot, trans
+
+
+def test_rays_do_not_depend_on_the_world_frame():
+    """Poses relative to the first frame: moving the whole world (x_w -> A x_w + b) changes nothing."""
+    pose, rot, trans = _random_poses(2, 3, 0)
+    _, a_rot, a_t = _random_poses(1, 1, 2)
+    a_rot, a_t = a_rot[0, 0], a_t[0, 0]
+    # world-to-camera after the world moved by (A, b): R A^T, t - R A^T b
+    new_rot = rot @ a_rot.T
+    new_trans = trans - (new_rot @ a_t)
+    moved = torch.cat([pose[..., :4], torch.cat([new_rot, new_trans[..., None]], -1).flatten(-2)], -1)
+    torch.testing.assert_close(ray_encoding(moved, 6, 10), ray_encoding(pose, 6, 10), rtol=0, atol=1e-6)
+
+
+def test_first_frame_rays_start_at_the_origin_and_follow_the_intrinsics():
+    pose, _, _ = _random_poses(1, 2, 3)
+    origins, directions = camera_rays(pose, 4, 6)
+    torch.testing.assert_close(origins[:, 0], torch.zeros_like(origins[:, 0]), rtol=0, atol=1e-14)
+    fx, fy, px, py = 0.9 * 6, 1.1 * 4, 0.48 * 6, 0.52 * 4
+    torch.testing.assert_close(directions[0, 0, 2, 5], torch.tensor([(5.5 - px) / fx, (2.5 - py) / fy, 1.0],
+                                                                    dtype=torch.float64))
+    rays = ray_encoding(pose, 4, 6)
+    assert rays.shape == (1, 2, 180, 4, 6) and rays.dtype == torch.float64
+    torch.testing.assert_close(rays[0, 0, :45], torch.zeros(45, 4, 6, dtype=torch.float64), rtol=0, atol=1e-9)  # sin(0)
+    torch.testing.assert_close(rays[0, 0, 45:90], torch.ones(45, 4, 6, dtype=torch.float64))  # sin(pi/2)
+    # channel 90 + 15 * i + k: sin(direction_i * 2^k * pi)
+    torch.testing.assert_close(rays[0, 1, 90 + 15 + 3], torch.sin(directions[0, 1, ..., 1] * 8 * math.pi))
