@@ -1,0 +1,313 @@
+"""gfcore's DFoT RealEstate10K pipeline against the authors' code on a made-up example.
+
+python_tests/data/dfot_re10k/ holds the example (two clips: camera files and raw frames) and what
+the authors' DFoT data pipeline made of it (scripts/make_dfot_data_golden.py): the resized and
+cropped frames, the 16-D poses, eleven training items (clip, stride, augmentation by seed) through
+their RealEstate10KAdvancedVideoDataset, the normalised pixels, and the clip order and stride
+schedule over five subepochs.
+"""
+import hashlib
+import json
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("PIL", reason="the DFoT resize uses Pillow's LANCZOS filter")
+
+from gfcore.data import DataError, resize_crop_intrinsics  # noqa: E402
+from gfcore.data import dfot_re10k as dfot  # noqa: E402
+from gfcore.data.camera_file import read_camera_file  # noqa: E402
+from gfcore.models.dfot.rays import ray_encoding  # noqa: E402
+
+DATA = os.path.join(os.path.dirname(__file__), "data", "dfot_re10k")
+KEYS = ("clip_a", "clip_b")
+
+
+@pytest.fixture(scope="module")
+def golden():
+    with np.load(os.path.join(DATA, "golden.npz")) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    with open(os.path.join(DATA, "golden.json")) as handle:
+        facts = json.load(handle)
+    with np.load(os.path.join(DATA, "raw_frames.npz")) as archive:
+        raw = {k: archive[k] for k in archive.files}
+    return arrays, facts, raw
+
+
+@pytest.fixture(scope="module")
+def clips(golden):
+    """gfcore's own preprocessing of the example: frames at 64 and camera rows, per key."""
+    arrays, facts, raw = golden
+    out = {}
+    for key in KEYS:
+        rows = read_camera_file(os.path.join(DATA, f"{key}.txt")).rows
+        out[key] = (dfot.resize_crop_frames(raw[key], facts["resolution"], source=key), rows)
+    return out
+
+
+def sha256(array) -> bytes:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).digest()
+
+
+# ---------------------------------------------------------------------------------------------
+# frames
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key", KEYS)
+def test_resize_crop_matches_theirs(golden, key):
+    arrays, _, raw = golden
+    for resolution in (64, 32):
+        ours = dfot.resize_crop_frames(raw[key], resolution)
+        theirs = arrays[f"{key}/frames_{resolution}"]
+        assert ours.shape == theirs.shape and ours.dtype == np.uint8
+        diff = np.abs(ours.astype(int) - theirs.astype(int))
+        assert diff.max() == 0, f"{key} at {resolution}: {np.count_nonzero(diff)} pixels differ, max {diff.max()}"
+    # 256 from these small frames is an upscale: refused unless asked for, then theirs exactly
+    with pytest.raises(DataError, match=rf"^{key}: frames of \d+x\d+ are smaller than the 256x256 crop"):
+        dfot.resize_crop_frames(raw[key], 256, source=key)
+    big = dfot.resize_crop_frames(raw[key], 256, allow_upscale=True)
+    np.testing.assert_array_equal(big[:, 100], arrays[f"{key}/frames_256_row100"])
+    assert sha256(big) == arrays[f"{key}/frames_256_sha256"].tobytes()
+
+
+def test_crop_geometry_examples():
+    # 67x118 -> 64: scale 64/67, 118 * 64/67 = 112.7 -> 113, column (113 - 64) // 2
+    assert dfot.crop_geometry(67, 118, 64) == ((64, 113), (0, 24))
+    assert dfot.crop_geometry(81, 66, 64) == ((79, 64), (7, 0))
+    assert dfot.crop_geometry(360, 640, 256) == ((256, 455), (0, 99))
+
+
+def test_pixels_and_normalisation_match_theirs(golden, clips):
+    arrays, facts, _ = golden
+    frames, rows = clips["clip_a"]
+    item = facts["items"][0]
+    _, indices = _schedule_for_example(facts, item).item(item["idx"], item["subepoch"])
+    unit = dfot.frames_to_unit(frames[indices.numpy()])
+    assert unit.dtype == torch.float32
+    # item 0 is unaugmented or not: compare frame 0 after the same augmentation draws
+    ours = dfot.training_item(frames, rows, indices, random.Random(item["seed"]), **_probs(item))["videos"]
+    assert torch.equal(ours[0], torch.from_numpy(arrays["item0/videos_float32_frame0"]))
+    # their buffers are DFoT's constants, as float32
+    assert torch.equal(torch.from_numpy(arrays["data_mean"]).flatten(), torch.tensor(dfot.DFOT_MEAN))
+    assert torch.equal(torch.from_numpy(arrays["data_std"]).flatten(), torch.tensor(dfot.DFOT_STD))
+    normalized = dfot.normalize(ours[None])[0, 0]
+    err = (normalized - torch.from_numpy(arrays["item0/normalized_frame0"])).abs().max().item()
+    assert err == 0.0, f"normalised pixels differ from theirs by {err}"
+    back = dfot.unnormalize(dfot.normalize(ours))[0]
+    assert (back - torch.from_numpy(arrays["item0/unnormalized_frame0"])).abs().max().item() == 0.0
+    # normalisation is on [0, 1] pixels (no [-1, 1] step): mid-grey 0.5 of channel 0
+    assert abs(dfot.normalize(torch.full((3, 1, 1), 0.5))[0, 0, 0].item() - (0.5 - 0.577) / 0.249) < 1e-6
+
+
+def test_mp4_and_npz_pixel_scaling_agree():
+    # their .npz path divides in float64 then casts, their .mp4 path divides the uint8 tensor in float32
+    values = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, -1)
+    via_float32 = torch.from_numpy(values).permute(0, 3, 1, 2) / 255.0
+    assert torch.equal(dfot.frames_to_unit(values), via_float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# poses
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key", KEYS)
+def test_pose_vectors_match_theirs(golden, clips, key):
+    arrays, _, _ = golden
+    _, rows = clips[key]
+    assert np.array_equal(torch.from_numpy(rows).float().numpy(), arrays[f"{key}/rows_float32"])
+    pose = dfot.pose_from_rows(rows, source=key)
+    assert pose.dtype == torch.float32 and pose.shape == (len(rows), 16)
+    err = (pose - torch.from_numpy(arrays[f"{key}/pose16_all"])).abs().max().item()
+    assert err <= 1e-6, f"{key}: pose differs from theirs by {err}"
+    # the intrinsics are the file's, unchanged by the crop
+    assert torch.equal(pose[:, :4], torch.from_numpy(rows[:, :4]).float())
+
+
+def test_crop_adjusted_pose_agrees_with_gfcore_intrinsics(clips):
+    _, rows = clips["clip_a"]
+    pose = dfot.pose_from_rows(rows).double()
+    in_hw, res = (67, 118), 64
+    adjusted = dfot.crop_adjusted_pose(pose, in_hw, res)
+    K = torch.zeros(len(pose), 3, 3, dtype=torch.float64)
+    K[:, 0, 0], K[:, 1, 1] = pose[:, 0] * in_hw[1], pose[:, 1] * in_hw[0]
+    K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = pose[:, 2] * in_hw[1], pose[:, 3] * in_hw[0], 1
+    K = resize_crop_intrinsics(K, in_hw, (res, res))
+    expected = torch.stack([K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2]], -1) / res
+    assert (adjusted[:, :4] - expected).abs().max().item() < 1e-12
+    assert torch.equal(adjusted[:, 4:], pose[:, 4:])
+
+
+# ---------------------------------------------------------------------------------------------
+# training items: clip, stride and augmentations, against their dataset
+# ---------------------------------------------------------------------------------------------
+
+def _probs(item):
+    p = item["probs"]
+    return dict(horizontal_flip_prob=p["horizontal_flip_prob"], back_and_forth_prob=p["back_and_forth_prob"],
+                reverse_prob=p["reverse_prob"])
+
+
+def _schedule_for_example(facts, item):
+    lengths = [len(read_camera_file(os.path.join(DATA, f"{k}.txt")).rows) for k in KEYS]  # sorted keys
+    return dfot.ClipSchedule(lengths, facts["max_frames"], facts["frame_skip"], maximize_training_data=True,
+                             subdataset_size=facts["subdataset_size"],
+                             frame_skip_increase=item["probs"]["frame_skip_increase"])
+
+
+def test_training_items_match_theirs(golden, clips):
+    arrays, facts, _ = golden
+    seen = set()
+    for n, item in enumerate(facts["items"]):
+        schedule = _schedule_for_example(facts, item)
+        video, indices = schedule.item(item["idx"], item["subepoch"])
+        assert (KEYS[video], int(indices[0])) == (item["key"], item["start_frame"]), f"item {n}: other clip"
+        frames, rows = clips[KEYS[video]]
+        out = dfot.training_item(frames, rows, indices, random.Random(item["seed"]), **_probs(item), source=item["key"])
+        conds = torch.from_numpy(arrays[f"item{n}/conds"])
+        err = (out["conds"] - conds).abs().max().item()
+        assert err <= 1e-6, f"item {n} ({item['variant']}, {out['augmentations']}): poses differ by {err}"
+        means = out["videos"].double().mean((-1, -2)).numpy()
+        np.testing.assert_allclose(means, arrays[f"item{n}/videos_means"], rtol=0, atol=1e-12,
+                                   err_msg=f"item {n} ({item['variant']}, {out['augmentations']}): frames differ")
+        assert sha256(out["videos"].numpy()) == arrays[f"item{n}/videos_sha256"].tobytes(), f"item {n}: frames differ"
+        assert out["videos"].shape == (facts["max_frames"], 3, 64, 64) and out["nonterminal"].all()
+        seen.update(out["augmentations"])
+        if item["variant"] in ("flip", "back_and_forth", "reverse"):
+            assert out["augmentations"] == (item["variant"],)
+        if item["variant"] == "all":
+            assert out["augmentations"] == ("flip", "back_and_forth", "reverse")
+    assert seen == {"flip", "back_and_forth", "reverse"}
+
+
+def test_rays_from_item_poses_run(golden, clips):
+    _, facts, _ = golden
+    item = facts["items"][9]  # all three augmentations
+    video, indices = _schedule_for_example(facts, item).item(item["idx"], item["subepoch"])
+    frames, rows = clips[KEYS[video]]
+    out = dfot.training_item(frames, rows, indices, random.Random(item["seed"]), **_probs(item))
+    rays = ray_encoding(out["conds"][None], 64, 64)
+    assert rays.shape == (1, facts["max_frames"], 180, 64, 64) and torch.isfinite(rays).all()
+
+
+def test_flip_is_a_mirror(clips):
+    _, rows = clips["clip_a"]
+    pose = dfot.pose_from_rows(rows).double()
+    frames = torch.arange(2 * 3 * 2 * 5, dtype=torch.float32).view(2, 3, 2, 5)
+    flipped_frames, flipped = dfot.flip_horizontal(frames, pose[:2])
+    assert torch.equal(flipped_frames, frames.flip(-1))
+    changed = (flipped != pose[:2]).any(0).nonzero().flatten().tolist()
+    assert changed == list(dfot.FLIP_NEGATED) == [5, 6, 7, 8, 12]
+    F = torch.diag(torch.tensor([-1.0, 1, 1], dtype=torch.float64))
+    E = pose[:2, 4:].view(-1, 3, 4)
+    assert torch.allclose(flipped[:, 4:].view(-1, 3, 4), torch.cat([F @ E[..., :3] @ F, F @ E[..., 3:]], -1))
+    assert torch.equal(dfot.back_and_forth(torch.arange(6)), torch.tensor([0, 2, 4, 5, 3, 1]))
+    assert torch.equal(dfot.back_and_forth(torch.arange(5)), torch.tensor([0, 2, 4, 3, 1]))
+    assert torch.equal(dfot.reverse(torch.arange(4)), torch.tensor([3, 2, 1, 0]))
+
+
+def test_zero_probability_draws_nothing():
+    # like their random_bool: p == 0 consumes no random number
+    rng, reference = random.Random(5), random.Random(5)
+    pose = torch.zeros(4, 16)
+    dfot.augment(torch.zeros(4, 3, 2, 2), pose, rng, 0.0, 0.0, 1.0)
+    reference.random()
+    assert rng.random() == reference.random()
+
+
+# ---------------------------------------------------------------------------------------------
+# the clip order and stride schedule
+# ---------------------------------------------------------------------------------------------
+
+def test_schedule_matches_theirs(golden):
+    _, facts, _ = golden
+    for key, rows in facts["schedule"].items():
+        subepoch = None if key == "None" else int(key)
+        schedule = dfot.ClipSchedule(facts["schedule_lengths"], facts["max_frames"], facts["frame_skip"],
+                                     maximize_training_data=True,
+                                     subdataset_size=None if subepoch is None else facts["subdataset_size"],
+                                     frame_skip_increase=0 if subepoch is None else 1)
+        expected_len = schedule.num_clips if subepoch is None else facts["subdataset_size"]
+        assert len(rows) == expected_len == len(schedule.order(subepoch))
+        for idx, row in enumerate(rows):
+            video, indices = schedule.item(idx, subepoch)
+            assert [video, int(indices[0])] + indices.tolist() == row, f"subepoch {key} item {idx}"
+
+
+def test_stride_schedule_rules():
+    assert dfot.training_frame_skip(10, 0, 1) == 10 and dfot.training_frame_skip(10, 7, 1) == 17
+    assert dfot.training_frame_skip(10, None, 0) == 10
+    with pytest.raises(ValueError, match="subepoch"):
+        dfot.training_frame_skip(10, None, 1)
+    # RE10K: 16 frames; a 100-frame video from frame 20 fits stride (100 - 20 - 1) // 15 = 5 at most
+    assert dfot.clip_frame_skip(100, 20, 16, 12) == 5 and dfot.clip_frame_skip(400, 0, 16, 12) == 12
+    with pytest.raises(DataError, match="does not fit"):
+        dfot.clip_frame_skip(10, 0, 16, 10)
+
+
+def test_config_facts(golden):
+    _, facts, _ = golden
+    cfg = facts["composed_dataset_config"]
+    assert np.allclose(np.ravel(cfg["data_mean"]), dfot.DFOT_MEAN) and np.allclose(np.ravel(cfg["data_std"]), dfot.DFOT_STD)
+    assert (cfg["resolution"], cfg["max_frames"], cfg["frame_skip"], cfg["external_cond_dim"]) == (256, 16, 10, 16)
+    assert cfg["maximize_training_data"] is True and cfg["latent"]["enable"] is False
+    aug = cfg["augmentation"]
+    defaults = dfot.augment.__defaults__
+    assert (aug["horizontal_flip_prob"], aug["back_and_forth_prob"], aug["reverse_prob"]) == defaults
+    assert aug["frame_skip_increase"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------------------------
+
+def test_bad_input_messages(golden, clips):
+    _, _, raw = golden
+    frames, rows = clips["clip_a"]
+    pose = dfot.pose_from_rows(rows)
+    cases = [
+        (lambda: dfot.pose_from_rows(pose.numpy(), source="clip_a.txt"),
+         r"^clip_a\.txt: expected camera rows \[T, 18\] .*got \[10, 16\] \(already a DFoT pose\?\)$"),
+        (lambda: dfot.flip_horizontal(torch.zeros(10, 3, 4, 4), torch.from_numpy(rows)),
+         r"^pose: expected a \[T, 16\] tensor .*got \[10, 18\] \(camera-file rows: convert them with pose_from_rows\)$"),
+        (lambda: dfot.augment(torch.zeros(10, 3, 4, 4), torch.zeros(10, 18), random.Random(0)),
+         r"^pose: expected a \[T, 16\] tensor"),
+        (lambda: dfot.resize_crop_frames(raw["clip_a"][:, :40], 64, source="clip_a.mp4"),
+         r"^clip_a\.mp4: frames of 40x118 are smaller than the 64x64 crop"),
+        (lambda: dfot.resize_crop_frames(raw["clip_a"].astype(np.float32), 64, source="clip_a.mp4"),
+         r"^clip_a\.mp4: expected uint8 frames \[T, H, W, 3\], got float32"),
+        (lambda: dfot.training_item(frames[:5], rows, [0, 1], source="clip_a"),
+         r"^clip_a: 5 frames but 10 camera rows$"),
+        (lambda: dfot.training_item(frames, rows, [0, 12], source="clip_a"),
+         r"^clip_a: frame indices \[0, 12\] out of range for 10 frames$"),
+    ]
+    for call, pattern in cases:
+        with pytest.raises(DataError, match=pattern) as info:
+            call()
+        assert "\n" not in str(info.value)
+
+
+def test_load_raw_clip_image_folder(golden, tmp_path):
+    from PIL import Image
+
+    _, _, raw = golden
+    cameras = read_camera_file(os.path.join(DATA, "clip_b.txt"))
+    folder = tmp_path / "clip_b"
+    folder.mkdir()
+    for stamp, frame in zip(cameras.timestamps, raw["clip_b"]):
+        Image.fromarray(frame).save(folder / f"{stamp}.png")
+    (tmp_path / "clip_b.txt").write_text(open(os.path.join(DATA, "clip_b.txt")).read())
+    frames, rows = dfot.load_raw_clip(str(tmp_path / "clip_b.txt"))
+    assert np.array_equal(frames, raw["clip_b"]) and np.array_equal(rows, cameras.rows)
+    os.remove(folder / f"{cameras.timestamps[3]}.png")
+    with pytest.raises(DataError, match=rf"clip_b\.txt: no image for timestamp {cameras.timestamps[3]} in "):
+        dfot.load_raw_clip(str(tmp_path / "clip_b.txt"))
+    # a camera line of 17 numbers where 19 belong: the file and line are named
+    bad = tmp_path / "bad.txt"
+    lines = open(os.path.join(DATA, "clip_b.txt")).read().splitlines()
+    lines[2] = " ".join(lines[2].split()[:17])
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"bad\.txt:3: expected 19 numbers, got 17"):
+        dfot.load_raw_clip(str(bad))
