@@ -1,0 +1,325 @@
+"""DFoT continuous-time diffusion (gfcore.models.dfot.diffusion) and its DDIM sampler
+(gfcore.sample.ddim) against the authors' code: python_tests/data/dfot_diffusion_golden.npz was
+written by scripts/make_dfot_diffusion_golden.py, which runs the Geometry Forcing authors'
+ContinuousDiffusion / DiscreteDiffusion / DFoTVideo (algorithms/dfot) with their composed RE10K
+config and the stand-in backbone rebuilt here from the stored weights."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gfcore.models.dfot import DFoTDiffusion, DFoTLoss
+from gfcore.sample import ddim_noise_levels, ddim_sample, ddim_step
+
+GOLDEN = Path(__file__).parent / "data" / "dfot_diffusion_golden.npz"
+
+
+@pytest.fixture(scope="module")
+def golden():
+    with np.load(GOLDEN) as data:
+        arrays = {k: data[k] for k in data.files}
+    facts = json.loads(str(arrays.pop("facts")))
+    tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    return tensors, facts
+
+
+class StandIn(torch.nn.Module):
+    """The stand-in backbone of the golden script: v = W @ x (frames x channels, per pixel)
+    + a_c * noise_levels + b_c * sum_k cond_k (cond term zeroed where external_cond_mask)."""
+
+    def __init__(self, g):
+        super().__init__()
+        self.w, self.a, self.b = g["standin.w"], g["standin.a"], g["standin.b"]
+        self.calls = []
+
+    def forward(self, x, noise_levels, external_cond=None, external_cond_mask=None, return_latents=False):
+        self.calls.append({"x": x.clone(), "noise_levels": noise_levels.clone()})
+        b, t, c, h, w = x.shape
+        out = torch.einsum("oi,bihw->bohw", self.w, x.reshape(b, t * c, h, w)).reshape(b, t, c, h, w)
+        out = out + self.a[None, None, :, None, None] * noise_levels[:, :, None, None, None]
+        if external_cond is not None:
+            cond = external_cond.sum(2, keepdim=True)
+            if external_cond_mask is not None:
+                cond = cond * (~external_cond_mask.bool()).float()[:, None, None, None, None]
+            out = out + self.b[None, None, :, None, None] * cond
+        return (out, [out.mean(2)]) if return_latents else out
+
+
+def close(actual, expected, rtol=1e-6, atol=1e-6):
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+
+
+# ------------------------------------------------------------------------------- config facts
+
+def test_their_config_is_the_one_implemented(golden):
+    """The RE10K / Geometry Forcing config numbers, as their composed config has them, are gfcore's
+    defaults; from_config reads them."""
+    _, facts = golden
+    d = facts["diffusion"]
+    assert d["is_continuous"] is True and d["objective"] == "pred_v"
+    assert d["loss_weighting"]["strategy"] == "sigmoid" and d["loss_weighting"]["sigmoid_bias"] == -1.0
+    assert d["training_schedule"] == {"name": "cosine", "shift": 0.125}  # logsnr_min/max default -15/15
+    assert d["beta_schedule"] == "cosine_simple_diffusion"
+    assert d["schedule_fn_kwargs"]["shifted"] == 0.125 and d["schedule_fn_kwargs"]["interpolated"] is False
+    assert d["precond_scale"] == 0.125 and d["clip_noise"] == 20.0 and d["timesteps"] == 1000
+    assert d["sampling_timesteps"] == 50 and d["ddim_sampling_eta"] == 0.0
+    assert facts["noise_level"] == "random_independent" and facts["scheduling_matrix"] == "full_sequence"
+    assert facts["fixed_context"]["enabled"] is False and facts["variable_context"]["enabled"] is False
+    assert facts["uniform_future"]["enabled"] is False
+    assert facts["history_guidance"] == {"name": "conditional"}
+    ours = DFoTDiffusion()
+    assert (ours.shift, ours.logsnr_min, ours.logsnr_max, ours.precond_scale, ours.sigmoid_bias, ours.clip_noise,
+            ours.timesteps) == (0.125, -15.0, 15.0, 0.125, -1.0, 20.0, 1000)
+    again = DFoTDiffusion.from_config(d)
+    assert torch.equal(again.alphas_cumprod, ours.alphas_cumprod)
+    assert (again.shift, again.precond_scale, again.sigmoid_bias) == (0.125, 0.125, -1.0)
+
+
+# ------------------------------------------------------------------------------- schedules
+
+def test_training_schedule_logsnr(golden):
+    g, _ = golden
+    ours = DFoTDiffusion()
+    close(ours.logsnr(g["schedule.t"]), g["schedule.logsnr"])
+    close(torch.tensor([ours.max_logsnr, ours.min_logsnr]), g["schedule.max_min"])
+    # the end points by hand: 15 + 2 ln 0.125 and -15 + 2 ln 0.125 (no clamp beyond them)
+    assert ours.max_logsnr == pytest.approx(15 + 2 * np.log(0.125), abs=1e-5)
+    assert ours.min_logsnr == pytest.approx(-15 + 2 * np.log(0.125), abs=5e-5)  # float32 tan near pi/2
+
+
+def test_alpha_sigma_and_weights_by_formula():
+    ours = DFoTDiffusion()
+    logsnr = ours.logsnr(torch.linspace(0, 1, 101))
+    alpha, sigma = ours.alpha_sigma(logsnr)
+    close(alpha ** 2 + sigma ** 2, torch.ones(101))
+    close(torch.log(alpha ** 2 / sigma ** 2), logsnr, rtol=1e-4, atol=1e-4)
+    close(ours.loss_weight(logsnr), 1 / (1 + torch.exp(1 + logsnr)))
+    close(ours.noise_levels(logsnr), 0.125 * logsnr)
+
+
+def test_discrete_sampling_schedule(golden):
+    """Their float32 buffers of the 1000-step shifted cosine grid, bit-for-bit."""
+    g, _ = golden
+    ours = DFoTDiffusion()
+    for name, mine in (("alphas_cumprod", ours.alphas_cumprod), ("sqrt_alphas_cumprod", ours.sqrt_alphas_cumprod),
+                       ("sqrt_one_minus_alphas_cumprod", ours.sqrt_one_minus_alphas_cumprod),
+                       ("logsnr", ours.discrete_logsnr)):
+        assert mine.dtype == torch.float32 and mine.shape == (1000,)
+        assert torch.equal(mine, g[f"discrete.{name}"]), name
+    # index k is the continuous schedule at t = k / 999
+    close(ours.discrete_logsnr, ours.logsnr(torch.linspace(0, 1, 1000)), rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 7, 10, 33, 50, 100, 250, 999])
+def test_ddim_grid(golden, steps):
+    _, facts = golden
+    grid = ddim_noise_levels(steps)
+    assert grid.dtype == torch.long
+    assert grid.tolist() == facts["ddim_grids"][str(steps)]
+    assert grid[0] == 999 and grid[-1] == -1 and len(grid) == steps + 1
+
+
+# ------------------------------------------------------------------------------- training loss
+
+CASES = {"plain": (None, 0.0), "context": ([0, 1], 0.0), "dropout": ([0], 0.5)}
+
+
+def _context(indices, batch=2, frames=4):
+    if indices is None:
+        return None
+    mask = torch.zeros(batch, frames, dtype=torch.bool)
+    mask[:, indices] = True
+    return mask
+
+
+@pytest.mark.parametrize("return_latents", [False, True])
+@pytest.mark.parametrize("case", list(CASES))
+def test_training_loss_golden(golden, case, return_latents):
+    """Their per-frame t (same generator), noisy input, backbone noise levels, alpha, sigma,
+    weights, x_0 prediction, elementwise loss and reduced loss."""
+    g, facts = golden
+    indices, dropout = CASES[case]
+    if indices is not None:
+        fixed = facts[f"train.{case}.fixed_context"]
+        assert fixed["indices"] == indices and fixed["dropout"] == dropout
+    p = f"train.{case}."
+    model = StandIn(g)
+    ours = DFoTDiffusion(context_dropout=dropout)
+    gen = torch.Generator().manual_seed(int(g[p + "seed"]))
+    res = ours.training_loss(model, g["train.x0"], g["train.cond"], context_mask=_context(indices),
+                             frame_mask=g[p + "frame_mask"], noise=g[p + "noise"], generator=gen,
+                             return_latents=return_latents)
+    assert isinstance(res, DFoTLoss)
+    assert torch.equal(res.t, g[p + "t"])
+    assert torch.equal(res.loss_mask, g[p + "loss_mask"])
+    close(res.logsnr, g[p + "logsnr"])
+    close(res.weight, g[p + "weight"])
+    (call,) = model.calls
+    close(call["noise_levels"], g[p + "model_noise_levels"])
+    close(res.x_t, g[p + "x_t"])
+    close(res.x_pred, g[p + "x_pred"])
+    close(res.elementwise, g[p + "elementwise"])
+    close(res.loss, g[p + "loss"])
+    close(res.frame_loss.mean(), res.loss)
+    assert (res.frame_loss[~res.loss_mask] == 0).all() and (res.frame_loss[res.loss_mask] > 0).all()
+    assert (res.latents is not None) == return_latents
+    # alpha / sigma of the golden, through q_sample
+    close(ours.q_sample(g["train.x0"], res.t, g[p + "noise"]), g[p + "x_t"])
+    a, s = ours.alpha_sigma(res.logsnr)
+    close(a, g[p + "alpha"])
+    close(s, g[p + "sigma"])
+
+
+def test_training_loss_with_given_t(golden):
+    """t given explicitly is used as is (the golden's final t)."""
+    g, _ = golden
+    p = "train.context."
+    res = DFoTDiffusion().training_loss(StandIn(g), g["train.x0"], g["train.cond"], context_mask=_context([0, 1]),
+                                        frame_mask=g[p + "frame_mask"], t=g[p + "t"], noise=g[p + "noise"])
+    close(res.loss, g[p + "loss"])
+    close(res.elementwise, g[p + "elementwise"])
+
+
+def test_training_context_frames():
+    """Context frames: t = 0 (logSNR 10.84: alpha ~ 1, a trace of noise as in their code), out of
+    the loss; frames not available: t = 1, out of the loss; without masks every frame counts."""
+    x0 = torch.randn(3, 5, 2, 4, 4)
+    ctx = torch.zeros(3, 5, dtype=torch.bool)
+    ctx[:, :2] = True
+    ctx[2, 4] = True
+    avail = torch.ones(3, 5, dtype=torch.bool)
+    avail[1, 3] = False
+    model = lambda x, nl, c: 0.3 * x  # noqa: E731
+    d = DFoTDiffusion()
+    res = d.training_loss(model, x0, context_mask=ctx, frame_mask=avail, generator=torch.Generator().manual_seed(0))
+    assert (res.t[ctx] == 0).all() and res.t[1, 3] == 1
+    assert torch.equal(res.loss_mask, avail & ~ctx)
+    assert (res.frame_loss[ctx] == 0).all()
+    alpha, sigma = d.alpha_sigma(res.logsnr[ctx])
+    assert (alpha > 0.99999).all() and (sigma < 0.005).all()
+    # every frame in the loss when no masks are given; same generator -> same result
+    r1 = d.training_loss(model, x0, generator=torch.Generator().manual_seed(3))
+    r2 = d.training_loss(model, x0, generator=torch.Generator().manual_seed(3))
+    assert r1.loss_mask.all() and torch.equal(r1.loss, r2.loss) and torch.equal(r1.t, r2.t)
+    # the scalar loss is the mean over every element (masked ones count as zeros, as theirs)
+    close(res.loss, (res.elementwise * res.loss_mask[..., None, None, None]).sum() / res.elementwise.numel())
+
+
+def test_loss_is_on_epsilon_not_v():
+    """A model that returns the true v has zero loss; one that returns the true epsilon does not."""
+    d = DFoTDiffusion()
+    x0 = torch.randn(2, 3, 2, 4, 4)
+    noise = torch.randn_like(x0)
+    t = torch.rand(2, 3) * 0.9 + 0.05
+    alpha, sigma = (v[..., None, None, None] for v in d.alpha_sigma(d.logsnr(t)))
+    v_true = alpha * noise - sigma * x0
+    res = d.training_loss(lambda x, nl, c: v_true, x0, t=t, noise=noise)
+    assert res.loss < 1e-10
+    close(res.x_pred, x0, rtol=1e-5, atol=1e-5)
+    res = d.training_loss(lambda x, nl, c: noise, x0, t=t, noise=noise)
+    assert res.loss > 1e-3
+
+
+# ------------------------------------------------------------------------------- DDIM sampling
+
+@pytest.mark.parametrize("steps", [50, 7])
+def test_ddim_sample_golden(golden, steps):
+    """Their _sample_sequence (full_sequence grid, conditional guidance, context frames clean):
+    the initial noise from the same generator, every intermediate clip, the backbone's noise
+    levels at every step and the result agree; context frames stay bit-identical."""
+    g, _ = golden
+    p = f"sample.{steps}."
+    ctx, mask, cond = g["sample.context"], g["sample.context_mask"], g["sample.cond"]
+    model = StandIn(g)
+    gen = torch.Generator().manual_seed(int(g[p + "seed"]))
+    x, record = ddim_sample(model, DFoTDiffusion(), ctx, mask, cond, steps=steps, generator=gen, return_all=True)
+    assert record.shape == (steps + 1, *ctx.shape)
+    close(record[0], torch.where(mask[..., None, None, None], ctx, g[p + "noise"]), rtol=0, atol=0)
+    close(record, g[p + "record"], rtol=1e-5, atol=1e-5)
+    close(x, g[p + "x"], rtol=1e-5, atol=1e-5)
+    close(torch.stack([c["noise_levels"] for c in model.calls]), g[p + "model_noise_levels"], rtol=1e-6, atol=1e-6)
+    for r in record:
+        assert torch.equal(r[mask], ctx[mask])
+    assert torch.equal(x[mask], ctx[mask])
+    # the same with the initial noise given instead of drawn
+    y = ddim_sample(StandIn(g), DFoTDiffusion(), ctx, mask, cond, steps=steps, noise=g[p + "noise"])
+    assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_ddim_step_golden(golden, eta):
+    """One step of their ddim_sample_step with mixed levels per frame (context -1 -> -1, a last
+    step to -1, a frame that stays at 999) and eta, z given."""
+    g, _ = golden
+    z = g["step.z"] if eta > 0 else None
+    y = ddim_step(StandIn(g), DFoTDiffusion(), g["step.x"], g["step.curr"], g["step.next"], g["step.cond"],
+                  eta=eta, noise=z)
+    close(y, g[f"step.eta{eta}"], rtol=1e-5, atol=1e-5)
+    stay = g["step.curr"] == g["step.next"]
+    assert torch.equal(y[stay], g["step.x"][stay])
+
+
+def test_ddim_sample_deterministic_and_noise_used():
+    d = DFoTDiffusion()
+    ctx = torch.randn(2, 3, 2, 4, 4)
+    mask = torch.tensor([[True, False, False], [False, False, False]])
+    model = lambda x, nl, c, m: 0.5 * x + 0.1 * nl[..., None, None, None]  # noqa: E731
+    a = ddim_sample(model, d, ctx, mask, steps=4, generator=torch.Generator().manual_seed(1))
+    b = ddim_sample(model, d, ctx, mask, steps=4, generator=torch.Generator().manual_seed(1))
+    c = ddim_sample(model, d, ctx, mask, steps=4, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a[~mask], c[~mask])
+    assert torch.equal(a[mask], ctx[mask]) and torch.equal(c[mask], ctx[mask])
+
+
+# ------------------------------------------------------------------------------- bad input
+
+def test_bad_input_training():
+    d = DFoTDiffusion()
+    model = lambda x, nl, c: x  # noqa: E731
+    x0 = torch.randn(2, 3, 2, 4, 4)
+    with pytest.raises(ValueError, match="x0"):
+        d.training_loss(model, torch.randn(2, 3, 4, 4))
+    with pytest.raises(ValueError, match="context_mask"):
+        d.training_loss(model, x0, context_mask=torch.zeros(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="context_mask"):
+        d.training_loss(model, x0, context_mask=torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="frame_mask"):
+        d.training_loss(model, x0, frame_mask=torch.ones(3, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="t must lie in"):
+        d.training_loss(model, x0, t=torch.full((2, 3), 1.5))
+    with pytest.raises(ValueError, match="t must lie in"):
+        d.training_loss(model, x0, t=torch.full((2, 3), -0.1))
+    with pytest.raises(ValueError, match="t must be"):
+        d.training_loss(model, x0, t=torch.rand(2, 4))
+    with pytest.raises(ValueError, match="t must lie in"):
+        d.logsnr(torch.tensor([0.5, 1.01]))
+    with pytest.raises(ValueError, match="noise"):
+        d.training_loss(model, x0, noise=torch.randn(2, 3, 2, 4, 5))
+    with pytest.raises(ValueError, match="model output"):
+        d.training_loss(lambda x, nl, c: x[:, :2], x0)
+    with pytest.raises(ValueError, match="context_dropout"):
+        DFoTDiffusion(context_dropout=1.5)
+    with pytest.raises(ValueError, match="shift"):
+        DFoTDiffusion(shift=0)
+
+
+def test_bad_input_sampling():
+    d = DFoTDiffusion()
+    model = lambda x, nl, c, m: x  # noqa: E731
+    ctx = torch.randn(1, 3, 2, 4, 4)
+    mask = torch.zeros(1, 3, dtype=torch.bool)
+    for steps in (0, -2, 1000, 2.5, True):
+        with pytest.raises(ValueError, match="steps"):
+            ddim_sample(model, d, ctx, mask, steps=steps)
+    with pytest.raises(ValueError, match="context must"):
+        ddim_sample(model, d, torch.randn(3, 2, 4, 4), mask)
+    with pytest.raises(ValueError, match="context_mask"):
+        ddim_sample(model, d, ctx, torch.zeros(1, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="context_mask"):
+        ddim_sample(model, d, ctx, torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="noise"):
+        ddim_sample(model, d, ctx, mask, noise=torch.randn(1, 3, 2, 4, 3))
+    with pytest.raises(ValueError, match="eta"):
+        ddim_sample(model, d, ctx, mask, steps=2, eta=-1.0)
