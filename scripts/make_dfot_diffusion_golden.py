@@ -205,7 +205,8 @@ def main() -> None:
         "variable_context": OmegaConf.to_container(algo.variable_context),
         "uniform_future": OmegaConf.to_container(algo.uniform_future),
         "scheduling_matrix": algo.scheduling_matrix, "context_frames": int(algo.context_frames),
-        "n_frames": int(algo.n_frames), "history_guidance": OmegaConf.to_container(algo.tasks.prediction.history_guidance),
+        "n_frames": int(algo.n_frames),
+        "history_guidance": OmegaConf.to_container(algo.tasks.prediction.history_guidance),
     }
 
     diffusion = build_diffusion(ContinuousDiffusion, algo, standin)

@@ -124,7 +124,8 @@ def ddim_sample(model: Callable, diffusion: DFoTDiffusion, context: torch.Tensor
             record.append(x.clone())
         x_next = ddim_step(model, diffusion, x, curr, nxt, external_cond, external_cond_mask, eta=eta,
                            generator=generator)
-        x = torch.where(ctx_x, x, x_next)  # context frames put back unmodified
+        # context frames put back unmodified, as the authors do (ddim_step already keeps them: -1 -> -1)
+        x = torch.where(ctx_x, x, x_next)
     if return_all:
         record.append(x.clone())
         return x, torch.stack(record)
