@@ -351,3 +351,115 @@ def test_kernel_metrics_fall_back_to_torch_for_rows_the_kernels_refuse(monkeypat
     meta = torch.device("meta")
     measured = modular_path.KernelMetrics.normalize_cosine(z.to(meta), y.to(meta), 1e-8)
     assert measured.zhat.device == meta and modular_path.KernelMetrics.mse(z.to(meta), y.to(meta)).device == meta
+
+
+def test_reference_spec_defaults_are_the_mean_in_hs_dtype():
+    """reference_alignment_terms called as the spec: weights default to the mean over targets, the compute
+    dtype to h's, and non-finite y is not checked unless asked."""
+    from gfcore.losses.reference import reference_alignment_terms
+
+    torch.manual_seed(9)
+    h = torch.randn(5, 8, dtype=torch.float64)
+    projectors = [nn.Linear(8, 6).double(), nn.Linear(8, 4).double()]
+    heads = [nn.Linear(6, 6).double(), None]
+    ys = [torch.randn(5, 6, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)]
+    angular, scale, cosine = reference_alignment_terms(h, ys, projectors, heads, 1e-8)
+    want_angular, want_scale = paper_terms(h, ys, projectors, heads, [0.5, 0.5])
+    assert angular.dtype == scale.dtype == torch.float64
+    torch.testing.assert_close(angular, want_angular, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(scale, want_scale, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(cosine, -want_angular, rtol=1e-12, atol=1e-14)
+    ys[1][0, 0] = float("nan")
+    assert reference_alignment_terms(h, ys, projectors, heads, 1e-8)[0].isnan()  # unchecked by default
+    with pytest.raises(ValueError, match="NaN or Inf values in target 1"):
+        reference_alignment_terms(h, ys, projectors, heads, 1e-8, check_finite=True)
+
+
+@pytest.mark.parametrize("impl,chunk_size", PATHS)
+def test_under_autocast_y_is_taken_in_the_compute_dtype(impl, chunk_size):
+    """float32 teacher features under bf16 autocast give exactly the result of the same features rounded
+    to bf16 first: y is computed in the autocast dtype, like h and the weights."""
+    torch.manual_seed(10)
+    loss_fn = GeometryAlignmentLoss(24, 40, projector_dim=32, head_dim=16, impl=impl, chunk_size=chunk_size)
+    h, y = torch.randn(33, 24), torch.randn(33, 40)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = loss_fn(h, y), loss_fn(h, y.bfloat16())
+    for term in ("loss", "angular", "scale", "cosine"):
+        assert torch.equal(getattr(a, term), getattr(b, term)), term
+
+
+@requires_cpu_kernels
+def test_one_chunk_is_the_unchunked_fused_path_in_bf16():
+    """With one chunk the chunked path runs the same computation as the fused one: h cast to the compute
+    dtype and the gradient scales kept in float32 (a bf16-rounded scale would shift every gradient by up
+    to 2^-9 relative)."""
+    torch.manual_seed(11)
+    base = GeometryAlignmentLoss(24, 40, projector_dim=32, head_dim=16, impl="fused")
+    h, y = torch.randn(33, 24), torch.randn(33, 40)
+    results = []
+    for chunk_size in (None, 64):
+        loss_fn = copy.deepcopy(base)
+        loss_fn.chunk_size = chunk_size
+        hh = h.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = loss_fn(hh, y)
+        out.loss.backward()
+        results.append([out.loss.detach(), hh.grad] + [p.grad for p in loss_fn.parameters()])
+    for fused, chunked in zip(*results):
+        assert rel_err(chunked.double(), fused.double()) <= 1e-5
+
+
+@pytest.mark.parametrize("h_shape,y_shape", [((6, 24), (2, 3, 40)), ((2, 6, 24), (2, 2, 3, 40)),
+                                             ((24,), (40,))])
+def test_token_axes_may_merge_the_targets_last_two(h_shape, y_shape):
+    """y's token axes are h's, or h's last token axis is y's last two merged; tokens pair in row-major order."""
+    torch.manual_seed(12)
+    loss_fn = GeometryAlignmentLoss(24, 40, projector_dim=32, head_dim=16).double()
+    h, y = torch.randn(h_shape, dtype=torch.float64), torch.randn(y_shape, dtype=torch.float64)
+    torch.testing.assert_close(loss_fn(h, y).loss, loss_fn(h.reshape(-1, 24), y.reshape(-1, 40)).loss,
+                               rtol=1e-12, atol=1e-14)
+
+
+def test_layer_axis_positions_and_their_limits():
+    torch.manual_seed(13)
+    h = torch.randn(5, 24, dtype=torch.float64)
+    ys = torch.randn(3, 5, 40, dtype=torch.float64)  # [L, N, D]
+    reference = GeometryAlignmentLoss(24, 40, num_targets=3, projector_dim=32, head_dim=16).double()
+    expected = reference(h, ys.transpose(0, 1)).loss
+    for layer_dim in (0, -3):  # the first axis, by either index (-3 is -y.dim())
+        loss_fn = copy.deepcopy(reference)
+        loss_fn.layer_dim = layer_dim
+        torch.testing.assert_close(loss_fn(h, ys).loss, expected, rtol=1e-12, atol=1e-14)
+    loss_fn = copy.deepcopy(reference)
+    loss_fn.layer_dim = 1  # y.dim() - 2, a positive index
+    torch.testing.assert_close(loss_fn(h, ys.transpose(0, 1)).loss, expected, rtol=1e-12, atol=1e-14)
+    one_token = copy.deepcopy(reference)  # y [L, D] against h [C]: one token, the default axis -2
+    one_token.layer_dim = None
+    assert one_token(h[0], ys[:, 0]).loss.shape == ()
+    for bad in (2, 3, 5, -4):  # the last axis (D), and axes outside y
+        loss_fn.layer_dim = bad
+        with pytest.raises(ValueError, match=rf"a layer axis of size num_targets=3 at dim {bad} \(not the last\), "
+                                             rf"got shape \(3, 5, 40\)$"):
+            loss_fn(h, ys)
+    with pytest.raises(ValueError, match=r"^y must be \[..., target_dim\] with token axes \(4,\) \(those of h\) and "
+                                         r"last dimension 40, got \(\)$"):
+        GeometryAlignmentLoss(24, 40, projector_dim=32, head_dim=16)(torch.randn(4, 24), torch.tensor(1.0))
+
+
+def test_list_and_view_messages_in_full():
+    h = torch.randn(2, 5, 24)
+    single = GeometryAlignmentLoss(24, 40, projector_dim=32, head_dim=16)
+    with pytest.raises(ValueError, match=r"^y is a list of 2 tensors but the loss has 1 target\(s\) \(target_dim=40\)$"):
+        single(h, [torch.randn(2, 5, 40)] * 2)
+    two = GeometryAlignmentLoss(24, [16, 40], projector_dim=32, head_dim=16)
+    with pytest.raises(ValueError, match=r"^y is a list of 3 tensors but the loss has 2 target\(s\) "
+                                         r"\(target_dim=\[16, 40\]\)$"):
+        two(h, [torch.randn(2, 5, 16)] * 3)
+    layered = GeometryAlignmentLoss(24, 40, num_targets=2, projector_dim=32, head_dim=16, layer_dim=1)
+    with pytest.raises(ValueError, match=r"^y.select\(1, 0\) must be \[..., num_targets, target_dim\] \(num_targets at "
+                                         r"dim 1\) or a list of num_targets tensors \[..., target_dim\] with token axes "
+                                         r"\(2, 5\) \(those of h\) and last dimension 40, got \(2, 5, 41\)$"):
+        layered(h, torch.randn(2, 2, 5, 41))
+    with pytest.raises(TypeError, match=r"^mask must be a bool tensor of shape \(2, 5\) \(the token axes of h\), "
+                                        r"got list$"):
+        single(h, torch.randn(2, 5, 40), [[True] * 5] * 2)
