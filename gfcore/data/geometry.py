@@ -18,6 +18,7 @@ __all__ = [
     "re10k_rows_to_cameras",
     "cameras_to_re10k_rows",
     "dfot_poses_to_cameras",
+    "cameras_to_dfot_poses",
     "invert_rigid",
     "relative_to_first",
     "resize_crop_intrinsics",
@@ -111,6 +112,19 @@ def dfot_poses_to_cameras(
     K = intrinsics_from_normalized(poses[..., :4], width, height)
     w2c = _rigid_from_3x4(poses[..., 4:])
     return K, w2c, invert_rigid(w2c)
+
+
+def cameras_to_dfot_poses(K: torch.Tensor, c2w: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """(K [..., 3, 3] in pixels of the width x height frames, c2w [..., 4, 4] camera-to-world,
+    OpenCV axes) -> DFoT pose rows [..., 16]: (fx/W, fy/H, cx/W, cy/H), then the world-to-camera
+    [R|t] = inverse(c2w)[:3, :4] row by row. The inverse of dfot_poses_to_cameras; the trainer
+    feeds these rows to gfcore.models.dfot.ray_encoding (which makes them relative to the first
+    frame itself, so any world frame gives the same ray map)."""
+    _check_last_dims(c2w, (4, 4), "c2w")
+    normalized = normalized_from_intrinsics(K, width, height)
+    w2c = invert_rigid(c2w)
+    rt = w2c[..., :3, :].reshape(w2c.shape[:-2] + (12,)).to(normalized.dtype)
+    return torch.cat([normalized, rt], -1)
 
 
 def relative_to_first(c2w: torch.Tensor) -> torch.Tensor:
