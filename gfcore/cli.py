@@ -22,12 +22,15 @@ def _train(argv: Sequence[str]) -> int:
     from gfcore.train import load_config, train
     from gfcore.train.loggers import MissingLoggerPackage
     from gfcore.train.resume import ResumeError
+    from gfcore.models.dfot.checkpoint import CheckpointError
 
     if any(a in ("-h", "--help") for a in argv):
         print("usage: gfcore train [hydra overrides]\n\nconfigs: gfcore/configs (model, data, teacher, train, sample, "
-              "experiment=demo|re10k|minecraft)\nexample: gfcore train experiment=demo teacher=none train.steps=50\n"
+              "experiment=demo|re10k|minecraft|re10k_gf_finetune)\n"
+              "example: gfcore train experiment=demo teacher=none train.steps=50\n"
               "multi-GPU: torchrun --nproc_per_node=8 -m gfcore train experiment=re10k data.root=...\n"
               "resume: train.resume=auto|none|PATH, train.resume_allow_changes=[train.lr,...]\n"
+              "DFoT: model=dfot_re10k train.objective=dfot train.init_from=PATH train.grad_accum=N\n"
               "logging: train.loggers=[jsonl,tensorboard,wandb] train.sample_every=N\n"
               "memory/speed: train.activation_checkpointing=true train.compile=true")
         return 0
@@ -35,7 +38,8 @@ def _train(argv: Sequence[str]) -> int:
     print(OmegaConf.to_yaml(cfg))
     try:
         train(cfg)
-    except (ResumeError, MissingLoggerPackage) as exc:  # a refusal with its remedy, not a crash: no traceback
+    # a refusal with its remedy, not a crash: no traceback
+    except (ResumeError, MissingLoggerPackage, CheckpointError) as exc:
         print(f"gfcore train: error: {exc}", file=sys.stderr)
         return 2
     return 0

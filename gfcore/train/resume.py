@@ -44,7 +44,8 @@ _ABSENT = "<absent>"
 
 # Keys added after runs were made that lack them, with the value those runs trained with: a
 # resume that sets another value is a change like any other.
-ADDED_WITH_DEFAULTS = {"loss.align_start": 0.0}
+ADDED_WITH_DEFAULTS = {"loss.align_start": 0.0, "train.objective": "flow", "train.grad_accum": 1,
+                       "train.init_from": None}
 
 
 def _under(key: str, prefixes: Iterable[str]) -> bool:

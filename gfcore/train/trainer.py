@@ -1,9 +1,31 @@
-"""The training loop: flow matching + Geometry Forcing, checkpoints, resume=auto, DDP, logs.
+"""The training loop: flow matching (VideoDiT) or DFoT's diffusion (UViT3DPose) + Geometry
+Forcing, gradient accumulation, checkpoints, resume=auto, init_from, DDP, logs.
 
 train(cfg) runs cfg.train.steps steps and returns a summary. All randomness of step s
 (batch choice, noise, context, guidance dropout) comes from generators seeded with
 (cfg.seed, s), so a run resumed from any checkpoint ends bit-identical to one never stopped,
 and N DDP ranks each take their slice of the same global batch as one process would.
+
+train.objective: "flow" (GFObjective, model.arch dit) or "dfot" (gfcore.train.dfot.DFoTObjective,
+model.arch dfot: model=dfot_re10k or dfot_tiny).
+
+train.grad_accum=N: each optimizer step takes a global batch of N * train.batch_size clips
+(the batch, noise and pose drops of step s are drawn for all of them from (seed, s)), split in N
+micro-batches of train.batch_size; each micro-batch's loss is scaled by 1/N before its backward
+(DDP syncs the gradients on the last one only), then one clip / optimizer / scheduler / EMA
+update. The losses of equal-sized micro-batches average to the loss of the whole batch, so
+grad_accum=N equals one step on the N-times batch (to float rounding). Logged steps,
+checkpoints, train.steps and the lr schedule count optimizer steps; logged losses are the mean
+over the micro-batches. A checkpoint is written between optimizer steps only, so a resume is
+exact as without accumulation.
+
+train.init_from=PATH: the model starts from the weights of PATH (gfcore.train.models.init_weights:
+a DFoT release through load_dfot_checkpoint, or a gfcore step_*.pt / final.pt; strict; EMA
+weights when train.init_use_ema), the EMA starts from them, the optimizer, scheduler and
+alignment projector/head start fresh. It applies to a run's start only: with train.resume=auto,
+checkpoints of a run started from the same init_from are resumed as usual (the file is not read
+again); checkpoints of a run that did not start from it (another init_from or none), and an
+explicit train.resume=PATH, are refused with ResumeError (two sources of weights).
 """
 from __future__ import annotations
 
@@ -18,14 +40,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gfcore.losses import GeometryAlignmentLoss
-from gfcore.models.dit import VideoDiT, build_model
+from gfcore.models.dit import VideoDiT
 from gfcore.nvtx import nvtx_range
 from gfcore.train.checkpoint import rng_state, save_checkpoint, set_rng_state, write_checkpoint
 from gfcore.train.data import BatchPrefetcher, StepBatcher, batch_to_device, build_dataset
 from gfcore.train.distributed import DistInfo, barrier, gather_objects, mean_across_ranks, setup_distributed
 from gfcore.train.flops import forward_flops, peak_flops
 from gfcore.train.loggers import Loggers, check_loggers
-from gfcore.train.objective import GFObjective, draw_noise
+from gfcore.train.models import alignment_geometry, build_train_model, init_weights, latent_index, model_arch
+from gfcore.train.objective import GFObjective, NoiseDraw, draw_noise
 from gfcore.train.optim import EMA, build_optimizer, build_scheduler, full_tensor
 from gfcore.train.resume import (ResumeError, archive_previous_run, as_list, changes_record, check_config,
                                  find_checkpoint, keep_unreadable, load_into)
@@ -70,11 +93,11 @@ def resolve_device(name: str, info: Optional[DistInfo] = None) -> torch.device:
     return torch.device(name)
 
 
-def build_alignment(cfg: DictConfig, model: VideoDiT, teacher) -> Optional[GeometryAlignmentLoss]:
+def build_alignment(cfg: DictConfig, hidden_dim: int, teacher) -> Optional[GeometryAlignmentLoss]:
     if teacher is None:
         return None
     loss_cfg = cfg.loss
-    return GeometryAlignmentLoss(model.hidden_dim, teacher.feature_dim, num_targets=getattr(teacher, "num_layers", 1),
+    return GeometryAlignmentLoss(int(hidden_dim), teacher.feature_dim, num_targets=getattr(teacher, "num_layers", 1),
                                  projector_dim=loss_cfg.projector_dim, head_dim=loss_cfg.head_dim,
                                  lambda_angular=loss_cfg.lambda_angular, lambda_scale=loss_cfg.lambda_scale,
                                  impl=loss_cfg.impl)
@@ -93,19 +116,76 @@ def alignment_start(cfg: DictConfig) -> int:
 def model_config(cfg: DictConfig) -> dict:
     """The model node, with sizes the data decides (image size, camera / action conditioning)."""
     node = OmegaConf.to_container(cfg.model, resolve=True)
-    node.setdefault("image_size", list(cfg.data.resolution))
+    if model_arch(node) == "dit":
+        node.setdefault("image_size", list(cfg.data.resolution))
+    else:
+        resolution = list(cfg.data.resolution)
+        if resolution[0] != resolution[1] or node.get("resolution") != resolution[0]:
+            raise ValueError(f"model.arch=dfot takes square frames of model.resolution={node.get('resolution')}, "
+                             f"the data gives {resolution}")
+        if node.get("frames") != int(cfg.train.num_frames):
+            raise ValueError(f"model.frames={node.get('frames')} must equal train.num_frames={cfg.train.num_frames} "
+                             f"(UViT3DPose takes clips of exactly its frame count)")
     return node
+
+
+OBJECTIVES = {"flow": "dit", "dfot": "dfot"}  # train.objective -> the model.arch it trains
+
+
+def train_objective(cfg: DictConfig) -> str:
+    name = cfg.train.get("objective", "flow")
+    if name not in OBJECTIVES:
+        raise ValueError(f"train.objective must be one of {sorted(OBJECTIVES)}, got {name!r}")
+    arch = model_arch(cfg.model)
+    if OBJECTIVES[name] != arch:
+        raise ValueError(f"train.objective={name} trains model.arch={OBJECTIVES[name]} models, the model is {arch} "
+                         f"(model=dfot_re10k / dfot_tiny go with train.objective=dfot)")
+    return name
+
+
+def grad_accum(cfg: DictConfig) -> int:
+    value = cfg.train.get("grad_accum", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"train.grad_accum must be an int >= 1, got {value!r}")
+    return value
 
 
 def build_training(cfg: DictConfig, device: torch.device):
     """(model, objective, teacher): the model is built first from cfg.seed, so baseline and GF
     runs start from the same weights; the projector/head come from a separate seed."""
+    name = train_objective(cfg)
+    node = model_config(cfg)
     torch.manual_seed(cfg.seed)
-    model = build_model(model_config(cfg)).to(device)
-    teacher = build_teacher(cfg.teacher, model.config.grid, str(device))
+    model = build_train_model(node).to(device)
+    hidden_dim, grid = alignment_geometry(model, node)
+    teacher = build_teacher(cfg.teacher, grid, str(device))
     torch.manual_seed(cfg.seed + 1)
-    objective = GFObjective(build_alignment(cfg, model, teacher), cfg.train.get("loss_space", "v")).to(device)
+    alignment = build_alignment(cfg, hidden_dim, teacher)
+    if name == "dfot":
+        from gfcore.models.dfot import DFoTDiffusion
+        from gfcore.train.dfot import DFoTObjective
+
+        objective = DFoTObjective(DFoTDiffusion(**dict(node.get("diffusion") or {})), alignment,
+                                  latent_index(model, node), node.get("input_norm", "dfot")).to(device)
+    else:
+        objective = GFObjective(alignment, cfg.train.get("loss_space", "v")).to(device)
     return model, objective, teacher
+
+
+def draw_step_noise(cfg: DictConfig, module: "TrainModule", shape, generator: torch.Generator) -> NoiseDraw:
+    """Everything random about one optimizer step's global batch (shape [N * batch_size, T, C, H, W])."""
+    if train_objective(cfg) == "dfot":
+        from gfcore.train.dfot import draw_dfot_noise
+
+        return draw_dfot_noise(shape, generator, module.objective.diffusion,
+                               float(module.model.external_cond_embedding.dropout))
+    return draw_noise(shape, generator, cfg.train.context_prob, cfg.train.max_context, cfg.train.cond_drop_prob,
+                      cfg.train.get("noise_mode", "independent"), float(cfg.train.get("t_shift", 1.0)))
+
+
+def slice_batch(batch: Dict, start: int, stop: int) -> Dict:
+    """Samples start:stop of a batch (tensors along dim 0, lists such as the clip keys)."""
+    return {k: (v[start:stop] if isinstance(v, (torch.Tensor, list, tuple)) else v) for k, v in batch.items()}
 
 
 class JsonlLog:
@@ -185,7 +265,7 @@ def _wrap(module: TrainModule, cfg: DictConfig, info: DistInfo, device: torch.de
 
         policy = fsdp_mixed_precision(cfg, device)
         kwargs = {} if policy is None else {"mp_policy": policy}
-        for block in module.model.blocks:
+        for block in getattr(module.model, "blocks", []):  # a UViT3DPose is sharded as one unit
             fully_shard(block, **kwargs)
         return fully_shard(module, **kwargs)
     raise ValueError(f"train.strategy must be 'ddp' or 'fsdp', got {strategy!r}")
@@ -240,7 +320,11 @@ def configure_model(model: VideoDiT, cfg: DictConfig) -> VideoDiT:
     forward (the default inductor backend; a string names another backend, e.g. aot_eager);
     the objective and the alignment loss stay eager.
     """
-    model.activation_checkpointing = bool(cfg.train.get("activation_checkpointing", False))
+    if hasattr(model, "use_checkpointing"):  # UViT3DPose: per-level recompute; true turns on every level
+        if cfg.train.get("activation_checkpointing", False):
+            model.use_checkpointing = [True] * model.num_levels
+    else:
+        model.activation_checkpointing = bool(cfg.train.get("activation_checkpointing", False))
     backend = cfg.train.get("compile", False)
     if backend not in (None, False, "none", "false"):
         model.compile(**({} if backend is True else {"backend": str(backend)}))
@@ -316,7 +400,7 @@ class SampleVideos:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             if self.model is None:
-                self.model = build_model(model_config(cfg))
+                self.model = build_train_model(model_config(cfg))
             if sample.get("use_ema", True):
                 ema.copy_to(self.model)  # gathers FSDP shards: every rank takes part
             else:
@@ -365,10 +449,22 @@ def train(cfg: DictConfig) -> Dict:
     device = resolve_device(cfg.train.device, info)
     logger_names = check_loggers(cfg.train.get("loggers", ["jsonl"]))  # before the run folder is touched
     align_start_step = alignment_start(cfg)
+    accum = grad_accum(cfg)
+    objective_name = train_objective(cfg)
+    if objective_name == "dfot" and _sample_every(cfg):
+        raise ValueError("train.sample_every is not supported with train.objective=dfot yet (DDIM sampling of the "
+                         "DFoT backbone is gfcore.sample.ddim, not wired into the trainer): set train.sample_every=null")
+    if cfg.train.batch_size % info.world_size:
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} must be divisible by the world size {info.world_size}")
+    init_from = cfg.train.get("init_from") or None
     out_dir = os.path.expanduser(cfg.out_dir)
     ckpt_dir = os.path.join(out_dir, "checkpoints")
     events = []  # written to log.jsonl once it is open
     resume = cfg.train.resume
+    if init_from is not None and resume not in (None, "none", False, "auto"):
+        raise ResumeError(f"train.init_from={init_from!r} and train.resume={resume!r} both name the weights to start "
+                          f"from: keep one (init_from: a new run from those weights, fresh optimizer; resume: the "
+                          f"run of that checkpoint, continued)")
     if resume in (None, "none", False) and info.is_main:
         archived = archive_previous_run(out_dir)
         if archived is not None:
@@ -378,11 +474,26 @@ def train(cfg: DictConfig) -> Dict:
     # Found and checked before anything in the run folder is written: a refused resume changes nothing.
     found, unreadable = find_checkpoint(resume, ckpt_dir)
     changes = {}
+    if found is not None and init_from is not None:
+        before = (found[1].get("config") or {}).get("train", {}).get("init_from")
+        if before != init_from:
+            raise ResumeError(
+                f"train.init_from={init_from!r} but {found[0]} is a checkpoint of a run that "
+                + (f"started from {before!r}" if before else "did not start from init_from")
+                + f" (step {found[1].get('step')}): init_from only starts a run. To continue that run, drop "
+                  f"train.init_from (or give its own); to start a new run from {init_from!r}, use another out_dir "
+                  f"or train.resume=none (the earlier files move to previous/).")
     if found is not None:
         changes = check_config(found[1].get("config"), OmegaConf.to_container(cfg, resolve=True),
                                as_list(cfg.train.get("resume_allow_changes")), found[0])
     model, objective, teacher = build_training(cfg, device)
     module = TrainModule(model, objective)
+    if found is None and init_from is not None:  # weights only, before the EMA copies them and DDP wraps
+        loaded = init_weights(model, model_config(cfg), init_from, bool(cfg.train.get("init_use_ema", True)))
+        if info.is_main:
+            print(f"train.init_from: {loaded} from {init_from}")
+        events.append({"event": "init_from", "step": 0, "time": _utc_now(), "checkpoint": str(init_from),
+                       "loaded": loaded})
     if found is not None:  # weights go into the plain module, before DDP / FSDP wrap it
         load_into(model, found[1]["model"], "model", changes)
         load_into(objective, found[1]["objective"], "alignment projector/head", changes)
@@ -422,13 +533,17 @@ def train(cfg: DictConfig) -> Dict:
     with_depth = teacher is not None and "depth" in teacher.requires
     dataset = build_dataset(cfg.data, with_depth=with_depth, generate_missing=info.is_main)
     barrier(info)
-    batcher = StepBatcher(dataset, cfg.train.num_frames, cfg.train.batch_size, cfg.seed, camera=bool(cfg.data.camera),
+    step_batch = cfg.train.batch_size * accum  # clips per optimizer step
+    batcher = StepBatcher(dataset, cfg.train.num_frames, step_batch, cfg.seed, camera=bool(cfg.data.camera),
                           cache=cfg.data.get("cache_in_memory", True), rank=info.rank, world_size=info.world_size)
-    per_rank = cfg.train.batch_size // info.world_size
-    frame_shape = (cfg.train.batch_size, cfg.train.num_frames, 3, *cfg.data.resolution)
+    per_rank = step_batch // info.world_size
+    micro = per_rank // accum  # this rank's clips per micro-batch
+    frame_shape = (step_batch, cfg.train.num_frames, 3, *cfg.data.resolution)
     autocast_dtype = _precision(cfg, device)
     align_params = sum(p.numel() for p in objective.parameters() if p.dim() == 2)
-    step_flops = 3 * forward_flops(model, cfg.train.batch_size, cfg.train.num_frames, align_params)
+    # model FLOPs: VideoDiT's formula (gfcore.train.flops); none yet for the DFoT U-ViT (no MFU logged)
+    step_flops = (3 * forward_flops(model, step_batch, cfg.train.num_frames, align_params)
+                  if isinstance(model, VideoDiT) else None)
     peak = peak_flops(device, cfg.train.get("peak_tflops"))
     label = TEACHER_LABELS[cfg.teacher.name]
     log = JsonlLog(os.path.join(out_dir, "log.jsonl"), start_step, info.is_main and "jsonl" in logger_names)
@@ -458,21 +573,33 @@ def train(cfg: DictConfig) -> Dict:
                 batch = (batch_to_device(prefetcher.get(step), device, pin=True) if prefetcher is not None
                          else batcher.batch(step, device))
                 generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 7_919)
-                noise = draw_noise(frame_shape, generator, cfg.train.context_prob, cfg.train.max_context,
-                                   cfg.train.cond_drop_prob, cfg.train.get("noise_mode", "independent"),
-                                   float(cfg.train.get("t_shift", 1.0))).slice(info.rank * per_rank, (info.rank + 1) * per_rank)
+                step_noise = draw_step_noise(cfg, module, frame_shape, generator).slice(
+                    info.rank * per_rank, (info.rank + 1) * per_rank)
+            cached_features = batch.pop(CachedTargetsBatcher.KEY, None)
+            summed: Dict[str, torch.Tensor] = {}
+            for part in range(accum):  # micro-batches; accum == 1: the whole batch, as before
+                lo, hi = part * micro, (part + 1) * micro
+                part_batch = batch if accum == 1 else slice_batch(batch, lo, hi)
+                noise = step_noise if accum == 1 else step_noise.slice(lo, hi)
                 noise.t, noise.eps = noise.t.to(device), noise.eps.to(device)
                 noise.context, noise.drop_cond = noise.context.to(device), noise.drop_cond.to(device)
-            with nvtx_range("train.teacher"):
-                features = (batch.pop(CachedTargetsBatcher.KEY) if CachedTargetsBatcher.KEY in batch
-                            else teacher(batch) if teacher is not None else None)
-            with nvtx_range("train.forward"):
-                autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
-                            else nullcontext())
-                with autocast:
-                    terms = wrapped(batch, noise, features, 0.0 if step < align_start_step else 1.0)
-            with nvtx_range("train.backward"):
-                terms["loss"].backward()
+                with nvtx_range("train.teacher"):
+                    features = (cached_features[lo:hi] if cached_features is not None and accum > 1
+                                else cached_features if cached_features is not None
+                                else teacher(part_batch) if teacher is not None else None)
+                # DDP: gradients all-reduced on the last micro-batch only
+                sync = (wrapped.no_sync() if part < accum - 1 and hasattr(wrapped, "no_sync") else nullcontext())
+                with sync:
+                    with nvtx_range("train.forward"):
+                        autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                                    else nullcontext())
+                        with autocast:
+                            terms = wrapped(part_batch, noise, features, 0.0 if step < align_start_step else 1.0)
+                    with nvtx_range("train.backward"):
+                        (terms["loss"] / accum).backward()
+                for key, value in terms.items():  # logged: the mean over the micro-batches
+                    summed[key] = summed[key] + value.detach() / accum if key in summed else value.detach() / accum
+            terms = summed
             with nvtx_range("train.optimizer"):
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip if cfg.train.grad_clip else float("inf"))
                 optimizer.step()
@@ -485,9 +612,10 @@ def train(cfg: DictConfig) -> Dict:
                 logged = mean_across_ranks(terms, info)
                 elapsed = time.perf_counter() - window_start
                 record = {"step": done, **logged, "grad_norm": float(full_tensor(grad_norm)), "lr": scheduler.get_last_lr()[0],
-                          "samples_per_s": window_steps * cfg.train.batch_size / elapsed,
-                          "achieved_tflops": window_steps * step_flops / elapsed / 1e12,
-                          "mfu": (window_steps * step_flops / elapsed / peak) if peak else None, "teacher": label}
+                          "samples_per_s": window_steps * step_batch / elapsed,
+                          "achieved_tflops": window_steps * step_flops / elapsed / 1e12 if step_flops else None,
+                          "mfu": (window_steps * step_flops / elapsed / peak) if peak and step_flops else None,
+                          "teacher": label}
                 loggers.metrics(done, record)
                 last_terms = record
                 window_start, window_steps = time.perf_counter(), 0
@@ -518,7 +646,7 @@ def train(cfg: DictConfig) -> Dict:
 
     summary = {"steps": cfg.train.steps, "resumed_from": start_step, "teacher": label, "final": last_terms,
                "step_flops": step_flops, "out_dir": out_dir}
-    ema_model = build_model(model_config(cfg))
+    ema_model = build_train_model(model_config(cfg))
     ema.copy_to(ema_model)  # gathers FSDP shards: every rank takes part
     final_weights = _full_state_dict(model)
     if info.is_main:
