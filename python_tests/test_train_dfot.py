@@ -1,0 +1,363 @@
+"""The DFoT backbone (UViT3DPose) and diffusion in the trainer: model=dfot_re10k / dfot_tiny,
+train.objective=dfot with Geometry Forcing on a backbone latent, train.grad_accum,
+train.init_from, experiment=re10k_gf_finetune, and exact resume of a DFoT run."""
+import json
+import os
+
+import pytest
+import torch
+
+from gfcore.io.checkpoint_file import read_checkpoint
+from gfcore.models.dfot import RE10K, CheckpointError, UViT3DPose, camera_rays
+from gfcore.train import load_config, train
+from gfcore.train.trainer import CrashForTesting
+from gfcore.train.resume import ResumeError
+from trainer_helpers import one_torch_thread, tiny_data_root  # noqa: F401  (fixtures)
+
+NO_DROPOUT = ["model.block_dropouts=[0.0,0.0,0.0,0.0]"]
+
+
+def dfot_overrides(data_root: str, out_dir: str, *extra: str) -> list:
+    """dfot_tiny on the 16 px built-in scenes: 4-frame clips, batch 2, GF with the oracle pointmap teacher."""
+    return ["model=dfot_tiny", "train.objective=dfot", "teacher=pointmap", f"data.root={data_root}", "data.num_clips=4",
+            "data.clip_frames=8", "data.resolution=[16,16]", "train.batch_size=2", "train.num_frames=4",
+            "train.steps=6", "train.ckpt_every=2", "train.log_every=1", "train.warmup_steps=2", "train.progress=false",
+            "train.device=cpu", "loss.projector_dim=32", "loss.head_dim=16", f"out_dir={out_dir}", *extra]
+
+
+def _log(out_dir):
+    with open(os.path.join(out_dir, "log.jsonl")) as handle:
+        return [r for r in (json.loads(line) for line in handle) if "event" not in r]
+
+
+def _events(out_dir):
+    with open(os.path.join(out_dir, "log.jsonl")) as handle:
+        return [r for r in (json.loads(line) for line in handle) if "event" in r]
+
+
+def _final(out_dir):
+    return read_checkpoint(os.path.join(out_dir, "final.pt"))
+
+
+def _ckpt(out_dir, step):
+    return read_checkpoint(os.path.join(out_dir, "checkpoints", f"step_{step:08d}.pt"))
+
+
+def _tiny_model(seed: int = 0, **overrides) -> UViT3DPose:
+    """The model dfot_overrides builds (dfot_tiny at 16 px, 4 frames)."""
+    from gfcore.train.models import build_train_model
+    from gfcore.train.trainer import model_config
+
+    cfg = load_config(dfot_overrides("/unused", "/unused", *[f"model.{k}={v}" for k, v in overrides.items()]))
+    torch.manual_seed(seed)
+    return build_train_model(model_config(cfg))
+
+
+# ------------------------------------------------------------------------------------- configs
+
+
+def test_dfot_re10k_config_is_the_re10k_backbone():
+    from gfcore.train.models import alignment_geometry, build_train_model
+    from gfcore.train.trainer import model_config
+
+    cfg = load_config(["model=dfot_re10k", "train.objective=dfot", "data=re10k", "data.root=/x", "train.num_frames=16",
+                       "teacher=none"])
+    node = model_config(cfg)
+    fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in node.items()}
+    for key, value in RE10K.items():
+        assert fields[key] == value, key
+    with torch.device("meta"):
+        model = build_train_model(node)
+    assert sum(p.numel() for p in model.parameters()) == 458_818_051
+    # GF aligns the level-2 down latent: 576 channels on a 32 x 32 grid at 256 px
+    assert alignment_geometry(model, node) == (576, (32, 32))
+
+
+def test_re10k_gf_finetune_is_the_authors_recipe():
+    cfg = load_config(["experiment=re10k_gf_finetune", "train.init_from=/ckpt/DFoT_RE10K.ckpt", "data.root=/x"])
+    t = cfg.train
+    assert (t.objective, t.init_from, t.lr, list(t.betas), t.weight_decay) == (
+        "dfot", "/ckpt/DFoT_RE10K.ckpt", 8e-6, [0.9, 0.99], 0.01)
+    assert (t.batch_size, t.grad_accum, t.ema_decay, t.grad_clip, t.num_frames) == (4, 5, 0.9999, 1.0, 16)
+    assert (cfg.model.arch, cfg.model.align_level, cfg.model.align_path, cfg.teacher.name) == ("dfot", 2, "down", "vggt")
+    assert list(cfg.data.resolution) == [256, 256] and cfg.model.resolution == 256 and cfg.model.frames == 16
+    assert list(cfg.model.channels) == list(RE10K["channels"])
+
+
+def test_bad_combinations_are_refused(tmp_path, tiny_data_root):  # noqa: F811
+    out = str(tmp_path / "run")
+    with pytest.raises(ValueError, match="train.objective=dfot trains model.arch=dfot"):
+        train(load_config(dfot_overrides(tiny_data_root, out, "model=tiny")))
+    with pytest.raises(ValueError, match="train.objective=flow trains model.arch=dit"):
+        train(load_config(dfot_overrides(tiny_data_root, out, "train.objective=flow")))
+    with pytest.raises(ValueError, match="model.frames=8 must equal train.num_frames=4"):
+        train(load_config(dfot_overrides(tiny_data_root, out, "model.frames=8")))
+    with pytest.raises(ValueError, match="train.grad_accum"):
+        train(load_config(dfot_overrides(tiny_data_root, out, "train.grad_accum=0")))
+    with pytest.raises(ValueError, match="sample_every"):
+        train(load_config(dfot_overrides(tiny_data_root, out, "train.sample_every=2")))
+    with pytest.raises(ValueError, match="align_level=3 with align_path=down"):
+        train(load_config(dfot_overrides(tiny_data_root, out, "model.align_level=3")))
+    assert not os.path.exists(os.path.join(out, "final.pt"))
+
+
+def test_latent_index_and_shapes_follow_return_latents():
+    from gfcore.train.models import latent_index, latent_shape
+
+    model = _tiny_model()
+    x = torch.randn(1, 4, 3, 16, 16)
+    _, latents = model(x, torch.zeros(1, 4), torch.zeros(1, 4, 180, 16, 16), return_latents=True)
+    cases = [("down", 0, 0), ("down", 1, 1), ("down", 2, 2), ("mid", 3, 3), ("up", 2, 4), ("up", 1, 5), ("up", 0, 6)]
+    for path, level, index in cases:
+        node = {"align_level": level, "align_path": path}
+        assert latent_index(model, node) == index
+        channels, grid = latent_shape(model, node)
+        assert list(latents[index].shape) == [1, 4, channels, *grid], (path, level)
+    for bad in ({"align_level": 3, "align_path": "down"}, {"align_level": 2, "align_path": "mid"},
+                {"align_level": 0, "align_path": "sideways"}):
+        with pytest.raises(ValueError):
+            latent_index(model, bad)
+
+
+# -------------------------------------------------------------------------------- poses, objective
+
+
+def test_cameras_to_dfot_poses_convention(tiny_data_root):  # noqa: F811
+    """The batch's pixel K and c2w become DFoT's 16-D rows (fx/W, fy/H, cx/W, cy/H, w2c [R|t] row
+    by row): they map back through dfot_poses_to_cameras, and DFoT's rays of those rows are the
+    batch's own Pluecker rays (unit direction, moment o x d)."""
+    from gfcore.data.geometry import cameras_to_dfot_poses, dfot_poses_to_cameras
+    from gfcore.train.data import StepBatcher, build_dataset
+
+    cfg = load_config(dfot_overrides(tiny_data_root, "/unused"))
+    batch = StepBatcher(build_dataset(cfg.data, with_depth=False), 4, 2, 0, camera=True).batch(0)
+    K, c2w = batch["intrinsics"].double(), batch["c2w"].double()
+    pose = cameras_to_dfot_poses(K, c2w, 16, 16)
+    assert pose.shape == (2, 4, 16)
+    K_back, w2c_back, c2w_back = dfot_poses_to_cameras(pose, 16, 16)
+    assert torch.allclose(K_back, K, atol=1e-12) and torch.allclose(c2w_back, c2w, atol=1e-12)
+    # float32 rotations are orthonormal to ~1e-8: the transpose inverts them to that
+    assert torch.allclose(w2c_back @ c2w, torch.eye(4, dtype=torch.float64).expand_as(c2w), atol=1e-6)
+    assert torch.allclose(pose[..., :4], torch.stack([K[..., 0, 0] / 16, K[..., 1, 1] / 16, K[..., 0, 2] / 16,
+                                                      K[..., 1, 2] / 16], -1))
+    origins, directions = camera_rays(pose, 16, 16)  # [B, T, H, W, 3], first frame's camera = world
+    unit = torch.nn.functional.normalize(directions, dim=-1).permute(0, 1, 4, 2, 3)
+    rays = batch["rays"].double()  # c2w already relative to the window's first frame
+    assert torch.allclose(unit, rays[:, :, :3], atol=1e-5)
+    moment = torch.cross(origins, torch.nn.functional.normalize(directions, dim=-1), dim=-1).permute(0, 1, 4, 2, 3)
+    assert torch.allclose(moment, rays[:, :, 3:], atol=1e-5)
+
+
+def test_objective_is_dfot_loss_plus_alignment_on_the_level2_down_latent(tiny_data_root):  # noqa: F811
+    """DFoTObjective's terms, recomputed by hand: DFoT's loss of the normalised frames with the
+    ray map of the batch's poses, and GF's alignment of latents[2] (the level-2 down blocks' output)
+    as [B, T, h*w, C] tokens."""
+    from gfcore.data.dfot_re10k import normalize
+    from gfcore.data.geometry import cameras_to_dfot_poses
+    from gfcore.models.dfot import ray_encoding
+    from gfcore.train.data import StepBatcher, build_dataset
+    from gfcore.train.trainer import build_training, draw_step_noise, TrainModule
+
+    cfg = load_config(dfot_overrides(tiny_data_root, "/unused", *NO_DROPOUT))
+    model, objective, teacher = build_training(cfg, torch.device("cpu"))
+    batch = StepBatcher(build_dataset(cfg.data, with_depth=True), 4, 2, 0, camera=True).batch(0)
+    noise = draw_step_noise(cfg, TrainModule(model, objective), (2, 4, 3, 16, 16), torch.Generator().manual_seed(3))
+    assert not noise.context.any() and (noise.t > 0).all() and (noise.t < 1).all()
+    features = teacher(batch)
+    assert features.shape[:3] == (2, 4, 4)  # the pointmap teacher on the latent's 2 x 2 grid
+    terms = objective(model, batch, noise, features)
+
+    x0 = normalize((batch["frames"] + 1) / 2)
+    cond = ray_encoding(cameras_to_dfot_poses(batch["intrinsics"], batch["c2w"], 16, 16), 16, 16)
+    d = objective.diffusion
+    logsnr = d.logsnr(noise.t)
+    alpha, sigma = (a[..., None, None, None] for a in d.alpha_sigma(logsnr))
+    x_t = alpha * x0 + sigma * noise.eps
+    v, latents = model(x_t, d.noise_levels(logsnr), cond, external_cond_mask=noise.drop_cond, return_latents=True)
+    eps_hat = alpha * v + sigma * x_t
+    diffusion = (d.loss_weight(logsnr)[..., None, None, None] * (eps_hat - noise.eps) ** 2).mean()
+    assert torch.allclose(terms["diffusion"], diffusion, rtol=1e-5, atol=1e-7)
+    hidden = latents[2].permute(0, 1, 3, 4, 2).reshape(2, 4, 4, 48)
+    aligned = objective.alignment(hidden, features)
+    assert torch.allclose(terms["alignment"], aligned.loss, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(terms["loss"], diffusion + aligned.loss, rtol=1e-5, atol=1e-7)
+    # another latent of the same shape (the level-2 up blocks) gives another value
+    other = objective.alignment(latents[4].permute(0, 1, 3, 4, 2).reshape(2, 4, 4, 48), features)
+    assert not torch.allclose(other.loss, aligned.loss)
+
+
+# ---------------------------------------------------------------------------------- training
+
+
+def test_dfot_tiny_trains_20_steps_with_gf(tmp_path, tiny_data_root):  # noqa: F811
+    out = str(tmp_path / "run")
+    summary = train(load_config(dfot_overrides(tiny_data_root, out, "train.steps=20", "train.ckpt_every=10",
+                                               "train.lr=1e-3")))
+    log = _log(out)
+    assert [r["step"] for r in log] == list(range(1, 21))
+    for record in log:
+        for key in ("loss", "diffusion", "alignment", "angular", "scale", "cosine", "grad_norm"):
+            assert record[key] is not None and torch.isfinite(torch.tensor(record[key])), (key, record)
+        assert record["loss"] == pytest.approx(record["diffusion"] + record["alignment"], rel=1e-5)
+        assert record["alignment"] != 0.0
+    assert summary["teacher"] == "oracle pointmap teacher" and log[-1]["teacher"] == "oracle pointmap teacher"
+    # the alignment trains: the mean cosine of the last steps beats the first steps'
+    assert sum(r["cosine"] for r in log[-5:]) > sum(r["cosine"] for r in log[:5])
+    final = _final(out)
+    assert final["model_config"]["arch"] == "dfot" and set(final["model"]) == set(final["ema"])
+    assert set(_ckpt(out, 20)["objective"]) and all(k.startswith("alignment.") for k in _ckpt(out, 20)["objective"])
+
+
+def test_grad_accum_equals_one_step_on_the_doubled_batch(tmp_path, tiny_data_root):  # noqa: F811
+    """grad_accum=2 with batch 2 takes the same 4 clips, noise and pose drops per optimizer step as
+    batch 4: the logged losses and gradient norms and the weights agree to float rounding; the
+    log and the optimizer count optimizer steps."""
+    extra = (*NO_DROPOUT, "train.steps=3", "train.ckpt_every=3")
+    accum, doubled = str(tmp_path / "accum"), str(tmp_path / "doubled")
+    train(load_config(dfot_overrides(tiny_data_root, accum, *extra, "train.grad_accum=2")))
+    train(load_config(dfot_overrides(tiny_data_root, doubled, *extra, "train.batch_size=4")))
+    log_a, log_b = _log(accum), _log(doubled)
+    assert [r["step"] for r in log_a] == [r["step"] for r in log_b] == [1, 2, 3]
+    for a, b in zip(log_a, log_b):
+        for key in ("loss", "diffusion", "alignment", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), key
+    a, b = _final(accum), _final(doubled)
+    for key in a["model"]:
+        assert torch.allclose(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6), key
+    state = _ckpt(accum, 3)
+    assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {3}
+    assert state["scheduler"]["last_epoch"] == 3
+
+
+def test_killed_dfot_run_resumes_bit_identical(tmp_path, tiny_data_root):  # noqa: F811
+    """GF on dfot_tiny with grad_accum=2 and the transformer levels' dropout on (global RNG):
+    killed after step 3, resumed from step 2, it ends bit-identical to a run never stopped."""
+    extra = ("train.grad_accum=2",)
+    straight, interrupted = str(tmp_path / "straight"), str(tmp_path / "interrupted")
+    train(load_config(dfot_overrides(tiny_data_root, straight, *extra)))
+    with pytest.raises(CrashForTesting):
+        train(load_config(dfot_overrides(tiny_data_root, interrupted, *extra, "train.crash_after_step=3")))
+    assert not os.path.exists(os.path.join(interrupted, "final.pt"))
+    assert train(load_config(dfot_overrides(tiny_data_root, interrupted, *extra)))["resumed_from"] == 2
+    a, b = _final(straight), _final(interrupted)
+    for part in ("model", "ema"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after resume"
+    ca, cb = _ckpt(straight, 6), _ckpt(interrupted, 6)
+    for key, value in ca["objective"].items():
+        assert torch.equal(value, cb["objective"][key])
+    for key, value in ca["optimizer"]["state"].items():
+        assert torch.equal(value["exp_avg_sq"], cb["optimizer"]["state"][key]["exp_avg_sq"])
+    log_a, log_b = _log(straight), _log(interrupted)
+    assert [r["step"] for r in log_b] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
+
+
+def test_resume_refuses_a_changed_grad_accum(tmp_path, tiny_data_root):  # noqa: F811
+    out = str(tmp_path / "run")
+    with pytest.raises(CrashForTesting):
+        train(load_config(dfot_overrides(tiny_data_root, out, "train.crash_after_step=2")))
+    with pytest.raises(ResumeError, match="train.grad_accum"):
+        train(load_config(dfot_overrides(tiny_data_root, out, "train.grad_accum=2")))
+
+
+# ---------------------------------------------------------------------------------- init_from
+
+
+def _lightning_file(path, model, ema_offset=None):
+    """A DFoT release-like Lightning checkpoint of `model` (and an EMA list = weights + offset)."""
+    state = {f"diffusion_model.model.{k}": v.clone() for k, v in model.state_dict().items()}
+    state["diffusion_model.alignment_projector.weight"] = torch.zeros(2, 2)  # other modules' keys are left out
+    content = {"state_dict": state, "epoch": 3, "global_step": 1234}
+    if ema_offset is not None:
+        content["optimizer_states"] = [{"ema": [p.detach() + ema_offset for p in model.parameters()],
+                                        "state": {0: {"step": torch.tensor(1234.0)}}}]
+    torch.save(content, path)
+    return str(path)
+
+
+def test_init_from_a_dfot_release_loads_its_weights_with_a_fresh_optimizer(tmp_path, tiny_data_root):  # noqa: F811
+    """lr 0 for one step: the trained model, the EMA and final.pt hold exactly the file's weights
+    (its EMA weights with init_use_ema); the optimizer starts at step 1 (the file's 1234 is not
+    read); the run's own build (seed 0) differs from the file's (seed 7)."""
+    released = _tiny_model(seed=7)
+    path = _lightning_file(tmp_path / "dfot.ckpt", released, ema_offset=0.5)
+    frozen = ("train.lr=0.0", "train.steps=1", "train.ckpt_every=1")
+    for use_ema, offset in (("false", 0.0), ("true", 0.5)):
+        out = str(tmp_path / f"ema_{use_ema}")
+        train(load_config(dfot_overrides(tiny_data_root, out, *frozen, f"train.init_from={path}",
+                                         f"train.init_use_ema={use_ema}")))
+        final = _final(out)
+        params = dict(released.named_parameters())
+        for key, value in released.state_dict().items():
+            expected = value + offset if key in params else value
+            assert torch.equal(final["model"][key], expected), key
+            assert torch.equal(final["ema"][key], expected), key
+        state = _ckpt(out, 1)
+        assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {1}
+        assert [e["event"] for e in _events(out)] == ["init_from"]
+    fresh = _tiny_model(seed=0)  # what the run builds before init_from
+    assert any(not torch.equal(p, q) for p, q in zip(fresh.parameters(), released.parameters()))
+
+
+def test_init_from_a_gfcore_checkpoint_takes_weights_not_optimizer(tmp_path, tiny_data_root):  # noqa: F811
+    """Starting from another run's step_2.pt: its model weights, but step 1 of a fresh AdamW and a
+    fresh lr schedule (warmup from its start), not the file's optimizer / scheduler / step."""
+    first = str(tmp_path / "first")
+    train(load_config(dfot_overrides(tiny_data_root, first, "train.steps=2", "teacher=none")))
+    source = os.path.join(first, "checkpoints", "step_00000002.pt")
+    out = str(tmp_path / "second")
+    summary = train(load_config(dfot_overrides(tiny_data_root, out, "train.steps=1", "train.ckpt_every=1",
+                                               "train.lr=0.0", "teacher=none", f"train.init_from={source}",
+                                               "train.init_use_ema=false")))
+    assert summary["resumed_from"] == 0
+    loaded = read_checkpoint(source)
+    final = _final(out)
+    for key, value in loaded["model"].items():
+        assert torch.equal(final["model"][key], value), key
+    state = _ckpt(out, 1)
+    assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {1}
+    assert state["scheduler"]["last_epoch"] == 1 and _log(out)[0]["step"] == 1
+    # init_use_ema (the default): the file's EMA shadow
+    out_ema = str(tmp_path / "third")
+    train(load_config(dfot_overrides(tiny_data_root, out_ema, "train.steps=1", "train.lr=0.0", "teacher=none",
+                                     f"train.init_from={source}")))
+    for key, value in loaded["ema"]["shadow"].items():
+        assert torch.equal(_final(out_ema)["model"][key], value), key
+
+
+def test_init_from_refuses_a_mismatched_checkpoint(tmp_path, tiny_data_root):  # noqa: F811
+    other = _tiny_model(seed=0, channels="[32,32,48,96]")
+    path = _lightning_file(tmp_path / "other.ckpt", other)
+    out = str(tmp_path / "run")
+    with pytest.raises(CheckpointError, match="mis-shaped keys"):
+        train(load_config(dfot_overrides(tiny_data_root, out, f"train.init_from={path}")))
+    assert not os.path.exists(os.path.join(out, "checkpoints"))
+    with pytest.raises(CheckpointError, match="no such file"):
+        train(load_config(dfot_overrides(tiny_data_root, out, f"train.init_from={tmp_path}/missing.ckpt")))
+
+
+def test_init_from_and_resume(tmp_path, tiny_data_root):  # noqa: F811
+    """init_from starts a run only: refused with train.resume=PATH and in a folder holding
+    checkpoints of a run that did not start from it; the same init_from run killed and relaunched
+    with the same command resumes (the file is not read again) and ends as one never stopped."""
+    path = _lightning_file(tmp_path / "dfot.ckpt", _tiny_model(seed=7))
+    init = (f"train.init_from={path}", "teacher=none", "train.steps=4")
+    plain = str(tmp_path / "plain")
+    train(load_config(dfot_overrides(tiny_data_root, plain, "teacher=none", "train.steps=2")))
+    with pytest.raises(ResumeError, match="did not start from init_from"):
+        train(load_config(dfot_overrides(tiny_data_root, plain, *init)))
+    with pytest.raises(ResumeError, match="both name the weights"):
+        train(load_config(dfot_overrides(tiny_data_root, str(tmp_path / "x"), *init,
+                                         f"train.resume={plain}/checkpoints/step_00000002.pt")))
+
+    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+    train(load_config(dfot_overrides(tiny_data_root, straight, *init)))
+    with pytest.raises(CrashForTesting):
+        train(load_config(dfot_overrides(tiny_data_root, killed, *init, "train.crash_after_step=3")))
+    os.rename(path, path + ".moved")  # a resume does not read init_from again
+    assert train(load_config(dfot_overrides(tiny_data_root, killed, *init)))["resumed_from"] == 2
+    a, b = _final(straight), _final(killed)
+    for part in ("model", "ema"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key}"
