@@ -93,9 +93,13 @@ def resolve_device(name: str, info: Optional[DistInfo] = None) -> torch.device:
     return torch.device(name)
 
 
-def build_alignment(cfg: DictConfig, hidden_dim: int, teacher) -> Optional[GeometryAlignmentLoss]:
+def build_alignment(cfg: DictConfig, hidden_dim, teacher) -> Optional[GeometryAlignmentLoss]:
+    """The alignment loss for an aligned hidden state of width hidden_dim (an int, or a VideoDiT:
+    its hidden_dim); None without a teacher."""
     if teacher is None:
         return None
+    if not isinstance(hidden_dim, int):
+        hidden_dim = hidden_dim.hidden_dim
     loss_cfg = cfg.loss
     return GeometryAlignmentLoss(int(hidden_dim), teacher.feature_dim, num_targets=getattr(teacher, "num_layers", 1),
                                  projector_dim=loss_cfg.projector_dim, head_dim=loss_cfg.head_dim,
