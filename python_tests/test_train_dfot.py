@@ -361,3 +361,20 @@ def test_init_from_and_resume(tmp_path, tiny_data_root):  # noqa: F811
     for part in ("model", "ema"):
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), f"{part}.{key}"
+
+
+def test_two_gloo_ranks_with_grad_accum_match_one_process(tmp_path, tiny_data_root):  # noqa: F811
+    """DDP: each rank splits its half of the step's 8 clips in 2 micro-batches (gradients synced
+    on the last one only) and ends as one process with grad_accum=2 on the same 8 clips."""
+    import torch.multiprocessing as mp
+
+    from trainer_helpers import ddp_worker, free_port
+
+    extra = (*NO_DROPOUT, "train.steps=2", "train.ckpt_every=2", "train.batch_size=4", "train.grad_accum=2")
+    single, double = str(tmp_path / "single"), str(tmp_path / "ddp")
+    train(load_config(dfot_overrides(tiny_data_root, single, *extra)))
+    mp.spawn(ddp_worker, args=(2, free_port(), dfot_overrides(tiny_data_root, double, *extra)), nprocs=2, join=True)
+    a, b = _final(single)["model"], _final(double)["model"]
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=2e-6, rtol=1e-5, msg=lambda m: f"{key}: {m}")
+    assert [r["loss"] for r in _log(single)] == pytest.approx([r["loss"] for r in _log(double)], rel=1e-5)
