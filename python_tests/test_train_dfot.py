@@ -82,6 +82,9 @@ def test_re10k_gf_finetune_is_the_authors_recipe():
     assert (cfg.model.arch, cfg.model.align_level, cfg.model.align_path, cfg.teacher.name) == ("dfot", 2, "down", "vggt")
     assert list(cfg.data.resolution) == [256, 256] and cfg.model.resolution == 256 and cfg.model.frames == 16
     assert list(cfg.model.channels) == list(RE10K["channels"])
+    # without the checkpoint the recipe does not silently train from scratch
+    with pytest.raises(ValueError, match="train.init_from is required"):
+        train(load_config(["experiment=re10k_gf_finetune", "data.root=/x", "train.device=cpu"]))
 
 
 def test_bad_combinations_are_refused(tmp_path, tiny_data_root):  # noqa: F811

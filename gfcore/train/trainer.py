@@ -460,6 +460,10 @@ def train(cfg: DictConfig) -> Dict:
                          "DFoT backbone is gfcore.sample.ddim, not wired into the trainer): set train.sample_every=null")
     if cfg.train.batch_size % info.world_size:
         raise ValueError(f"train.batch_size={cfg.train.batch_size} must be divisible by the world size {info.world_size}")
+    # "required": set by configs that start from a checkpoint (a ??? would not override the default null)
+    if OmegaConf.is_missing(cfg.train, "init_from") or cfg.train.get("init_from") == "required":
+        raise ValueError("train.init_from is required by this config (e.g. experiment=re10k_gf_finetune starts from "
+                         "the released DFoT checkpoint): give train.init_from=PATH")
     init_from = cfg.train.get("init_from") or None
     out_dir = os.path.expanduser(cfg.out_dir)
     ckpt_dir = os.path.join(out_dir, "checkpoints")
