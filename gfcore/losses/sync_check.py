@@ -51,10 +51,11 @@ def parameters_synchronized(module: nn.Module) -> bool:
 _INTERNAL_DIRS = tuple(os.path.dirname(m.__file__) + os.sep for m in (torch, sys.modules[__name__.split(".")[0]]))
 
 
-def _caller_stacklevel() -> int:
-    """The stacklevel, for a warning raised in our caller, of the first frame outside torch and gfcore
-    (nn.Module.__call__ and the loss's forward lie between the user's line and this check)."""
-    frame, level = sys._getframe(2), 2
+def _stacklevel_outside(frame) -> int:
+    """warnings.warn's stacklevel, counted from `frame` (the function that warns: level 1), of the first
+    frame outside torch and gfcore (nn.Module.__call__ and the loss's forward lie between the user's
+    line and the check)."""
+    level = 1
     while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
         frame, level = frame.f_back, level + 1
     return level
@@ -68,4 +69,4 @@ def warn_if_unsynchronized(module: nn.Module) -> None:
             f"parameters (the projector and head) are inside no DistributedDataParallel and are not sharded by "
             f"FSDP, so their gradients are never averaged across ranks and each rank's copy drifts apart. Put the "
             f"loss module inside the DDP/FSDP-wrapped module (or wrap it too); see the README's drop-in section.",
-            UserWarning, stacklevel=_caller_stacklevel())
+            UserWarning, stacklevel=_stacklevel_outside(sys._getframe()))
