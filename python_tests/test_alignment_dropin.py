@@ -463,3 +463,115 @@ def test_list_and_view_messages_in_full():
     with pytest.raises(TypeError, match=r"^mask must be a bool tensor of shape \(2, 5\) \(the token axes of h\), "
                                         r"got list$"):
         single(h, torch.randn(2, 5, 40), [[True] * 5] * 2)
+
+
+def test_constructor_accepts_and_records_what_it_was_given():
+    assert GeometryAlignmentLoss(8).target_dim == 2048  # VGGT's width by default
+    assert GeometryAlignmentLoss(8, [16, 40], projector_dim=8, head_dim=8).target_dim == [16, 40]
+    assert GeometryAlignmentLoss(8, 40, projector_dim=8, head_dim=8).target_dim == 40
+    projectors = nn.ModuleList([nn.Linear(8, 6), nn.Linear(8, 4)])  # a ModuleList is one module per target
+    loss_fn = GeometryAlignmentLoss(target_dim=[6, 4], projector=projectors, lambda_scale=0)
+    assert [p for p, _ in loss_fn.target_modules()] == list(projectors)
+    with pytest.raises(ValueError, match=r"^head must be an nn.Module \(one target\) or a list of 2 nn.Modules, one per "
+                                         r"target; got 1 item\(s\)$"):
+        GeometryAlignmentLoss(8, [6, 4], head=[nn.Linear(6, 6)])
+    with pytest.raises(ValueError, match=r"^chunk_size needs gfcore's own projector and head: projector= or head= "
+                                         r"modules cannot be run in chunks inside the fused chain$"):
+        GeometryAlignmentLoss(8, 6, head=nn.Linear(6, 6), chunk_size=4)
+    for weights in ([float("inf"), 1.0], [-0.5, 1.0]):
+        with pytest.raises(ValueError, match=r"^target_weights must be 2 finite non-negative numbers"):
+            GeometryAlignmentLoss(8, [6, 4], target_weights=weights)
+    zero = GeometryAlignmentLoss(8, [6, 4], projector_dim=8, head_dim=8, target_weights=[1.0, 0.0]).double()
+    h, ys = torch.randn(5, 8, dtype=torch.float64), [torch.randn(5, 6, dtype=torch.float64),
+                                                     torch.randn(5, 4, dtype=torch.float64)]
+    angular, scale = paper_terms(h, ys, zero.projector, zero.head, [1.0, 0.0])  # a zero weight is allowed
+    torch.testing.assert_close(zero(h, ys).angular, angular, rtol=1e-12, atol=1e-14)
+
+
+def test_which_measurements_run_around_the_callers_modules(monkeypatch):
+    """impl='fused' measures with gfcore's kernels (KernelMetrics), 'reference' with PyTorch's; the NVTX
+    range says '.modules'; without kernels for the device, 'fused' refuses and 'auto' takes the reference."""
+    import gfcore.losses.alignment as alignment_module
+    from gfcore.losses import modular_path
+    from gfcore.losses.reference import TorchMetrics
+
+    used = []
+
+    class RecordingKernels(modular_path.KernelMetrics):
+        @staticmethod
+        def normalize_cosine(z, y, eps):
+            used.append("kernels")
+            return modular_path.KernelMetrics.normalize_cosine(z, y, eps)
+
+    ranges = []
+
+    class Recorder:
+        def __init__(self, name):
+            ranges.append(name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(alignment_module, "KernelMetrics", RecordingKernels)
+    monkeypatch.setattr(alignment_module, "nvtx_range", Recorder)
+    projector = repa_mlp(24, 32, 40)
+    h, y = torch.randn(6, 24), torch.randn(6, 40)
+    GeometryAlignmentLoss(target_dim=40, projector=projector, lambda_scale=0, impl="reference")(h, y)
+    assert used == [] and ranges == ["gfcore.alignment_loss.reference.modules"]
+    if alignment_module.fused_available("cpu"):
+        GeometryAlignmentLoss(target_dim=40, projector=projector, lambda_scale=0, impl="fused")(h, y)
+        assert used == ["kernels"] and ranges[-1] == "gfcore.alignment_loss.fused.modules"
+    monkeypatch.setattr(alignment_module, "fused_available", lambda device_type: False)
+    with pytest.raises(RuntimeError, match=r"^impl='fused' but gfcore has no compiled cpu kernels \(gfcore.backends\(\) "
+                                           r"== .*\); use impl='auto' or rebuild the extension$"):
+        GeometryAlignmentLoss(24, 40, impl="fused").resolved_impl(torch.device("cpu"))
+    assert GeometryAlignmentLoss(24, 40, impl="auto").resolved_impl(torch.device("cpu")) == "reference"
+
+
+def test_kernel_metrics_use_the_kernels_for_rows_they_take(monkeypatch):
+    from gfcore.losses import modular_path
+    from gfcore.losses.reference import TorchMetrics
+
+    calls = []
+    monkeypatch.setattr(TorchMetrics, "normalize_cosine", staticmethod(lambda *a: calls.append("torch cos")))
+    monkeypatch.setattr(TorchMetrics, "mse", staticmethod(lambda *a: calls.append("torch mse")))
+    monkeypatch.setattr(modular_path, "fused_row_supported", lambda *a: True)
+    z, y = torch.randn(4, 8), torch.randn(4, 8)
+    modular_path.KernelMetrics.normalize_cosine(z, y, 1e-8)
+    modular_path.KernelMetrics.mse(z, y)
+    assert calls == []
+
+
+@requires_cpu_kernels
+def test_chunked_gradient_scales_stay_float32_for_bf16_h():
+    """bf16 h and weights outside autocast: the chunked path's gradient constants are float32, so one chunk
+    equals the fused path (a constant made in h's dtype would be rounded to 8 bits)."""
+    torch.manual_seed(14)
+    base = GeometryAlignmentLoss(24, 40, projector_dim=32, head_dim=16, impl="fused").bfloat16()
+    h, y = torch.randn(33, 24).bfloat16(), torch.randn(33, 40).bfloat16()
+    results = []
+    for chunk_size in (None, 64):
+        loss_fn = copy.deepcopy(base)
+        loss_fn.chunk_size = chunk_size
+        hh = h.clone().requires_grad_(True)
+        loss_fn(hh, y).loss.backward()
+        results.append([hh.grad] + [p.grad for p in loss_fn.parameters()])
+    for fused, chunked in zip(*results):
+        assert rel_err(chunked.double(), fused.double()) <= 2e-4, rel_err(chunked.double(), fused.double())
+
+
+def test_the_last_axis_is_never_the_layer_axis():
+    """y [L, N, D] with D == L: layer_dim pointing at D is refused, not silently taken."""
+    loss_fn = GeometryAlignmentLoss(24, 3, num_targets=3, projector_dim=32, head_dim=16, layer_dim=2)
+    with pytest.raises(ValueError, match=r"a layer axis of size num_targets=3 at dim 2 \(not the last\)"):
+        loss_fn(torch.randn(5, 24), torch.randn(3, 5, 3))
+
+
+def test_target_views_refuses_non_tensors_by_name():
+    from gfcore.losses.targets import target_views
+
+    with pytest.raises(TypeError, match=r"^y\[1\] must be a tensor, got list$"):
+        target_views([torch.randn(5, 4), [0.0] * 4], [4, 4], None, (5,), torch.device("cpu"))

@@ -40,7 +40,8 @@ MODULES = {
     # torch.compile(fullgraph=True) cannot trace through mutmut's trampolines: those tests are left out
     "losses": ([f"gfcore/losses/{name}.py" for name in ("__init__", "alignment", "chunked_path", "fused_path",
                                                         "modular_path", "reference", "targets")],
-               ["test_alignment_loss.py", "test_alignment_dropin.py", "test_alignment_ops.py"], ["-k", "not compile"]),
+               ["test_alignment_loss.py", "test_alignment_dropin.py", "test_alignment_ops.py", "test_alignment_ddp.py"],
+               ["-k", "not compile and not across_ranks"]),
     # the in-process tests of the check; the 2-rank ones run in spawned processes, which do not see mutants
     "losses/sync_check.py": (["gfcore/losses/sync_check.py"], ["test_alignment_ddp.py"], ["-k", "not across_ranks"]),
     "functional.py": (["gfcore/functional.py"], ["test_functional.py"], ["-k", "not compile"]),
