@@ -283,3 +283,14 @@ def test_rows_the_kernels_do_not_take_use_the_reference(monkeypatch, supported):
     for value, want in zip(values, exact):
         assert value.dtype == torch.float32
         torch.testing.assert_close(value.double(), want, rtol=1e-5, atol=1e-7)
+
+
+def test_official_gf_loss_with_more_maps_than_values_per_map():
+    """40 maps of 2 x 2 values: the chunks walk the maps (N * L), not the values of one map (H * W)."""
+    g = torch.Generator().manual_seed(8)
+    pred = torch.randn(10, 4, 2, 2, generator=g, dtype=torch.float64)
+    target = torch.randn(10, 4, 2, 2, generator=g, dtype=torch.float64)
+    value, grad = _grad(official_gf_loss, pred, target)
+    exact, exact_grad = _grad(official_formula, pred, target)
+    torch.testing.assert_close(value, exact, rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad, exact_grad, rtol=1e-10, atol=1e-14)
