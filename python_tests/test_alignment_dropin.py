@@ -1,6 +1,7 @@
 """GeometryAlignmentLoss as other codebases use it: their own projector and head, no head at all,
 targets of several widths with weights, the teacher's layer axis anywhere, token masks."""
 import copy
+import re
 
 import pytest
 import torch
@@ -575,3 +576,19 @@ def test_target_views_refuses_non_tensors_by_name():
 
     with pytest.raises(TypeError, match=r"^y\[1\] must be a tensor, got list$"):
         target_views([torch.randn(5, 4), [0.0] * 4], [4, 4], None, (5,), torch.device("cpu"))
+
+
+@requires_cpu_kernels
+@pytest.mark.parametrize("frozen", ["h", "parameters"])
+def test_chunked_terms_refuse_a_backward_whichever_input_trains(frozen):
+    """The chunked terms stay in the graph through whatever needs a gradient, h or the parameters alone, so
+    that a backward through them raises the explanation instead of 'does not require grad'."""
+    from gfcore.losses.alignment import CHUNKED_TERM_MESSAGE
+
+    loss_fn = GeometryAlignmentLoss(24, 40, projector_dim=32, head_dim=16, impl="fused", chunk_size=4)
+    h = torch.randn(9, 24, requires_grad=frozen != "h")
+    loss_fn.requires_grad_(frozen != "parameters")
+    out = loss_fn(h, torch.randn(9, 40))
+    for term in (out.angular, out.scale):
+        with pytest.raises(RuntimeError, match=re.escape(CHUNKED_TERM_MESSAGE)):
+            term.backward(retain_graph=True)
