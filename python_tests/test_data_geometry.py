@@ -443,3 +443,27 @@ def test_resize_crop_intrinsics_is_the_pixel_map_applied_to_K():
     A = np.array([[96 / 40, 0, 0], [0, 96 / 40, -16], [0, 0, 1]])
     np.testing.assert_allclose(geometry.resize_crop_intrinsics(K, in_hw, out_hw).numpy(), A @ K.numpy(),
                                rtol=1e-14, atol=1e-12)
+
+
+def test_cameras_to_dfot_poses_by_hand_and_back():
+    """(K, c2w) -> DFoT's 16 numbers: fx/W, fy/H, cx/W, cy/H, then the world-to-camera [R|t] row by row;
+    dfot_poses_to_cameras gives them back; a c2w of the wrong shape is refused by name."""
+    from gfcore.data.geometry import cameras_to_dfot_poses, dfot_poses_to_cameras
+
+    angle = torch.tensor(0.3, dtype=torch.float64)
+    c, s = torch.cos(angle), torch.sin(angle)
+    c2w = torch.eye(4, dtype=torch.float64).repeat(2, 3, 1, 1)
+    c2w[1, 2, :3, :3] = torch.tensor([[c, 0, s], [0, 1, 0], [-s, 0, c]], dtype=torch.float64)
+    c2w[1, 2, :3, 3] = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    K = torch.tensor([[30.0, 0, 16.0], [0, 40.0, 12.0], [0, 0, 1]], dtype=torch.float64).expand(2, 3, 3, 3)
+    poses = cameras_to_dfot_poses(K, c2w, 64, 48)
+    assert poses.shape == (2, 3, 16)
+    torch.testing.assert_close(poses[1, 2, :4], torch.tensor([30 / 64, 40 / 48, 16 / 64, 12 / 48],
+                                                             dtype=torch.float64), rtol=0, atol=1e-15)
+    w2c = torch.linalg.inv(c2w[1, 2])
+    torch.testing.assert_close(poses[1, 2, 4:], w2c[:3, :].reshape(12), rtol=0, atol=1e-14)
+    K_back, w2c_back, c2w_back = dfot_poses_to_cameras(poses, 64, 48)
+    torch.testing.assert_close(K_back, K, rtol=0, atol=1e-12)
+    torch.testing.assert_close(c2w_back, c2w, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"^c2w must have shape \[..., 4, 4\], got \[3, 4\]$"):
+        cameras_to_dfot_poses(K[0, 0], c2w[0, 0, :3], 64, 48)
