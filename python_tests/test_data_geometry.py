@@ -467,3 +467,15 @@ def test_cameras_to_dfot_poses_by_hand_and_back():
     torch.testing.assert_close(c2w_back, c2w, rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match=r"^c2w must have shape \[..., 4, 4\], got \[3, 4\]$"):
         cameras_to_dfot_poses(K[0, 0], c2w[0, 0, :3], 64, 48)
+
+
+def test_cameras_to_dfot_poses_one_leading_axis_and_the_intrinsics_dtype():
+    """[T, 4, 4] cameras (one leading axis) give [T, 16]; the rows come out in K's dtype even when c2w's differs."""
+    from gfcore.data.geometry import cameras_to_dfot_poses
+
+    K = torch.tensor([[30.0, 0, 16.0], [0, 40.0, 12.0], [0, 0, 1]]).expand(5, 3, 3)
+    c2w = torch.eye(4, dtype=torch.float64).repeat(5, 1, 1)
+    c2w[:, :3, 3] = torch.arange(15, dtype=torch.float64).reshape(5, 3)
+    poses = cameras_to_dfot_poses(K, c2w, 64, 48)
+    assert poses.shape == (5, 16) and poses.dtype == torch.float32
+    torch.testing.assert_close(poses[:, [7, 11, 15]], -c2w[:, :3, 3].float(), rtol=0, atol=0)
