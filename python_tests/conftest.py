@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.utils._python_dispatch
 
 import gfcore
 
@@ -49,3 +50,37 @@ def saved_bytes(fn):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = fn()
     return out, total[0]
+
+
+class LargestAllocation(torch.utils._python_dispatch.TorchDispatchMode):
+    """The most values any tensor an aten op returns holds while active (of `dtypes`, when given):
+    a full-size copy the code under test promises not to make shows here."""
+
+    def __init__(self, dtypes=None):
+        super().__init__()
+        self.dtypes, self.largest = dtypes, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor) and (self.dtypes is None or t.dtype in self.dtypes):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def record_nvtx_ranges(monkeypatch, module) -> list:
+    """Replace module.nvtx_range by a recorder; returns the list the range names go into."""
+    ranges = []
+
+    class Recorder:
+        def __init__(self, name):
+            ranges.append(name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(module, "nvtx_range", Recorder)
+    return ranges

@@ -7,10 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from gfcore import GeometryAlignmentLoss
-from conftest import rel_err, requires_cpu_kernels
+from conftest import LargestAllocation, record_nvtx_ranges, rel_err, requires_cpu_kernels
 
 IMPLS = ["reference", pytest.param("fused", marks=requires_cpu_kernels)]
 
@@ -130,21 +129,6 @@ def test_targets_of_different_widths_with_weights(impl, chunk_size):
     params = [h, *loss_fn.parameters()]
     for g, w in zip(grads_of(out.loss, params), grads_of(0.5 * angular + 0.05 * scale, params)):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-13)
-
-
-class LargestAllocation(TorchDispatchMode):
-    """The largest tensor any aten op returns while active (a full copy of y would show here)."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
 
 
 @pytest.mark.parametrize("impl,chunk_size", PATHS)
@@ -504,20 +488,8 @@ def test_which_measurements_run_around_the_callers_modules(monkeypatch):
             used.append("kernels")
             return modular_path.KernelMetrics.normalize_cosine(z, y, eps)
 
-    ranges = []
-
-    class Recorder:
-        def __init__(self, name):
-            ranges.append(name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
+    ranges = record_nvtx_ranges(monkeypatch, alignment_module)
     monkeypatch.setattr(alignment_module, "KernelMetrics", RecordingKernels)
-    monkeypatch.setattr(alignment_module, "nvtx_range", Recorder)
     projector = repa_mlp(24, 32, 40)
     h, y = torch.randn(6, 24), torch.randn(6, 40)
     GeometryAlignmentLoss(target_dim=40, projector=projector, lambda_scale=0, impl="reference")(h, y)

@@ -8,7 +8,7 @@ from torch import nn
 
 import gfcore
 from gfcore import GeometryAlignmentLoss
-from conftest import rel_err, requires_cpu_kernels
+from conftest import record_nvtx_ranges, rel_err, requires_cpu_kernels
 
 
 def make_loss(dtype=torch.float32, **kwargs):
@@ -439,19 +439,7 @@ def test_which_implementation_runs(monkeypatch):
     """resolved_impl and the NVTX range name say which path ran; the autograd node confirms it."""
     import gfcore.losses.alignment as alignment_module
 
-    ranges = []
-
-    class Recorder:
-        def __init__(self, name):
-            ranges.append(name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-    monkeypatch.setattr(alignment_module, "nvtx_range", Recorder)
+    ranges = record_nvtx_ranges(monkeypatch, alignment_module)
     h = torch.randn(6, 24, requires_grad=True)
     y = torch.randn(6, 40)
     assert make_loss(impl="reference").resolved_impl(torch.device("cpu")) == "reference"

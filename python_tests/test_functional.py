@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from conftest import LargestAllocation
 from gfcore.functional import angular_loss, official_gf_loss, scale_loss
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "official_gf_loss_golden.npz"
@@ -156,21 +156,6 @@ def test_official_gf_loss_runs_rows_of_262144_values():
 # -- the edges: devices, chunks, dtypes, which implementation, every message --------------------
 
 
-class LargestFloatAllocation(TorchDispatchMode):
-    """The most values any float32/float64 tensor an aten op returns holds while active."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor) and t.dtype in (torch.float32, torch.float64):
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 def test_official_gf_loss_reduces_many_maps_in_chunks_of_16():
     """40 (frame, layer) maps of bf16: the float32 copies hold at most 16 maps at once (never all), and
     value and gradient are the float64 formula's on the bf16 values, to float32 accumulation's
@@ -178,7 +163,7 @@ def test_official_gf_loss_reduces_many_maps_in_chunks_of_16():
     g = torch.Generator().manual_seed(7)
     pred = torch.randn(10, 4, 16, 16, generator=g).bfloat16().requires_grad_(True)
     target = (torch.randn(10, 4, 16, 16, generator=g) + pred.detach().float()).bfloat16()
-    with LargestFloatAllocation() as watch:
+    with LargestAllocation(dtypes=(torch.float32, torch.float64)) as watch:
         value = official_gf_loss(pred, target)
         (grad,) = torch.autograd.grad(value, pred)
     assert watch.largest <= 16 * 16 * 16, watch.largest
