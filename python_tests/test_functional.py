@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import LargestAllocation
+from conftest import LargestAllocation, requires_cpu_kernels
 from gfcore.functional import angular_loss, official_gf_loss, scale_loss
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "official_gf_loss_golden.npz"
@@ -246,7 +246,7 @@ def test_every_message_names_its_argument():
         official_gf_loss(torch.randn(1, 1, 2, 2), torch.randn(1, 1, 2, 2, device=meta))
 
 
-@pytest.mark.parametrize("supported", [True, False])
+@pytest.mark.parametrize("supported", [pytest.param(True, marks=requires_cpu_kernels), False])
 def test_rows_the_kernels_do_not_take_use_the_reference(monkeypatch, supported):
     """The kernels' row check is asked with the rows' device, dtype and width; rows it refuses run the
     PyTorch reference ops (same values), also under autocast, whose casts never reach the loss."""
