@@ -23,11 +23,12 @@ after every step.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Callable, List, Mapping, Optional, Tuple, Union
 
 import torch
 
 from gfcore.models.dfot.diffusion import DFoTDiffusion
+from gfcore.sample.dfot_guidance import GENERATE, HISTORY_STATES, DFoTHistoryGuidance
 
 
 def ddim_noise_levels(steps: int = 50, timesteps: int = 1000) -> torch.Tensor:
@@ -132,4 +133,93 @@ def ddim_sample(model: Callable, diffusion: DFoTDiffusion, context: torch.Tensor
     return x
 
 
-__all__ = ["ddim_noise_levels", "ddim_sample", "ddim_step"]
+def _draw_noise(shape, like: torch.Tensor, diffusion: DFoTDiffusion, generator: Optional[torch.Generator]):
+    """N(0, 1) clamped to +-clip_noise, as the authors draw initial and replacement noise."""
+    noise = torch.randn(shape, device=like.device, dtype=like.dtype, generator=generator)
+    return torch.clamp(noise, -diffusion.clip_noise, diffusion.clip_noise)
+
+
+@torch.no_grad()
+def guided_ddim_sample(model: Callable, diffusion: DFoTDiffusion, context: torch.Tensor, states: torch.Tensor,
+                       external_cond: Optional[torch.Tensor] = None,
+                       guidance: Union[None, str, Mapping, DFoTHistoryGuidance] = None, steps: int = 50,
+                       eta: float = 0.0, noise: Optional[torch.Tensor] = None,
+                       generator: Optional[torch.Generator] = None, history_noise: Optional[torch.Tensor] = None,
+                       on_step: Optional[Callable[[], None]] = None) -> torch.Tensor:
+    """One window of DDIM sampling with DFoT history guidance (the authors' _sample_sequence with
+    full_sequence scheduling, HistoryGuidanceManager.prepare / compose).
+
+    context: [B, M, C, H, W]; states: long [B, M], per frame 0 = to generate, 1 = ground-truth
+        history, 2 = generated history, -1 = padding (kept as noise at the last level, never
+        denoised). History frames are returned bit-identical; padding frames keep their noise.
+    guidance: a DFoTHistoryGuidance (or its name / fields; None: conditional sampling). Each
+        step evaluates the model once per guidance branch, in one batch: the history frames
+        noised to the branch's level (q_sample with fresh noise; clean at level -1), the pose
+        dropped where the branch says, and the branches' DDIM outputs summed with their weights.
+    noise: the initial noise [B, M, C, H, W] (None: drawn from `generator`, clamped).
+    history_noise: the noise of noised history, broadcastable to [B, M, C, H, W], the same for
+        every branch and step (None: fresh draws from `generator`); for reproducing a fixed draw.
+    on_step: called after each of the `steps` steps (progress reporting).
+    """
+    if not isinstance(context, torch.Tensor) or context.ndim != 5 or not context.is_floating_point():
+        got = list(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__
+        raise ValueError(f"context must be a floating tensor [B, M, C, H, W], got {got}")
+    bm = tuple(context.shape[:2])
+    if not isinstance(states, torch.Tensor) or states.dtype not in (torch.int64, torch.int32) or \
+            tuple(states.shape) != bm:
+        got = f"{states.dtype} {list(states.shape)}" if isinstance(states, torch.Tensor) else type(states).__name__
+        raise ValueError(f"states must be an integer tensor [B, M] = {list(bm)}, got {got}")
+    states = states.to(context.device, torch.int64)
+    if bool(((states < -1) | (states > 2)).any()):
+        raise ValueError("states must hold -1 (padding), 0 (generate), 1 (ground-truth history) or 2 (generated "
+                         f"history), got values {sorted(set(states.flatten().tolist()))}")
+    guidance = DFoTHistoryGuidance.parse(guidance)
+    timesteps = diffusion.timesteps
+    levels = ddim_noise_levels(steps, timesteps).to(context.device)
+    if noise is None:
+        noise = _draw_noise(context.shape, context, diffusion, generator)
+    elif noise.shape != context.shape:
+        raise ValueError(f"noise must have the shape of context {list(context.shape)}, got {list(noise.shape)}")
+    is_history = states >= 1
+    generate = states == GENERATE
+    x = torch.where(_bt(is_history, context), context, noise)
+    present = [s for s in HISTORY_STATES if bool((states == s).any())]
+    branches = guidance.branches(present, timesteps)
+    acp_sqrt = diffusion.sqrt_alphas_cumprod.to(context.device)
+    acp_sqrt_1m = diffusion.sqrt_one_minus_alphas_cumprod.to(context.device)
+    batch = bm[0]
+    for m in range(steps):
+        # frames to generate move from level m to m + 1; padding sits at the last level
+        base_curr = torch.where(generate, levels[m], timesteps - 1)
+        base_next = torch.where(generate, levels[m + 1], timesteps - 1)
+        xs, currs, nexts, drops = [], [], [], []
+        for branch in branches:
+            hist_level = torch.full_like(states, -1)
+            for state, level in branch.levels.items():
+                hist_level = torch.where(states == state, level, hist_level)
+            currs.append(torch.where(is_history, hist_level, base_curr))
+            nexts.append(torch.where(is_history, hist_level, base_next))
+            noised = is_history & (hist_level >= 0)
+            if bool(noised.any()):
+                eps = history_noise if history_noise is not None else _draw_noise(x.shape, x, diffusion, generator)
+                k = hist_level.clamp(min=0)
+                x_noised = _bt(acp_sqrt[k], x) * x + _bt(acp_sqrt_1m[k], x) * eps.to(x)
+                xs.append(torch.where(_bt(noised, x), x_noised, x))
+            else:
+                xs.append(x)
+            drops.append(torch.full((batch,), branch.drop_cond, dtype=torch.bool, device=x.device))
+        n = len(branches)
+        cond = external_cond.repeat(n, *([1] * (external_cond.ndim - 1))) if external_cond is not None else None
+        out = ddim_step(model, diffusion, torch.cat(xs), torch.cat(currs), torch.cat(nexts), cond,
+                        torch.cat(drops), eta=eta, generator=generator)
+        composed = None
+        for i, branch in enumerate(branches):
+            term = out[i * batch:(i + 1) * batch] * branch.weight
+            composed = term if composed is None else composed + term
+        x = torch.where(_bt(generate, x), composed, x)
+        if on_step is not None:
+            on_step()
+    return x
+
+
+__all__ = ["ddim_noise_levels", "ddim_sample", "ddim_step", "guided_ddim_sample"]

@@ -1,0 +1,257 @@
+"""DFoT history guidance (gfcore.sample.dfot_guidance, guided_ddim_sample) and the long-rollout
+protocol (gfcore.sample.dfot_protocol) against the authors' code:
+python_tests/data/dfot_protocol_golden.npz was written by scripts/make_dfot_protocol_golden.py,
+which runs their HistoryGuidance, DFoTVideo._sample_sequence, _predict_videos, _predict_sequence
+and _interpolate_videos with a stand-in backbone (rebuilt here from the stored weights) and a
+fixed pattern as the noise of noised history."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gfcore.models.dfot import DFoTDiffusion
+from gfcore.sample.ddim import ddim_sample, guided_ddim_sample
+from gfcore.sample.dfot_guidance import DFoTHistoryGuidance
+from gfcore.sample.dfot_protocol import (PROTOCOLS, dfot_long_rollout, interpolation_plan, keyframe_indices,
+                                         sliding_windows)
+
+GOLDEN = Path(__file__).parent / "data" / "dfot_protocol_golden.npz"
+
+
+@pytest.fixture(scope="module")
+def golden():
+    with np.load(GOLDEN) as data:
+        arrays = {k: data[k] for k in data.files}
+    facts = json.loads(str(arrays.pop("facts")))
+    return {k: torch.from_numpy(v) for k, v in arrays.items()}, facts
+
+
+class StandIn(torch.nn.Module):
+    """The golden script's stand-in backbone: v = W @ x (frames x channels, per pixel)
+    + a_c * noise_levels + b_c * sum_k cond_k (the cond term zeroed where external_cond_mask)."""
+
+    def __init__(self, g, prefix):
+        super().__init__()
+        self.w, self.a, self.b = g[prefix + ".w"], g[prefix + ".a"], g[prefix + ".b"]
+        self.calls = []
+
+    def forward(self, x, noise_levels, external_cond=None, external_cond_mask=None):
+        self.calls.append({"noise_levels": noise_levels.clone(), "mask": external_cond_mask})
+        b, t, c, h, w = x.shape
+        out = torch.einsum("oi,bihw->bohw", self.w, x.reshape(b, t * c, h, w)).reshape(b, t, c, h, w)
+        out = out + self.a[None, None, :, None, None] * noise_levels[:, :, None, None, None]
+        if external_cond is not None:
+            cond = external_cond.sum(2, keepdim=True)
+            if external_cond_mask is not None:
+                cond = cond * (~external_cond_mask.bool()).float()[:, None, None, None, None]
+            out = out + self.b[None, None, :, None, None] * cond
+        return out
+
+
+def close(actual, expected, tol=1e-5):
+    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol)
+
+
+def without_visualize(config):
+    """Their scheme config (which also switches their plotting off) as DFoTHistoryGuidance fields."""
+    return {k: v for k, v in config.items() if k != "visualize"}
+
+
+def identity(conditions):
+    return conditions
+
+
+# ------------------------------------------------------------------------------- guidance schemes
+
+SCHEMES = ["conditional", "vanilla", "vanilla_nocond", "stabilized_vanilla", "stabilized_conditional", "fractional",
+           "stabilized_fractional"]
+
+
+@pytest.mark.parametrize("case", SCHEMES)
+def test_guided_window_golden(golden, case):
+    """Each scheme on a window holding a ground-truth, a generated and two frames to generate:
+    the result, the number of model evaluations per step and the set of (noise levels, pose
+    dropped) rows the backbone saw agree with their _sample_sequence; history stays identical."""
+    g, facts = golden
+    spec = dict(facts["cases"][f"window.{case}"])
+    name = spec.pop("name")
+    guidance = DFoTHistoryGuidance.parse({"name": name, **spec})
+    model = StandIn(g, "window")
+    ctx, mask = g["window.context"], g["window.mask"]
+    gen = torch.Generator().manual_seed(int(g[f"window.{case}.seed"]))
+    x = guided_ddim_sample(model, DFoTDiffusion(), ctx, mask, g["window.cond"], guidance, steps=7, generator=gen,
+                           history_noise=g["history_noise"])
+    close(x, g[f"window.{case}.x"])
+    history = mask >= 1
+    assert torch.equal(x[history], ctx[history])
+    theirs = g[f"window.{case}.noise_levels"]  # [steps, B * branches, T]
+    assert len(model.calls) == theirs.shape[0] == 7
+    theirs_mask = g[f"window.{case}.cond_mask"]
+    for step, call in enumerate(model.calls):
+        assert call["noise_levels"].shape == theirs[step].shape
+        ours_rows = {(tuple(r.tolist()), bool(m)) for r, m in zip(call["noise_levels"].round(decimals=4),
+                                                                   call["mask"])}
+        their_rows = {(tuple(r.tolist()), bool(m)) for r, m in zip(theirs[step].round(decimals=4), theirs_mask[step])}
+        assert ours_rows == their_rows
+
+
+def test_branches_by_hand():
+    """The branch table of the docstring: levels int(k * 1000 - 1) per history state, pose drops
+    and weights; conditional schemes refuse a scale; unknown names and keys are refused."""
+    branches = lambda g, states=(1, 2): [(b.levels, b.drop_cond, b.weight) for b in g.branches(states)]  # noqa: E731
+    assert branches(DFoTHistoryGuidance()) == [({1: -1, 2: -1}, False, 1.0)]
+    assert branches(DFoTHistoryGuidance("vanilla", 1.5)) == [({1: 999, 2: 999}, True, -0.5), ({1: -1, 2: -1}, False, 1.5)]
+    assert branches(DFoTHistoryGuidance("stabilized_vanilla", 4.0), (1,)) == [({1: 999}, True, -3.0),
+                                                                             ({1: -1}, False, 4.0)]
+    assert branches(DFoTHistoryGuidance("stabilized_vanilla", 4.0, 0.02)) == [({1: 999, 2: 999}, True, -3.0),
+                                                                             ({1: -1, 2: 19}, False, 4.0)]
+    assert branches(DFoTHistoryGuidance("fractional", 3.0, freq_scale=0.5), (1,)) == [
+        ({1: 999}, True, -2.0), ({1: -1}, False, 1.0), ({1: 499}, False, 2.0)]
+    # no history and no pose guidance: the terms cancel to one plain evaluation
+    assert branches(DFoTHistoryGuidance("vanilla", 2.0, use_external_cond_guidance=False), ()) == [({}, False, 1.0)]
+    assert branches(DFoTHistoryGuidance("vanilla", 2.0), ()) == [({}, True, -1.0), ({}, False, 2.0)]  # pose CFG
+    assert DFoTHistoryGuidance("vanilla", 1.0).branches((1,)) == DFoTHistoryGuidance().branches((1,))
+    assert DFoTHistoryGuidance.parse({"name": "vanilla", "guidance_scale": 1.5}).scale == 1.5
+    with pytest.raises(ValueError, match="no scale"):
+        DFoTHistoryGuidance("conditional", 2.0)
+    with pytest.raises(ValueError, match="must be one of"):
+        DFoTHistoryGuidance("temporal")
+    with pytest.raises(ValueError, match="unknown history guidance keys"):
+        DFoTHistoryGuidance.parse({"name": "vanilla", "scael": 2})
+    with pytest.raises(ValueError, match="stabilization_level"):
+        DFoTHistoryGuidance("stabilized_vanilla", 2.0, stabilization_level=1.5)
+
+
+def test_conditional_guidance_is_plain_ddim(golden):
+    """Conditional guidance on a window of ground-truth history is gfcore's plain DDIM sampler
+    (checked against theirs in test_dfot_diffusion.py), bit for bit, with the same noise."""
+    g, _ = golden
+    ctx, cond = g["window.context"], g["window.cond"]
+    states = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]])
+    d = DFoTDiffusion()
+    a = guided_ddim_sample(StandIn(g, "window"), d, ctx, states, cond, None, steps=5,
+                           generator=torch.Generator().manual_seed(3))
+    b = ddim_sample(StandIn(g, "window"), d, ctx, states >= 1, cond, steps=5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+def test_guided_history_noise_drawn_from_generator(golden):
+    """Without history_noise, noised history is drawn from the generator: the same seed gives the
+    same video, another seed another; padding frames keep their initial noise."""
+    g, _ = golden
+    ctx, cond = g["window.context"], g["window.cond"]
+    states = torch.tensor([[1, 2, 0, -1]] * 2)
+    guidance = DFoTHistoryGuidance("stabilized_vanilla", 3.0)
+    run = lambda seed: guided_ddim_sample(StandIn(g, "window"), DFoTDiffusion(), ctx, states, cond,  # noqa: E731
+                                          guidance, steps=3, generator=torch.Generator().manual_seed(seed))
+    a, b, c = run(1), run(1), run(2)
+    assert torch.equal(a, b) and not torch.equal(a[:, 2], c[:, 2])
+    initial = torch.randn(ctx.shape, generator=torch.Generator().manual_seed(1)).clamp(-20, 20)
+    assert torch.equal(a[:, 3], initial[:, 3])
+
+
+def test_guided_window_bad_input(golden):
+    g, _ = golden
+    ctx = g["window.context"]
+    model, d = StandIn(g, "window"), DFoTDiffusion()
+    with pytest.raises(ValueError, match="states must be an integer tensor"):
+        guided_ddim_sample(model, d, ctx, torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="states must hold"):
+        guided_ddim_sample(model, d, ctx, torch.full((2, 4), 3))
+    with pytest.raises(ValueError, match="context must be"):
+        guided_ddim_sample(model, d, ctx[0], torch.zeros(2, 4, dtype=torch.long))
+
+
+# ------------------------------------------------------------------------------- protocol
+
+@pytest.mark.parametrize("case", ["keyframes", "sliding"])
+def test_protocol_golden(golden, case):
+    """Their _predict_videos: keyframes (stabilized vanilla 4) then interpolation (vanilla 1.5,
+    2 windows per batch) of 11 frames in windows of 4; and sliding windows (context 2) over 8
+    frames with generated history stabilised at level 19. Same initial-noise generator."""
+    g, facts = golden
+    spec = facts["cases"][f"protocol.{case}"]
+    n = spec["n"]
+    video, cond = g["protocol.video"][:, :n], g["protocol.cond"][:, :n]
+    model = StandIn(g, "protocol")
+    x = dfot_long_rollout(model, DFoTDiffusion(), video[:, :1], cond, identity, n, max_tokens=4,
+                          keyframe_density=spec["density"] or 1.0, key_guidance=without_visualize(spec["prediction"]),
+                          interp_guidance=without_visualize(spec["interpolation"]),
+                          steps=spec["steps"], interp_max_batch=spec["max_batch"],
+                          sliding_context_len=spec["sliding"],
+                          generator=torch.Generator().manual_seed(int(g[f"protocol.{case}.seed"])),
+                          history_noise=g["history_noise"])
+    close(x, g[f"protocol.{case}.x"])
+    assert torch.equal(x[:, 0], video[:, 0])
+    assert len(model.calls) == int(g[f"protocol.{case}.calls"])
+
+
+def test_dfot256_plan_golden(golden):
+    """The 256-frame protocol's keyframes (0, 17, ..., 255) and its interpolation windows, as
+    their _interpolate_videos cuts and batches them (4 per batch, padded by the last frame)."""
+    g, _ = golden
+    spec = PROTOCOLS["dfot256"]
+    keys = keyframe_indices(spec["num_frames"], spec["keyframe_density"], spec["num_context"])
+    assert keys.tolist() == g["dfot256.keyframes"].tolist() == list(range(0, 256, 17))
+    known = torch.zeros(256, dtype=torch.bool)
+    known[keys] = True
+    plan = interpolation_plan(known, spec["max_tokens"])
+    windows, masks = [], []
+    for stage in plan:
+        for frames in stage:
+            pad = torch.cat([frames, frames[-1:].expand(spec["max_tokens"] - len(frames))])
+            windows.append(pad)
+            masks.append(known[pad])
+            known[frames] = True
+    assert torch.equal(torch.stack(windows), g["dfot256.frames"])
+    assert torch.equal(torch.stack(masks).long(), g["dfot256.mask"].long())
+    sizes = [min(4, len(stage) - i) for stage in plan for i in range(0, len(stage), 4)]
+    assert sizes == g["dfot256.batch_sizes"].tolist()
+
+
+def test_protocol_progress_and_shapes():
+    """dfot256's step counts: one keyframe window (50 steps), then 8 interpolation batches of
+    50 steps; progress reaches each stage's total; context returned unchanged."""
+    class Tiny(torch.nn.Module):
+        def forward(self, x, noise_levels, external_cond=None, external_cond_mask=None):
+            return 0.5 * x
+
+    spec = dict(PROTOCOLS["dfot256"])
+    seen = {}
+    ctx = torch.randn(1, 1, 3, 2, 2)
+    out = dfot_long_rollout(Tiny(), DFoTDiffusion(), ctx, torch.zeros(1, 256, 1), identity,
+                            spec.pop("num_frames"), progress=lambda s, d, t: seen.__setitem__(s, (d, t)),
+                            **{k: v for k, v in spec.items() if k != "num_context"})
+    assert out.shape == (1, 256, 3, 2, 2) and torch.equal(out[:, :1], ctx) and out.isfinite().all()
+    assert seen == {"keyframes": (50, 50), "interpolation": (400, 400)}
+
+
+def test_sliding_windows_and_padding():
+    """Windows of predict_sequence; a last short window is padded and its padding never enters
+    the video."""
+    assert sliding_windows(1, 8, 4, 2) == [(1, 1, 3), (4, 2, 2), (6, 2, 2)]
+    assert sliding_windows(1, 7, 4, 2) == [(1, 1, 3), (4, 2, 2), (6, 2, 1)]
+
+    class Tiny(torch.nn.Module):
+        def forward(self, x, noise_levels, external_cond=None, external_cond_mask=None):
+            assert x.shape[1] == 4 and external_cond.shape[1] == 4
+            return 0.5 * x
+
+    out = dfot_long_rollout(Tiny(), DFoTDiffusion(), torch.randn(2, 1, 3, 2, 2), torch.randn(2, 7, 1), identity, 7,
+                            max_tokens=4, steps=2, sliding_context_len=2, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 7, 3, 2, 2) and out.isfinite().all()
+
+
+def test_protocol_bad_input():
+    tiny = lambda x, *a, **k: x  # noqa: E731
+    d = DFoTDiffusion()
+    with pytest.raises(ValueError, match="conditions must be"):
+        dfot_long_rollout(tiny, d, torch.randn(1, 1, 3, 2, 2), torch.randn(1, 5, 1), identity, 6, max_tokens=4)
+    with pytest.raises(ValueError, match="context frames"):
+        dfot_long_rollout(tiny, d, torch.randn(1, 4, 3, 2, 2), torch.randn(1, 6, 1), identity, 6, max_tokens=4)
+    with pytest.raises(ValueError, match="keyframe_density"):
+        keyframe_indices(10, 0.0, 1)
+    with pytest.raises(ValueError, match="first and the last"):
+        interpolation_plan(torch.tensor([True, False, False]), 4)
