@@ -381,3 +381,49 @@ def test_two_gloo_ranks_with_grad_accum_match_one_process(tmp_path, tiny_data_ro
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=2e-6, rtol=1e-5, msg=lambda m: f"{key}: {m}")
     assert [r["loss"] for r in _log(single)] == pytest.approx([r["loss"] for r in _log(double)], rel=1e-5)
+
+
+def test_fsdp_two_ranks_match_one_process_and_shard_per_block(tmp_path, tiny_data_root):  # noqa: F811
+    """FSDP (float32, 2 gloo ranks, each UViT block its own unit): the same weights and losses as
+    one process on the same 4 clips per step, within float rounding; the units are every block."""
+    import torch.multiprocessing as mp
+
+    from trainer_helpers import ddp_worker, free_port
+
+    model = _tiny_model()
+    units = model.shard_units()
+    assert len(units) == sum(len(level) for level in (*model.down_blocks, model.mid_blocks, *model.up_blocks))
+    assert {type(u).__name__ for u in units} >= {"ResBlock", "TransformerBlock", "Downsample", "Upsample"}
+    extra = (*NO_DROPOUT, "train.steps=2", "train.ckpt_every=2", "train.batch_size=4", "train.strategy=fsdp",
+             "train.fsdp_mixed_precision=none")
+    single, sharded = str(tmp_path / "single"), str(tmp_path / "fsdp")
+    train(load_config(dfot_overrides(tiny_data_root, single, *extra)))
+    mp.spawn(ddp_worker, args=(2, free_port(), dfot_overrides(tiny_data_root, sharded, *extra)), nprocs=2, join=True)
+    a, b = _final(single), _final(sharded)
+    for part in ("model", "ema"):
+        for key in a[part]:
+            torch.testing.assert_close(b[part][key], a[part][key], atol=2e-6, rtol=1e-5, msg=lambda m: f"{key}: {m}")
+    assert [r["loss"] for r in _log(single)] == pytest.approx([r["loss"] for r in _log(sharded)], rel=1e-5)
+
+
+def test_fsdp_wraps_every_uvit_block_as_its_own_unit():
+    """_wrap with strategy fsdp (one gloo process standing in for the group): each of
+    shard_units() becomes an FSDP module, so a step gathers one block's weights at a time."""
+    import torch.distributed as dist
+    from omegaconf import OmegaConf
+    from torch.distributed.fsdp import FSDPModule
+
+    from gfcore.train.distributed import DistInfo
+    from gfcore.train.trainer import TrainModule, _wrap
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = _tiny_model()
+        cfg = OmegaConf.create({"train": {"strategy": "fsdp", "fsdp_mixed_precision": "none"}})
+        wrapped = _wrap(TrainModule(model, torch.nn.Identity()), cfg, DistInfo(rank=0, world_size=2),
+                        torch.device("cpu"))
+        assert isinstance(wrapped, FSDPModule)
+        assert all(isinstance(unit, FSDPModule) for unit in model.shard_units())
+        assert not isinstance(model.embed_input, FSDPModule)
+    finally:
+        dist.destroy_process_group()

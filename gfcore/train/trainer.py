@@ -269,7 +269,9 @@ def _wrap(module: TrainModule, cfg: DictConfig, info: DistInfo, device: torch.de
 
         policy = fsdp_mixed_precision(cfg, device)
         kwargs = {} if policy is None else {"mp_policy": policy}
-        for block in getattr(module.model, "blocks", []):  # a UViT3DPose is sharded as one unit
+        # one unit per block: VideoDiT's blocks, UViT3DPose.shard_units()
+        units = module.model.shard_units() if hasattr(module.model, "shard_units") else getattr(module.model, "blocks", [])
+        for block in units:
             fully_shard(block, **kwargs)
         return fully_shard(module, **kwargs)
     raise ValueError(f"train.strategy must be 'ddp' or 'fsdp', got {strategy!r}")

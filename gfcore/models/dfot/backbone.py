@@ -118,6 +118,12 @@ class UViT3DPose(nn.Module):
             nn.ModuleList([Upsample(channels[i + 1], channels[i])] + blocks(i, num_updown_blocks[i]))
             for i in reversed(range(levels - 1)))
 
+    def shard_units(self) -> List[nn.Module]:
+        """The blocks FSDP shards one by one (each ResBlock / TransformerBlock / resampler of every
+        level), so that only one block's full weights are gathered at a time; the rest (embeddings,
+        input and output projections) stays in the root unit."""
+        return [block for level in (*self.down_blocks, self.mid_blocks, *self.up_blocks) for block in level]
+
     # -----------------------------------------------------------------------------------------
     @classmethod
     def re10k(cls, **overrides) -> "UViT3DPose":
