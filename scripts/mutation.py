@@ -79,6 +79,11 @@ MODULES = {
     "geometry/checkpoint.py": (["gfcore/geometry/checkpoint.py"], ["test_geometry_checkpoint.py",
                                                                   "test_geometry_dinov2.py", "test_safe_loading.py"],
                                ["-k", "not audit_finds"]),
+    "sample/ddim.py + dfot_*.py": (["gfcore/sample/ddim.py", "gfcore/sample/dfot_guidance.py",
+                                    "gfcore/sample/dfot_protocol.py"], ["test_dfot_protocol.py", "test_dfot_diffusion.py"],
+                                   []),
+    "models/dfot/*.py": (["gfcore/models/dfot/*.py"], ["test_models_dfot.py", "test_dfot_diffusion.py",
+                                                      "test_dfot_protocol.py"], []),
     "train/trainer.py (resume path)": (["gfcore/train/trainer.py"], ["test_train_resume.py", "test_train_resume_guard.py"],
                                        ["-k", "not sigkilled"]),
 }
