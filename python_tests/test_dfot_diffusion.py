@@ -3,48 +3,18 @@
 written by scripts/make_dfot_diffusion_golden.py, which runs the Geometry Forcing authors'
 ContinuousDiffusion / DiscreteDiffusion / DFoTVideo (algorithms/dfot) with their composed RE10K
 config and the stand-in backbone rebuilt here from the stored weights."""
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from gfcore.models.dfot import DFoTDiffusion, DFoTLoss
 from gfcore.sample import ddim_noise_levels, ddim_sample, ddim_step
-
-GOLDEN = Path(__file__).parent / "data" / "dfot_diffusion_golden.npz"
+from dfot_golden_helpers import StandIn, load_golden
 
 
 @pytest.fixture(scope="module")
 def golden():
-    with np.load(GOLDEN) as data:
-        arrays = {k: data[k] for k in data.files}
-    facts = json.loads(str(arrays.pop("facts")))
-    tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
-    return tensors, facts
-
-
-class StandIn(torch.nn.Module):
-    """The stand-in backbone of the golden script: v = W @ x (frames x channels, per pixel)
-    + a_c * noise_levels + b_c * sum_k cond_k (cond term zeroed where external_cond_mask)."""
-
-    def __init__(self, g):
-        super().__init__()
-        self.w, self.a, self.b = g["standin.w"], g["standin.a"], g["standin.b"]
-        self.calls = []
-
-    def forward(self, x, noise_levels, external_cond=None, external_cond_mask=None, return_latents=False):
-        self.calls.append({"x": x.clone(), "noise_levels": noise_levels.clone()})
-        b, t, c, h, w = x.shape
-        out = torch.einsum("oi,bihw->bohw", self.w, x.reshape(b, t * c, h, w)).reshape(b, t, c, h, w)
-        out = out + self.a[None, None, :, None, None] * noise_levels[:, :, None, None, None]
-        if external_cond is not None:
-            cond = external_cond.sum(2, keepdim=True)
-            if external_cond_mask is not None:
-                cond = cond * (~external_cond_mask.bool()).float()[:, None, None, None, None]
-            out = out + self.b[None, None, :, None, None] * cond
-        return (out, [out.mean(2)]) if return_latents else out
+    return load_golden("dfot_diffusion_golden.npz")
 
 
 def close(actual, expected, rtol=1e-6, atol=1e-6):

@@ -4,10 +4,6 @@ python_tests/data/dfot_protocol_golden.npz was written by scripts/make_dfot_prot
 which runs their HistoryGuidance, DFoTVideo._sample_sequence, _predict_videos, _predict_sequence
 and _interpolate_videos with a stand-in backbone (rebuilt here from the stored weights) and a
 fixed pattern as the noise of noised history."""
-import json
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
 
@@ -16,38 +12,12 @@ from gfcore.sample.ddim import ddim_sample, guided_ddim_sample
 from gfcore.sample.dfot_guidance import DFoTHistoryGuidance
 from gfcore.sample.dfot_protocol import (PROTOCOLS, dfot_long_rollout, interpolation_plan, keyframe_indices,
                                          sliding_windows)
-
-GOLDEN = Path(__file__).parent / "data" / "dfot_protocol_golden.npz"
+from dfot_golden_helpers import StandIn, load_golden
 
 
 @pytest.fixture(scope="module")
 def golden():
-    with np.load(GOLDEN) as data:
-        arrays = {k: data[k] for k in data.files}
-    facts = json.loads(str(arrays.pop("facts")))
-    return {k: torch.from_numpy(v) for k, v in arrays.items()}, facts
-
-
-class StandIn(torch.nn.Module):
-    """The golden script's stand-in backbone: v = W @ x (frames x channels, per pixel)
-    + a_c * noise_levels + b_c * sum_k cond_k (the cond term zeroed where external_cond_mask)."""
-
-    def __init__(self, g, prefix):
-        super().__init__()
-        self.w, self.a, self.b = g[prefix + ".w"], g[prefix + ".a"], g[prefix + ".b"]
-        self.calls = []
-
-    def forward(self, x, noise_levels, external_cond=None, external_cond_mask=None):
-        self.calls.append({"noise_levels": noise_levels.clone(), "mask": external_cond_mask})
-        b, t, c, h, w = x.shape
-        out = torch.einsum("oi,bihw->bohw", self.w, x.reshape(b, t * c, h, w)).reshape(b, t, c, h, w)
-        out = out + self.a[None, None, :, None, None] * noise_levels[:, :, None, None, None]
-        if external_cond is not None:
-            cond = external_cond.sum(2, keepdim=True)
-            if external_cond_mask is not None:
-                cond = cond * (~external_cond_mask.bool()).float()[:, None, None, None, None]
-            out = out + self.b[None, None, :, None, None] * cond
-        return out
+    return load_golden("dfot_protocol_golden.npz")
 
 
 def close(actual, expected, tol=1e-5):
