@@ -33,7 +33,8 @@ import json
 import os
 import time
 from contextlib import nullcontext
-from typing import Dict, Optional
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -294,6 +295,64 @@ def fsdp_mixed_precision(cfg: DictConfig, device: torch.device):
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
     return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+
+
+@dataclass
+class StepParts:
+    """What one optimizer step uses: train() builds it once; gfcore.train.plan builds the same on
+    fake tensors to plan the step's memory."""
+
+    wrapped: torch.nn.Module        # the TrainModule, as DDP / FSDP wrapped it
+    model: torch.nn.Module          # the backbone (for the EMA)
+    teacher: Optional[torch.nn.Module]
+    params: List[torch.Tensor]      # the trained parameters (clipped together)
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    ema: EMA
+    device: torch.device
+    autocast_dtype: Optional[torch.dtype]
+    accum: int                      # micro-batches per step
+    micro: int                      # this rank's clips per micro-batch
+    grad_clip: float                # inf: no clipping
+    align_start_step: int
+
+
+def optimizer_step(parts: StepParts, step: int, batch: Dict, step_noise: NoiseDraw):
+    """One optimizer step on this rank's batch: the teacher's targets (or the cached ones the batch
+    carries), forward and backward of each micro-batch, clipping, optimizer, scheduler and EMA.
+    Returns (the loss terms averaged over the micro-batches, the gradient norm)."""
+    accum, micro, device, teacher = parts.accum, parts.micro, parts.device, parts.teacher
+    cached_features = batch.pop(CachedTargetsBatcher.KEY, None)
+    summed: Dict[str, torch.Tensor] = {}
+    for part in range(accum):  # micro-batches; accum == 1: the whole batch
+        lo, hi = part * micro, (part + 1) * micro
+        part_batch = batch if accum == 1 else slice_batch(batch, lo, hi)
+        noise = step_noise if accum == 1 else step_noise.slice(lo, hi)
+        noise.t, noise.eps = noise.t.to(device), noise.eps.to(device)
+        noise.context, noise.drop_cond = noise.context.to(device), noise.drop_cond.to(device)
+        with nvtx_range("train.teacher"):
+            features = (cached_features[lo:hi] if cached_features is not None and accum > 1
+                        else cached_features if cached_features is not None
+                        else teacher(part_batch) if teacher is not None else None)
+        # DDP: gradients all-reduced on the last micro-batch only
+        sync = (parts.wrapped.no_sync() if part < accum - 1 and hasattr(parts.wrapped, "no_sync") else nullcontext())
+        with sync:
+            with nvtx_range("train.forward"):
+                autocast = (torch.autocast(device.type, dtype=parts.autocast_dtype)
+                            if parts.autocast_dtype is not None else nullcontext())
+                with autocast:
+                    terms = parts.wrapped(part_batch, noise, features, 0.0 if step < parts.align_start_step else 1.0)
+            with nvtx_range("train.backward"):
+                (terms["loss"] / accum).backward()
+        for key, value in terms.items():  # logged: the mean over the micro-batches
+            summed[key] = summed[key] + value.detach() / accum if key in summed else value.detach() / accum
+    with nvtx_range("train.optimizer"):
+        grad_norm = torch.nn.utils.clip_grad_norm_(parts.params, parts.grad_clip)
+        parts.optimizer.step()
+        parts.scheduler.step()
+        parts.optimizer.zero_grad(set_to_none=True)
+        parts.ema.update(parts.model)
+    return summed, grad_norm
 
 
 def _full_state_dict(module: torch.nn.Module) -> Dict:
@@ -576,6 +635,8 @@ def train(cfg: DictConfig) -> Dict:
                                   cfg.train.steps, depth=prefetch_steps,
                                   workers=int(cfg.data.get("num_workers", 2)))
                   if prefetch_steps > 0 and start_step < cfg.train.steps else None)
+    parts = StepParts(wrapped, model, teacher, params, optimizer, scheduler, ema, device, autocast_dtype, accum, micro,
+                      float(cfg.train.grad_clip) if cfg.train.grad_clip else float("inf"), align_start_step)
     try:
         for step in range(start_step, cfg.train.steps):
             module.train()
@@ -585,37 +646,7 @@ def train(cfg: DictConfig) -> Dict:
                 generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 7_919)
                 step_noise = draw_step_noise(cfg, module, frame_shape, generator).slice(
                     info.rank * per_rank, (info.rank + 1) * per_rank)
-            cached_features = batch.pop(CachedTargetsBatcher.KEY, None)
-            summed: Dict[str, torch.Tensor] = {}
-            for part in range(accum):  # micro-batches; accum == 1: the whole batch, as before
-                lo, hi = part * micro, (part + 1) * micro
-                part_batch = batch if accum == 1 else slice_batch(batch, lo, hi)
-                noise = step_noise if accum == 1 else step_noise.slice(lo, hi)
-                noise.t, noise.eps = noise.t.to(device), noise.eps.to(device)
-                noise.context, noise.drop_cond = noise.context.to(device), noise.drop_cond.to(device)
-                with nvtx_range("train.teacher"):
-                    features = (cached_features[lo:hi] if cached_features is not None and accum > 1
-                                else cached_features if cached_features is not None
-                                else teacher(part_batch) if teacher is not None else None)
-                # DDP: gradients all-reduced on the last micro-batch only
-                sync = (wrapped.no_sync() if part < accum - 1 and hasattr(wrapped, "no_sync") else nullcontext())
-                with sync:
-                    with nvtx_range("train.forward"):
-                        autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
-                                    else nullcontext())
-                        with autocast:
-                            terms = wrapped(part_batch, noise, features, 0.0 if step < align_start_step else 1.0)
-                    with nvtx_range("train.backward"):
-                        (terms["loss"] / accum).backward()
-                for key, value in terms.items():  # logged: the mean over the micro-batches
-                    summed[key] = summed[key] + value.detach() / accum if key in summed else value.detach() / accum
-            terms = summed
-            with nvtx_range("train.optimizer"):
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip if cfg.train.grad_clip else float("inf"))
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                ema.update(model)
+            terms, grad_norm = optimizer_step(parts, step, batch, step_noise)
             done = step + 1
             window_steps += 1
             if done % cfg.train.log_every == 0 or done == cfg.train.steps:
