@@ -99,7 +99,8 @@ MODULES = {
 # _apply_hyperparameters) and the resume blocks of train().
 TRAINER_RESUME = ("JsonlLog", "_full_state_dict", "_optimizer_state", "_load_optimizer", "_state_for_checkpoint",
                   "_apply_hyperparameters", "train")
-TRAINER_SKIP = ("CrashForTesting", "CachedTargetsBatcher", "TrainModule", "StepParts", "optimizer_step", "resolve_device", "build_alignment",
+TRAINER_SKIP = ("CrashForTesting", "CachedTargetsBatcher", "TrainModule", "StepParts", "optimizer_step",
+                "resolve_device", "build_alignment",
                 "model_config", "build_training", "_progress", "_precision", "_wrap", "fsdp_mixed_precision",
                 "configure_model", "_sample_every", "SampleVideos", "_history_guidance", "_utc_now", "alignment_start")
 # (first statement, first statement after) of each resume block of train(): finding and checking
