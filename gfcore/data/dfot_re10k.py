@@ -30,6 +30,8 @@ from __future__ import annotations
 import bisect
 import os
 import random
+import threading
+from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -301,6 +303,10 @@ class ClipSchedule:
         self.lengths = [int(video_lengths[i]) for i in self.videos]
         self.cumulative = np.cumsum([max(n - self.span + 1, 1) for n in self.lengths]).tolist()
         self.subdataset_size = subdataset_size
+        # item() is called per clip; the order of a subepoch shuffles every clip (millions for
+        # RE10K), so the last two orders are kept (a batch may straddle two subepochs).
+        self._orders: "OrderedDict[Optional[int], np.ndarray]" = OrderedDict()
+        self._orders_lock = threading.Lock()
 
     @property
     def num_clips(self) -> int:
@@ -326,20 +332,33 @@ class ClipSchedule:
             return shuffled[first_epoch][first:last + 1]
         return shuffled[first_epoch][first:] + shuffled[last_epoch][:last + 1]
 
-    def locate(self, clip: int) -> Tuple[int, int]:
-        """Clip number -> (video index into video_lengths, start frame)."""
+    def _cached_order(self, subepoch: Optional[int]) -> np.ndarray:
+        with self._orders_lock:
+            if subepoch not in self._orders:
+                self._orders[subepoch] = np.asarray(self.order(subepoch), dtype=np.int64)
+                while len(self._orders) > 2:
+                    self._orders.popitem(last=False)
+            return self._orders[subepoch]
+
+    def _locate(self, clip: int) -> Tuple[int, int]:
+        """Clip number -> (index into self.videos, start frame)."""
+        clip = int(clip)
         if not 0 <= clip < self.num_clips:
             raise IndexError(f"clip {clip} out of range for {self.num_clips} clips")
         k = bisect.bisect_right(self.cumulative, clip)
-        return self.videos[k], clip - (self.cumulative[k - 1] if k else 0)
+        return k, clip - (self.cumulative[k - 1] if k else 0)
+
+    def locate(self, clip: int) -> Tuple[int, int]:
+        """Clip number -> (video index into video_lengths, start frame)."""
+        k, start = self._locate(clip)
+        return self.videos[k], start
 
     def item(self, index: int, subepoch: Optional[int] = None) -> Tuple[int, torch.Tensor]:
         """Dataset item `index` of the subepoch -> (video index, frame indices [max_frames])."""
-        video, start = self.locate(self.order(subepoch)[index])
-        length = self.lengths[self.videos.index(video)]
-        skip = clip_frame_skip(length, start, self.max_frames,
+        k, start = self._locate(self._cached_order(subepoch)[index])
+        skip = clip_frame_skip(self.lengths[k], start, self.max_frames,
                                training_frame_skip(self.frame_skip, subepoch, self.frame_skip_increase))
-        return video, clip_frame_indices(start, skip, self.max_frames)
+        return self.videos[k], clip_frame_indices(start, skip, self.max_frames)
 
 
 # ---------------------------------------------------------------------------------------------
