@@ -14,7 +14,7 @@ import torch
 
 from gfcore.data.geometry import plucker_rays, relative_to_first
 
-DATA_KINDS = ("synthetic", "re10k", "minecraft")
+DATA_KINDS = ("synthetic", "re10k", "minecraft", "dfot_re10k")
 
 
 def ensure_synthetic(root: str, num_clips: int, num_frames: int, resolution, seed: int, task: str,
@@ -35,10 +35,18 @@ def ensure_synthetic(root: str, num_clips: int, num_frames: int, resolution, see
 
 
 def build_dataset(cfg, with_depth: bool, split: str = "train", generate_missing: bool = True):
-    """A gfcore.data reader yielding whole clips (random_start off; windows are cut here)."""
+    """A gfcore.data reader yielding whole clips (random_start off; windows are cut here), or for
+    dfot_re10k DFoT's training stream (gfcore.train.dfot_data.DFoTTrainData)."""
     kind = cfg.kind
     if kind not in DATA_KINDS:
         raise ValueError(f"data.kind must be one of {DATA_KINDS}, got {kind!r}")
+    if kind == "dfot_re10k":
+        from gfcore.train.dfot_data import build_dfot_data
+
+        if with_depth:
+            raise ValueError("data.kind=dfot_re10k has no ground-truth depth; the teacher needs it "
+                             "(use teacher=vggt or teacher=dinov2)")
+        return build_dfot_data(cfg, split)
     resolution = list(cfg.resolution)
     if kind == "synthetic":
         root = os.path.expanduser(cfg.root)
@@ -63,6 +71,27 @@ def build_dataset(cfg, with_depth: bool, split: str = "train", generate_missing:
 
     return Minecraft(os.path.expanduser(cfg.root), split, num_frames=cfg.clip_frames, resolution=resolution,
                      frame_skip=cfg.get("frame_skip", 1), random_start=False, with_depth=with_depth)
+
+
+def build_batcher(cfg, dataset, batch_size: int, rank: int = 0, world_size: int = 1):
+    """The batcher of the run's data: DFoTStepBatcher for data.kind=dfot_re10k (with Pluecker rays
+    only when the objective reads them: not train.objective=dfot), else StepBatcher."""
+    camera = bool(cfg.data.camera)
+    if cfg.data.kind == "dfot_re10k":
+        from gfcore.train.dfot_data import DFoTStepBatcher
+
+        rays = camera and cfg.train.get("objective", "flow") != "dfot"
+        return DFoTStepBatcher(dataset, cfg.train.num_frames, batch_size, cfg.seed, rays, rank, world_size)
+    return StepBatcher(dataset, cfg.train.num_frames, batch_size, cfg.seed, camera=camera,
+                       cache=cfg.data.get("cache_in_memory", True), rank=rank, world_size=world_size)
+
+
+def check_feature_cache(data_cfg, cached: bool) -> None:
+    """A teacher feature cache holds the features of the stored frames: it cannot serve mirrored
+    clips (dfot_re10k's horizontal flip)."""
+    if cached and data_cfg.kind == "dfot_re10k" and float(data_cfg.horizontal_flip_prob) > 0:
+        raise ValueError(f"teacher.cache holds features of unflipped frames; data.horizontal_flip_prob="
+                         f"{data_cfg.horizontal_flip_prob} flips clips: set it to 0 or use a live teacher")
 
 
 def add_rays(item: Dict, patch_size: int = 1) -> Dict:

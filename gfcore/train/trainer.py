@@ -44,7 +44,7 @@ from gfcore.losses import GeometryAlignmentLoss
 from gfcore.models.dit import VideoDiT
 from gfcore.nvtx import nvtx_range
 from gfcore.train.checkpoint import rng_state, save_checkpoint, set_rng_state, write_checkpoint
-from gfcore.train.data import BatchPrefetcher, StepBatcher, batch_to_device, build_dataset
+from gfcore.train.data import BatchPrefetcher, batch_to_device, build_batcher, build_dataset, check_feature_cache
 from gfcore.train.distributed import DistInfo, barrier, gather_objects, mean_across_ranks, setup_distributed
 from gfcore.train.flops import forward_flops, peak_flops
 from gfcore.train.loggers import Loggers, check_loggers
@@ -600,11 +600,11 @@ def train(cfg: DictConfig) -> Dict:
                        "changes": changes_record(changes)})
 
     with_depth = teacher is not None and "depth" in teacher.requires
+    check_feature_cache(cfg.data, teacher is not None and getattr(teacher, "cache", None) is not None)
     dataset = build_dataset(cfg.data, with_depth=with_depth, generate_missing=info.is_main)
     barrier(info)
     step_batch = cfg.train.batch_size * accum  # clips per optimizer step
-    batcher = StepBatcher(dataset, cfg.train.num_frames, step_batch, cfg.seed, camera=bool(cfg.data.camera),
-                          cache=cfg.data.get("cache_in_memory", True), rank=info.rank, world_size=info.world_size)
+    batcher = build_batcher(cfg, dataset, step_batch, rank=info.rank, world_size=info.world_size)
     per_rank = step_batch // info.world_size
     micro = per_rank // accum  # this rank's clips per micro-batch
     frame_shape = (step_batch, cfg.train.num_frames, 3, *cfg.data.resolution)
