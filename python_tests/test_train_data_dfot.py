@@ -23,6 +23,7 @@ pytest.importorskip("av", reason="writing test videos needs PyAV (pip install av
 
 from gfcore.data import DataError  # noqa: E402
 from gfcore.data import dfot_re10k as dfot  # noqa: E402
+from gfcore.data.geometry import cameras_to_dfot_poses  # noqa: E402
 from gfcore.data.video import read_video, write_video  # noqa: E402
 from gfcore.models.dfot import camera_rays, ray_encoding  # noqa: E402
 from gfcore.train.data import BatchPrefetcher, build_batcher, build_dataset  # noqa: E402
@@ -289,8 +290,6 @@ def test_cameras_are_the_items_poses_and_give_their_ray_map(made_root):
         # float32 storage of values up to ~3: a few 1e-7
         np.testing.assert_allclose(batch["c2w"][b].double().numpy(), np.linalg.inv(c2w[0]) @ c2w, rtol=0, atol=2e-6)
         # the rays of both, in float64: equal up to the float32 rounding of the stored cameras
-        from gfcore.data.geometry import cameras_to_dfot_poses
-
         pose = cameras_to_dfot_poses(batch["intrinsics"][b:b + 1].double(), batch["c2w"][b:b + 1].double(), RES, RES)
         ours, theirs = camera_rays(pose, RES, RES), camera_rays(item["conds"][None].double(), RES, RES)
         delta = max((a - t).abs().max().item() for a, t in zip(ours, theirs))
@@ -352,9 +351,9 @@ def test_trainer_takes_the_dfot_batches_and_resumes_them(tmp_path, made_root, mo
     cross inside a step); killed after step 3 and resumed from step 2, it sees the same batches
     and ends bit-identical."""
     from gfcore.train import load_config, train
+    from gfcore.io.checkpoint_file import read_checkpoint
     from gfcore.train.dfot_data import DFoTStepBatcher
     from gfcore.train.trainer import CrashForTesting
-    from gfcore.io.checkpoint_file import read_checkpoint
 
     seen = {}
     original = DFoTStepBatcher.batch

@@ -6,7 +6,9 @@ clip order and the stride schedule, advance as DFoT's Lightning epochs of subdat
 do. DFoT draws its augmentations from Python's global `random`; here clip b of step s draws from
 its own random.Random seeded by (seed, s, b), so a batch is a function of (seed, s) only: a
 resumed run sees the batches it would have seen and each DDP rank takes its slice of the same
-global batch (gfcore.train.data's contract).
+global batch (gfcore.train.data's contract). Two differences from DFoT's loader, neither in what a
+clip is: its last batch of a subepoch is short (drop_last off) where a batch here may straddle two
+subepochs, and its DistributedSampler interleaves the ranks where here they take contiguous slices.
 
 Items come in the trainer's convention:
   frames      [T, 3, res, res] float32 in [-1, 1] (DFoT's [0, 1] pixels x 2 - 1)
