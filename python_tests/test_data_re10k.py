@@ -113,7 +113,7 @@ def test_dfot_layout_matches_raw_layout(tmp_path, raw_root):
     os.makedirs(tmp_path / "test_poses")
     shutil.copy(root / "test" / f"{key}.mp4", tmp_path / "test_256" / f"{key}.mp4")
     rows = torch.from_numpy(read_camera_file(root / "test" / f"{key}.txt").rows)
-    torch.save(torch.cat([rows[:, :4], rows[:, 6:]], -1).float(), tmp_path / "test_poses" / f"{key}.pt")
+    torch.save(rows.float(), tmp_path / "test_poses" / f"{key}.pt")  # DFoT stores the 18 numbers
     dfot = RealEstate10K(tmp_path, "test", num_frames=6, resolution=32, frame_skip=2)
     raw = RealEstate10K(root, "test", num_frames=6, resolution=32, frame_skip=2)
     assert dfot.layout == "dfot" and dfot.keys == [key]
@@ -259,11 +259,11 @@ def test_bad_dfot_pose_file(tmp_path, raw_root):
     os.makedirs(tmp_path / "test_256")
     os.makedirs(tmp_path / "test_poses")
     shutil.copy(root / "test" / f"{key}.mp4", tmp_path / "test_256" / f"{key}.mp4")
-    torch.save(torch.zeros(16, 18), tmp_path / "test_poses" / f"{key}.pt")
+    torch.save(torch.zeros(16, 16), tmp_path / "test_poses" / f"{key}.pt")
     ds = RealEstate10K(tmp_path, "test", num_frames=2, resolution=16)
-    with pytest.raises(DataError, match=rf"{key}.pt: expected a \[T, 16\] tensor, got \[16, 18\]"):
+    with pytest.raises(DataError, match=rf"{key}.pt: expected camera rows \[T, 18\].*got \[16, 16\] \(already a DFoT pose"):
         ds[0]
-    torch.save(torch.zeros(15, 16), tmp_path / "test_poses" / f"{key}.pt")
+    torch.save(torch.zeros(15, 18), tmp_path / "test_poses" / f"{key}.pt")
     with pytest.raises(DataError, match=rf"{key}.pt: 15 poses but .*{key}.mp4 has 16 frames"):
         ds[0]
     (tmp_path / "test_poses" / f"{key}.pt").write_bytes(b"garbage")
@@ -353,7 +353,7 @@ def test_too_short_clips_name_their_file_in_every_layout(tmp_path, raw_root):
     os.makedirs(tmp_path / "test_poses")
     shutil.copy(root / "test" / f"{key}.mp4", tmp_path / "test_256" / f"{key}.mp4")
     rows = torch.from_numpy(read_camera_file(root / "test" / f"{key}.txt").rows)
-    torch.save(torch.cat([rows[:, :4], rows[:, 6:]], -1), tmp_path / "test_poses" / f"{key}.pt")
+    torch.save(rows, tmp_path / "test_poses" / f"{key}.pt")
     with pytest.raises(DataError, match=rf"{key}\.pt: has 16 frames, fewer than the 17 needed"):
         RealEstate10K(tmp_path, "test", num_frames=17, resolution=16)[0]
 
@@ -379,10 +379,10 @@ def test_dfot_pose_files_are_loaded_safely_and_checked(tmp_path, raw_root):
         ds[0]
     assert not marker.exists()
     torch.save({"poses": torch.zeros(16, 16)}, pose_file)
-    with pytest.raises(DataError, match=rf"{key}\.pt: expected a \[T, 16\] tensor, got dict$"):
+    with pytest.raises(DataError, match=rf"{key}\.pt: expected a tensor of camera rows \[T, 18\], got dict$"):
         ds[0]
     torch.save(torch.zeros(16), pose_file)
-    with pytest.raises(DataError, match=rf"{key}\.pt: expected a \[T, 16\] tensor, got \[16\]$"):
+    with pytest.raises(DataError, match=rf"{key}\.pt: expected camera rows \[T, 18\] .*got \[16\]$"):
         ds[0]
 
 

@@ -3,7 +3,8 @@
 raw:   {root}/{split}/{key}.txt camera files, frames as {root}/{split}/{key}.mp4 (one video frame
        per camera line) or as images {root}/{split}/{key}/{timestamp}.png|jpg;
        optional ground-truth depth {root}/{split}/{key}.depth.npz (the synthetic scenes).
-dfot:  {root}/{split}_256/{key}.mp4 with {root}/{split}_poses/{key}.pt, a [T, 16] tensor
+dfot:  {root}/{split}_256/{key}.mp4 with {root}/{split}_poses/{key}.pt, a [T, 18] tensor of the camera
+       file's numbers after the timestamp (as DFoT's download step saves them)
        (fx fy cx cy normalised, then the 3x4 world-to-camera matrix).
 """
 from __future__ import annotations
@@ -147,9 +148,12 @@ class RealEstate10K(ClipDataset):
             poses = load_weights_only(pose_path, "pose file")
         except Exception as exc:
             raise DataError(f"{pose_path}: cannot load poses ({type(exc).__name__}: {exc})") from exc
-        if not isinstance(poses, torch.Tensor) or poses.dim() != 2 or poses.shape[1] != 16:
-            shape = list(poses.shape) if isinstance(poses, torch.Tensor) else type(poses).__name__
-            raise DataError(f"{pose_path}: expected a [T, 16] tensor, got {shape}")
+        if not isinstance(poses, torch.Tensor):
+            raise DataError(f"{pose_path}: expected a tensor of camera rows [T, 18], got {type(poses).__name__}")
+        from gfcore.data.dfot_re10k import pose_from_rows
+
+        # DFoT stores each camera file's 18 numbers per frame; its loader keeps rows[:, :4] ++ rows[:, 6:]
+        poses = pose_from_rows(poses, pose_path)
         total = poses.shape[0]
         video_frames = video_num_frames(video_path)
         if video_frames != total:
