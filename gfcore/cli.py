@@ -9,6 +9,7 @@ USAGE = """usage: gfcore COMMAND [ARGS]
 commands:
   demo [--out DIR] [--scale cpu|gpu] [overrides]   the main job: data, baseline + GF training, rollouts, report
   train [hydra overrides]                           train, e.g. gfcore train experiment=demo teacher=none
+  plan [--world-size N] [--json] [overrides]       peak GPU memory of a training run, planned on the CPU
   sample RUN --out DIR [...]                        sliding-window rollouts of a trained run (mp4 + gif)
   eval --generated DIR --reference DIR --out DIR    the paper's metrics (python -m gfcore.metrics)
   synthetic ROOT [...]                              render the built-in synthetic scenes
@@ -89,6 +90,10 @@ def _dispatch(argv: Optional[Sequence[str]] = None) -> int:
         return demo_main(rest)
     if command == "train":
         return _train(rest)
+    if command == "plan":
+        from gfcore.train.plan import main as plan_main
+
+        return plan_main(rest)
     if command == "sample":
         from gfcore.sample.run import main as sample_main
 

@@ -20,8 +20,9 @@ a packed qkv [B, T, P, 3, H, D]); o is [B, T, P, H, D] contiguous. impl picks th
                kernel, or the dtype / head dim has none, falls back to the default with a
                one-time warning. On CPU, "auto" is the reference.
 """
+import contextlib
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -245,10 +246,27 @@ def _device_capability(q: torch.Tensor):
     return torch.cuda.get_device_capability(q.device) if q.device.type == "cuda" else (0, 0)
 
 
+# (device type, capability) that impl="auto" chooses for instead of the tensors' own: the memory
+# planner (gfcore.train.plan) runs on the CPU the implementations a GPU would run
+_CHOOSE_AS: Optional[Tuple[str, Tuple[int, int]]] = None
+
+
+@contextlib.contextmanager
+def choose_as(device_type: str = "cuda", capability: Tuple[int, int] = (9, 0)):
+    """Inside, impl="auto" picks what it would pick on `device_type` (compute capability)."""
+    global _CHOOSE_AS
+    before, _CHOOSE_AS = _CHOOSE_AS, (device_type, tuple(capability))
+    try:
+        yield
+    finally:
+        _CHOOSE_AS = before
+
+
 def _impl_for(q: torch.Tensor, impl: str, mode: str, rope, causal: bool = False) -> str:
     seq_len = q.shape[attention_reference.seq_axis(mode)]
-    return _choose_impl(impl, mode, q.device.type, q.dtype, q.shape[-1], seq_len=seq_len,
-                        rope=rope is not None, capability=_device_capability(q),
+    device_type, capability = _CHOOSE_AS or (q.device.type, None)
+    return _choose_impl(impl, mode, device_type, q.dtype, q.shape[-1], seq_len=seq_len,
+                        rope=rope is not None, capability=capability or _device_capability(q),
                         causal=causal)
 
 

@@ -158,22 +158,35 @@ class TeacherTargets(torch.nn.Module):
         return feats[:, :, :, 0] if feats.shape[3] == 1 else feats
 
 
+def _planning(checkpoint, cache, random_weights: bool):
+    """(checkpoint, cache, where to build) of a live teacher. random_weights (memory planning):
+    no checkpoint is read and no cache opened; a run that a cache would serve gets the teacher
+    on the meta device (its sizes only: no weights are allocated, as none would be on the GPU)."""
+    import contextlib
+
+    if not random_weights:
+        return checkpoint, cache, contextlib.nullcontext()
+    return None, None, torch.device("meta") if cache else contextlib.nullcontext()
+
+
 class VGGTFeatureTeacher(TeacherTargets):
     """TeacherTargets of a live VGGTTeacher (from a local checkpoint) or of a feature cache."""
 
     def __init__(self, grid: Tuple[int, int], checkpoint: Optional[str] = None, cache: Optional[str] = None,
                  layers=(-1,), frames_per_call: int = 16, dtype: str = "bfloat16", config: Optional[dict] = None,
-                 device: Optional[str] = None, image_size: int = 518):
+                 device: Optional[str] = None, image_size: int = 518, random_weights: bool = False):
         teacher = None
+        checkpoint, cache, where = _planning(checkpoint, cache, random_weights)
         if not cache:
-            if not checkpoint:
+            if not checkpoint and not random_weights:
                 raise ValueError("teacher=vggt needs teacher.checkpoint (a local VGGT checkpoint) or teacher.cache "
                                  "(a feature cache directory); nothing is downloaded")
             from gfcore.geometry import VGGTTeacher
 
-            teacher = VGGTTeacher(checkpoint, layers=tuple(layers), dtype=getattr(torch, dtype),
-                                  frames_per_call=frames_per_call, config=config, device=device,
-                                  out_dtype=torch.float32, image_size=image_size)
+            with where:
+                teacher = VGGTTeacher(checkpoint, layers=tuple(layers), dtype=getattr(torch, dtype),
+                                      frames_per_call=frames_per_call, config=config, device=device,
+                                      out_dtype=torch.float32, image_size=image_size)
         super().__init__(grid, teacher, cache, name="vggt")
 
 
@@ -183,23 +196,27 @@ class DINOv2FeatureTeacher(TeacherTargets):
     def __init__(self, grid: Tuple[int, int], checkpoint: Optional[str] = None, cache: Optional[str] = None,
                  variant: str = "dinov2_vitb14", layers=(-1,), norm: bool = True, frames_per_call: int = 64,
                  dtype: str = "bfloat16", config: Optional[dict] = None, device: Optional[str] = None,
-                 image_size: int = 224):
+                 image_size: int = 224, random_weights: bool = False):
         teacher = None
+        checkpoint, cache, where = _planning(checkpoint, cache, random_weights)
         if not cache:
-            if not checkpoint:
+            if not checkpoint and not random_weights:
                 raise ValueError("teacher=dinov2 needs teacher.checkpoint (a local official DINOv2 backbone "
                                  "checkpoint, e.g. dinov2_vitb14_pretrain.pth) or teacher.cache (a feature cache "
                                  "directory); nothing is downloaded")
             from gfcore.geometry.dinov2 import DINOv2Teacher
 
-            teacher = DINOv2Teacher(checkpoint, variant=variant, layers=tuple(layers), norm=norm,
-                                    dtype=getattr(torch, dtype), frames_per_call=frames_per_call, image_size=image_size,
-                                    config=config, device=device, out_dtype=torch.float32)
+            with where:
+                teacher = DINOv2Teacher(checkpoint, variant=variant, layers=tuple(layers), norm=norm,
+                                        dtype=getattr(torch, dtype), frames_per_call=frames_per_call,
+                                        image_size=image_size, config=config, device=device, out_dtype=torch.float32)
         super().__init__(grid, teacher, cache, name="dinov2")
 
 
-def build_teacher(cfg, grid: Tuple[int, int], device: Optional[str] = None):
-    """The trainer's targets (a TeacherTargets) for the teacher named by cfg.name ('none' -> None)."""
+def build_teacher(cfg, grid: Tuple[int, int], device: Optional[str] = None, random_weights: bool = False):
+    """The trainer's targets (a TeacherTargets) for the teacher named by cfg.name ('none' -> None).
+    random_weights: VGGT / DINOv2 built with random weights, reading neither checkpoint nor cache
+    (gfcore.train.plan plans memory with them)."""
     name = cfg.get("name", "none")
     if name == "none":
         return None
@@ -208,7 +225,7 @@ def build_teacher(cfg, grid: Tuple[int, int], device: Optional[str] = None):
     if name == "vggt":
         return VGGTFeatureTeacher(grid, cfg.get("checkpoint"), cfg.get("cache"), list(cfg.get("layers", [-1])),
                                   cfg.get("frames_per_call", 16), cfg.get("dtype", "bfloat16"),
-                                  cfg.get("vggt_config"), device, cfg.get("image_size", 518))
+                                  cfg.get("vggt_config"), device, cfg.get("image_size", 518), random_weights)
     if name == "dinov2":
         config = cfg.get("dinov2_config")
         if config is not None and not isinstance(config, dict):
@@ -218,5 +235,5 @@ def build_teacher(cfg, grid: Tuple[int, int], device: Optional[str] = None):
         return DINOv2FeatureTeacher(grid, cfg.get("checkpoint"), cfg.get("cache"), cfg.get("variant", "dinov2_vitb14"),
                                     list(cfg.get("layers", [-1])), bool(cfg.get("norm", True)),
                                     cfg.get("frames_per_call", 64), cfg.get("dtype", "bfloat16"), config, device,
-                                    cfg.get("image_size", 224))
+                                    cfg.get("image_size", 224), random_weights)
     raise ValueError(f"teacher.name must be one of {sorted(TEACHER_LABELS)}, got {name!r}")

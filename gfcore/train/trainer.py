@@ -53,6 +53,7 @@ from gfcore.train.objective import GFObjective, NoiseDraw, draw_noise
 from gfcore.train.optim import EMA, build_optimizer, build_scheduler, full_tensor
 from gfcore.train.resume import (ResumeError, archive_previous_run, as_list, changes_record, check_config,
                                  find_checkpoint, keep_unreadable, load_into)
+from gfcore.train.plan import check_planned_memory
 from gfcore.train.teachers import TEACHER_LABELS, build_teacher
 
 
@@ -92,6 +93,14 @@ def resolve_device(name: str, info: Optional[DistInfo] = None) -> torch.device:
     if name == "cuda" and info is not None and info.enabled:
         return torch.device("cuda", info.local_rank)
     return torch.device(name)
+
+
+def _launch_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _launch_local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def build_alignment(cfg: DictConfig, hidden_dim, teacher) -> Optional[GeometryAlignmentLoss]:
@@ -155,26 +164,37 @@ def grad_accum(cfg: DictConfig) -> int:
     return value
 
 
-def build_training(cfg: DictConfig, device: torch.device):
+def build_training(cfg: DictConfig, device: torch.device, teacher_weights: bool = True):
     """(model, objective, teacher): the model is built first from cfg.seed, so baseline and GF
-    runs start from the same weights; the projector/head come from a separate seed."""
+    runs start from the same weights; the projector/head come from a separate seed.
+    teacher_weights=False: the teacher's architecture with random weights (memory planning)."""
     name = train_objective(cfg)
     node = model_config(cfg)
     torch.manual_seed(cfg.seed)
-    model = build_train_model(node).to(device)
+    model = _on_device(build_train_model(node), device)
     hidden_dim, grid = alignment_geometry(model, node)
-    teacher = build_teacher(cfg.teacher, grid, str(device))
+    # planning (no weights) builds on the CPU as it is: Module.to would swap fake tensors
+    teacher = build_teacher(cfg.teacher, grid, str(device) if teacher_weights else None,
+                            random_weights=not teacher_weights)
     torch.manual_seed(cfg.seed + 1)
     alignment = build_alignment(cfg, hidden_dim, teacher)
     if name == "dfot":
         from gfcore.models.dfot import DFoTDiffusion
         from gfcore.train.dfot import DFoTObjective
 
-        objective = DFoTObjective(DFoTDiffusion(**dict(node.get("diffusion") or {})), alignment,
-                                  latent_index(model, node), node.get("input_norm", "dfot")).to(device)
+        objective = _on_device(DFoTObjective(DFoTDiffusion(**dict(node.get("diffusion") or {})), alignment,
+                                             latent_index(model, node), node.get("input_norm", "dfot")), device)
     else:
-        objective = GFObjective(alignment, cfg.train.get("loss_space", "v")).to(device)
+        objective = _on_device(GFObjective(alignment, cfg.train.get("loss_space", "v")), device)
     return model, objective, teacher
+
+
+def _on_device(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """module.to(device), left alone when it is there already (so fake tensors are not swapped)."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    if all(t.device == device for t in tensors):
+        return module
+    return module.to(device)
 
 
 def draw_step_noise(cfg: DictConfig, module: "TrainModule", shape, generator: torch.Generator) -> NoiseDraw:
@@ -257,7 +277,9 @@ def _precision(cfg: DictConfig, device: torch.device) -> Optional[torch.dtype]:
     raise ValueError(f"train.precision must be auto, fp32 or bf16, got {mode!r}")
 
 
-def _wrap(module: TrainModule, cfg: DictConfig, info: DistInfo, device: torch.device):
+def _wrap(module: TrainModule, cfg: DictConfig, info: DistInfo, device: torch.device, mesh=None):
+    """DDP or FSDP2 around the TrainModule (as is in one process). mesh: FSDP's device mesh
+    (None: the default over the world; the memory planner gives one made outside fake mode)."""
     if not info.enabled:
         return module
     strategy = cfg.train.strategy
@@ -270,8 +292,11 @@ def _wrap(module: TrainModule, cfg: DictConfig, info: DistInfo, device: torch.de
 
         policy = fsdp_mixed_precision(cfg, device)
         kwargs = {} if policy is None else {"mp_policy": policy}
+        if mesh is not None:
+            kwargs["mesh"] = mesh
         # one unit per block: VideoDiT's blocks, UViT3DPose.shard_units()
-        units = module.model.shard_units() if hasattr(module.model, "shard_units") else getattr(module.model, "blocks", [])
+        units = (module.model.shard_units() if hasattr(module.model, "shard_units")
+                 else getattr(module.model, "blocks", []))
         for block in units:
             fully_shard(block, **kwargs)
         return fully_shard(module, **kwargs)
@@ -510,6 +535,10 @@ def _utc_now() -> str:
 def train(cfg: DictConfig) -> Dict:
     """Train as cfg says; writes {out_dir}/checkpoints, log.jsonl, config.yaml, final.pt, summary.json."""
     device_type = resolve_device(cfg.train.device).type
+    # before the process group exists (the plan runs on a fake one) and before anything is written
+    check_planned_memory(cfg, resolve_device(cfg.train.device, DistInfo(world_size=_launch_world_size(),
+                                                                        local_rank=_launch_local_rank())),
+                         _launch_world_size())
     info = setup_distributed(device_type)
     device = resolve_device(cfg.train.device, info)
     logger_names = check_loggers(cfg.train.get("loggers", ["jsonl"]))  # before the run folder is touched
