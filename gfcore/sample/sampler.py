@@ -24,7 +24,7 @@ evaluation (per ODE stage). Only the frames being generated take the guided velo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional, Union
+from typing import Callable, Mapping, Optional, Union
 
 import numpy as np
 import torch
@@ -136,11 +136,13 @@ def _velocity(model, x: torch.Tensor, t_new: float, num_context: int, rays, acti
 def denoise_window(model, context: torch.Tensor, num_new: int, steps: int = 10, method: str = "heun",
                    rays: Optional[torch.Tensor] = None, actions: Optional[torch.Tensor] = None,
                    generator: Optional[torch.Generator] = None, guidance_scale: float = 1.0,
-                   history_guidance: Union[None, str, Mapping, HistoryGuidance] = None) -> torch.Tensor:
+                   history_guidance: Union[None, str, Mapping, HistoryGuidance] = None,
+                   progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
     """Generate num_new frames after the clean context [B, c, C, H, W]; returns [B, num_new, C, H, W].
 
     rays / actions cover the c + num_new frames of the window. history_guidance: a
     HistoryGuidance, a mode name or a mapping of its fields (None: plain sampling).
+    progress(done, steps) is called after each ODE step (it changes nothing sampled).
     """
     history = HistoryGuidance.parse(history_guidance)
     if method not in METHODS:
@@ -151,7 +153,7 @@ def denoise_window(model, context: torch.Tensor, num_new: int, steps: int = 10, 
     shape = (batch, num_new, *context.shape[2:])
     x_new = torch.randn(shape, generator=generator, dtype=torch.float32).to(context.device, context.dtype)
     times = torch.linspace(1.0, 0.0, steps + 1).tolist()
-    for t_now, t_next in zip(times[:-1], times[1:]):
+    for step, (t_now, t_next) in enumerate(zip(times[:-1], times[1:]), 1):
         dt = t_next - t_now
         v = _velocity(model, torch.cat([context, x_new], 1), t_now, num_context, rays, actions, guidance_scale,
                       history, generator)
@@ -161,6 +163,8 @@ def denoise_window(model, context: torch.Tensor, num_new: int, steps: int = 10, 
                                guidance_scale, history, generator)
             x_pred = x_new + dt * 0.5 * (v + v_next)
         x_new = x_pred
+        if progress is not None:
+            progress(step, steps)
     return x_new
 
 
@@ -169,7 +173,8 @@ def rollout(model, first_frames: torch.Tensor, num_frames: int, window: int, con
             steps: int = 10, method: str = "heun", intrinsics: Optional[torch.Tensor] = None,
             c2w: Optional[torch.Tensor] = None, actions: Optional[torch.Tensor] = None,
             generator: Optional[torch.Generator] = None, guidance_scale: float = 1.0,
-            history_guidance: Union[None, str, Mapping, HistoryGuidance] = None) -> torch.Tensor:
+            history_guidance: Union[None, str, Mapping, HistoryGuidance] = None,
+            progress: Optional[Callable[[str, int, int], None]] = None) -> torch.Tensor:
     """A video of num_frames frames [B, N, C, H, W] from the given first frames [B, k, C, H, W].
 
     Sliding window: each window holds up to `window` frames; its first frames are clean context
@@ -177,7 +182,8 @@ def rollout(model, first_frames: torch.Tensor, num_frames: int, window: int, con
     Camera models need intrinsics [B, N, 3, 3] and c2w [B, N, 4, 4] for the whole path (rays
     are recomputed per window, poses relative to the window's first frame, as in training);
     action models need actions [B, N, A]. history_guidance: see denoise_window (every window's
-    context frames are its history).
+    context frames are its history). progress(stage, done, steps), stage "window w/W", is called
+    after each ODE step of each window (gfcore.sample.progress; it changes nothing sampled).
     """
     history = HistoryGuidance.parse(history_guidance)
     batch, given = first_frames.shape[:2]
@@ -197,6 +203,12 @@ def rollout(model, first_frames: torch.Tensor, num_frames: int, window: int, con
     height, width = first_frames.shape[-2:]
     video = [first_frames[:, i] for i in range(given)]
     context = given
+    # the windows the loop below runs: the first carries the given frames, the others context_frames
+    windows, length = 0, given
+    while length < num_frames:
+        length += window - (context_frames if windows else given)
+        windows += 1
+    done_windows = 0
     while len(video) < num_frames:
         start = len(video) - context
         num_new = min(window - context, num_frames - len(video))
@@ -207,10 +219,15 @@ def rollout(model, first_frames: torch.Tensor, num_frames: int, window: int, con
             rays = plucker_rays(intrinsics[:, index].float(), relative, height, width).to(first_frames.dtype)
         window_actions = actions[:, index] if actions is not None else None
         ctx = torch.stack(video[start:], 1)
+        window_progress = None
+        if progress is not None:
+            stage = f"window {done_windows + 1}/{windows}"
+            window_progress = lambda done, total, stage=stage: progress(stage, done, total)  # noqa: E731
         new = denoise_window(model, ctx, num_new, steps, method, rays, window_actions, generator, guidance_scale,
-                             history)
+                             history, window_progress)
         video += [new[:, i].clamp(-1, 1) for i in range(num_new)]
         context = min(context_frames, len(video))
+        done_windows += 1
     return torch.stack(video, 1)
 
 
