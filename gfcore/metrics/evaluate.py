@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -114,8 +114,11 @@ def _load_vggt(config: EvalConfig, device: torch.device):
     return load_geometry_model(config.vggt, read_vggt_config(config.vggt_config), device)
 
 
-def evaluate(config: EvalConfig) -> dict:
-    """Run every available metric and write results.json, results.md and PNG plots to config.out."""
+def evaluate(config: EvalConfig, progress: Optional[Callable[[str, int, int], None]] = None) -> dict:
+    """Run every available metric and write results.json, results.md and PNG plots to config.out.
+
+    progress(stage, done, total), when given, is called after each clip (stage "clip") and after
+    each metric computed over all clips (stages "FVD", "RPE", "RVE"); it changes no value."""
     config.out.mkdir(parents=True, exist_ok=True)
     device = torch.device(config.device)
     lpips_model, lpips_reason = _try(load_lpips, config.lpips_net, weights=config.lpips_weights)
@@ -129,7 +132,8 @@ def evaluate(config: EvalConfig) -> dict:
     per_clip, fvd_feats, window_feats = {}, {"generated": [], "reference": []}, {"generated": [], "reference": []}
     rpe_values = {"generated": {}, "ground_truth": {}}
     rpe_sources = {"generated": {}, "ground_truth": {}}
-    for name, gen_path, ref_path in _paired_clips(config):
+    pairs = _paired_clips(config)
+    for clip_index, (name, gen_path, ref_path) in enumerate(pairs, 1):
         gen, ref = load_clip(gen_path).to(device), load_clip(ref_path).to(device)
         if gen.shape != ref.shape:
             raise ValueError(f"clip {name!r}: generated {list(gen.shape)} and reference {list(ref.shape)} differ in shape")
@@ -147,12 +151,18 @@ def evaluate(config: EvalConfig) -> dict:
                 rpe_values[side][name] = value
                 rpe_sources[side][source] = rpe_sources[side].get(source, 0) + 1
                 per_clip[name][f"rpe_{side}"] = value
+        if progress is not None:
+            progress("clip", clip_index, len(pairs))
 
     means = frames_acc.means()
     curves = frames_acc.curves()
     metrics = {"PSNR": means["psnr"], "SSIM": means["ssim"], "LPIPS": means.get("lpips", unavailable(lpips_reason or ""))}
     metrics["FVD"], curves["fvd_windows"] = _fvd(fvd_feats, window_feats, i3d_reason, config)
+    if progress is not None:
+        progress("FVD", 1, 3)
     metrics["RPE"], rpe_detail = _rpe(rpe_values, config)
+    if progress is not None:
+        progress("RPE", 2, 3)
     if rpe_detail is not None:
         rpe_detail["geometry_sources"] = rpe_sources
         generated, ground_truth = set(rpe_sources["generated"]), set(rpe_sources["ground_truth"])
@@ -160,6 +170,8 @@ def evaluate(config: EvalConfig) -> dict:
             config.notes.append("RPE: generated and ground-truth geometry come from different sources "
                                 f"({rpe_sources}); their ratio mixes estimator and ground-truth errors")
     metrics["RVE"], rve_detail = _rve(config, lpips_model, lpips_reason, device)
+    if progress is not None:
+        progress("RVE", 3, 3)
 
     results = {
         "metrics": metrics,
