@@ -10,8 +10,12 @@ commands:
   demo [--out DIR] [--scale cpu|gpu] [overrides]   the main job: data, baseline + GF training, rollouts, report
   train [hydra overrides]                           train, e.g. gfcore train experiment=demo teacher=none
   plan [--world-size N] [--json] [overrides]       peak GPU memory of a training run, planned on the CPU
-  sample RUN --out DIR [...]                        sliding-window rollouts of a trained run (mp4 + gif)
+  sample RUN --out DIR [...]                        rollouts of a trained run (mp4 + gif); DFoT runs: DDIM,
+                                                    history guidance, --protocol dfot256
+  sample --checkpoint PATH --model dfot_re10k --data-root ROOT --out DIR [...]   a released DFoT / GF model
   eval --generated DIR --reference DIR --out DIR    the paper's metrics (python -m gfcore.metrics)
+  eval --protocol dfot256 (--run RUN | --checkpoint PATH --model dfot_re10k) --data-root ROOT --out DIR
+                                                    sample with the 256-frame protocol, then score
   synthetic ROOT [...]                              render the built-in synthetic scenes
   convert-checkpoint PATH --trust                   rewrite an earlier gfcore's checkpoints in the safe format
 """

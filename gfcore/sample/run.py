@@ -1,4 +1,11 @@
-"""`gfcore sample`: load a trained run and write rollouts (mp4 + gif) along data or revisit paths."""
+"""`gfcore sample`: load a trained run or a released DFoT checkpoint and write rollouts (mp4 + gif).
+
+VideoDiT runs (gfcore's flow-matching model): Euler / Heun sliding-window rollouts along the
+data's or a revisit camera path, as before. DFoT models (a run trained with
+train.objective=dfot, or `--checkpoint PATH --model dfot_re10k`): DDIM with DFoT's history
+guidance, plain sliding windows or a long-rollout protocol (`--protocol dfot256`); see
+gfcore.sample.dfot_run. Bad input is refused in one line (exit code 2) before anything is written.
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,68 +16,129 @@ from typing import Optional, Sequence
 
 import torch
 
-from gfcore.io.checkpoint_file import read_checkpoint
+from gfcore.data.errors import DataError
 from gfcore.io.safe_load import UnsafeFileError
-from gfcore.models.dit import VideoDiT, build_model
+from gfcore.models.dfot.checkpoint import CheckpointError
+from gfcore.sample.dfot_run import (SampleError, add_dfot_arguments, clips_for, load_release, load_run_model, one_line,
+                                    read_run, resolve_settings, run_protocol_sampling, run_source)
+from gfcore.sample.progress import ProgressReporter
 from gfcore.sample.sampler import HISTORY_MODES, HistoryGuidance, revisit_path, rollout, to_uint8
 
+VIDEODIT_METHODS = ("euler", "heun")
+REFUSALS = (SampleError, CheckpointError, DataError, UnsafeFileError)
 
-def load_trained_model(path: str, use_ema: bool = True, device: str | torch.device = "cpu") -> tuple[VideoDiT, dict]:
-    """(model in eval mode, run config) from a run folder (its final.pt) or a final.pt file."""
-    file = os.path.join(path, "final.pt") if os.path.isdir(path) else path
-    if not os.path.isfile(file):
-        raise FileNotFoundError(f"no trained model at {file!r} (expected a run folder with final.pt)")
-    state = read_checkpoint(file)  # never unpickled: an old or crafted file is refused, nothing runs
-    missing = [k for k in ("model", "ema", "model_config", "config") if k not in state]
-    if missing:
-        raise KeyError(f"{file}: not a gfcore final.pt, lacks {missing}")
-    model = build_model(state["model_config"])
-    model.load_state_dict(state["ema" if use_ema else "model"])
-    return model.to(device).eval(), state["config"]
+
+def load_trained_model(path: str, use_ema: bool = True, device: str | torch.device = "cpu"):
+    """(model in eval mode, run config) from a run folder (its final.pt) or a final.pt file:
+    a VideoDiT or, for a run with model.arch dfot, a UViT3DPose."""
+    file, state = read_run(path)
+    return load_run_model(file, state, use_ema, device), state["config"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gfcore sample", description="Roll out a trained run (VideoDiT: Euler/Heun sliding windows; DFoT: DDIM, "
+        "history guidance, --protocol) or a released DFoT checkpoint (--checkpoint PATH --model dfot_re10k).")
+    parser.add_argument("run", nargs="?", help="run folder (holding final.pt) or a final.pt file")
+    parser.add_argument("--out", required=True, help="output folder for mp4 and gif files")
+    parser.add_argument("--num-frames", type=int,
+                        help="frames per rollout (default: the clip's length on --path data, 64 on revisit; "
+                             "the protocol's with --protocol)")
+    parser.add_argument("--num-clips", type=int, default=2, help="clips to start from")
+    parser.add_argument("--split", help="data split (default: train for a run, test for --checkpoint)")
+    parser.add_argument("--path", choices=("data", "revisit"), default="data",
+                        help="camera path: the clip's own (repeated if shorter) or a 360-degree in-place turn "
+                             "(VideoDiT)")
+    parser.add_argument("--steps", type=int, help="ODE / DDIM steps (default: the run's sample.steps; DFoT: 50 "
+                        "or the protocol's)")
+    parser.add_argument("--method", choices=VIDEODIT_METHODS + ("ddim",),
+                        help="euler | heun for VideoDiT (default: the run's sample.method); ddim for DFoT (its "
+                             "default and only sampler)")
+    parser.add_argument("--context-frames", type=int, help="clean frames given / carried between windows")
+    parser.add_argument("--weights", choices=("run", "ema", "raw"), default="run",
+                        help="EMA or raw weights (default: the run's sample.use_ema; EMA for --checkpoint)")
+    parser.add_argument("--history-guidance",
+                        help=f"history guidance: VideoDiT {'|'.join(HISTORY_MODES)} (default: the run's "
+                             f"sample.history_guidance.mode); DFoT conditional|stabilized_conditional|vanilla|"
+                             f"stabilized_vanilla|fractional|stabilized_fractional")
+    parser.add_argument("--history-scale", type=float, help="history guidance scale")
+    parser.add_argument("--stabilization-level", type=float,
+                        help="history noise level, conditional branch (stabilized)")
+    parser.add_argument("--fractional-level", type=float,
+                        help="history noise level, unconditional branch (VideoDiT fractional)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    add_dfot_arguments(parser)
+    return parser
+
+
+DFOT_ONLY = ("protocol", "max_tokens", "keyframe_density", "interp_max_batch", "sliding_context", "freq_scale",
+             "interp_history_guidance", "interp_history_scale", "interp_stabilization_level", "data_root")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.run is None) == (args.checkpoint is None):
+        parser.error("give a run (RUN) or a released checkpoint (--checkpoint PATH --model NAME), not both")
+    if args.checkpoint is not None and args.model is None:
+        parser.error("--checkpoint needs --model (the model config of the file, e.g. dfot_re10k)")
+    try:
+        if args.checkpoint is not None:
+            source = load_release(args.checkpoint, args.model, args.model_resolution, args.model_frames,
+                                  args.weights != "raw", args.device)
+            return _sample_dfot(args, source)
+        file, state = read_run(args.run)
+        run_cfg = state["config"]
+        use_ema = args.weights == "ema" or (args.weights == "run" and run_cfg.get("sample", {}).get("use_ema", True))
+        model = load_run_model(file, state, use_ema, args.device)
+        if state["model_config"].get("arch", "dit") == "dfot":
+            from omegaconf import OmegaConf
+
+            return _sample_dfot(args, run_source(file, state, model, OmegaConf.create(run_cfg)))
+        return _sample_videodit(args, model, run_cfg)
+    except REFUSALS as exc:  # a refusal naming the file or key, not a crash: no traceback, nothing written
+        print(f"gfcore sample: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def _sample_dfot(args, source) -> int:
+    if args.method is not None and args.method != "ddim":
+        raise SampleError(f"--method {args.method}: DFoT models sample with ddim (euler / heun are the ODE solvers "
+                          f"of gfcore's flow-matching VideoDiT)")
+    if args.path != "data":
+        raise SampleError("--path revisit is VideoDiT's; DFoT models follow the clips' own cameras")
+    if args.fractional_level is not None:
+        raise SampleError("--fractional-level is VideoDiT's; DFoT's fractional guidance takes --freq-scale")
+    split = args.split or ("train" if source.kind == "run" else "test")
+    settings = resolve_settings(args, source.frames, None if source.kind == "run" else source.frames)
+    clips = clips_for(source, settings, args.data_root, split, args.num_clips, first_frames=args.first_frames)
+    reporter = ProgressReporter(every=args.progress_every, enabled=not args.no_progress)
+    written = run_protocol_sampling(source, clips, settings, args.out, reporter, seed=args.seed, device=args.device,
+                                    split=split)
+    print(f"wrote {len(written)} clips to {args.out} (mp4 + gif, sample.json)")
+    return 0
+
+
+def _sample_videodit(args, model, run_cfg: dict) -> int:
+    from omegaconf import OmegaConf
+
     from gfcore.data import write_gif, write_video
     from gfcore.train.data import build_dataset
 
-    parser = argparse.ArgumentParser(prog="gfcore sample", description="Roll out a trained model by sliding window.")
-    parser.add_argument("run", help="run folder (holding final.pt) or a final.pt file")
-    parser.add_argument("--out", required=True, help="output folder for mp4 and gif files")
-    parser.add_argument("--num-frames", type=int,
-                        help="frames per rollout (default: the clip's length on --path data, 64 on revisit)")
-    parser.add_argument("--num-clips", type=int, default=2, help="clips of the run's dataset to start from")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--path", choices=("data", "revisit"), default="data",
-                        help="camera path: the clip's own (repeated if shorter) or a 360-degree in-place turn")
-    parser.add_argument("--steps", type=int, help="ODE steps (default: the run's sample.steps)")
-    parser.add_argument("--method", choices=("euler", "heun"), help="ODE solver (default: the run's sample.method)")
-    parser.add_argument("--context-frames", type=int, help="clean frames carried between windows")
-    parser.add_argument("--weights", choices=("run", "ema", "raw"), default="run",
-                        help="EMA or raw weights (default: the run's sample.use_ema)")
-    parser.add_argument("--history-guidance", choices=HISTORY_MODES,
-                        help="history guidance mode (default: the run's sample.history_guidance.mode)")
-    parser.add_argument("--history-scale", type=float, help="history guidance scale")
-    parser.add_argument("--stabilization-level", type=float, help="history noise level, conditional branch (stabilized)")
-    parser.add_argument("--fractional-level", type=float, help="history noise level, unconditional branch (fractional)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
-
-    from omegaconf import OmegaConf
-
-    try:
-        model, run_cfg = load_trained_model(args.run, args.weights != "raw", args.device)
-    except UnsafeFileError as exc:  # a refusal with its remedy (the convert command), not a crash
-        print(f"gfcore sample: error: {exc}", file=sys.stderr)
-        return 2
+    if args.method == "ddim":
+        raise SampleError("--method ddim samples DFoT models; this run's model is gfcore's VideoDiT (model.arch dit): "
+                          "--method euler or heun")
+    given = [f"--{name.replace('_', '-')}" for name in DFOT_ONLY if getattr(args, name) is not None]
+    if given:
+        raise SampleError(f"{', '.join(given)}: for DFoT models only; this run's model is gfcore's VideoDiT")
     cfg = OmegaConf.create(run_cfg)
-    if args.weights == "run" and not cfg.sample.get("use_ema", True):
-        model, _ = load_trained_model(args.run, False, args.device)
-    marker = os.path.join(os.path.expanduser(str(cfg.data.get("root", ""))), args.split, "generator.json")
+    split = args.split or "train"
+    marker = os.path.join(os.path.expanduser(str(cfg.data.get("root", ""))), split, "generator.json")
     if cfg.data.kind == "synthetic" and os.path.isfile(marker):  # a split's own clip length (e.g. the demo's test)
         with open(marker) as handle:
             cfg.data.clip_frames = int(json.load(handle)["num_frames"])
-    dataset = build_dataset(cfg.data, with_depth=False, split=args.split, generate_missing=False)
+    dataset = build_dataset(cfg.data, with_depth=False, split=split, generate_missing=False)
     steps, method = args.steps or cfg.sample.steps, args.method or cfg.sample.method
     context = args.context_frames or cfg.sample.context_frames
     node = cfg.sample.get("history_guidance")
@@ -79,11 +147,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        ("stabilization_level", args.stabilization_level), ("fractional_level", args.fractional_level)):
         if value is not None:
             history[key] = value
-    history = HistoryGuidance.parse(history)
+    try:
+        history = HistoryGuidance.parse(history)
+    except ValueError as exc:
+        raise SampleError(str(exc)) from exc
     generator = torch.Generator().manual_seed(args.seed)
+    reporter = ProgressReporter(every=args.progress_every, enabled=not args.no_progress)
     os.makedirs(args.out, exist_ok=True)
     written = []
-    for index in range(min(args.num_clips, len(dataset))):
+    total_clips = min(args.num_clips, len(dataset))
+    for index in range(total_clips):
         clip = dataset[index]
         total = clip["frames"].shape[0]
         num_frames = args.num_frames or (total if args.path == "data" else 64)
@@ -95,7 +168,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if model.config.action_dim:
             kwargs["actions"] = repeat(clip["actions"])[None]
         video = rollout(model, clip["frames"][None, :context].to(args.device), num_frames, cfg.sample.window,
-                        context, steps, method, generator=generator, history_guidance=history, **kwargs)[0]
+                        context, steps, method, generator=generator, history_guidance=history,
+                        progress=reporter.steps(f"clip {index + 1}/{total_clips}"), **kwargs)[0]
         frames = to_uint8(video)
         # data path: the clip's own name, so `gfcore eval --reference` on the data split pairs them up
         name = clip["key"] if args.path == "data" else f"{clip['key']}_revisit"
@@ -106,7 +180,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     split_dir = getattr(dataset, "raw_dir", None)
     if split_dir and not (written and os.path.isfile(os.path.join(split_dir, f"{written[0].removesuffix('_revisit')}.mp4"))):
         split_dir = None  # the reference videos are not beside the camera files (e.g. RealEstate10K's {split}_256)
-    manifest = {"run": os.path.abspath(args.run), "split": args.split, "path": args.path, "clips": written,
+    manifest = {"run": os.path.abspath(args.run), "split": split, "path": args.path, "clips": written,
                 "context_frames": context, "steps": steps, "method": method, "seed": args.seed,
                 "data_split_dir": os.path.abspath(str(split_dir)) if split_dir else None}
     with open(os.path.join(args.out, "sample.json"), "w") as handle:
