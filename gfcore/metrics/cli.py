@@ -1,4 +1,6 @@
-"""Command line: python -m gfcore.metrics --generated DIR --reference DIR --out DIR [...]."""
+"""Command line: python -m gfcore.metrics --generated DIR --reference DIR --out DIR [...];
+with --protocol (gfcore eval --protocol dfot256 ...): sample a DFoT model first, see
+gfcore.metrics.protocol."""
 from __future__ import annotations
 
 import argparse
@@ -27,6 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--geometry", type=Path, help="reference geometry: <name>.npz with depth, intrinsics, c2w")
     parser.add_argument("--generated-geometry", type=Path, help="geometry estimated on the generated clips (e.g. VGGT)")
     parser.add_argument("--revisit", type=Path, help="folder of generated 360-degree revisit clips (for RVE)")
+    parser.add_argument("--context-frames", type=int, default=None,
+                        help="leading given frames left out of PSNR/SSIM/LPIPS (default: the context_frames that "
+                             "`gfcore sample` recorded in GENERATED/sample.json, else 0)")
+    add_metric_options(parser)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--max-clips", type=int, help="evaluate only the first N clip names")
+    return parser
+
+
+def add_metric_options(parser: argparse.ArgumentParser) -> None:
+    """The metric settings and local weight files, shared with `gfcore eval --protocol`."""
     parser.add_argument("--lpips-weights", type=Path, help="folder with alexnet-owt-7be5be79.pth / vgg16-397923af.pth and alex.pth / vgg.pth")
     parser.add_argument("--lpips-net", choices=("alex", "vgg"), default="alex")
     parser.add_argument("--i3d", type=Path, help="StyleGAN-V's i3d_torchscript.pt (for FVD)")
@@ -34,9 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trust-weights", action="store_true",
                         help="load --i3d / --inception even when the file's SHA-256 is not the published one "
                              "(TorchScript files are code: only for files you trust)")
-    parser.add_argument("--context-frames", type=int, default=None,
-                        help="leading given frames left out of PSNR/SSIM/LPIPS (default: the context_frames that "
-                             "`gfcore sample` recorded in GENERATED/sample.json, else 0)")
     parser.add_argument("--fvd-frames", type=int, help="frames per clip fed to I3D for FVD (default: all)")
     parser.add_argument("--fvd-window", type=int, default=16)
     parser.add_argument("--fvd-stride", type=int, default=8)
@@ -52,12 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how frames are resized to VGGT's input (see gfcore.geometry.preprocess)")
     parser.add_argument("--vggt-dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                         help="autocast dtype of VGGT's aggregator (bfloat16 is what VGGT uses on recent GPUs)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--max-clips", type=int, help="evaluate only the first N clip names")
-    return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--protocol" or a.startswith("--protocol=") for a in argv):
+        from gfcore.metrics.protocol import main as protocol_main  # sample with a protocol, then score
+
+        return protocol_main(argv)
     args = build_parser().parse_args(argv)
     note = None
     if args.context_frames is None:
