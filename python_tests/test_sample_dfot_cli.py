@@ -1,0 +1,440 @@
+"""`gfcore sample` and `gfcore eval --protocol` for DFoT models, on the CPU: a dfot_tiny run
+trained with GF on the built-in scenes (killed and resumed), sampled with DDIM and history
+guidance, with a reduced dfot256 protocol, and evaluated; a release-format checkpoint sampled
+and evaluated on a RealEstate10K folder in DFoT's layout; every kind of bad input refused in one
+line with nothing written; the VideoDiT sampler's progress lines."""
+import json
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from dfot_protocol_standin import install as install_protocol_standin
+from test_train_dfot import dfot_overrides
+from trainer_helpers import generate_tiny_data, one_torch_thread, tiny_overrides  # noqa: F401  (fixture)
+
+install_protocol_standin()  # TEMPORARY: until gfcore.sample.dfot_protocol lands on main
+
+from gfcore.cli import main  # noqa: E402
+from gfcore.data.dfot_re10k import frames_to_unit, normalize, pose_from_rows, unnormalize  # noqa: E402
+from gfcore.data.video import read_video, write_video  # noqa: E402
+from gfcore.sample import dfot_protocol  # noqa: E402
+from gfcore.sample.dfot_guidance import DFoTHistoryGuidance  # noqa: E402
+from gfcore.sample.dfot_run import model_config, protocol_selection  # noqa: E402
+from gfcore.train import load_config, train  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+REDUCED = ["--protocol", "dfot256", "--num-frames", "12", "--max-tokens", "4", "--keyframe-density", "0.34",
+           "--steps", "2"]
+TINY_RELEASE = ["--model", "dfot_tiny", "--model-resolution", "16", "--model-frames", "4"]
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """The built-in scenes: train 4 clips x 8 frames, test 3 clips x 12 frames, 16 px."""
+    from gfcore.data.synthetic import generate
+
+    root = generate_tiny_data(str(tmp_path_factory.mktemp("dfot_cli_data")))
+    generate(root, num_clips=3, num_frames=12, resolution=16, seed=1, task="camera", split="test")
+    return root
+
+
+@pytest.fixture(scope="module")
+def dfot_run(tmp_path_factory, data_root):
+    """dfot_tiny with GF (pointmap teacher), 20 steps: killed after step 11, resumed from step 10."""
+    from gfcore.train.trainer import CrashForTesting
+
+    torch.set_num_threads(1)
+    out = str(tmp_path_factory.mktemp("dfot_cli_run") / "run")
+    overrides = dfot_overrides(data_root, out, "train.steps=20", "train.ckpt_every=10", "train.lr=1e-3")
+    with pytest.raises(CrashForTesting):
+        train(load_config(overrides + ["train.crash_after_step=11"]))
+    assert train(load_config(overrides))["resumed_from"] == 10
+    return out
+
+
+@pytest.fixture(scope="module")
+def dit_run(tmp_path_factory, data_root):
+    out = str(tmp_path_factory.mktemp("dit_cli_run") / "run")
+    train(load_config(tiny_overrides(data_root, out, "teacher=none", "train.steps=2")))
+    return out
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Records every dfot_long_rollout call (its arguments and result) and passes it through."""
+    calls = []
+    real = dfot_protocol.dfot_long_rollout
+
+    def recorder(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append({"args": args, "kwargs": kwargs, "out": out.clone()})
+        return out
+
+    monkeypatch.setattr(dfot_protocol, "dfot_long_rollout", recorder)
+    return calls
+
+
+def _tiny_uvit(seed: int, **changes):
+    from gfcore.train.models import build_train_model
+
+    node = model_config("dfot_tiny", 16, 4)
+    node.update(changes)
+    torch.manual_seed(seed)
+    return build_train_model(node)
+
+
+def _release(path, model, ema_offset=None, drop=None):
+    """A Lightning-style release file of `model` (and its EMA list = weights + offset)."""
+    assert drop is None or drop in model.state_dict()
+    state = {f"diffusion_model.model.{k}": v.clone() for k, v in model.state_dict().items() if k != drop}
+    content = {"state_dict": state, "epoch": 1}
+    if ema_offset is not None:
+        content["optimizer_states"] = [{"ema": [p.detach() + ema_offset for p in model.parameters()]}]
+    torch.save(content, path)
+    return str(path)
+
+
+def _rows(K, c2w, size):
+    """Camera-file rows [T, 18] (normalised fx fy cx cy, 0 0, world-to-camera 3x4) of pixel K, c2w."""
+    w2c = np.linalg.inv(c2w)[:, :3, :4].reshape(len(c2w), 12)
+    intr = np.array([K[0, 0] / size, K[1, 1] / size, K[0, 2] / size, K[1, 2] / size, 0.0, 0.0])
+    return torch.from_numpy(np.concatenate([np.tile(intr, (len(c2w), 1)), w2c], 1)).float()
+
+
+@pytest.fixture(scope="module")
+def re10k_root(tmp_path_factory):
+    """RealEstate10K in DFoT's layout: test_256/{key}.mp4 (16 px) and test_poses/{key}.pt rows
+    [T, 18]; 4 videos of 10, 7 (too short for 8 frames), 12 and 9 frames; and `bad`: 24 px frames."""
+    from gfcore.data.synthetic.generate import generate_clip
+
+    root = tmp_path_factory.mktemp("re10k")
+    for name, size in (("good", 16), ("bad", 24)):
+        for index, length in enumerate((10, 7, 12, 9)):
+            clip = generate_clip(3, index, length, size)
+            key = f"{index:04x}cafe"
+            (root / name / "test_256").mkdir(parents=True, exist_ok=True)
+            (root / name / "test_poses").mkdir(parents=True, exist_ok=True)
+            write_video(str(root / name / "test_256" / f"{key}.mp4"), clip["frames"])
+            torch.save(_rows(clip["intrinsics"], clip["c2w"], size), root / name / "test_poses" / f"{key}.pt")
+    return root
+
+
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    return err
+
+
+# ------------------------------------------------------------------------------------ a gfcore run
+
+
+def test_sample_a_dfot_run_with_ddim_and_history_guidance(tmp_path, dfot_run, data_root, spy, capsys):
+    """History guidance flags map onto DFoTHistoryGuidance; the clip's first frame goes in as the
+    trainer normalises frames, the poses as the trainer converts the cameras; each clip's frames
+    with the run's 4-frame window (keyframe_density 1); the output is unnormalised."""
+    from gfcore.data.geometry import cameras_to_dfot_poses
+    from gfcore.models.dfot import ray_encoding
+    from gfcore.train.data import build_dataset
+    from gfcore.train.dfot import dfot_frames
+
+    out = tmp_path / "s"
+    assert main(["sample", dfot_run, "--out", str(out), "--steps", "3", "--num-clips", "2", "--seed", "5",
+                 "--history-guidance", "stabilized_vanilla", "--history-scale", "2.5",
+                 "--stabilization-level", "0.05", "--progress-every", "1"]) == 0
+    assert len(spy) == 2
+    cfg = load_config(dfot_overrides(data_root, "/unused"))
+    dataset = build_dataset(cfg.data, with_depth=False, split="train", generate_missing=False)
+    for index, call in enumerate(spy):
+        kw, (model, diffusion, context, conditions, process, num_frames) = call["kwargs"], call["args"]
+        assert kw["key_guidance"] == DFoTHistoryGuidance(name="stabilized_vanilla", scale=2.5, stabilization_level=0.05)
+        assert (kw["steps"], kw["max_tokens"], kw["keyframe_density"], num_frames) == (3, 4, 1.0, 8)
+        clip = dataset[index]
+        assert torch.equal(context, dfot_frames(clip["frames"][None, :1]))
+        assert torch.equal(conditions, cameras_to_dfot_poses(clip["intrinsics"], clip["c2w"], 16, 16)[None])
+        assert torch.equal(process(conditions[:, :4]), ray_encoding(conditions[:, :4], 16, 16))
+        assert type(model).__name__ == "UViT3DPose" and not model.training
+        # the written video is the unnormalised rollout (H.264 of 16 px noise-like frames is lossy:
+        # far nearer to it than to the rollout read as [0, 1] or [-1, 1] values)
+        written = torch.from_numpy(read_video(str(out / f"{clip['key']}.mp4"))).float()[1:]
+        def distance(unit):
+            return (written - (unit.clamp(0, 1) * 255).round().permute(0, 2, 3, 1)).abs().mean()
+
+        v = call["out"][0, 1:]
+        assert 2 * distance(unnormalize(v)) < min(distance(v), distance((v + 1) / 2))
+        assert (out / f"{clip['key']}.gif").is_file()
+    from gfcore.io.checkpoint_file import read_checkpoint
+
+    final = read_checkpoint(os.path.join(dfot_run, "final.pt"))  # EMA weights (the run's sample.use_ema)
+    assert any(not torch.equal(final["ema"][k], final["model"][k]) for k in final["ema"])
+    assert all(torch.equal(v, final["ema"][k]) for k, v in spy[0]["args"][0].state_dict().items())
+    manifest = json.loads((out / "sample.json").read_text())
+    assert (manifest["method"], manifest["steps"], manifest["context_frames"], manifest["seed"]) == ("ddim", 3, 1, 5)
+    assert manifest["settings"]["key_guidance"]["scale"] == 2.5
+    err = capsys.readouterr().err
+    assert "clip 2/2 · keyframes · step " in err
+    # a rerun with the same seed samples the same clips
+    first = [c["out"] for c in spy]
+    spy.clear()
+    assert main(["sample", dfot_run, "--out", str(tmp_path / "again"), "--steps", "3", "--num-clips", "2",
+                 "--seed", "5", "--history-guidance", "stabilized_vanilla", "--history-scale", "2.5",
+                 "--stabilization-level", "0.05"]) == 0
+    assert all(torch.equal(a, c["out"]) for a, c in zip(first, spy))
+    spy.clear()
+    assert main(["sample", dfot_run, "--out", str(tmp_path / "raw"), "--steps", "1", "--num-clips", "1",
+                 "--weights", "raw"]) == 0
+    assert all(torch.equal(v, final["model"][k]) for k, v in spy[0]["args"][0].state_dict().items())
+
+
+def test_sample_with_a_reduced_dfot256_protocol(tmp_path, dfot_run, spy, capsys):
+    """--protocol dfot256 takes the protocol's guidance and interpolation settings; its fields
+    are overridden from the command line; progress covers both stages."""
+    assert main(["sample", dfot_run, "--out", str(tmp_path / "p"), "--split", "test", "--num-clips", "2",
+                 *REDUCED]) == 0
+    assert len(spy) == 2
+    kw = spy[0]["kwargs"]
+    assert spy[0]["args"][5] == 12 and spy[0]["args"][3].shape == (1, 12, 16)
+    assert (kw["max_tokens"], kw["keyframe_density"], kw["steps"], kw["interp_max_batch"]) == (4, 0.34, 2, 4)
+    assert kw["key_guidance"] == DFoTHistoryGuidance(name="stabilized_vanilla", scale=4.0, stabilization_level=0.02)
+    assert kw["interp_guidance"] == DFoTHistoryGuidance(name="vanilla", scale=1.5)
+    err = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("clip 1/2 · keyframes · step ") for line in err)
+    last = [line for line in err if line.startswith("clip 2/2 · interpolation · step ")][-1]
+    done, total = last.rsplit(" ", 1)[1].split("/")
+    assert done == total  # the last step is always reported
+    # the interpolation guidance has its own flags; the protocol's max_tokens must fit the model
+    spy.clear()
+    assert main(["sample", dfot_run, "--out", str(tmp_path / "q"), "--split", "test", "--num-clips", "1", *REDUCED,
+                 "--interp-history-guidance", "fractional", "--interp-history-scale", "2"]) == 0
+    assert spy[0]["kwargs"]["interp_guidance"] == DFoTHistoryGuidance(name="fractional", scale=2.0)
+    assert spy[0]["kwargs"]["key_guidance"].name == "stabilized_vanilla"
+    capsys.readouterr()
+    assert main(["sample", dfot_run, "--out", str(tmp_path / "r"), "--protocol", "dfot256"]) == 2
+    _one_line_error(capsys, "max_tokens=16", "exactly 4 frames", "--max-tokens 4")
+    assert not (tmp_path / "r").exists()
+
+
+def test_eval_protocol_on_a_run(tmp_path, dfot_run, spy, capsys):
+    """gfcore eval --protocol: lossless generated clips (the unnormalised rollout, the context frame
+    the data's own), the reference clips, the report with the context frame left out; --resume
+    keeps what was sampled; an existing evaluation is not overwritten."""
+    from gfcore.sample.sampler import to_uint8
+    from gfcore.train.data import build_dataset
+
+    out = tmp_path / "eval"
+    args = ["eval", "--run", dfot_run, "--out", str(out), "--num-clips", "2", *REDUCED]
+    recorder = dfot_protocol.dfot_long_rollout
+
+    def drifting(*a, **k):  # a rollout whose context frame came back changed: the given one is written
+        video = recorder(*a, **k).clone()
+        video[:, 0] += 0.5
+        return video
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dfot_protocol, "dfot_long_rollout", drifting)
+        assert main(args) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["details"]["clips"] == 2 and report["inputs"]["context_frames"] == 1
+    assert np.isfinite(report["metrics"]["PSNR"]) and np.isfinite(report["metrics"]["SSIM"])
+    assert len(report["details"]["curves"]["psnr"]) == 11  # 12 frames, the given one left out
+    assert any("dfot256" in note for note in report["notes"])
+    names = sorted(p[:-4] for p in os.listdir(out / "generated") if p.endswith(".npz"))
+    assert len(names) == 2 and len(spy) == 2
+    for name, call in zip(names, spy):
+        generated = np.load(out / "generated" / f"{name}.npz")["video"]
+        reference = np.load(out / "reference" / f"{name}.npz")["video"]
+        expected = (unnormalize(call["out"][0]).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+        assert np.array_equal(generated[1:], expected[1:].numpy())
+        assert np.array_equal(generated[0], reference[0])  # the given frame, exactly
+        assert (out / "generated" / "videos" / f"{name}.mp4").is_file()
+    manifest = json.loads((out / "generated" / "sample.json").read_text())
+    assert manifest["clips"] == names and manifest["method"] == "ddim"
+    from gfcore.io.checkpoint_file import read_checkpoint
+    from omegaconf import OmegaConf
+
+    run_cfg = OmegaConf.create(read_checkpoint(os.path.join(dfot_run, "final.pt"))["config"])
+    run_cfg.data.clip_frames = 12
+    dataset = build_dataset(run_cfg.data, with_depth=False, split="test", generate_missing=False)
+    assert np.array_equal(np.load(out / "reference" / f"{dataset[0]['key']}.npz")["video"],
+                          to_uint8(dataset[0]["frames"][:12]))
+    err = capsys.readouterr().err
+    assert "metrics · clip 2/2" in err and "clip 2/2 · interpolation · step " in err
+
+    # an existing evaluation: refused without --resume / --overwrite; --resume samples nothing again
+    before = (out / "results.json").read_text()
+    spy.clear()
+    assert main(args) == 2
+    _one_line_error(capsys, str(out), "--resume", "--overwrite")
+    assert (out / "results.json").read_text() == before and not spy
+    os.remove(out / "generated" / f"{names[1]}.npz")  # as if killed during the second clip
+    assert main(args + ["--resume"]) == 0
+    assert len(spy) == 1 and json.loads((out / "results.json").read_text())["metrics"] == report["metrics"]
+    capsys.readouterr()
+    assert main(args + ["--resume", "--seed", "9"]) == 2
+    _one_line_error(capsys, "other settings (changed: seed")
+
+
+# ------------------------------------------------------------------------------- released weights
+
+
+def test_protocol_selection_is_the_authors_validation_choice():
+    """As BaseAdvancedVideoDataset picks validation clips with num_eval_videos (their code, run here
+    with Python's global random as they do)."""
+    lengths, n = [300, 256, 100, 999, 257, 412, 256, 700], 256
+
+    def authors(num_eval_videos):
+        state = random.getstate()
+        try:
+            kept = [length for length in lengths if length >= n]
+            sizes = np.cumsum([max(length - n + 1, 1) for length in kept]).tolist()
+            random.seed(0)
+            remap = [random.randrange(s, e) for s, e in zip([0] + sizes[:-1], sizes)]
+            random.shuffle(remap)
+            out = []
+            import bisect
+            for idx in remap[:num_eval_videos]:
+                video = bisect.bisect_right(sizes, idx)
+                out.append((video, idx - (sizes[video - 1] if video else 0)))
+            videos = [i for i, length in enumerate(lengths) if length >= n]
+            return [(videos[v], start) for v, start in out]
+        finally:
+            random.setstate(state)
+
+    assert protocol_selection(lengths, n, 100) == authors(100)
+    assert protocol_selection(lengths, n, 3) == authors(3)
+    assert len(protocol_selection(lengths, n, None)) == 7
+    assert protocol_selection(lengths, n, None, first_frames=True) == [(i, 0) for i in (0, 1, 3, 4, 5, 6, 7)]
+    assert all(start + n <= lengths[v] for v, start in protocol_selection(lengths, n, None))
+
+
+def test_sample_and_eval_a_release_checkpoint(tmp_path, re10k_root, spy, capsys):
+    """--checkpoint with a Lightning-style file of a tiny UViT3DPose: its EMA weights by default
+    (raw with --weights raw); clips of DFoT's layout as the authors' validation takes them (videos
+    shorter than num_frames left out), frames normalised as DFoT does, poses its camera rows."""
+    released = _tiny_uvit(seed=7)
+    path = _release(tmp_path / "dfot.ckpt", released, ema_offset=0.25)
+    root = re10k_root / "good"
+    out = tmp_path / "s"
+    assert main(["sample", "--checkpoint", path, *TINY_RELEASE, "--data-root", str(root), "--out", str(out),
+                 "--num-frames", "8", "--steps", "2", "--num-clips", "3"]) == 0
+    keys = sorted(p.name[:-4] for p in (root / "test_256").iterdir())
+    chosen = protocol_selection([10, 7, 12, 9], 8, 3)
+    assert len(spy) == 3 and 1 not in [v for v, _ in chosen]
+    for call, (video, start) in zip(spy, chosen):
+        model, _, context, conditions, _, num_frames = call["args"]
+        frames = read_video(str(root / "test_256" / f"{keys[video]}.mp4"))[start:start + 8]
+        assert torch.equal(context, normalize(frames_to_unit(frames))[None, :1])
+        rows = torch.load(root / "test_poses" / f"{keys[video]}.pt")
+        assert torch.equal(conditions, pose_from_rows(rows)[None, start:start + 8]) and num_frames == 8
+        for (name, p), q in zip(model.named_parameters(), released.parameters()):
+            assert torch.equal(p, q + 0.25), name
+    assert json.loads((out / "sample.json").read_text())["clips"] == [keys[v] for v, _ in chosen]
+    spy.clear()
+    assert main(["sample", "--checkpoint", path, *TINY_RELEASE, "--data-root", str(root),
+                 "--out", str(tmp_path / "raw"),
+                 "--num-frames", "8", "--steps", "1", "--num-clips", "1", "--weights", "raw"]) == 0
+    assert all(torch.equal(p, q) for p, q in zip(spy[0]["args"][0].parameters(), released.parameters()))
+
+    evald = tmp_path / "eval"
+    assert main(["eval", "--protocol", "dfot256", "--checkpoint", path, *TINY_RELEASE, "--data-root", str(root),
+                 "--out", str(evald), "--num-clips", "2", "--num-frames", "8", "--max-tokens", "4",
+                 "--keyframe-density", "0.5", "--steps", "2"]) == 0
+    report = json.loads((evald / "results.json").read_text())
+    assert report["details"]["clips"] == 2 and report["inputs"]["context_frames"] == 1
+    name = keys[chosen[0][0]]
+    start = chosen[0][1]
+    assert np.array_equal(np.load(evald / "reference" / f"{name}.npz")["video"],
+                          read_video(str(root / "test_256" / f"{name}.mp4"))[start:start + 8])
+
+
+# ------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_checkpoints_are_refused_in_one_line(tmp_path, re10k_root, dfot_run, capsys):
+    from gfcore.io.checkpoint_file import read_checkpoint, write_checkpoint
+
+    root = str(re10k_root / "good")
+    out = tmp_path / "out"
+    release = ["--data-root", root, "--out", str(out), "--num-frames", "8", "--steps", "1"]
+    # another architecture: a UViT3DPose of other widths, and a state dict of something else
+    other = _release(tmp_path / "wide.ckpt", _tiny_uvit(seed=0, channels=[32, 32, 48, 96]))
+    assert main(["sample", "--checkpoint", other, *TINY_RELEASE, *release]) == 2
+    _one_line_error(capsys, other, "mis-shaped keys",
+                    "expected a DFoT checkpoint of --model dfot_tiny (16 px, 4 frames)")
+    alien = tmp_path / "alien.pt"
+    torch.save({"encoder.weight": torch.zeros(4, 4), "decoder.bias": torch.zeros(4)}, alien)
+    assert main(["sample", "--checkpoint", str(alien), *TINY_RELEASE, *release]) == 2
+    _one_line_error(capsys, str(alien), "missing keys", "unexpected keys")
+    # a key missing
+    short = _release(tmp_path / "short.ckpt", _tiny_uvit(seed=0), drop="noise_level_pos_embedding.timesteps.freqs")
+    assert main(["sample", "--checkpoint", short, *TINY_RELEASE, *release]) == 2
+    _one_line_error(capsys, short, "1 missing keys", "noise_level_pos_embedding.timesteps.freqs")
+    # truncated files: a release and a run's final.pt
+    whole = _release(tmp_path / "whole.ckpt", _tiny_uvit(seed=0))
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(open(whole, "rb").read()[:5000])
+    assert main(["sample", "--checkpoint", str(cut), *TINY_RELEASE, *release]) == 2
+    _one_line_error(capsys, str(cut), "could not be read", "truncated or corrupt")
+    final = tmp_path / "final.pt"
+    final.write_bytes(open(os.path.join(dfot_run, "final.pt"), "rb").read()[:20000])
+    assert main(["sample", str(final), "--out", str(out)]) == 2
+    _one_line_error(capsys, str(final), "cannot be read as a gfcore checkpoint")
+    # a final.pt lacking a key; a gfcore checkpoint passed as a release
+    state = read_checkpoint(os.path.join(dfot_run, "final.pt"))
+    del state["ema"]
+    lacking = tmp_path / "lacking" / "final.pt"
+    write_checkpoint(state, str(lacking))
+    assert main(["sample", str(lacking.parent), "--out", str(out)]) == 2
+    _one_line_error(capsys, str(lacking), "lacks the keys ['ema']")
+    assert main(["sample", "--checkpoint", os.path.join(dfot_run, "final.pt"), *TINY_RELEASE, *release]) == 2
+    _one_line_error(capsys, "is a gfcore trainer checkpoint", f"gfcore sample {dfot_run}")
+    # eval: the same refusals
+    assert main(["eval", "--protocol", "dfot256", "--checkpoint", other, *TINY_RELEASE, "--data-root", root,
+                 "--out", str(out), "--max-tokens", "4", "--num-frames", "8"]) == 2
+    _one_line_error(capsys, other, "mis-shaped keys")
+    assert not out.exists()
+
+
+def test_frames_of_the_wrong_size_and_wrong_methods_are_refused(tmp_path, re10k_root, dfot_run, dit_run, capsys):
+    path = _release(tmp_path / "dfot.ckpt", _tiny_uvit(seed=0))
+    out = tmp_path / "out"
+    bad = re10k_root / "bad"
+    assert main(["sample", "--checkpoint", path, *TINY_RELEASE, "--data-root", str(bad), "--out", str(out),
+                 "--num-frames", "8"]) == 2
+    err = _one_line_error(capsys, "frames are 24x24", "takes 16x16")
+    assert str(bad / "test_256") in err
+    assert main(["eval", "--protocol", "dfot256", "--checkpoint", path, *TINY_RELEASE, "--data-root", str(bad),
+                 "--out", str(out), "--num-frames", "8", "--max-tokens", "4"]) == 2
+    _one_line_error(capsys, "frames are 24x24")
+    assert main(["sample", "--checkpoint", path, *TINY_RELEASE, "--data-root", str(re10k_root / "good"),
+                 "--out", str(out), "--num-frames", "13"]) == 2
+    _one_line_error(capsys, "none of the 4 videos", "13 frames")
+    assert main(["sample", dfot_run, "--out", str(out), "--method", "euler"]) == 2
+    _one_line_error(capsys, "--method euler", "ddim")
+    assert main(["sample", dfot_run, "--out", str(out), "--history-guidance", "sideways"]) == 2
+    _one_line_error(capsys, "sideways")
+    assert main(["sample", dit_run, "--out", str(out), "--method", "ddim"]) == 2
+    _one_line_error(capsys, "--method ddim", "VideoDiT")
+    assert main(["sample", dit_run, "--out", str(out), "--protocol", "dfot256"]) == 2
+    _one_line_error(capsys, "--protocol", "VideoDiT")
+    assert main(["eval", "--protocol", "dfot256", "--run", dit_run, "--out", str(out)]) == 2
+    _one_line_error(capsys, "VideoDiT")
+    assert not out.exists()
+
+
+# -------------------------------------------------------------------------------------- progress
+
+
+def test_videodit_sample_prints_windows(tmp_path, dit_run, capsys):
+    assert main(["sample", dit_run, "--out", str(tmp_path / "s"), "--num-clips", "1", "--num-frames", "6",
+                 "--steps", "2", "--progress-every", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "clip 1/1 · window 1/" in err and "step 2/2" in err
