@@ -151,14 +151,14 @@ def load_release(path: str, name: str, resolution: int = 256, frames: int = 16, 
                           f"(--model dfot_re10k); sample a gfcore run as `gfcore sample RUN`")
     if not os.path.isfile(path):
         raise SampleError(f"--checkpoint {path}: no such file")
-    if read_gfcore_checkpoint(path) is not None:
-        raise SampleError(f"{path} is a gfcore trainer checkpoint, not a DFoT release: sample it as "
-                          f"`gfcore sample {path}` (without --checkpoint)")
     with torch.device("meta"):
         model = build_train_model(node)
     try:
         load_dfot_checkpoint(model, path, use_ema=use_ema, assign=True)  # every parameter and buffer from the file
     except CheckpointError as exc:
+        if read_gfcore_checkpoint(path) is not None:  # read again only to explain the refusal
+            raise SampleError(f"{path} is a gfcore trainer checkpoint, not a DFoT release: sample it as "
+                              f"`gfcore sample {path}` (without --checkpoint)") from exc
         expected = f"expected a DFoT checkpoint of --model {name} ({resolution} px, {frames} frames)"
         if "could not be read" in str(exc):
             raise SampleError(f"{one_line(exc)} (a truncated or corrupt file?); {expected}") from exc
