@@ -11,19 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from dfot_protocol_standin import install as install_protocol_standin
+from gfcore.cli import main
+from gfcore.data.dfot_re10k import frames_to_unit, normalize, pose_from_rows, unnormalize
+from gfcore.data.video import read_video, write_video
+from gfcore.sample import dfot_protocol
+from gfcore.sample.dfot_guidance import DFoTHistoryGuidance
+from gfcore.sample.dfot_run import model_config, protocol_selection
+from gfcore.train import load_config, train
 from test_train_dfot import dfot_overrides
 from trainer_helpers import generate_tiny_data, one_torch_thread, tiny_overrides  # noqa: F401  (fixture)
-
-install_protocol_standin()  # TEMPORARY: until gfcore.sample.dfot_protocol lands on main
-
-from gfcore.cli import main  # noqa: E402
-from gfcore.data.dfot_re10k import frames_to_unit, normalize, pose_from_rows, unnormalize  # noqa: E402
-from gfcore.data.video import read_video, write_video  # noqa: E402
-from gfcore.sample import dfot_protocol  # noqa: E402
-from gfcore.sample.dfot_guidance import DFoTHistoryGuidance  # noqa: E402
-from gfcore.sample.dfot_run import model_config, protocol_selection  # noqa: E402
-from gfcore.train import load_config, train  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
