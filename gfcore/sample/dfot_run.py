@@ -22,7 +22,7 @@ Clips:
   intrinsics and c2w (gfcore.data.geometry.cameras_to_dfot_poses), as in training.
 - a released checkpoint, or a run on data.kind re10k: RealEstate10K under --data-root, as the
   authors' validation picks it (`protocol_clips`): DFoT's layout ({split}_256/{key}.mp4 and
-  {split}_poses/{key}.pt, poses [T, 18] camera rows or [T, 16]) or the raw layout
+  {split}_poses/{key}.pt, camera rows [T, 18] as DFoT stores them) or the raw layout
   ({split}/{key}.txt with {key}.mp4); frames must already be the model's resolution.
 
 Bad input (a file of another architecture, a truncated file, missing keys, frames of the wrong
@@ -386,12 +386,9 @@ class ProtocolClips:
             poses = load_weights_only(pose_path, "pose file")
         except Exception as exc:  # noqa: BLE001 - missing / truncated files
             raise DataError(f"{pose_path}: cannot load poses ({type(exc).__name__}: {one_line(exc)})") from exc
-        if isinstance(poses, torch.Tensor) and poses.dim() == 2 and poses.shape[1] == 18:
-            return pose_from_rows(poses, pose_path)
-        if not isinstance(poses, torch.Tensor) or poses.dim() != 2 or poses.shape[1] != 16:
-            shape = list(poses.shape) if isinstance(poses, torch.Tensor) else type(poses).__name__
-            raise DataError(f"{pose_path}: expected camera rows [T, 18] or DFoT poses [T, 16], got {shape}")
-        return poses.float()
+        if not isinstance(poses, torch.Tensor):
+            raise DataError(f"{pose_path}: expected a tensor of camera rows [T, 18], got {type(poses).__name__}")
+        return pose_from_rows(poses, pose_path)  # DFoT stores the camera file's 18 numbers per frame, as data/re10k
 
     def _video_path(self, key: str, path: str) -> str:
         if self.layout == "dfot":
