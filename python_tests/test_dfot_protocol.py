@@ -225,3 +225,126 @@ def test_protocol_bad_input():
         keyframe_indices(10, 0.0, 1)
     with pytest.raises(ValueError, match="first and the last"):
         interpolation_plan(torch.tensor([True, False, False]), 4)
+
+
+# ------------------------------------------------------------------------------- edges by hand
+
+class Recorder(torch.nn.Module):
+    """v = 0.5 x, and the states / branches seen: guided_ddim_sample is wrapped to record them."""
+
+    def forward(self, x, noise_levels, external_cond=None, external_cond_mask=None):
+        return 0.5 * x
+
+
+def test_history_states_of_each_sliding_window(monkeypatch):
+    """3 ground-truth frames, windows of 4 sliding by one: the history of each window is
+    ground truth (1) until generated frames (2) enter it, oldest first; the new frame is 0."""
+    import gfcore.sample.dfot_protocol as protocol
+
+    seen = []
+    real = protocol.guided_ddim_sample
+
+    def spy(model, diffusion, frames, states, *args, **kwargs):
+        seen.append(states[0].tolist())
+        return real(model, diffusion, frames, states, *args, **kwargs)
+
+    monkeypatch.setattr(protocol, "guided_ddim_sample", spy)
+    out = protocol.predict_sequence(Recorder(), DFoTDiffusion(), torch.randn(1, 3, 3, 2, 2), 6,
+                                    torch.zeros(1, 6, 1), identity, max_tokens=4, sliding_context_len=3, steps=1)
+    assert seen == [[1, 1, 1, 0], [1, 1, 2, 0], [1, 2, 2, 0]]
+    assert out.shape[1] == 6
+    seen.clear()  # sliding_context_len -1 is max_tokens - 1, as None is when one window suffices
+    protocol.predict_sequence(Recorder(), DFoTDiffusion(), torch.randn(1, 3, 3, 2, 2), 6, torch.zeros(1, 6, 1),
+                              identity, max_tokens=4, sliding_context_len=-1, steps=1)
+    assert seen == [[1, 1, 1, 0], [1, 1, 2, 0], [1, 2, 2, 0]]
+    seen.clear()
+    protocol.predict_sequence(Recorder(), DFoTDiffusion(), torch.randn(1, 3, 3, 2, 2), 4, torch.zeros(1, 4, 1),
+                              identity, max_tokens=4, steps=1)
+    assert seen == [[1, 1, 1, 0]]
+
+
+def test_predict_sequence_checks_its_window_settings():
+    d, ctx = DFoTDiffusion(), torch.randn(1, 2, 3, 2, 2)
+    run = lambda length, sliding, cond=None: dfot_predict(d, ctx, length, sliding, cond)  # noqa: E731
+    assert run(6, 2).shape[1] == 6  # the history may be just the given frames
+    with pytest.raises(ValueError, match=r"^sliding_context_len must lie in \[context frames 2, max_tokens - 1 = 3\], "
+                                         r"got 4$"):
+        run(6, 4)
+    with pytest.raises(ValueError, match=r"^sliding_context_len must lie in .*got 1$"):
+        run(6, 1)
+    with pytest.raises(ValueError, match=r"^length 6 > max_tokens 4: give sliding_context_len$"):
+        run(6, None)
+    with pytest.raises(ValueError, match=r"^conditions must cover the 6 frames, got 5$"):
+        run(6, 2, torch.zeros(1, 5, 1))
+
+
+def dfot_predict(d, ctx, length, sliding, cond=None):
+    from gfcore.sample.dfot_protocol import predict_sequence
+
+    cond = torch.zeros(1, length, 1) if cond is None else cond
+    return predict_sequence(Recorder(), d, ctx, length, cond, identity, max_tokens=4, sliding_context_len=sliding,
+                            steps=1)
+
+
+def test_interpolation_batches_and_progress():
+    """max_batch None: all of a stage's windows in one call (so the same noise as max_batch = their
+    number, and not as smaller batches); the progress total counts calls x steps for 2 clips."""
+    from gfcore.sample.dfot_protocol import interpolate
+
+    known = torch.zeros(19, dtype=torch.bool)
+    known[::3] = True  # 6 gaps of 2 frames: 6 windows of 4 frames, 12 for the 2 clips
+    # 3 x 3 frames, 3 windows a call: a call's noise (324 values) is not a multiple of torch's
+    # 16-value normal blocks, so drawing it in other batches gives other values
+    video, cond = torch.randn(2, 19, 3, 3, 3), torch.zeros(2, 19, 1)
+    totals = {}
+    run = lambda max_batch: interpolate(Recorder(), DFoTDiffusion(), video, known, cond, identity, 4,  # noqa: E731
+                                        steps=2, max_batch=max_batch, generator=torch.Generator().manual_seed(0),
+                                        progress=lambda s, d, t: totals.__setitem__(max_batch, (d, t)))
+    windows = sum(len(stage) for stage in interpolation_plan(known, 4))
+    assert 2 * windows > 4
+    whole, same, split = run(None), run(2 * windows), run(3)
+    assert torch.equal(whole, same) and not torch.equal(whole, split)
+    stages = len(interpolation_plan(known, 4))
+    assert totals[None] == (2 * stages, 2 * stages)
+    assert totals[3][1] == 2 * sum(-(-2 * len(stage) // 3) for stage in interpolation_plan(known, 4))
+    assert torch.equal(whole[:, known], video[:, known])
+
+
+def test_ddim_step_defaults_and_edges():
+    """steps 50 and eta 0 by default; a step to level 0 (not on the DDIM grid, but allowed) uses
+    alphas_cumprod[0], not 1; eta > 0 without noise draws it from the generator (clamped N(0, 1));
+    the shape checks name both level tensors and the model output."""
+    from gfcore.sample.ddim import ddim_noise_levels, ddim_step
+
+    assert len(ddim_noise_levels()) == 51
+    d = DFoTDiffusion()
+    model = Recorder()
+    x = torch.randn(1, 3, 3, 2, 2)
+    curr, nxt = torch.tensor([[19, 19, 5]]), torch.tensor([[0, -1, 0]])
+    assert torch.equal(ddim_step(model, d, x, curr, nxt), ddim_step(model, d, x, curr, nxt, eta=0.0))
+    out = ddim_step(model, d, x, curr, nxt)
+    a, a0 = d.alphas_cumprod[19], d.alphas_cumprod[0]
+    v = 0.5 * x[:, 0]
+    x0 = a.sqrt() * x[:, 0] - (1 - a).sqrt() * v
+    eps = a.sqrt() * v + (1 - a).sqrt() * x[:, 0]
+    torch.testing.assert_close(out[:, 0], a0.sqrt() * x0 + (1 - a0).sqrt() * eps, rtol=1e-6, atol=1e-6)
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+    drawn = ddim_step(model, d, x, curr, nxt, eta=0.7, generator=torch.Generator().manual_seed(5))
+    given = ddim_step(model, d, x, curr, nxt, eta=0.7, noise=z)
+    assert torch.equal(drawn, given) and not torch.equal(drawn, out)
+    with pytest.raises(ValueError, match=r"^curr and nxt must be \[B, T\] = \[1, 3\], got \[1, 3\] and \[1, 2\]$"):
+        ddim_step(model, d, x, curr, nxt[:, :2])
+    with pytest.raises(ValueError, match=r"^curr and nxt must be \[B, T\] = \[1, 3\], got \[1, 2\] and \[1, 3\]$"):
+        ddim_step(model, d, x, curr[:, :2], nxt)
+    with pytest.raises(ValueError, match=r"^model output must have the shape of x \[1, 3, 3, 2, 2\], got \[1, 3, 3, 2\]$"):
+        ddim_step(lambda x, *a: x[..., 0], d, x, curr, nxt)
+
+
+def test_guidance_fields_at_their_bounds():
+    assert DFoTHistoryGuidance("stabilized_vanilla", 2.0, stabilization_level=0.0).stabilization_level == 0.0
+    assert DFoTHistoryGuidance("fractional", 2.0, freq_scale=1.0).freq_scale == 1.0
+    assert DFoTHistoryGuidance.parse("stabilized_vanilla").name == "stabilized_vanilla"
+    with pytest.raises(ValueError, match=r"^keyframe_density must lie in \(0, 1\], got 1.5$"):
+        keyframe_indices(10, 1.5, 1)
+    with pytest.raises(ValueError, match="^interpolation needs the first and the last frame known$"):
+        interpolation_plan(torch.tensor([False, False, True]), 4)
