@@ -102,3 +102,11 @@ def warn_once(message: str, stacklevel: int = 3) -> None:
     if message not in _warned:
         _warned.add(message)
         warnings.warn(message, stacklevel=stacklevel)
+
+
+def values_known(t: torch.Tensor) -> bool:
+    """False for tensors without data (fake or meta: the memory planner's), whose values a check
+    cannot read."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    return t.device.type != "meta" and not is_fake(t)

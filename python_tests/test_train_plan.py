@@ -141,8 +141,10 @@ def test_cli_json_and_bad_input(capsys):
 
     with pytest.raises(ConfigError, match="train.bacth_size"):
         main([*overrides, "train.bacth_size=3"])
-    with pytest.raises(PlanError, match="train.grad_accum=3"):
-        plan_memory(plan_cfg("train.grad_accum=3"))
+    # train.batch_size is the global micro-batch: grad_accum leaves the per-rank peak as it is
+    assert plan_memory(plan_cfg("train.grad_accum=3")).peak_bytes == plan_memory(plan_cfg()).peak_bytes
+    with pytest.raises(PlanError, match="train.batch_size=2 does not divide over --world-size 4"):
+        plan_memory(plan_cfg(), world_size=4)
 
 
 def test_tracker_counts_storages_once_and_follows_frees_resizes_and_labels():

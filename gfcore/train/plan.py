@@ -145,11 +145,11 @@ def _fake_group(world_size: int):
 
 
 def step_memory(cfg: DictConfig, world_size: int = 1, per_rank: Optional[int] = None, fake: bool = True,
-                steps: int = 2, around_steps=contextlib.nullcontext) -> StepMemory:
+                steps: int = 2, around_steps=contextlib.nullcontext, device: str = "cpu") -> StepMemory:
     """The peak of live tensor bytes on rank 0 over `steps` optimizer steps of the run at
     `per_rank` clips per rank (default: the configured micro-batch). fake=False runs the same on
-    real tensors; around_steps() is a context entered around the steps (the CPU validation
-    measures the real run's allocations there)."""
+    real tensors on `device` (a plan is always made on the CPU); around_steps() is a context
+    entered around the steps (the validations measure the real run's allocations there)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from gfcore.train.distributed import DistInfo
@@ -161,7 +161,7 @@ def step_memory(cfg: DictConfig, world_size: int = 1, per_rank: Optional[int] = 
         per_rank = configured_micro_batch(cfg, world_size)
     cfg = _plan_config(cfg, world_size, per_rank)
     strategy = str(cfg.train.get("strategy", "ddp"))
-    device = torch.device("cpu")
+    device = torch.device("cpu") if fake else torch.device(device)
     tracker = LiveTensorBytes(default_label="other", range_labels=RANGE_LABELS)
     mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
     cached = bool(cfg.teacher.get("cache")) and cfg.teacher.get("name", "none") != "none"
@@ -170,6 +170,8 @@ def step_memory(cfg: DictConfig, world_size: int = 1, per_rank: Optional[int] = 
     with _fake_group(world_size) as mesh, mode, tracker, choose_as("cuda"):
         with tracker.label("parameters"), _values_not_drawn(fake):
             model, objective, teacher = build_training(cfg, device, teacher_weights=False)
+            if teacher is not None and not fake:
+                teacher.to(device)  # built where it stands (on the CPU) without weights
         module = TrainModule(model, objective)
         info = DistInfo(rank=0, world_size=world_size)
         # precision and FSDP's policy as on a GPU (train.precision=auto: bf16 autocast there)
@@ -212,6 +214,7 @@ def step_memory(cfg: DictConfig, world_size: int = 1, per_rank: Optional[int] = 
 
 
 def _one_step(cfg, tracker, parts, module, step, per_rank, world_size, frame_shape, requires, cache_of, model):
+    from gfcore.train.data import batch_to_device
     from gfcore.train.trainer import CachedTargetsBatcher, draw_step_noise, optimizer_step
 
     with tracker.label("batch"):
@@ -219,6 +222,7 @@ def _one_step(cfg, tracker, parts, module, step, per_rank, world_size, frame_sha
         if cache_of is not None:  # the cache's float32 features, as the prefetcher puts them in the batch
             batch[CachedTargetsBatcher.KEY] = torch.empty(per_rank, int(cfg.train.num_frames), _tokens(cfg, model),
                                                           *_feature_tail(cache_of))
+        batch = batch_to_device(batch, parts.device)
         noise = draw_step_noise(cfg, module, frame_shape, torch.Generator().manual_seed(step)).slice(0, per_rank)
     optimizer_step(parts, parts.align_start_step + step, batch, noise)
 
@@ -237,14 +241,12 @@ def _feature_tail(teacher) -> Tuple[int, ...]:
 
 
 def configured_micro_batch(cfg: DictConfig, world_size: int) -> int:
-    """Clips per rank per micro-batch of the configured run (train.batch_size is global)."""
-    batch, accum = int(cfg.train.batch_size), int(cfg.train.get("grad_accum", 1) or 1)
+    """Clips per rank per micro-batch of the configured run: train.batch_size is the global
+    micro-batch (train.grad_accum of them make a step), as the trainer reads it."""
+    batch = int(cfg.train.batch_size)
     if batch % world_size:
         raise PlanError(f"train.batch_size={batch} does not divide over --world-size {world_size}")
-    if (batch // world_size) % accum:
-        raise PlanError(f"train.batch_size={batch} over {world_size} rank(s) does not divide into "
-                        f"train.grad_accum={accum} micro-batches")
-    return batch // world_size // accum
+    return batch // world_size
 
 
 # ------------------------------------------------------------------------------------------ the plan

@@ -38,6 +38,8 @@ from typing import Callable, List, Mapping, Optional
 
 import torch
 
+from gfcore._extension import values_known
+
 
 @dataclass
 class DFoTLoss:
@@ -162,7 +164,7 @@ class DFoTDiffusion:
         t = torch.as_tensor(t)
         if not t.is_floating_point():
             raise TypeError(f"t must be a floating tensor, got {t.dtype}")
-        if t.numel() and not bool(((t >= 0) & (t <= 1)).all()):
+        if t.numel() and values_known(t) and not bool(((t >= 0) & (t <= 1)).all()):
             raise ValueError(f"t must lie in [0, 1], got values in [{t.min().item()}, {t.max().item()}]")
         t_min, t_max, shift = (v.to(t.device) for v in (self._t_min, self._t_max, self._shift))
         return -2 * torch.log(torch.tan(t_min + t * (t_max - t_min))) + shift
@@ -289,7 +291,7 @@ def _check_bt(t: torch.Tensor, x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} must be [B, T] = {list(x.shape[:2])}, got {got}")
     if not t.is_floating_point():
         raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
-    if t.numel() and not bool(((t >= 0) & (t <= 1)).all()):
+    if t.numel() and values_known(t) and not bool(((t >= 0) & (t <= 1)).all()):
         raise ValueError(f"{name} must lie in [0, 1], got values in [{t.min().item()}, {t.max().item()}]")
 
 
