@@ -44,14 +44,13 @@ ROWS = [
 ]
 
 
-def main(argv=None) -> int:
-    from gfcore.train import load_config
-    from gfcore.train.plan import FIT_RESERVE, step_memory
+FAMILIES = ("DiT-B", "DiT-L", "DFoT")
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="benchmarks/results/memory_plan.md")
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
+
+def plan_cells():
+    from gfcore.train import load_config
+    from gfcore.train.plan import step_memory
+
     cells = []
     for label, overrides, world, switches in ROWS:
         peaks = {}
@@ -62,29 +61,52 @@ def main(argv=None) -> int:
                 peaks[per_gpu] = step_memory(cfg, world_size=world, per_rank=per_gpu).peak_bytes
         cells.append({"row": label, "world_size": world, "switches": list(switches), "peak_bytes": peaks})
         print(label, {b: f"{p / GIB:.1f}" for b, p in peaks.items()}, flush=True)
+    return cells
+
+
+def format_table(cells, seconds) -> str:
+    from gfcore.train.plan import FIT_RESERVE
+
     lines = ["| run (256x256, 16 frames) | " + " | ".join(f"{b} clip{'s' if b > 1 else ''}/GPU" for b in BATCHES)
              + " |", "|---|" + "---|" * len(BATCHES)]
     for cell in cells:
-        lines.append(f"| {cell['row']} | " + " | ".join(f"{cell['peak_bytes'][b] / GIB:.1f} GiB" for b in BATCHES)
-                     + " |")
+        peaks = {int(b): v for b, v in cell["peak_bytes"].items()}
+        lines.append(f"| {cell['row']} | " + " | ".join(f"{peaks[b] / GIB:.1f} GiB" for b in BATCHES) + " |")
     lines.append("")
     for gib in (80, 24):
         budget = gib * GIB * (1 - FIT_RESERVE)
-        fits = [(len(c["switches"]), -b, c["row"], b) for c in cells for b in BATCHES if c["peak_bytes"][b] <= budget]
-        if fits:
-            _, _, row, b = min(fits)
-            lines.append(f"- cheapest recipe that fits one {gib} GB GPU ({budget / GIB:.1f} GiB after the "
-                         f"{FIT_RESERVE:.0%} reserve): {row}, {b} clip(s) per GPU")
-        else:
-            lines.append(f"- nothing in the table fits one {gib} GB GPU")
-    lines.append(f"\nAll cells planned by `gfcore plan` on the CPU (fake tensors, eager, bf16 autocast as on a GPU) in "
-                 f"{time.perf_counter() - start:.0f} s; none measured on a GPU (pending).")
-    text = "\n".join(lines) + "\n"
+        for family in FAMILIES:
+            # cheapest: the fewest switches, then the most clips per GPU
+            fits = [(len(c["switches"]), -b, c["row"], b) for c in cells if c["row"].startswith(family)
+                    for b in BATCHES if c["peak_bytes"][b if b in c["peak_bytes"] else str(b)] <= budget]
+            recipe = f"{min(fits)[2]}, {min(fits)[3]} clip(s) per GPU" if fits else "nothing in the table"
+            lines.append(f"- {family} on {gib} GB GPUs ({budget / GIB:.1f} GiB after the {FIT_RESERVE:.0%} "
+                         f"reserve): {recipe}")
+    lines.append(f"\nEvery cell planned by `gfcore plan` on the CPU (fake tensors, eager, bf16 autocast as on a GPU; "
+                 f"{seconds:.0f} s for the table); none measured on a GPU (pending: benchmarks/bench_memory.py).")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="benchmarks/results/memory_plan.md")
+    parser.add_argument("--from-json", action="store_true", help="format the saved cells again, planning nothing")
+    args = parser.parse_args(argv)
+    saved = args.out.replace(".md", ".json")
+    if args.from_json:
+        with open(saved) as handle:
+            data = json.load(handle)
+        cells, seconds = data["cells"], data.get("seconds", 0)
+    else:
+        start = time.perf_counter()
+        cells = plan_cells()
+        seconds = time.perf_counter() - start
+        with open(saved, "w") as handle:
+            json.dump({"cells": cells, "seconds": seconds}, handle, indent=1)
+    text = format_table(cells, seconds)
     print(text)
     with open(args.out, "w") as handle:
         handle.write(text)
-    with open(args.out.replace(".md", ".json"), "w") as handle:
-        json.dump({"cells": cells}, handle, indent=1)
     return 0
 
 
