@@ -348,3 +348,40 @@ def test_guidance_fields_at_their_bounds():
         keyframe_indices(10, 1.5, 1)
     with pytest.raises(ValueError, match="^interpolation needs the first and the last frame known$"):
         interpolation_plan(torch.tensor([False, False, True]), 4)
+
+
+def test_float64_rollouts_stay_float64_and_draw_in_float64():
+    """A float64 clip is sampled in float64: windows, noise (initial, history, eta) drawn in the
+    clip's dtype from the generator, context returned bit-identical; 50 steps by default."""
+    from gfcore.sample.ddim import ddim_step
+    from gfcore.sample.dfot_protocol import interpolate, predict_sequence
+
+    d, ctx = DFoTDiffusion(), torch.randn(1, 1, 3, 2, 2, dtype=torch.float64)
+    seen = {}
+    out = dfot_long_rollout(Recorder(), d, ctx, torch.zeros(1, 7, 1), identity, 7, max_tokens=4,
+                            keyframe_density=0.5, key_guidance=DFoTHistoryGuidance("vanilla", 2.0),
+                            generator=torch.Generator().manual_seed(0),
+                            progress=lambda s, done, total: seen.__setitem__(s, total))
+    assert out.dtype == torch.float64 and torch.equal(out[:, :1], ctx)
+    # keyframes (2, 4, 6) computed in float64, not in float32 and promoted: values float32 cannot hold
+    keys = out[:, [2, 4, 6]]
+    assert not torch.equal(keys, keys.float().double())
+    assert seen == {"keyframes": 50, "interpolation": 50 * len(interpolation_plan(
+        torch.tensor([True, False, True, False, True, False, True]), 4))}
+    states = torch.tensor([[1, 0, 0, 0]])
+    noise = torch.randn(1, 4, 3, 2, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    drawn = guided_ddim_sample(Recorder(), d, torch.cat([ctx, ctx, ctx, ctx], 1), states, steps=2,
+                               generator=torch.Generator().manual_seed(3))
+    given = guided_ddim_sample(Recorder(), d, torch.cat([ctx, ctx, ctx, ctx], 1), states, steps=2, noise=noise)
+    assert drawn.dtype == torch.float64 and torch.equal(drawn, given)
+    x = torch.randn(1, 2, 3, 2, 2, dtype=torch.float64)
+    curr, nxt = torch.tensor([[19, 39]]), torch.tensor([[-1, 19]])
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    assert torch.equal(ddim_step(Recorder(), d, x, curr, nxt, eta=0.5, generator=torch.Generator().manual_seed(4)),
+                       ddim_step(Recorder(), d, x, curr, nxt, eta=0.5, noise=z))
+    counted = {}
+    predict_sequence(Recorder(), d, ctx.float(), 4, torch.zeros(1, 4, 1), identity, 4,
+                     progress=lambda s, done, total: counted.__setitem__("p", total))
+    interpolate(Recorder(), d, torch.zeros(1, 4, 3, 2, 2), torch.tensor([True, False, False, True]),
+                torch.zeros(1, 4, 1), identity, 4, progress=lambda s, done, total: counted.__setitem__("i", total))
+    assert counted == {"p": 50, "i": 50}
