@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass
 from typing import Optional, Tuple
 
 import torch
-import torch.utils.checkpoint
 from einops import rearrange
 from torch import nn
 
+from gfcore.models.checkpointing import checkpoint_mode, recompute
 from gfcore.nn import FactorizedAttention
 from gfcore.nn.rope import rope_1d, rope_2d
 
@@ -113,7 +113,10 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.modulation[1].weight)
         nn.init.zeros_(self.modulation[1].bias)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, spatial_rope, temporal_rope) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, spatial_rope, temporal_rope,
+                recompute_sublayers: bool = False) -> torch.Tensor:
+        """recompute_sublayers (activation_checkpointing=selective): the two attentions and the MLP
+        are recomputed in the backward, the norms, modulations and residual adds are kept."""
         mods = self.modulation(cond).chunk(9, dim=-1)
         for i, run in enumerate((
             lambda h: self.spatial(h, mode="spatial", rope=spatial_rope),
@@ -121,7 +124,8 @@ class DiTBlock(nn.Module):
             self.mlp,
         )):
             shift, scale, gate = mods[3 * i: 3 * i + 3]
-            x = x + gate[:, :, None] * run(modulate(self.norms[i](x), shift, scale))
+            h = modulate(self.norms[i](x), shift, scale)
+            x = x + gate[:, :, None] * (recompute(run, h) if recompute_sublayers else run(h))
         return x
 
 
@@ -134,8 +138,10 @@ class VideoDiT(nn.Module):
     Returns v [B, T, C, H, W] and the hidden state [B, T, P, D] after `align_depth` blocks.
 
     activation_checkpointing (an attribute, not part of the config: it changes memory, not
-    values): when True and gradients are on, each block's activations are recomputed in the
-    backward (torch.utils.checkpoint, use_reentrant=False) instead of being kept.
+    values): "none", "full" or "selective" (gfcore.models.checkpointing; True / False are read as
+    full / none). With gradients on, full recomputes each block in the backward
+    (torch.utils.checkpoint, use_reentrant=False) instead of keeping its activations; selective
+    recomputes only each block's attentions and MLP.
     """
 
     def __init__(self, config: VideoDiTConfig):
@@ -158,7 +164,15 @@ class VideoDiT(nn.Module):
         cos, sin = rope_2d(*config.grid, head_dim)
         self.register_buffer("spatial_cos", cos, persistent=False)
         self.register_buffer("spatial_sin", sin, persistent=False)
-        self.activation_checkpointing = False
+        self.activation_checkpointing = "none"
+
+    @property
+    def activation_checkpointing(self) -> str:
+        return self._checkpointing
+
+    @activation_checkpointing.setter
+    def activation_checkpointing(self, value) -> None:
+        self._checkpointing = checkpoint_mode(value, "activation_checkpointing")
 
     @property
     def hidden_dim(self) -> int:
@@ -208,13 +222,12 @@ class VideoDiT(nn.Module):
         spatial_rope = (self.spatial_cos, self.spatial_sin)
         temporal_rope = rope_1d(x.shape[1], self.config.hidden_dim // self.config.num_heads, device=x.device)
         hidden = None
-        recompute = self.activation_checkpointing and torch.is_grad_enabled()
+        mode = self.activation_checkpointing if torch.is_grad_enabled() else "none"
         for depth, block in enumerate(self.blocks, start=1):
-            if recompute:
-                tokens = torch.utils.checkpoint.checkpoint(block, tokens, cond, spatial_rope, temporal_rope,
-                                                           use_reentrant=False)
+            if mode == "full":
+                tokens = recompute(block, tokens, cond, spatial_rope, temporal_rope)
             else:
-                tokens = block(tokens, cond, spatial_rope, temporal_rope)
+                tokens = block(tokens, cond, spatial_rope, temporal_rope, recompute_sublayers=mode == "selective")
             if depth == self.config.align_depth:
                 hidden = tokens
         shift, scale = self.final_modulation(cond).chunk(2, dim=-1)

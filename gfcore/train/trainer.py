@@ -41,6 +41,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gfcore.losses import GeometryAlignmentLoss
+from gfcore.models.checkpointing import checkpoint_mode
 from gfcore.models.dit import VideoDiT
 from gfcore.nvtx import nvtx_range
 from gfcore.train.checkpoint import rng_state, save_checkpoint, set_rng_state, write_checkpoint
@@ -405,20 +406,28 @@ def configure_model(model: VideoDiT, cfg: DictConfig) -> VideoDiT:
     """train.activation_checkpointing and train.compile, applied to the DiT in place (its
     parameters and state_dict keys stay the same, so checkpoints do not depend on either).
 
-    activation_checkpointing=true: each DiT block's activations are recomputed in the backward
-    (torch.utils.checkpoint, use_reentrant=False). compile=true: torch.compile of the model's
-    forward (the default inductor backend; a string names another backend, e.g. aot_eager);
-    the objective and the alignment loss stay eager.
+    activation_checkpointing (gfcore.models.checkpointing): none | full | selective (true /
+    false: full / none); the recomputed activations are computed again in the backward
+    (torch.utils.checkpoint, use_reentrant=False). VideoDiT: full = each block, selective = each
+    block's attentions and MLP. UViT3DPose: added to its per-level use_checkpointing
+    (UViT3DPose.checkpoint_levels). compile=true: torch.compile of the model's forward (the default
+    inductor backend; a string names another backend, e.g. aot_eager); the objective and the
+    alignment loss stay eager.
     """
-    if hasattr(model, "use_checkpointing"):  # UViT3DPose: per-level recompute; true turns on every level
-        if cfg.train.get("activation_checkpointing", False):
-            model.use_checkpointing = [True] * model.num_levels
+    mode = checkpoint_mode(cfg.train.get("activation_checkpointing", "none"))
+    if hasattr(model, "use_checkpointing"):  # UViT3DPose: per-level recompute
+        model.use_checkpointing = model.checkpoint_levels(mode)
     else:
-        model.activation_checkpointing = bool(cfg.train.get("activation_checkpointing", False))
+        model.activation_checkpointing = mode
     backend = cfg.train.get("compile", False)
     if backend not in (None, False, "none", "false"):
         model.compile(**({} if backend is True else {"backend": str(backend)}))
     return model
+
+
+def check_memory_switches(cfg: DictConfig) -> None:
+    """The memory switches' values, checked before the run folder is touched."""
+    checkpoint_mode(cfg.train.get("activation_checkpointing", "none"))
 
 
 def _state_for_checkpoint(module: TrainModule, optimizer, scheduler, ema: EMA, step: int, cfg, info: DistInfo,
@@ -535,6 +544,7 @@ def _utc_now() -> str:
 def train(cfg: DictConfig) -> Dict:
     """Train as cfg says; writes {out_dir}/checkpoints, log.jsonl, config.yaml, final.pt, summary.json."""
     device_type = resolve_device(cfg.train.device).type
+    check_memory_switches(cfg)
     # before the process group exists (the plan runs on a fake one) and before anything is written
     check_planned_memory(cfg, resolve_device(cfg.train.device, DistInfo(world_size=_launch_world_size(),
                                                                         local_rank=_launch_local_rank())),

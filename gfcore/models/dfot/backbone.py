@@ -19,10 +19,10 @@ from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from einops import rearrange
 from torch import nn
 
+from gfcore.models.checkpointing import checkpoint_mode, recompute
 from gfcore.models.dfot.layers import (
     ConvProj, Downsample, NoiseLevelEmbedding, PoseEmbedding, ResBlock, TransformerBlock, Upsample,
     rope_angles, zero_,
@@ -148,6 +148,19 @@ class UViT3DPose(nn.Module):
     def num_levels(self) -> int:
         return len(self.channels)
 
+    def checkpoint_levels(self, mode: str) -> List[bool]:
+        """use_checkpointing with train.activation_checkpointing added on top (gfcore.models.checkpointing):
+        none keeps the model's own levels (dfot_re10k: the mid level, as DFoT trains), selective also
+        recomputes every TransformerBlock level (a TransformerBlock is one fused attention + MLP, so
+        its attention and MLP are the whole block; the conv ResBlock levels keep their activations),
+        full recomputes every level."""
+        mode = checkpoint_mode(mode)
+        if mode == "full":
+            return [True] * self.num_levels
+        if mode == "selective":
+            return [own or attention for own, attention in zip(self.use_checkpointing, self.is_transformer)]
+        return list(self.use_checkpointing)
+
     def level_blocks(self, level: int, up: bool) -> Sequence[nn.Module]:
         if level == self.num_levels - 1:
             return self.mid_blocks
@@ -163,10 +176,10 @@ class UViT3DPose(nn.Module):
             x, emb = (rearrange(y, "(b t) c h w -> b (t h w) c", t=self.frames) for y in (x, emb))
             angles = rope_angles(self.frames, h, w, self.channels[level] // self.num_heads, device=x.device)
             rope = (angles.cos().to(x.dtype), angles.sin().to(x.dtype))
-        recompute = self.use_checkpointing[level] and torch.is_grad_enabled()
+        checkpointed = self.use_checkpointing[level] and torch.is_grad_enabled()
         for block in self.level_blocks(level, up):
-            if recompute:
-                x = torch.utils.checkpoint.checkpoint(block, x, emb, rope, use_reentrant=False)
+            if checkpointed:
+                x = recompute(block, x, emb, rope)
             else:
                 x = block(x, emb, rope)
         if self.is_transformer[level]:
