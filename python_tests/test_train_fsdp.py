@@ -87,3 +87,62 @@ def test_a_checkpoint_resumes_on_another_world_size(tmp_path, tiny_data_root, st
     la, lb = losses(whole), losses(run)
     for step in (1, 2, 3, 4):
         assert lb[step] == pytest.approx(la[step], rel=1e-5), step
+
+
+def _same_states(a, b, parts):
+    for part in parts:
+        state_a, state_b = a[part], b[part]
+        if "shadow" in state_a:
+            state_a, state_b = state_a["shadow"], state_b["shadow"]
+        assert state_a.keys() == state_b.keys()
+        for key in state_a:
+            assert torch.equal(state_a[key], state_b[key]), (part, key)
+
+
+def test_fsdp_ema_on_the_cpu_and_a_resume_across_the_switch(tmp_path, tiny_data_root, monkeypatch):  # noqa: F811
+    """2 ranks: steps 1-2 with the default EMA (sharded like the weights), 3-4 resumed with
+    ema_device=cpu (each rank holds its own shard of the averages as a plain host tensor, gathered
+    through the mesh for checkpoints): bit-identical to 4 steps with the default (same world size,
+    same shards: nothing is reordered). The in-process check below sees the shard layout."""
+    extra = [*EXTRA, "train.strategy=fsdp"]
+    straight = str(tmp_path / "straight")
+    spawn(tiny_overrides(tiny_data_root, straight, *extra, "train.steps=4"))
+    run = str(tmp_path / "run")
+    spawn(tiny_overrides(tiny_data_root, run, *extra, "train.steps=2"))
+    spawn(tiny_overrides(tiny_data_root, run, *extra, "train.steps=4", "train.ema_device=cpu"))
+    assert losses(straight) == losses(run)
+    _same_states(read_checkpoint(os.path.join(straight, "final.pt")), read_checkpoint(os.path.join(run, "final.pt")),
+                 ("model", "ema"))
+    name = os.path.join("checkpoints", "step_00000004.pt")
+    _same_states(read_checkpoint(os.path.join(straight, name)), read_checkpoint(os.path.join(run, name)),
+                 ("model", "ema", "objective"))
+
+
+def test_cpu_ema_of_an_fsdp_model_keeps_plain_local_shards():
+    """In one gloo process (a 1-rank mesh): the averages of a fully_shard-ed module are plain
+    float32 tensors (this rank's shard, here all of it), and state_dict / load_state_dict go
+    through the mesh as the default EMA's DTensors do."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    from gfcore.train.optim import EMA
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        module = fully_shard(torch.nn.Linear(4, 3))
+        held, default = EMA(module, 0.9, device="cpu"), EMA(module, 0.9)
+        assert all(type(v) is torch.Tensor for v in held.shadow.values())
+        assert all(hasattr(v, "device_mesh") for v in default.shadow.values())
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(1.0)
+        held.update(module)
+        default.update(module)
+        for key, value in default.state_dict()["shadow"].items():
+            assert torch.equal(held.state_dict()["shadow"][key], value), key
+        held.load_state_dict({"decay": 0.9, "shadow": {k: v + 1 for k, v in default.state_dict()["shadow"].items()}})
+        for key, value in default.state_dict()["shadow"].items():
+            assert type(held.shadow[key]) is torch.Tensor and torch.equal(held.shadow[key], value + 1), key
+    finally:
+        dist.destroy_process_group()

@@ -160,3 +160,56 @@ def test_ema_defaults_and_missing_key_message():
         EMA(module).load_state_dict({"decay": 0.5, "shadow": {}})
     # the message names the first five missing keys, sorted
     assert error.value.args[0] == "EMA state lacks ['0.bias', '0.weight', '1.bias', '1.weight', '2.bias']"
+
+
+def _perturbed(module, seed):
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(seed)
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=generator))
+    return module
+
+
+def test_ema_on_the_cpu_is_the_same_arithmetic_bit_for_bit():
+    """train.ema_device=cpu: the averages live on the device asked for, and each update is the
+    arithmetic of the default EMA, bit for bit: lerp_ with weight w = 1 - decay < 1/2, which is
+    s + w (p - s) rounded once (a fused multiply-add), written out by hand below in float32 as
+    addcmul. (d s + (1 - d) p in float32 rounds three times and differs in the last bit in ~40 %
+    of the entries, so it is checked to within 2 ulp only.)"""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.LayerNorm(7))
+    module.register_buffer("count", torch.tensor(4))
+    held, default = EMA(module, decay=0.9, device="cpu"), EMA(module, decay=0.9)
+    assert set(held.shadow) == set(default.shadow) == {"0.weight", "0.bias", "1.weight", "1.bias"}
+    by_hand = {k: v.detach().clone() for k, v in module.state_dict().items() if k in held.shadow}
+    for seed in range(3):
+        _perturbed(module, seed)
+        held.update(module)
+        default.update(module)
+        for key, value in module.state_dict().items():
+            if key in by_hand:
+                s, p = by_hand[key], value.detach()
+                by_hand[key] = torch.addcmul(s, p - s, torch.tensor(1 - 0.9, dtype=torch.float32))
+                torch.testing.assert_close(by_hand[key], 0.9 * s + 0.1 * p, rtol=2 ** -22, atol=1e-7)
+    for key in by_hand:
+        assert held.shadow[key].device.type == "cpu" and held.shadow[key].dtype == torch.float32
+        assert torch.equal(held.shadow[key], by_hand[key]), key
+        assert torch.equal(default.shadow[key], by_hand[key]), key
+    # the checkpointed state is the same, and loads across the switch either way
+    for source, target in ((held, EMA(module, decay=0.9)), (default, EMA(module, decay=0.9, device="cpu"))):
+        target.load_state_dict(source.state_dict())
+        for key in by_hand:
+            assert torch.equal(target.state_dict()["shadow"][key], by_hand[key]), key
+        assert target.shadow["0.weight"].data_ptr() != source.shadow["0.weight"].data_ptr()
+
+
+def test_ema_shadow_is_held_on_the_device_asked_for():
+    """The averages of a module on one device kept on another (meta: no memory, but the device
+    shows): built there, updated there, loaded there; without a device they stay with the weights."""
+    module = torch.nn.Linear(3, 2)
+    ema = EMA(module, decay=0.5, device="meta")
+    assert {v.device.type for v in ema.shadow.values()} == {"meta"}
+    ema.update(_perturbed(module, 0))
+    ema.load_state_dict(EMA(module, decay=0.5).state_dict())
+    assert {v.device.type for v in ema.shadow.values()} == {"meta"}
+    assert {v.device.type for v in EMA(torch.nn.Linear(3, 2, device="meta")).shadow.values()} == {"meta"}

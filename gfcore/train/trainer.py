@@ -425,9 +425,21 @@ def configure_model(model: VideoDiT, cfg: DictConfig) -> VideoDiT:
     return model
 
 
+def ema_device(cfg: DictConfig) -> Optional[torch.device]:
+    """train.ema_device: auto (None: the EMA sits with the weights, sharded like them under FSDP)
+    or cpu (host memory; gfcore.train.optim.EMA)."""
+    value = cfg.train.get("ema_device", "auto")
+    if value == "auto":
+        return None
+    if value == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"train.ema_device must be auto or cpu, got {value!r}")
+
+
 def check_memory_switches(cfg: DictConfig) -> None:
     """The memory switches' values, checked before the run folder is touched."""
     checkpoint_mode(cfg.train.get("activation_checkpointing", "none"))
+    ema_device(cfg)
 
 
 def _state_for_checkpoint(module: TrainModule, optimizer, scheduler, ema: EMA, step: int, cfg, info: DistInfo,
@@ -615,7 +627,7 @@ def train(cfg: DictConfig) -> Dict:
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg.train.lr, cfg.train.weight_decay, cfg.train.betas)
     scheduler = build_scheduler(optimizer, cfg.train.warmup_steps, cfg.train.steps, cfg.train.lr_decay)
-    ema = EMA(model, cfg.train.ema_decay)
+    ema = EMA(model, cfg.train.ema_decay, device=ema_device(cfg))
     sharded = info.enabled and cfg.train.strategy == "fsdp"
 
     start_step = 0
