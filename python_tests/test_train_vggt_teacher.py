@@ -100,3 +100,82 @@ def test_cached_targets_are_read_on_the_prefetch_threads_with_the_same_values(tm
     assert len(runs[0][0]) == 3 and runs[0][0] == runs[2][0]
     for key, value in runs[0][1].items():
         assert torch.equal(value, runs[2][1][key]), key
+
+
+def _small_vggt_checkpoint(path):
+    """A random small VGGT (weights perturbed away from their init, so every layer counts)."""
+    torch.manual_seed(0)
+    model = VGGT(**{**small_config(), "enable_camera": False, "enable_depth": False, "enable_point": False})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    save_state_dict(model, path)
+    return str(path)
+
+
+def test_bf16_weights_give_the_autocast_features_of_the_fp32_weights(tmp_path, tiny_data_root):  # noqa: F811
+    """teacher.weights_dtype=auto with teacher.dtype=bfloat16: the linear / conv weights are held in
+    bf16 (half the bytes), the rest (norms, LayerScale, tokens, position table) in fp32. The
+    features equal those of the fp32 weights under bf16 autocast exactly (tolerance 0): autocast
+    rounds each fp32 weight to bf16 at the call as .to(bfloat16) did once, so the kernels see the
+    same operands, and the residual stream stays fp32. Holding every parameter in bf16 instead
+    (the residual stream then bf16) moves them by ~1e-2 on features of size ~1 (measured 0.067
+    max on values up to 3.7), which this would catch."""
+    checkpoint = _small_vggt_checkpoint(tmp_path / "vggt_small.pt")
+    base = ["teacher=vggt", f"teacher.checkpoint={checkpoint}", "teacher.image_size=28", "teacher.layers=[0,-1]"]
+    teachers = {}
+    for weights in ("auto", "bf16", "fp32"):
+        cfg = load_config(tiny_overrides(tiny_data_root, "unused", *base, f"teacher.weights_dtype={weights}"))
+        cfg.teacher.vggt_config = small_config()
+        teachers[weights] = build_teacher(cfg.teacher, (4, 4), "cpu")
+    for weights in ("auto", "bf16"):
+        vggt = teachers[weights].teacher.vggt
+        for module in vggt.modules():
+            for name, p in module.named_parameters(recurse=False):
+                matmul = isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))
+                assert p.dtype == (torch.bfloat16 if matmul else torch.float32), (type(module).__name__, name)
+        total = sum(p.numel() * p.element_size() for p in vggt.parameters())
+        full = sum(p.numel() * 4 for p in vggt.parameters())
+        assert total < 0.53 * full  # 0.524 here (the 518 px position table stays fp32); VGGT-1B: 0.501
+    assert {p.dtype for p in teachers["fp32"].teacher.vggt.parameters()} == {torch.float32}
+    frames = torch.rand(2, 3, 3, 8, 12) * 2 - 1
+    expected = teachers["fp32"]({"frames": frames})
+    assert expected.abs().max() > 1 and expected.shape == (2, 3, 16, 2, teachers["fp32"].feature_dim)
+    for weights in ("auto", "bf16"):
+        assert torch.equal(teachers[weights]({"frames": frames}), expected), weights
+
+
+def test_weights_dtype_values_are_checked(tiny_data_root):  # noqa: F811
+    from gfcore.train.teachers import teacher_weights_dtype
+
+    def resolve(*extra):
+        return teacher_weights_dtype(load_config(tiny_overrides(tiny_data_root, "unused", "teacher=vggt",
+                                                                *extra)).teacher)
+
+    assert resolve() == torch.bfloat16  # auto, teacher.dtype=bfloat16
+    assert resolve("teacher.dtype=float32") == resolve("teacher.dtype=float16") == torch.float32
+    assert resolve("teacher.weights_dtype=fp32") == torch.float32
+    with pytest.raises(ValueError, match=r"^teacher.weights_dtype must be auto, fp32 or bf16, got 'fp16'$"):
+        resolve("teacher.weights_dtype=fp16")
+    with pytest.raises(ValueError, match=r"^teacher.weights_dtype=bf16 needs teacher.dtype=bfloat16"):
+        resolve("teacher.weights_dtype=bf16", "teacher.dtype=float32")
+
+
+def test_with_a_cache_the_vggt_is_never_built(tmp_path, cache_dir, tiny_data_root, monkeypatch):  # noqa: F811
+    """teacher.cache serves the targets: even with a checkpoint given, no VGGT is built or loaded,
+    so no teacher weights are allocated, on the device or anywhere (the targets module has no
+    parameters at all), and a run trains from the cache alone."""
+    import gfcore.geometry
+
+    checkpoint = _small_vggt_checkpoint(tmp_path / "vggt_small.pt")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a VGGT was built although the cache serves the run")
+
+    monkeypatch.setattr(gfcore.geometry, "VGGTTeacher", refuse)
+    monkeypatch.setattr(gfcore.geometry.model.VGGT, "__init__", refuse)
+    overrides = ["teacher=vggt", f"teacher.cache={cache_dir}", f"teacher.checkpoint={checkpoint}"]
+    teacher = build_teacher(load_config(tiny_overrides(tiny_data_root, "unused", *overrides)).teacher, (4, 4), "cpu")
+    assert teacher.teacher is None and list(teacher.parameters()) == [] and list(teacher.buffers()) == []
+    summary = train(load_config(tiny_overrides(tiny_data_root, str(tmp_path / "run"), *overrides, "train.steps=1")))
+    assert summary["teacher"] == "VGGT teacher"

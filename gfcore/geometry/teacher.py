@@ -28,6 +28,20 @@ def resample_grid(features: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor
     return x.permute(0, 2, 3, 1).reshape(*lead, grid[0], grid[1], channels).to(features.dtype)
 
 
+MATMUL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def hold_matmul_weights(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """The parameters of module's linear and conv layers (nearly all of a ViT's) held in dtype; the
+    rest (norms, LayerScale, tokens, position table) stays float32. Autocast to dtype rounds those
+    layers' float32 weights to dtype at every call anyway (round to nearest even, as .to does), so
+    under that autocast the features are the same, and the residual stream stays float32."""
+    for layer in module.modules():
+        if isinstance(layer, MATMUL_LAYERS):
+            layer.to(dtype)
+    return module
+
+
 class VGGTTeacher(nn.Module):
     """Frozen VGGT feature extractor for Geometry Forcing.
 
@@ -38,8 +52,10 @@ class VGGTTeacher(nn.Module):
 
     checkpoint: local .pt/.pth/.safetensors with the official keys; None gives random weights
     (benchmarks, tests). config: VGGT keyword arguments (default VGGT-1B). dtype: autocast
-    dtype (bfloat16/float16) or float32 for none; the weights stay float32. out_dtype defaults
-    to dtype. resize_mode: "square" (518 x 518, as GF), "crop" or "pad" (VGGT's preprocessing).
+    dtype (bfloat16/float16) or float32 for none. weights_dtype: float32, or bfloat16 (with
+    dtype bfloat16 only) to hold the linear / conv weights in bf16, half the memory for the same
+    features (hold_matmul_weights). out_dtype defaults to dtype. resize_mode: "square" (518 x
+    518, as GF), "crop" or "pad" (VGGT's preprocessing).
 
     Implements the teacher protocol (gfcore.geometry.protocol).
     """
@@ -52,7 +68,7 @@ class VGGTTeacher(nn.Module):
                  dtype: torch.dtype = torch.bfloat16, frames_per_call: int = 16,
                  resize_mode: str = "square", image_size: int = 518, config: Optional[Dict] = None,
                  device: torch.device | str | None = None, out_dtype: Optional[torch.dtype] = None,
-                 model: Optional[VGGT] = None):
+                 model: Optional[VGGT] = None, weights_dtype: torch.dtype = torch.float32):
         super().__init__()
         if resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode={resize_mode!r} is not one of {RESIZE_MODES}")
@@ -60,10 +76,15 @@ class VGGTTeacher(nn.Module):
             raise ValueError(f"frames_per_call={frames_per_call} must be >= 1")
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"dtype={dtype} must be float32, bfloat16 or float16")
+        if weights_dtype != torch.float32 and not weights_dtype == dtype == torch.bfloat16:
+            raise ValueError(f"weights_dtype={weights_dtype} must be float32, or bfloat16 when dtype is bfloat16 "
+                             f"(dtype={dtype})")
         if model is None:
             model = self._build(checkpoint, dict(config or {}))
         elif checkpoint is not None:
             load_vggt_checkpoint(model, checkpoint)
+        if weights_dtype != torch.float32:  # before the move: the device only ever holds the bf16 copy
+            hold_matmul_weights(model, weights_dtype)
         self.vggt = model.to(device) if device is not None else model
         self.vggt.eval().requires_grad_(False)
         depth = self.vggt.aggregator.depth

@@ -169,12 +169,28 @@ def _planning(checkpoint, cache, random_weights: bool):
     return None, None, torch.device("meta") if cache else contextlib.nullcontext()
 
 
+def teacher_weights_dtype(cfg) -> torch.dtype:
+    """teacher.weights_dtype (vggt): auto (bf16 when the teacher computes in bf16, teacher.dtype),
+    fp32, or bf16 (needs teacher.dtype=bfloat16: its features are then those of the fp32 weights)."""
+    value, compute = cfg.get("weights_dtype", "auto"), cfg.get("dtype", "bfloat16")
+    if value == "auto":
+        return torch.bfloat16 if compute == "bfloat16" else torch.float32
+    if value not in ("fp32", "bf16"):
+        raise ValueError(f"teacher.weights_dtype must be auto, fp32 or bf16, got {value!r}")
+    if value == "bf16" and compute != "bfloat16":
+        raise ValueError(f"teacher.weights_dtype=bf16 needs teacher.dtype=bfloat16, got teacher.dtype={compute!r}")
+    return torch.bfloat16 if value == "bf16" else torch.float32
+
+
 class VGGTFeatureTeacher(TeacherTargets):
-    """TeacherTargets of a live VGGTTeacher (from a local checkpoint) or of a feature cache."""
+    """TeacherTargets of a live VGGTTeacher (from a local checkpoint) or of a feature cache. With
+    a cache the VGGT is never built (memory planning: on the meta device only), so no teacher
+    weights are loaded or put on the device."""
 
     def __init__(self, grid: Tuple[int, int], checkpoint: Optional[str] = None, cache: Optional[str] = None,
                  layers=(-1,), frames_per_call: int = 16, dtype: str = "bfloat16", config: Optional[dict] = None,
-                 device: Optional[str] = None, image_size: int = 518, random_weights: bool = False):
+                 device: Optional[str] = None, image_size: int = 518, random_weights: bool = False,
+                 weights_dtype: str = "auto"):
         teacher = None
         checkpoint, cache, where = _planning(checkpoint, cache, random_weights)
         if not cache:
@@ -186,7 +202,9 @@ class VGGTFeatureTeacher(TeacherTargets):
             with where:
                 teacher = VGGTTeacher(checkpoint, layers=tuple(layers), dtype=getattr(torch, dtype),
                                       frames_per_call=frames_per_call, config=config, device=device,
-                                      out_dtype=torch.float32, image_size=image_size)
+                                      out_dtype=torch.float32, image_size=image_size,
+                                      weights_dtype=teacher_weights_dtype({"weights_dtype": weights_dtype,
+                                                                           "dtype": dtype}))
         super().__init__(grid, teacher, cache, name="vggt")
 
 
@@ -225,7 +243,8 @@ def build_teacher(cfg, grid: Tuple[int, int], device: Optional[str] = None, rand
     if name == "vggt":
         return VGGTFeatureTeacher(grid, cfg.get("checkpoint"), cfg.get("cache"), list(cfg.get("layers", [-1])),
                                   cfg.get("frames_per_call", 16), cfg.get("dtype", "bfloat16"),
-                                  cfg.get("vggt_config"), device, cfg.get("image_size", 518), random_weights)
+                                  cfg.get("vggt_config"), device, cfg.get("image_size", 518), random_weights,
+                                  cfg.get("weights_dtype", "auto"))
     if name == "dinov2":
         config = cfg.get("dinov2_config")
         if config is not None and not isinstance(config, dict):

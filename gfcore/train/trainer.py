@@ -55,7 +55,7 @@ from gfcore.train.optim import EMA, build_optimizer, build_scheduler, full_tenso
 from gfcore.train.resume import (ResumeError, archive_previous_run, as_list, changes_record, check_config,
                                  find_checkpoint, keep_unreadable, load_into)
 from gfcore.train.plan import check_planned_memory
-from gfcore.train.teachers import TEACHER_LABELS, build_teacher
+from gfcore.train.teachers import TEACHER_LABELS, build_teacher, teacher_weights_dtype
 
 
 class CrashForTesting(RuntimeError):
@@ -440,6 +440,7 @@ def check_memory_switches(cfg: DictConfig) -> None:
     """The memory switches' values, checked before the run folder is touched."""
     checkpoint_mode(cfg.train.get("activation_checkpointing", "none"))
     ema_device(cfg)
+    teacher_weights_dtype(cfg.teacher)
 
 
 def _state_for_checkpoint(module: TrainModule, optimizer, scheduler, ema: EMA, step: int, cfg, info: DistInfo,
