@@ -146,3 +146,83 @@ def test_cpu_ema_of_an_fsdp_model_keeps_plain_local_shards():
             assert type(held.shadow[key]) is torch.Tensor and torch.equal(held.shadow[key], value + 1), key
     finally:
         dist.destroy_process_group()
+
+
+def test_fsdp_offload_matches_the_plain_fsdp_run(tmp_path, tiny_data_root):  # noqa: F811
+    """train.fsdp_offload=true, 2 gloo ranks: bit-identical losses, weights, EMA and optimizer
+    state to the same FSDP run without it. Exact, not within rounding: on the CPU the offload
+    only changes where FSDP says the shards live (host memory either way), the arithmetic and its
+    order are the same. (On GPU the optimizer step then runs on the CPU: rounding may differ.)"""
+    extra = [*EXTRA, "train.steps=2", "train.strategy=fsdp"]
+    runs = {}
+    for name, switch in (("plain", []), ("offload", ["train.fsdp_offload=true"])):
+        runs[name] = str(tmp_path / name)
+        spawn(tiny_overrides(tiny_data_root, runs[name], *extra, *switch))
+    assert losses(runs["plain"]) == losses(runs["offload"]) and sorted(losses(runs["plain"])) == [1, 2]
+    _same_states(*(read_checkpoint(os.path.join(runs[n], "final.pt")) for n in ("plain", "offload")),
+                 ("model", "ema"))
+    a, b = (read_checkpoint(os.path.join(runs[n], "checkpoints", "step_00000002.pt")) for n in ("plain", "offload"))
+    _same_states(a, b, ("model", "ema", "objective"))
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for key, state in a["optimizer"]["state"].items():
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(state[name], b["optimizer"]["state"][key][name]), (key, name)
+
+
+def test_fsdp_offload_policy_is_applied_to_every_unit():
+    """_wrap with fsdp_offload=true (one gloo process standing in for the group): every FSDP unit
+    (each block and the root) carries a CPUOffloadPolicy (pinned memory only with CUDA: pinning
+    needs it); without the switch none does."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule
+
+    from gfcore.models.dit import build_model
+    from gfcore.train.distributed import DistInfo
+    from gfcore.train.trainer import TrainModule, _wrap
+
+    def policies(offload):
+        model = build_model(dict(image_size=[8, 8], hidden_dim=32, depth=2, num_heads=2, align_depth=1))
+        cfg = OmegaConf.create({"train": {"strategy": "fsdp", "fsdp_mixed_precision": "none",
+                                          "fsdp_offload": offload}})
+        wrapped = _wrap(TrainModule(model, torch.nn.Identity()), cfg, DistInfo(rank=0, world_size=2),
+                        torch.device("cpu"))
+        units = [wrapped, *model.blocks]
+        assert all(isinstance(unit, FSDPModule) for unit in units)
+        return [unit._get_fsdp_state()._fsdp_param_group.offload_policy for unit in units]
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        offloaded = policies(True)
+        assert len(offloaded) == 3 and all(isinstance(p, CPUOffloadPolicy) and p.pin_memory is False
+                                           for p in offloaded)
+        assert not any(isinstance(p, CPUOffloadPolicy) for p in policies(False))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp_offload_values_and_the_cpu_collectives(monkeypatch):
+    """A bad value or another strategy: a one-line error naming the key. On GPU the offload joins
+    gloo to NCCL (cuda:nccl,cpu:gloo): clipping the host-memory gradients and gathering them for
+    checkpoints are collectives on CPU tensors, which NCCL alone cannot run."""
+    import torch.distributed as dist
+
+    from gfcore.train.distributed import setup_distributed
+    from gfcore.train.trainer import fsdp_offload
+
+    cfg = load_config(["train.strategy=fsdp"])
+    assert fsdp_offload(cfg) is False
+    with pytest.raises(ValueError, match=r"^train.fsdp_offload must be true or false, got 'yes'$"):
+        fsdp_offload(OmegaConf.merge(cfg, {"train": {"fsdp_offload": "yes"}}))
+    with pytest.raises(ValueError, match=r"^train.fsdp_offload=true needs train.strategy=fsdp, got 'ddp'$"):
+        fsdp_offload(OmegaConf.merge(cfg, {"train": {"fsdp_offload": True, "strategy": "ddp"}}))
+
+    backends = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: backends.append(backend))
+    monkeypatch.setattr(dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: None)
+    for device, cpu_collectives in (("cuda", True), ("cuda", False), ("cpu", True), ("cpu", False)):
+        setup_distributed(device, cpu_collectives=cpu_collectives)
+    assert backends == ["cuda:nccl,cpu:gloo", "nccl", "gloo", "gloo"]

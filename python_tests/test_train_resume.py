@@ -365,3 +365,23 @@ def test_load_optimizer_maps_the_state_by_parameter_name_and_reads_old_checkpoin
         _load_optimizer(target, target_opt, copy.deepcopy(state), sharded=False)
         for name, p in target.named_parameters():
             assert torch.equal(target_opt.state[p]["exp_avg"], expected[name]), name
+
+
+def test_a_resume_may_change_the_memory_switches(tiny_data_root):  # noqa: F811
+    """The switches that move memory but not values (activation checkpointing, where the EMA and
+    the FSDP shards live, the VGGT teacher's weight dtype) may differ from the checkpoint's
+    without train.resume_allow_changes; a value that matters still may not."""
+    from omegaconf import OmegaConf
+
+    from gfcore.train.resume import ResumeError, check_config
+
+    def config(*extra):
+        return OmegaConf.to_container(load_config(tiny_overrides(tiny_data_root, "unused", "teacher=vggt", *extra)),
+                                      resolve=True)
+
+    old = config()
+    new = config("train.activation_checkpointing=selective", "train.ema_device=cpu", "train.fsdp_offload=true",
+                 "train.strategy=fsdp", "teacher.weights_dtype=fp32")
+    assert check_config(old, new, [], "ckpt.pt") == {}
+    with pytest.raises(ResumeError, match="teacher.dtype"):
+        check_config(old, config("teacher.dtype=float32"), [], "ckpt.pt")

@@ -24,13 +24,16 @@ class DistInfo:
         return self.rank == 0
 
 
-def setup_distributed(device_type: str) -> DistInfo:
-    """Join the process group torchrun describes (WORLD_SIZE > 1): NCCL on GPU, gloo on CPU."""
+def setup_distributed(device_type: str, cpu_collectives: bool = False) -> DistInfo:
+    """Join the process group torchrun describes (WORLD_SIZE > 1): NCCL on GPU, gloo on CPU.
+    cpu_collectives: on GPU, gloo serves the collectives of tensors in host memory (FSDP's CPU
+    offload: the sharded gradients' norm, the checkpoints' gathers) beside NCCL."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        dist.init_process_group(backend="cuda:nccl,cpu:gloo" if backend == "nccl" and cpu_collectives else backend)
     info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     if device_type == "cuda":
         torch.cuda.set_device(info.local_rank)

@@ -37,7 +37,7 @@ FREE_KEYS = (
     "train.log_every", "train.ckpt_every", "train.keep_last", "train.peak_tflops", "train.device",
     "train.loggers", "train.sample_every", "train.sample_clips", "train.tensorboard_dir", "train.wandb",
     "train.activation_checkpointing", "train.compile", "train.strategy", "train.plan_check", "teacher.frames_per_call",
-    "train.ema_device", "teacher.weights_dtype",
+    "train.ema_device", "train.fsdp_offload", "teacher.weights_dtype",
     "data.prefetch_steps", "data.num_workers", "data.cache_in_memory",
 )
 

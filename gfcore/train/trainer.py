@@ -295,6 +295,11 @@ def _wrap(module: TrainModule, cfg: DictConfig, info: DistInfo, device: torch.de
         kwargs = {} if policy is None else {"mp_policy": policy}
         if mesh is not None:
             kwargs["mesh"] = mesh
+        if fsdp_offload(cfg):  # shards, gradients and optimizer state in host memory
+            from torch.distributed.fsdp import CPUOffloadPolicy
+
+            # pinned for async copies; pinning needs a CUDA driver (the planner wraps for a GPU anywhere)
+            kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=device.type == "cuda" and torch.cuda.is_available())
         # one unit per block: VideoDiT's blocks, UViT3DPose.shard_units()
         units = (module.model.shard_units() if hasattr(module.model, "shard_units")
                  else getattr(module.model, "blocks", []))
@@ -436,10 +441,22 @@ def ema_device(cfg: DictConfig) -> Optional[torch.device]:
     raise ValueError(f"train.ema_device must be auto or cpu, got {value!r}")
 
 
+def fsdp_offload(cfg: DictConfig) -> bool:
+    """train.fsdp_offload: FSDP keeps the sharded parameters, gradients and optimizer state in host
+    memory (CPUOffloadPolicy); the optimizer step runs on the CPU."""
+    value = cfg.train.get("fsdp_offload", False)
+    if not isinstance(value, bool):
+        raise ValueError(f"train.fsdp_offload must be true or false, got {value!r}")
+    if value and cfg.train.get("strategy") != "fsdp":
+        raise ValueError(f"train.fsdp_offload=true needs train.strategy=fsdp, got {cfg.train.get('strategy')!r}")
+    return value
+
+
 def check_memory_switches(cfg: DictConfig) -> None:
     """The memory switches' values, checked before the run folder is touched."""
     checkpoint_mode(cfg.train.get("activation_checkpointing", "none"))
     ema_device(cfg)
+    fsdp_offload(cfg)
     teacher_weights_dtype(cfg.teacher)
 
 
@@ -562,7 +579,8 @@ def train(cfg: DictConfig) -> Dict:
     check_planned_memory(cfg, resolve_device(cfg.train.device, DistInfo(world_size=_launch_world_size(),
                                                                         local_rank=_launch_local_rank())),
                          _launch_world_size())
-    info = setup_distributed(device_type)
+    # CPU offload: gradient clipping and checkpoints gather host-memory shards, so gloo joins NCCL
+    info = setup_distributed(device_type, cpu_collectives=fsdp_offload(cfg))
     device = resolve_device(cfg.train.device, info)
     logger_names = check_loggers(cfg.train.get("loggers", ["jsonl"]))  # before the run folder is touched
     align_start_step = alignment_start(cfg)
