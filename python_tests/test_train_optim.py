@@ -146,11 +146,15 @@ def test_full_tensor_and_shard_like_without_a_process_group(monkeypatch):
     # a sharded target: distribute_tensor(full on like's device, like's mesh, like's placements)
     import torch.distributed.tensor as dtensor
 
-    calls = []
-    monkeypatch.setattr(dtensor, "distribute_tensor", lambda *args: calls.append(args) or "sharded")
-    assert shard_like(full, FakeDTensor(None)) == "sharded"
+    calls, sharded = [], torch.empty(3, device="meta")
+    monkeypatch.setattr(dtensor, "distribute_tensor", lambda *args: calls.append(args) or sharded)
+    assert shard_like(full, FakeDTensor(None)) is sharded
     (tensor, mesh, placements), = calls
     assert tensor.device.type == "meta" and (mesh, placements) == ("mesh", ("shard0",))
+    # the shard goes back to like's device when distribute_tensor put it on the mesh's (FSDP's CPU
+    # offload: the mesh is CUDA, the shards live in host memory; here cpu stands for the mesh's)
+    monkeypatch.setattr(dtensor, "distribute_tensor", lambda *args: torch.arange(3.0))
+    assert shard_like(full, FakeDTensor(None)).device.type == "meta"
 
 
 def test_ema_defaults_and_missing_key_message():

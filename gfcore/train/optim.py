@@ -134,5 +134,7 @@ def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if hasattr(like, "device_mesh"):
         from torch.distributed.tensor import distribute_tensor
 
-        return distribute_tensor(full.to(like.device), like.device_mesh, like.placements)
+        sharded = distribute_tensor(full.to(like.device), like.device_mesh, like.placements)
+        # distribute_tensor puts the shard on the mesh's device; FSDP's CPU offload keeps it on the host
+        return sharded.to(like.device)
     return full.to(like.device).clone()
