@@ -5,7 +5,8 @@
 Every cell is planned on the CPU (fake tensors, gfcore.train.plan.step_memory), none is
 measured on a GPU. Rows: DiT-B / DiT-L (experiment=re10k: 256x256, 16 frames) with VGGT-1B
 online or a feature cache, on 1 GPU (DDP) or 8 GPUs (FSDP2, bf16), with and without activation
-checkpointing; and DFoT's U-ViT fine-tuned with GF (experiment=re10k_gf_finetune). Columns: the
+checkpointing and the EMA on the host; and DFoT's U-ViT fine-tuned with GF
+(experiment=re10k_gf_finetune). Columns: the
 peak per GPU at 1, 4 and 8 clips per GPU. Then the cheapest recipe (fewest switches, then the
 largest batch) that fits an 80 GB and a 24 GB GPU.
 """
@@ -36,10 +37,18 @@ ROWS = [
     ("DiT-L, feature cache, 1 GPU, checkpointing", ["experiment=re10k", "model=dit_l",
                                                      "train.activation_checkpointing=true", "teacher.cache=/unused"],
      1, ("checkpointing", "cache")),
+    ("DiT-L, VGGT online, 1 GPU, checkpointing, EMA on the host", ["experiment=re10k", "model=dit_l",
+                                                                    "train.activation_checkpointing=true",
+                                                                    "train.ema_device=cpu"], 1,
+     ("checkpointing", "ema_device")),
     ("DiT-L, VGGT online, 8 GPUs FSDP2, checkpointing", ["experiment=re10k", "model=dit_l",
                                                           "train.activation_checkpointing=true", "train.strategy=fsdp"],
      8, ("checkpointing", "fsdp")),
     ("DFoT U-ViT + GF (authors' fine-tuning), 1 GPU", ["experiment=re10k_gf_finetune"], 1, ()),
+    ("DFoT U-ViT + GF, 1 GPU, checkpointing, EMA on the host", ["experiment=re10k_gf_finetune",
+                                                                 "train.activation_checkpointing=full",
+                                                                 "train.ema_device=cpu"], 1,
+     ("checkpointing", "ema_device")),
     ("DFoT U-ViT + GF, 8 GPUs FSDP2", ["experiment=re10k_gf_finetune", "train.strategy=fsdp"], 8, ("fsdp",)),
 ]
 

@@ -114,7 +114,7 @@ def test_the_trainer_refuses_a_run_that_does_not_fit():
     plan = plan_memory(cfg)
     small = int(plan.peak_bytes * 0.9)
     with pytest.raises(PlanRefusal, match=r"planned to need .* GiB per GPU .*train.batch_size=\d+ fits; what lowers "
-                                          r"the peak: train.activation_checkpointing=true.*train.plan_check=false"):
+                                          r"the peak: train.activation_checkpointing=full.*train.plan_check=false"):
         check_planned_memory(cfg, torch.device("cpu"), total_bytes=small)
     assert check_planned_memory(cfg, torch.device("cpu"), total_bytes=plan.peak_bytes * 2) is not None
     with pytest.raises(PlanRefusal):  # 6 % of the device is kept for what the plan does not see
@@ -175,3 +175,17 @@ def test_tracker_counts_storages_once_and_follows_frees_resizes_and_labels():
         del y
         assert tracker.total == peak - 2048
     assert tracker.peak == peak and "b" not in tracker.peak_by_label and tracker.peak_by_label["forward"] == 1024
+
+
+def test_what_the_run_keeps_in_host_memory_is_not_planned_on_the_gpu():
+    """train.ema_device=cpu: the peak drops by the EMA's bytes exactly (it is there all step);
+    train.fsdp_offload: no sharded parameters or optimizer states on the GPU."""
+    plain, host = step_memory(plan_cfg()), step_memory(plan_cfg("train.ema_device=cpu"))
+    assert host.peak_bytes == plain.peak_bytes - plain.breakdown["ema"] and "ema" not in host.breakdown
+    fsdp = ["train.strategy=fsdp", "train.batch_size=8", "train.fsdp_mixed_precision=none"]
+    sharded = step_memory(plan_cfg(*fsdp), world_size=4)
+    offloaded = step_memory(plan_cfg(*fsdp, "train.fsdp_offload=true"), world_size=4)
+    assert sharded.breakdown["parameters"] > 0 and sharded.breakdown["optimizer states"] > 0
+    assert offloaded.breakdown.get("optimizer states", 0) == 0
+    assert offloaded.breakdown.get("parameters", 0) < sharded.breakdown["parameters"]  # buffers stay
+    assert offloaded.peak_bytes < sharded.peak_bytes

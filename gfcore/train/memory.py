@@ -29,8 +29,12 @@ from gfcore import nvtx
 class LiveTensorBytes(TorchDispatchMode):
     """Counts the bytes of live tensor storages by label (see the module docstring)."""
 
-    def __init__(self, default_label: str = "other", range_labels: Optional[Dict[str, str]] = None):
+    def __init__(self, default_label: str = "other", range_labels: Optional[Dict[str, str]] = None,
+                 host_labels=()):
+        """host_labels: labels of tensors the run keeps in host memory (an EMA or FSDP state offloaded
+        to the CPU): listed in by_label, left out of total and peak (the device's bytes)."""
         super().__init__()
+        self.host_labels = frozenset(host_labels)
         self._live: Dict[int, List] = {}      # id(storage) -> [bytes, label]
         self.by_label: Dict[str, int] = defaultdict(int)
         self.total = 0
@@ -71,23 +75,29 @@ class LiveTensorBytes(TorchDispatchMode):
         if entry is None:
             self.track(tensor, label)
             return
-        self.by_label[entry[1]] -= entry[0]
-        self.by_label[label] += entry[0]
+        self._sub(entry[1], entry[0])
         entry[1] = label
+        self._add(label, entry[0])
 
     def _add(self, label: str, nbytes: int) -> None:
         self.by_label[label] += nbytes
+        if label in self.host_labels:
+            return
         self.total += nbytes
         if self.total > self.peak:
             self.peak = self.total
-            self.peak_by_label = {k: v for k, v in self.by_label.items() if v}
+            self.peak_by_label = {k: v for k, v in self.by_label.items() if v and k not in self.host_labels}
             self.peak_context = list(self._labels)
+
+    def _sub(self, label: str, nbytes: int) -> None:
+        self.by_label[label] -= nbytes
+        if label not in self.host_labels:
+            self.total -= nbytes
 
     def _free(self, key: int) -> None:
         entry = self._live.pop(key, None)
         if entry is not None:
-            self.by_label[entry[1]] -= entry[0]
-            self.total -= entry[0]
+            self._sub(entry[1], entry[0])
 
     def _resized(self, storage, nbytes: int) -> None:
         entry = self._live.get(id(storage))
@@ -98,8 +108,7 @@ class LiveTensorBytes(TorchDispatchMode):
         if delta > 0:
             self._add(entry[1], delta)
         else:
-            self.by_label[entry[1]] += delta
-            self.total += delta
+            self._sub(entry[1], -delta)
 
     # ------------------------------------------------------------------ labels
     @contextlib.contextmanager

@@ -41,6 +41,10 @@ BREAKDOWN = ("parameters", "gradients", "optimizer states", "ema", "teacher weig
              "model activations", "alignment activations", "backward", "ddp buckets", "batch", "other")
 RANGE_LABELS = {"train.teacher": "teacher activations", "train.forward": "model activations",
                 "train.backward": "backward", "train.optimizer": "optimizer states"}
+# tensors the run keeps in host memory (train.ema_device=cpu, train.fsdp_offload): not in the GPU's peak
+HOST_EMA, HOST_PARAMETERS = "ema (host)", "parameters (host)"
+HOST_GRADIENTS, HOST_OPTIMIZER = "gradients (host)", "optimizer states (host)"
+HOST_LABELS = (HOST_EMA, HOST_PARAMETERS, HOST_GRADIENTS, HOST_OPTIMIZER)
 
 
 class PlanError(ValueError):
@@ -155,14 +159,18 @@ def step_memory(cfg: DictConfig, world_size: int = 1, per_rank: Optional[int] = 
     from gfcore.train.distributed import DistInfo
     from gfcore.train.optim import EMA, build_optimizer, build_scheduler
     from gfcore.train.trainer import (StepParts, TrainModule, _precision, _wrap, alignment_start, build_training,
-                                      configure_model)
+                                      configure_model, ema_device)
 
     if per_rank is None:
         per_rank = configured_micro_batch(cfg, world_size)
     cfg = _plan_config(cfg, world_size, per_rank)
     strategy = str(cfg.train.get("strategy", "ddp"))
     device = torch.device("cpu") if fake else torch.device(device)
-    tracker = LiveTensorBytes(default_label="other", range_labels=RANGE_LABELS)
+    # what the run keeps in host memory is not on the GPU: counted under a host label, left out of the peak
+    offload = strategy == "fsdp" and world_size > 1 and bool(cfg.train.get("fsdp_offload", False))
+    ema_on_host = str(cfg.train.get("ema_device", "auto")) == "cpu"
+    ranges = dict(RANGE_LABELS, **({"train.optimizer": HOST_OPTIMIZER} if offload else {}))
+    tracker = LiveTensorBytes(default_label="other", range_labels=ranges, host_labels=HOST_LABELS)
     mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
     cached = bool(cfg.teacher.get("cache")) and cfg.teacher.get("name", "none") != "none"
     from gfcore.ops.attention import choose_as
@@ -177,8 +185,10 @@ def step_memory(cfg: DictConfig, world_size: int = 1, per_rank: Optional[int] = 
         # precision and FSDP's policy as on a GPU (train.precision=auto: bf16 autocast there)
         wrapped = _wrap(module, cfg, info, GPU, mesh) if strategy == "fsdp" else module
         configure_model(model, cfg)
-        for p in list(module.parameters()) + list(module.buffers()):
-            tracker.relabel(p, "parameters")
+        for p in module.parameters():
+            tracker.relabel(p, HOST_PARAMETERS if offload else "parameters")
+        for b in module.buffers():
+            tracker.relabel(b, "parameters")
         shape_of = teacher
         if teacher is not None:
             for p in list(teacher.parameters()) + list(teacher.buffers()):
@@ -187,11 +197,14 @@ def step_memory(cfg: DictConfig, world_size: int = 1, per_rank: Optional[int] = 
                 teacher = None
         params = [p for p in module.parameters() if p.requires_grad]
         for p in params:
-            p.register_post_accumulate_grad_hook(lambda q: tracker.relabel(q.grad, "gradients"))
+            p.register_post_accumulate_grad_hook(
+                lambda q: tracker.relabel(q.grad, HOST_GRADIENTS if offload else "gradients"))
         optimizer = build_optimizer(params, cfg.train.lr, cfg.train.weight_decay, cfg.train.betas)
         scheduler = build_scheduler(optimizer, cfg.train.warmup_steps, cfg.train.steps, cfg.train.lr_decay)
-        with tracker.label("ema"):
-            ema = EMA(model, cfg.train.ema_decay)
+        with tracker.label(HOST_EMA if ema_on_host else "ema"):
+            ema = EMA(model, cfg.train.ema_decay, device=ema_device(cfg))
+            if ema_on_host:  # its staging buffers, made by the first update: host memory too
+                ema.update(model)
         alignment = getattr(objective, "alignment", None)
         if alignment is not None:
             tracker.label_module(alignment, "alignment activations")
@@ -289,9 +302,10 @@ def device_memory_bytes(device: torch.device) -> Optional[int]:
 
 
 # the switches that lower the peak, in the order a plan suggests them
-MEMORY_SWITCHES = ("train.activation_checkpointing=true", "train.strategy=fsdp (with several GPUs)",
-                   "teacher.cache=DIR (precomputed features: no teacher on the GPU)", "a smaller train.batch_size "
-                   "with train.grad_accum to keep the global batch")
+MEMORY_SWITCHES = ("train.activation_checkpointing=full (or selective)", "train.strategy=fsdp (with several GPUs)",
+                   "teacher.cache=DIR (precomputed features: no teacher on the GPU)", "train.ema_device=cpu",
+                   "train.fsdp_offload=true", "a smaller train.batch_size with train.grad_accum to keep the global "
+                   "batch")
 
 
 def check_planned_memory(cfg: DictConfig, device: torch.device, world_size: int = 1,
