@@ -189,3 +189,15 @@ def test_what_the_run_keeps_in_host_memory_is_not_planned_on_the_gpu():
     assert offloaded.breakdown.get("optimizer states", 0) == 0
     assert offloaded.breakdown.get("parameters", 0) < sharded.breakdown["parameters"]  # buffers stay
     assert offloaded.peak_bytes < sharded.peak_bytes
+
+
+def test_a_vggt_teacher_planned_in_bf16_weights_holds_about_half():
+    """teacher=vggt (a small config) planned without its checkpoint: weights_dtype=bf16 holds the
+    linear/conv weights in bf16, about half the fp32 bytes (norms, tokens, positions stay fp32)."""
+    from gfcore.geometry import small_config
+
+    small = "+teacher.vggt_config=" + json.dumps(small_config()).replace(" ", "").replace('"', "")
+    base = ["teacher=vggt", "teacher.checkpoint=/unused", "teacher.image_size=28", small]
+    fp32 = step_memory(plan_cfg(*base, "teacher.weights_dtype=fp32"), per_rank=1).breakdown["teacher weights"]
+    bf16 = step_memory(plan_cfg(*base, "teacher.weights_dtype=bf16"), per_rank=1).breakdown["teacher weights"]
+    assert 0.5 * fp32 < bf16 < 0.56 * fp32

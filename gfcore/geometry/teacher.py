@@ -38,7 +38,10 @@ def hold_matmul_weights(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     under that autocast the features are the same, and the residual stream stays float32."""
     for layer in module.modules():
         if isinstance(layer, MATMUL_LAYERS):
-            layer.to(dtype)
+            # new parameters rather than layer.to(dtype): Module.to would swap fake tensors in place,
+            # which fails under the memory planner's FakeTensorMode
+            for name, param in list(layer.named_parameters(recurse=False)):
+                setattr(layer, name, nn.Parameter(param.detach().to(dtype), requires_grad=param.requires_grad))
     return module
 
 

@@ -110,6 +110,12 @@ class LiveTensorBytes(TorchDispatchMode):
         else:
             self._sub(entry[1], -delta)
 
+    def reset_peak(self) -> None:
+        """The peak from now on (the live bytes now are its floor)."""
+        self.peak = self.total
+        self.peak_by_label = {k: v for k, v in self.by_label.items() if v and k not in self.host_labels}
+        self.peak_context = list(self._labels)
+
     # ------------------------------------------------------------------ labels
     @contextlib.contextmanager
     def label(self, name: str) -> Iterator[None]:

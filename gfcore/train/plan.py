@@ -8,7 +8,9 @@ optimizer states) under LiveTensorBytes (gfcore.train.memory), which counts ever
 storage by owner. So the plan follows the code: a change to the model, the loss or the step
 changes the plan.
 
-What it does not see: the CUDA context and kernels' workspaces (cuBLAS, cuDNN: a few hundred
+The peak is taken over the steps, from the weights, EMA and state the built run holds: the
+trainer builds on the host and moves the result, so build-time copies (e.g. a teacher cast to
+bf16) never meet on the GPU. What it does not see: the CUDA context and kernels' workspaces (cuBLAS, cuDNN: a few hundred
 MB), the caching allocator's fragmentation, NCCL buffers, and torch.compile's fusion (planned
 eager). The step runs on the CPU's kernels (attention through PyTorch's scaled dot product attention,
 whose CPU flash kernel keeps O(tokens) like the CUDA one) with the GPU's choices: gfcore's
@@ -218,6 +220,8 @@ def step_memory(cfg: DictConfig, world_size: int = 1, per_rank: Optional[int] = 
                 buckets = [torch.empty_like(p) for p in params]  # noqa: F841 (held to the end)
         requires = tuple(getattr(teacher, "requires", ()) if teacher is not None else ())
         before = tracker.total
+        # the run is built on the host and then moved: its build-time copies never meet on the GPU
+        tracker.reset_peak()
         with around_steps():
             for step in range(steps):
                 _one_step(cfg, tracker, parts, module, step, per_rank, world_size, frame_shape, requires,
