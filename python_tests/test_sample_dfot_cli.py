@@ -434,3 +434,27 @@ def test_videodit_sample_prints_windows(tmp_path, dit_run, capsys):
                  "--steps", "2", "--progress-every", "1"]) == 0
     err = capsys.readouterr().err
     assert "clip 1/1 · window 1/" in err and "step 2/2" in err
+
+
+def test_a_dfot_runs_own_sample_settings_are_its_ddim_steps():
+    """sample.method=ddim in a DFoT run's config: its sample.steps are the plain sampling's
+    default (the VideoDiT default method, euler / heun, says nothing for DFoT: 50); the
+    finetuning experiment samples with DDIM 50; --steps still overrides."""
+    import argparse
+
+    from omegaconf import OmegaConf
+
+    from gfcore.sample.dfot_run import add_dfot_arguments, resolve_settings, run_sample_steps
+    from gfcore.train import load_config
+
+    assert run_sample_steps(OmegaConf.create({"sample": {"method": "ddim", "steps": 20}})) == 20
+    assert run_sample_steps(OmegaConf.create({"sample": {"method": "heun", "steps": 10}})) is None
+    assert run_sample_steps(None) is None
+    cfg = load_config(["experiment=re10k_gf_finetune", "train.init_from=/x", "data.root=/x", "teacher.checkpoint=/x"])
+    assert (cfg.sample.method, run_sample_steps(cfg)) == ("ddim", 50)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int)  # gfcore sample's own (shared with VideoDiT runs)
+    add_dfot_arguments(parser)
+    assert resolve_settings(parser.parse_args([]), 4, None, 20).steps == 20
+    assert resolve_settings(parser.parse_args([]), 4, None, None).steps == 50
+    assert resolve_settings(parser.parse_args(["--steps", "7"]), 4, None, 20).steps == 7

@@ -253,8 +253,19 @@ def _guidance(base, args, flags: Dict[str, str], what: str):
         raise SampleError(f"{what}: {one_line(exc)}") from exc
 
 
-def resolve_settings(args, model_frames: int, default_num_frames: Optional[int]) -> DFoTSettings:
-    """The protocol's fields (or plain sliding windows), then the command line's overrides; checked."""
+def run_sample_steps(run_cfg) -> Optional[int]:
+    """A DFoT run's own DDIM steps: sample.steps when its config says sample.method=ddim (a DFoT
+    run whose sample.method is the VideoDiT default, euler or heun, has none: 50 then)."""
+    sample = None if run_cfg is None else run_cfg.get("sample")
+    if sample is None or str(sample.get("method", "")) != "ddim":
+        return None
+    return int(sample.steps)
+
+
+def resolve_settings(args, model_frames: int, default_num_frames: Optional[int],
+                     default_steps: Optional[int] = None) -> DFoTSettings:
+    """The protocol's fields (or plain sliding windows with default_steps, else 50), then the
+    command line's overrides; checked."""
     from gfcore.sample.dfot_protocol import PROTOCOLS
 
     if args.protocol is not None:
@@ -263,7 +274,7 @@ def resolve_settings(args, model_frames: int, default_num_frames: Optional[int])
         base = dict(PROTOCOLS[args.protocol])
     else:  # plain: each clip's frames by sliding windows of the model's frames, one context frame
         base = dict(num_frames=default_num_frames, num_context=1, keyframe_density=1.0, key_guidance=None,
-                    interp_guidance=None, interp_max_batch=None, steps=50, max_tokens=model_frames)
+                    interp_guidance=None, interp_max_batch=None, steps=default_steps or 50, max_tokens=model_frames)
     def pick(flag, key):
         return getattr(args, flag) if getattr(args, flag, None) is not None else base.get(key)
 

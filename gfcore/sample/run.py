@@ -20,7 +20,7 @@ from gfcore.data.errors import DataError
 from gfcore.io.safe_load import UnsafeFileError
 from gfcore.models.dfot.checkpoint import CheckpointError
 from gfcore.sample.dfot_run import (SampleError, add_dfot_arguments, clips_for, load_release, load_run_model, one_line,
-                                    read_run, resolve_settings, run_protocol_sampling, run_source)
+                                    read_run, resolve_settings, run_protocol_sampling, run_sample_steps, run_source)
 from gfcore.sample.progress import ProgressReporter
 from gfcore.sample.sampler import HISTORY_MODES, HistoryGuidance, revisit_path, rollout, to_uint8
 
@@ -49,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--path", choices=("data", "revisit"), default="data",
                         help="camera path: the clip's own (repeated if shorter) or a 360-degree in-place turn "
                              "(VideoDiT)")
-    parser.add_argument("--steps", type=int, help="ODE / DDIM steps (default: the run's sample.steps; DFoT: 50 "
-                        "or the protocol's)")
+    parser.add_argument("--steps", type=int, help="ODE / DDIM steps (default: the run's sample.steps; DFoT: the "
+                        "protocol's, else the run's sample.steps when its sample.method is ddim, else 50)")
     parser.add_argument("--method", choices=VIDEODIT_METHODS + ("ddim",),
                         help="euler | heun for VideoDiT (default: the run's sample.method); ddim for DFoT (its "
                              "default and only sampler)")
@@ -111,7 +111,8 @@ def _sample_dfot(args, source) -> int:
     if args.fractional_level is not None:
         raise SampleError("--fractional-level is VideoDiT's; DFoT's fractional guidance takes --freq-scale")
     split = args.split or ("train" if source.kind == "run" else "test")
-    settings = resolve_settings(args, source.frames, None if source.kind == "run" else source.frames)
+    settings = resolve_settings(args, source.frames, None if source.kind == "run" else source.frames,
+                                run_sample_steps(source.run_cfg))
     clips = clips_for(source, settings, args.data_root, split, args.num_clips, first_frames=args.first_frames)
     reporter = ProgressReporter(every=args.progress_every, enabled=not args.no_progress)
     written = run_protocol_sampling(source, clips, settings, args.out, reporter, seed=args.seed, device=args.device,
