@@ -319,3 +319,39 @@ def test_with_tiny_uvit3dpose():
     model.eval()
     out = ddim_sample(model, d, x0, ctx, rays, steps=2, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(out).all() and torch.equal(out[ctx], x0[ctx])
+
+
+def test_from_config_reads_every_field_and_its_defaults():
+    """Every field of the authors' diffusion node, at values other than RE10K's, reaches the
+    object; an empty node gives their defaults (shift 1, logSNR +-15, ...); a sampling shift that
+    differs from the training one, or an interpolated schedule, is refused."""
+    node = {"training_schedule": {"shift": 0.5, "logsnr_min": -12.0, "logsnr_max": 11.0},
+            "schedule_fn_kwargs": {"shifted": 0.5}, "precond_scale": 0.25, "loss_weighting": {"sigmoid_bias": -2.0},
+            "clip_noise": 7.0, "timesteps": 500, "context_dropout": 0.3}
+    d = DFoTDiffusion.from_config(node)
+    assert (d.shift, d.logsnr_min, d.logsnr_max, d.precond_scale, d.sigmoid_bias, d.clip_noise, d.timesteps,
+            d.context_dropout) == (0.5, -12.0, 11.0, 0.25, -2.0, 7.0, 500, 0.3)
+    assert len(d.alphas_cumprod) == 500
+    e = DFoTDiffusion.from_config({})
+    assert (e.shift, e.logsnr_min, e.logsnr_max, e.precond_scale, e.sigmoid_bias, e.clip_noise, e.timesteps,
+            e.context_dropout) == (1.0, -15.0, 15.0, 0.125, -1.0, 20.0, 1000, 0.0)
+    with pytest.raises(ValueError, match=r"schedule_fn_kwargs.shifted \(0.25\) differs from training_schedule.shift "
+                                         r"\(0.5\)"):
+        DFoTDiffusion.from_config({**node, "schedule_fn_kwargs": {"shifted": 0.25}})
+    with pytest.raises(ValueError, match="schedule_fn_kwargs.interpolated is not supported"):
+        DFoTDiffusion.from_config({**node, "schedule_fn_kwargs": {"shifted": 0.5, "interpolated": True}})
+
+
+def test_q_sample_by_hand():
+    """x_t = sqrt(sigmoid(logSNR)) x0 + sqrt(sigmoid(-logSNR)) eps per frame; a noise of another
+    shape is refused."""
+    d = DFoTDiffusion()
+    gen = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(2, 3, 2, 2, 2, generator=gen), torch.randn(2, 3, 2, 2, 2, generator=gen)
+    t = torch.tensor([[0.0, 0.3, 1.0], [0.5, 0.7, 0.1]])
+    lam = d.logsnr(t).double()
+    want = (torch.sigmoid(lam).sqrt()[..., None, None, None] * x0.double()
+            + torch.sigmoid(-lam).sqrt()[..., None, None, None] * eps.double())
+    close(d.q_sample(x0, t, eps).double(), want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"noise must have the shape of x0 \[2, 3, 2, 2, 2\], got \[2, 3, 2, 2\]"):
+        d.q_sample(x0, t, eps[..., 0])

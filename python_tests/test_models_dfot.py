@@ -408,3 +408,22 @@ def test_first_frame_rays_start_at_the_origin_and_follow_the_intrinsics():
     torch.testing.assert_close(rays[0, 0, 45:90], torch.ones(45, 4, 6, dtype=torch.float64))  # sin(pi/2)
     # channel 90 + 15 * i + k: sin(direction_i * 2^k * pi)
     torch.testing.assert_close(rays[0, 1, 90 + 15 + 3], torch.sin(directions[0, 1, ..., 1] * 8 * math.pi))
+
+
+def test_checkpoint_levels_per_mode():
+    """none keeps the model's own use_checkpointing (RE10K: the mid level), selective adds every
+    TransformerBlock level, full every level; the old booleans still work; others are refused."""
+    with torch.device("meta"):
+        model = UViT3DPose.re10k()
+    assert model.checkpoint_levels("none") == [False, False, False, True]
+    assert model.checkpoint_levels("selective") == [False, False, True, True]
+    assert model.checkpoint_levels("full") == [True, True, True, True]
+    assert model.checkpoint_levels(True) == [True] * 4 and model.checkpoint_levels(False) == [False, False, False, True]
+    with pytest.raises(ValueError, match="activation_checkpointing"):
+        model.checkpoint_levels("some")
+
+
+def test_camera_rays_refuse_a_pose_of_another_width():
+    with pytest.raises(ValueError, match=r"pose must be \[B, T, 16\] \(4 intrinsics \+ 3x4 world-to-camera\), "
+                                         r"got \[1, 2, 18\]"):
+        camera_rays(torch.zeros(1, 2, 18), 4, 4)
