@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup setup-torch-min demo test test-python test-python-torch-min test-cpp test-kernels test-kernel-mutations bench mutation
+.PHONY: setup setup-torch-min demo docs test test-python test-python-torch-min test-cpp test-kernels test-kernel-mutations bench mutation
 
 setup:
 	VENV=$(VENV) bash scripts/setup_env.sh
@@ -57,3 +57,16 @@ bench: setup
 # writes benchmarks/results/mutation.md. `make mutation MUTATE="losses train/optim.py"` runs a few.
 mutation: setup
 	$(PY) scripts/mutation.py $(MUTATE)
+
+# The documentation site (docs/, mkdocs.yml): MkDocs Material + mkdocstrings from the pinned
+# requirements-docs.txt in their own .venv-docs, built into site/ with --strict (a broken link,
+# anchor or API reference fails). Not part of `make test` yet. The docs' python blocks are run by
+# python_tests/test_docs.py (so by `make test-python`).
+VENV_DOCS ?= .venv-docs
+$(VENV_DOCS)/.installed: requirements-docs.txt
+	python3 -m venv $(VENV_DOCS)
+	$(VENV_DOCS)/bin/pip install -q -r requirements-docs.txt
+	touch $@
+
+docs: $(VENV_DOCS)/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV_DOCS)/bin/mkdocs build --strict
