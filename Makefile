@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup setup-torch-min demo docs test test-python test-python-torch-min test-cpp test-kernels test-kernel-mutations bench mutation
+.PHONY: setup setup-torch-min demo docs docs-check test test-python test-python-torch-min test-cpp test-kernels test-kernel-mutations bench mutation
 
 setup:
 	VENV=$(VENV) bash scripts/setup_env.sh
@@ -70,3 +70,9 @@ $(VENV_DOCS)/.installed: requirements-docs.txt
 
 docs: $(VENV_DOCS)/.installed
 	NO_MKDOCS_2_WARNING=1 $(VENV_DOCS)/bin/mkdocs build --strict
+
+# The built site in a real browser: serves site/, opens the home, drop-in and results pages in
+# headless Chromium (Debian's `chromium`; CHROMIUM=/path overrides), saves screenshots under
+# site/_checks/ and fails on console errors, failed requests or images that do not load.
+docs-check: docs
+	python3 scripts/docs_check.py site
