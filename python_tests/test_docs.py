@@ -88,3 +88,11 @@ def test_python_block_runs(block, tmp_path):
     assert result.returncode == 0, (f"{rel}:{line}: the block failed (exit {result.returncode})\n"
                                     f"--- code ---\n{code}--- stdout ---\n{result.stdout}\n"
                                     f"--- stderr ---\n{result.stderr}")
+
+
+def test_api_page_shows_the_current_cli_usage():
+    """docs/api.md carries `gfcore`'s usage text verbatim, in a ```text block."""
+    from gfcore.cli import USAGE
+
+    page = (ROOT / "docs" / "api.md").read_text()
+    assert f"```text\n{USAGE}```\n" in page, "docs/api.md: the usage of `gfcore` differs from gfcore/cli.py's USAGE"
