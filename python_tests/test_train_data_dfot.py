@@ -477,3 +477,15 @@ def test_a_feature_cache_is_refused_for_flipped_clips():
     check_feature_cache(data, cached=False)
     check_feature_cache(OmegaConf.create({"kind": "dfot_re10k", "horizontal_flip_prob": 0.0}), cached=True)
     check_feature_cache(OmegaConf.create({"kind": "re10k"}), cached=True)
+
+
+def test_train_refuses_a_cache_for_flipped_clips_before_writing(tmp_path):
+    """The trainer checks it before the run folder is touched: nothing is written or moved."""
+    from gfcore.train import load_config, train
+
+    run = tmp_path / "run"
+    cfg = load_config(["model=dfot_tiny", "train.objective=dfot", "data=dfot_re10k", "data.root=/unused",
+                       "teacher=vggt", "teacher.cache=/unused", f"out_dir={run}", "train.device=cpu"])
+    with pytest.raises(ValueError, match="^teacher.cache holds features of unflipped frames"):
+        train(cfg)
+    assert not run.exists()

@@ -595,6 +595,8 @@ def train(cfg: DictConfig) -> Dict:
     if OmegaConf.is_missing(cfg.train, "init_from") or cfg.train.get("init_from") == "required":
         raise ValueError("train.init_from is required by this config (e.g. experiment=re10k_gf_finetune starts from "
                          "the released DFoT checkpoint): give train.init_from=PATH")
+    # a feature cache cannot serve flipped clips: refused before the run folder is touched
+    check_feature_cache(cfg.data, cfg.teacher.get("name", "none") != "none" and bool(cfg.teacher.get("cache")))
     init_from = cfg.train.get("init_from") or None
     out_dir = os.path.expanduser(cfg.out_dir)
     ckpt_dir = os.path.join(out_dir, "checkpoints")
@@ -670,7 +672,6 @@ def train(cfg: DictConfig) -> Dict:
                        "changes": changes_record(changes)})
 
     with_depth = teacher is not None and "depth" in teacher.requires
-    check_feature_cache(cfg.data, teacher is not None and getattr(teacher, "cache", None) is not None)
     dataset = build_dataset(cfg.data, with_depth=with_depth, generate_missing=info.is_main)
     barrier(info)
     step_batch = cfg.train.batch_size * accum  # clips per optimizer step
