@@ -355,3 +355,35 @@ def test_q_sample_by_hand():
     close(d.q_sample(x0, t, eps).double(), want, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match=r"noise must have the shape of x0 \[2, 3, 2, 2, 2\], got \[2, 3, 2, 2\]"):
         d.q_sample(x0, t, eps[..., 0])
+
+
+def test_constructor_bounds_and_messages():
+    """Each argument check at its boundary: the smallest accepted value passes, the first refused
+    one fails with a message that names the argument and the value."""
+    DFoTDiffusion(logsnr_min=-1.0, logsnr_max=-0.999, clip_noise=0.5, timesteps=2, context_dropout=1.0)
+    DFoTDiffusion(context_dropout=0.0)
+    for kwargs, message in (
+            (dict(shift=0.0), r"^shift must be a positive number, got 0.0$"),
+            (dict(shift="1"), r"^shift must be a positive number, got '1'$"),
+            (dict(logsnr_min=2.0, logsnr_max=2.0), r"^logsnr_min must be < logsnr_max, got 2.0 and 2.0$"),
+            (dict(clip_noise=0.0), r"^clip_noise must be > 0, got 0.0$"),
+            (dict(timesteps=1), r"^timesteps must be an int >= 2, got 1$"),
+            (dict(timesteps=2.0), r"^timesteps must be an int >= 2, got 2.0$"),
+            (dict(timesteps=True), r"^timesteps must be an int >= 2, got True$"),
+            (dict(context_dropout=1.5), r"^context_dropout must lie in \[0, 1\], got 1.5$"),
+            (dict(context_dropout=-0.1), r"^context_dropout must lie in \[0, 1\], got -0.1$")):
+        with pytest.raises(ValueError, match=message):
+            DFoTDiffusion(**kwargs)
+
+
+def test_time_checks_name_the_argument_and_the_values():
+    d, x0 = DFoTDiffusion(), torch.zeros(2, 3, 1, 2, 2)
+    with pytest.raises(ValueError, match=r"^t must be \[B, T\] = \[2, 3\], got \[2, 2\]$"):
+        d.q_sample(x0, torch.zeros(2, 2), x0)
+    with pytest.raises(ValueError, match=r"^t must be \[B, T\] = \[2, 3\], got list$"):
+        d.q_sample(x0, [[0.0] * 3] * 2, x0)
+    with pytest.raises(TypeError, match=r"^t must be a floating tensor, got torch.int64$"):
+        d.q_sample(x0, torch.zeros(2, 3, dtype=torch.long), x0)
+    with pytest.raises(ValueError, match=r"^t must lie in \[0, 1\], got values in \[-0.5, 1.0\]$"):
+        d.q_sample(x0, torch.tensor([[0.0, 1.0, -0.5], [0.5, 0.5, 0.5]]), x0)
+    d.q_sample(x0, torch.tensor([[0.0, 1.0, 0.5], [0.0, 1.0, 0.5]]), x0)  # the ends are allowed
