@@ -140,6 +140,14 @@ class StandIn(torch.nn.Module):
         return (out, [out.mean(2)]) if return_latents else out
 
 
+def random_standin(gen: torch.Generator, tokens: int, channels: int) -> StandIn:
+    """A stand-in over `tokens` frames of `channels` channels, its W, a, b drawn from gen."""
+    w = torch.randn(tokens * channels, tokens * channels, generator=gen) * (0.6 / (tokens * channels) ** 0.5)
+    a = torch.randn(channels, generator=gen) * 0.3
+    b = torch.randn(channels, generator=gen) * 0.2
+    return StandIn(w, a, b)
+
+
 def build_diffusion(ContinuousDiffusion, algo, standin, sampling_timesteps=None):
     from omegaconf import OmegaConf, open_dict
     cfg = OmegaConf.create(OmegaConf.to_container(algo.diffusion, resolve=True))
@@ -191,10 +199,8 @@ def main() -> None:
     from omegaconf import OmegaConf
 
     gen = torch.Generator().manual_seed(20250)
-    w = torch.randn(T * C, T * C, generator=gen) * (0.6 / (T * C) ** 0.5)
-    a = torch.randn(C, generator=gen) * 0.3
-    b = torch.randn(C, generator=gen) * 0.2
-    standin = StandIn(w, a, b)
+    standin = random_standin(gen, T, C)
+    w, a, b = standin.w, standin.a, standin.b
     out = {"standin.w": w, "standin.a": a, "standin.b": b}
     facts = {
         "source": "CIntellifusion/GeometryForcing algorithms/dfot (ContinuousDiffusion, DiscreteDiffusion, "

@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_dfot_diffusion_golden import (_NoBar, build_diffusion, compose_re10k, fake_algo,  # noqa: E402
-                                        import_authors, StandIn)
+                                        import_authors, random_standin)
 
 C, H, W, K = 3, 4, 4, 2  # K: channels of the stand-in's external condition
 
@@ -75,10 +75,7 @@ def main() -> None:
                        "scripts/eval_geometry_forcing.sh for the protocol", "cases": {}}
 
     def standin_for(tokens):
-        w = torch.randn(tokens * C, tokens * C, generator=gen) * (0.6 / (tokens * C) ** 0.5)
-        a = torch.randn(C, generator=gen) * 0.3
-        b = torch.randn(C, generator=gen) * 0.2
-        return StandIn(w, a, b)
+        return random_standin(gen, tokens, C)
 
     def diffusion_with(standin, steps):
         d = build_diffusion(ContinuousDiffusion, algo, standin, sampling_timesteps=steps)
