@@ -8,7 +8,8 @@ import torch.multiprocessing as mp
 from gfcore.io.checkpoint_file import read_checkpoint
 from gfcore.train import load_config, train
 from gfcore.train.trainer import build_training
-from trainer_helpers import ddp_worker, free_port, one_torch_thread, tiny_data_root, tiny_overrides  # noqa: F401
+from trainer_helpers import (ddp_worker, exit_finished_rank, free_port, one_torch_thread, tiny_data_root,  # noqa: F401
+                             tiny_overrides, train_rank)
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
@@ -62,13 +63,14 @@ def _metric_records(out):
 
 
 def _counting_worker(rank: int, world_size: int, port: int, overrides: list, folder: str) -> None:
-    """ddp_worker, then the number of graphs dynamo compiled in this rank, in folder/graphs_<rank>."""
+    """train_rank, then the number of graphs dynamo compiled in this rank, in folder/graphs_<rank>."""
     from torch._dynamo.utils import counters
 
     counters.clear()
-    ddp_worker(rank, world_size, port, overrides)
+    train_rank(rank, world_size, port, overrides)
     with open(os.path.join(folder, f"graphs_{rank}"), "w") as handle:
         handle.write(str(counters["stats"]["unique_graphs"]))
+    exit_finished_rank()
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])

@@ -226,3 +226,30 @@ def test_fsdp_offload_values_and_the_cpu_collectives(monkeypatch):
     for device, cpu_collectives in (("cuda", True), ("cuda", False), ("cpu", True), ("cpu", False)):
         setup_distributed(device, cpu_collectives=cpu_collectives)
     assert backends == ["cuda:nccl,cpu:gloo", "nccl", "gloo", "gloo"]
+
+
+def test_train_ends_only_the_process_group_it_started(monkeypatch):
+    """setup_distributed owns the group it creates under torchrun's variables, and
+    teardown_distributed ends exactly that one; a group the caller made stays open for the caller."""
+    import torch.distributed as dist
+
+    from gfcore.train.distributed import setup_distributed, teardown_distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert setup_distributed("cpu").owns_group is False  # one process: no group at all
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun says it; a 1-rank group stands in for the 2 ranks
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        info = setup_distributed("cpu")
+        assert info.owns_group is False
+        teardown_distributed(info)
+        assert dist.is_initialized()  # the caller's group is the caller's to end
+    finally:
+        dist.destroy_process_group()
+    init = dist.init_process_group
+    monkeypatch.setattr(dist, "init_process_group",
+                        lambda backend: init(backend, store=dist.HashStore(), rank=0, world_size=1))
+    info = setup_distributed("cpu")
+    assert info.owns_group is True and dist.is_initialized()
+    teardown_distributed(info)
+    assert not dist.is_initialized()

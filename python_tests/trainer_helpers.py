@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -47,9 +48,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def ddp_worker(rank: int, world_size: int, port: int, overrides: list) -> None:
-    """torch.multiprocessing.spawn target: one gloo rank of a training run, as torchrun would start it."""
+def train_rank(rank: int, world_size: int, port: int, overrides: list) -> None:
+    """One gloo rank of a training run, as torchrun would start it."""
     import torch
+    import torch.distributed as dist
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -59,10 +61,25 @@ def ddp_worker(rank: int, world_size: int, port: int, overrides: list) -> None:
     try:
         train(load_config(overrides))
     finally:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
+        if dist.is_initialized():  # train() raised before its own teardown
             dist.destroy_process_group()
+    # A line per rank: a rank that dies shows in the test's captured stderr how far it got.
+    print(f"rank {rank}: trained, process group ended", file=sys.stderr, flush=True)
+
+
+def exit_finished_rank() -> None:
+    """End a spawned rank whose work is done and checked without interpreter shutdown, where gloo's
+    threads can still abort a finished rank (pytorch/pytorch#179291: SIGABRT, "terminate called
+    without an active exception", seen once in CI)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def ddp_worker(rank: int, world_size: int, port: int, overrides: list) -> None:
+    """torch.multiprocessing.spawn target: train_rank, then exit_finished_rank."""
+    train_rank(rank, world_size, port, overrides)
+    exit_finished_rank()
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # setup_distributed created the process group, so teardown_distributed ends it
 
     @property
     def enabled(self) -> bool:
@@ -31,13 +32,22 @@ def setup_distributed(device_type: str, cpu_collectives: bool = False) -> DistIn
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
-    if not dist.is_initialized():
+    owns_group = not dist.is_initialized()
+    if owns_group:
         backend = "nccl" if device_type == "cuda" else "gloo"
         dist.init_process_group(backend="cuda:nccl,cpu:gloo" if backend == "nccl" and cpu_collectives else backend)
-    info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns_group)
     if device_type == "cuda":
         torch.cuda.set_device(info.local_rank)
     return info
+
+
+def teardown_distributed(info: DistInfo) -> None:
+    """End the process group setup_distributed created (one the caller made is the caller's to end).
+    A rank that exits with it still open can abort in interpreter shutdown: gloo's worker threads
+    outlive Python (pytorch/pytorch#179291)."""
+    if info.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def mean_across_ranks(values: Dict[str, torch.Tensor], info: DistInfo) -> Dict[str, float]:

@@ -29,6 +29,7 @@ explicit train.resume=PATH, are refused with ResumeError (two sources of weights
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import time
@@ -46,7 +47,8 @@ from gfcore.models.dit import VideoDiT
 from gfcore.nvtx import nvtx_range
 from gfcore.train.checkpoint import rng_state, save_checkpoint, set_rng_state, write_checkpoint
 from gfcore.train.data import BatchPrefetcher, batch_to_device, build_batcher, build_dataset, check_feature_cache
-from gfcore.train.distributed import DistInfo, barrier, gather_objects, mean_across_ranks, setup_distributed
+from gfcore.train.distributed import (DistInfo, barrier, gather_objects, mean_across_ranks, setup_distributed,
+                                     teardown_distributed)
 from gfcore.train.flops import forward_flops, peak_flops
 from gfcore.train.loggers import Loggers, check_loggers
 from gfcore.train.models import alignment_geometry, build_train_model, init_weights, latent_index, model_arch
@@ -581,6 +583,16 @@ def train(cfg: DictConfig) -> Dict:
                          _launch_world_size())
     # CPU offload: gradient clipping and checkpoints gather host-memory shards, so gloo joins NCCL
     info = setup_distributed(device_type, cpu_collectives=fsdp_offload(cfg))
+    summary = _train_in_group(cfg, info)
+    # DDP's reducer and FSDP's hooks go before their process group: freed after it (a reference
+    # cycle outliving the run), their threads can abort the process at exit
+    gc.collect()
+    teardown_distributed(info)
+    return summary
+
+
+def _train_in_group(cfg: DictConfig, info: DistInfo) -> Dict:
+    """train(cfg)'s run, once the process group (if any) exists."""
     device = resolve_device(cfg.train.device, info)
     logger_names = check_loggers(cfg.train.get("loggers", ["jsonl"]))  # before the run folder is touched
     align_start_step = alignment_start(cfg)
