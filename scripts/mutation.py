@@ -84,6 +84,15 @@ MODULES = {
                                    []),
     "models/dfot/*.py": (["gfcore/models/dfot/*.py"], ["test_models_dfot.py", "test_dfot_diffusion.py",
                                                       "test_dfot_protocol.py"], []),
+    "data/dfot_*.py": (["gfcore/data/dfot_clips.py", "gfcore/data/dfot_files.py", "gfcore/data/dfot_re10k.py"],
+                       ["test_data_dfot.py", "test_train_data_dfot.py"], []),
+    "train/dfot.py + dfot_data.py + models.py": (["gfcore/train/dfot.py", "gfcore/train/dfot_data.py",
+                                                  "gfcore/train/models.py"],
+                                                 ["test_train_dfot.py", "test_train_data_dfot.py",
+                                                  "test_sample_dfot_cli.py"], []),
+    "train/plan.py + memory.py": (["gfcore/train/plan.py", "gfcore/train/memory.py"], ["test_train_plan.py"], []),
+    "models/checkpointing.py": (["gfcore/models/checkpointing.py"], ["test_models_dit.py", "test_train_speed_switches.py",
+                                                                    "test_train_plan.py"], ["-k", "not compile"]),
     "train/trainer.py (resume path)": (["gfcore/train/trainer.py"], ["test_train_resume.py", "test_train_resume_guard.py"],
                                        ["-k", "not sigkilled"]),
 }
@@ -92,18 +101,20 @@ MODULES = {
 # matching lines alone (a pattern matching a `def` line leaves the function's body mutated), so the
 # scratch copy is marked with mutmut's pragmas instead: every top-level function or class outside
 # the resume path gets "# pragma: no mutate block" on its header line (mutmut skips it whole), and
-# train()'s statements outside its resume blocks are enclosed in "# pragma: no mutate start" /
+# _train_in_group()'s statements outside its resume blocks are enclosed in "# pragma: no mutate start" /
 # "# pragma: no mutate end" comment lines.
 # What stays mutated: JsonlLog (drops the log lines after the resumed step), the checkpoint's
 # state (_full_state_dict, _optimizer_state, _state_for_checkpoint), its loading (_load_optimizer,
-# _apply_hyperparameters) and the resume blocks of train().
+# _apply_hyperparameters) and the resume blocks of _train_in_group() (train's run once the process group exists).
 TRAINER_RESUME = ("JsonlLog", "_full_state_dict", "_optimizer_state", "_load_optimizer", "_state_for_checkpoint",
-                  "_apply_hyperparameters", "train")
+                  "_apply_hyperparameters", "_train_in_group")
 TRAINER_SKIP = ("CrashForTesting", "CachedTargetsBatcher", "TrainModule", "StepParts", "optimizer_step",
                 "resolve_device", "build_alignment",
                 "model_config", "build_training", "_progress", "_precision", "_wrap", "fsdp_mixed_precision",
-                "configure_model", "_sample_every", "SampleVideos", "_history_guidance", "_utc_now", "alignment_start")
-# (first statement, first statement after) of each resume block of train(): finding and checking
+                "configure_model", "_sample_every", "SampleVideos", "_history_guidance", "_utc_now", "alignment_start", "train",
+                "_launch_local_rank", "_launch_world_size", "_on_device", "check_memory_switches", "draw_step_noise",
+                "ema_device", "fsdp_offload", "grad_accum", "slice_batch", "train_objective")
+# (first statement, first statement after) of each resume block of _train_in_group(): finding and checking
 # the checkpoint and loading the weights, and restoring optimizer, scheduler, EMA, step and RNG.
 RESUME_BLOCKS = [("found, unreadable = find_checkpoint(", "if info.is_main:"),
                  ("start_step = 0", "with_depth = ")]
@@ -128,8 +139,8 @@ def mark_trainer_resume_path(path: Path) -> None:
         if not lines[header].rstrip().endswith(":"):
             raise SystemExit(f"mutation.py: {name}'s header does not end on line {header + 1} of {path}")
         lines[header] += PRAGMA_BLOCK
-    # train(): regions of consecutive top-level statements outside the resume blocks
-    body, block, regions = top["train"].body, None, []
+    # _train_in_group(): regions of consecutive top-level statements outside the resume blocks
+    body, block, regions = top["_train_in_group"].body, None, []
     for stmt in body:
         text = lines[stmt.lineno - 1].strip()
         for first, after in RESUME_BLOCKS:
@@ -145,7 +156,7 @@ def mark_trainer_resume_path(path: Path) -> None:
     found = [first for first, _ in RESUME_BLOCKS
              if not any(lines[s.lineno - 1].strip().startswith(first) for s in body)]
     if found:
-        raise SystemExit(f"mutation.py: resume block starts {found} are no longer statements of train() in {path}")
+        raise SystemExit(f"mutation.py: resume block starts {found} are no longer statements of _train_in_group() in {path}")
     for first, last in regions:
         indent = " " * body[first].col_offset
         inserts += [(body[first].lineno - 1, indent + PRAGMA_START), (body[last].end_lineno, indent + PRAGMA_END)]
