@@ -426,6 +426,50 @@ def test_frames_of_the_wrong_size_and_wrong_methods_are_refused(tmp_path, re10k_
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command,run_flag", [(["sample"], []), (["eval", "--protocol", "dfot256"], ["--run"])])
+def test_a_run_or_a_checkpoint_with_its_model_is_required(tmp_path, dit_run, command, run_flag, capsys):
+    """Both commands, one check (dfot_run.check_source_arguments): neither or both sources, and
+    --checkpoint without --model, are usage errors (exit code 2) naming the fix."""
+    out = ["--out", str(tmp_path / "out")]
+    for argv, needle in ((out, "give a run"), ([*run_flag, dit_run, "--checkpoint", "x.ckpt", "--model", "dfot_tiny",
+                                                *out], "not both"),
+                         (["--checkpoint", "x.ckpt", *out], "--checkpoint needs --model")):
+        with pytest.raises(SystemExit) as exited:
+            main([*command, *argv])
+        assert exited.value.code == 2
+        assert needle in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_refuses_a_videodit_run_before_loading_its_weights(tmp_path, dit_run, monkeypatch, capsys):
+    from gfcore.sample import dfot_run as module
+
+    loaded = []
+    monkeypatch.setattr(module, "load_run_model", lambda *args, **kwargs: loaded.append(args))
+    assert main(["eval", "--protocol", "dfot256", "--run", dit_run, "--out", str(tmp_path / "out")]) == 2
+    _one_line_error(capsys, os.path.join(dit_run, "final.pt"), "model.arch dit", "--protocol evaluates DFoT models")
+    assert loaded == []
+
+
+def test_weights_run_follows_the_runs_sample_use_ema(dit_run, monkeypatch):
+    """--weights run: the run's sample.use_ema (default true); ema and raw override it."""
+    import argparse
+
+    from gfcore.io.checkpoint_file import read_checkpoint
+    from gfcore.sample import dfot_run as module
+
+    picked = []
+    monkeypatch.setattr(module, "load_run_model", lambda file, state, use_ema, device: picked.append(use_ema))
+    state = read_checkpoint(os.path.join(dit_run, "final.pt"))
+    for use_ema in (True, False):
+        state["config"]["sample"]["use_ema"] = use_ema
+        monkeypatch.setattr(module, "read_run", lambda path: ("final.pt", state))
+        for weights in ("run", "ema", "raw"):
+            args = argparse.Namespace(checkpoint=None, run=dit_run, weights=weights, device="cpu")
+            assert isinstance(module.load_source(args), module.VideoDiTRun)
+    assert picked == [True, True, False, False, True, False]
+
+
 # -------------------------------------------------------------------------------------- progress
 
 

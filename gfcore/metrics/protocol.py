@@ -32,7 +32,7 @@ PROTOCOL_FILE = "protocol.json"  # DIR/protocol.json: what DIR's clips were samp
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gfcore.sample.dfot_run import AUTHORS_EVAL_VIDEOS, add_dfot_arguments
+    from gfcore.sample.dfot_run import AUTHORS_EVAL_VIDEOS, add_dfot_arguments, add_source_arguments
 
     parser = argparse.ArgumentParser(
         prog="gfcore eval --protocol",
@@ -49,32 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--history-guidance", help="keyframe history guidance (default: the protocol's)")
     parser.add_argument("--history-scale", type=float)
     parser.add_argument("--stabilization-level", type=float)
-    parser.add_argument("--weights", choices=("run", "ema", "raw"), default="run",
-                        help="EMA or raw weights (default: the run's sample.use_ema; EMA for --checkpoint)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
+    add_source_arguments(parser)
     parser.add_argument("--resume", action="store_true", help="finish an interrupted evaluation in --out")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --out")
     add_dfot_arguments(parser, eval_mode=True)
     add_metric_options(parser)
     return parser
-
-
-def _load_source(args):
-    from omegaconf import OmegaConf
-
-    from gfcore.sample.dfot_run import SampleError, load_release, load_run_model, read_run, run_source
-
-    if args.checkpoint is not None:
-        return load_release(args.checkpoint, args.model, args.model_resolution, args.model_frames,
-                            args.weights != "raw", args.device)
-    file, state = read_run(args.run)
-    if state["model_config"].get("arch", "dit") != "dfot":
-        raise SampleError(f"{file}: its model is gfcore's VideoDiT (model.arch dit); --protocol evaluates DFoT models "
-                          f"(score VideoDiT rollouts with gfcore sample, then gfcore eval --generated ...)")
-    run_cfg = state["config"]
-    use_ema = args.weights == "ema" or (args.weights == "run" and run_cfg.get("sample", {}).get("use_ema", True))
-    return run_source(file, state, load_run_model(file, state, use_ema, args.device), OmegaConf.create(run_cfg))
 
 
 def _check_out(args, record: dict) -> None:
@@ -106,19 +86,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from gfcore.data.errors import DataError
     from gfcore.io.safe_load import UnsafeFileError
     from gfcore.models.dfot.checkpoint import CheckpointError
-    from gfcore.sample.dfot_run import (SampleError, clips_for, describe, one_line, resolve_settings,
-                                        run_protocol_sampling)
+    from gfcore.sample.dfot_run import (SampleError, check_source_arguments, clips_for, describe, load_source, one_line,
+                                        resolve_settings, run_protocol_sampling)
     from gfcore.sample.progress import ProgressReporter
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    if (args.run is None) == (args.checkpoint is None):
-        parser.error("give a run (--run RUN) or a released checkpoint (--checkpoint PATH --model NAME), not both")
-    if args.checkpoint is not None and args.model is None:
-        parser.error("--checkpoint needs --model (the model config of the file, e.g. dfot_re10k)")
+    check_source_arguments(parser, args, "--run RUN")
     refusals = (SampleError, CheckpointError, DataError, UnsafeFileError)
     try:
-        source = _load_source(args)
+        source = load_source(args, videodit_refusal="--protocol evaluates DFoT models (score VideoDiT rollouts "
+                                                    "with gfcore sample, then gfcore eval --generated ...)")
         settings = resolve_settings(args, source.frames, None)
         clips = clips_for(source, settings, args.data_root, args.split, args.num_clips, full=True,
                           first_frames=args.first_frames)

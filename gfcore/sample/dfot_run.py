@@ -210,6 +210,36 @@ def run_source(file: str, state: dict, model: torch.nn.Module, run_cfg) -> DFoTS
                       run_cfg=run_cfg)
 
 
+@dataclass
+class VideoDiTRun:
+    """A gfcore run whose model is the flow-matching VideoDiT (model.arch dit), loaded."""
+    file: str
+    model: torch.nn.Module
+    run_cfg: dict
+
+
+def load_source(args, videodit_refusal: Optional[str] = None):
+    """The model the command line names: --checkpoint with --model (a DFoTSource of the release) or
+    args.run (a DFoTSource of a DFoT run, else a VideoDiTRun), with the weights --weights picks (run:
+    the run's sample.use_ema; EMA for a release). videodit_refusal: refuse a VideoDiT run with this
+    remedy, before its weights are loaded."""
+    if args.checkpoint is not None:
+        return load_release(args.checkpoint, args.model, args.model_resolution, args.model_frames,
+                            args.weights != "raw", args.device)
+    file, state = read_run(args.run)
+    dfot = state["model_config"].get("arch", "dit") == "dfot"
+    if not dfot and videodit_refusal is not None:
+        raise SampleError(f"{file}: its model is gfcore's VideoDiT (model.arch dit); {videodit_refusal}")
+    run_cfg = state["config"]
+    use_ema = args.weights == "ema" or (args.weights == "run" and run_cfg.get("sample", {}).get("use_ema", True))
+    model = load_run_model(file, state, use_ema, args.device)
+    if not dfot:
+        return VideoDiTRun(file, model, run_cfg)
+    from omegaconf import OmegaConf
+
+    return run_source(file, state, model, OmegaConf.create(run_cfg))
+
+
 # ----------------------------------------------------------------------------------------- settings
 
 
@@ -604,6 +634,23 @@ def run_protocol_sampling(source: DFoTSource, clips, settings: DFoTSettings, out
 
 
 # ------------------------------------------------------------------------------------ command line
+
+
+def add_source_arguments(parser) -> None:
+    """The options of load_source beside the run (its own positional or flag, as each command
+    names it) and add_dfot_arguments' --checkpoint / --model."""
+    parser.add_argument("--weights", choices=("run", "ema", "raw"), default="run",
+                        help="EMA or raw weights (default: the run's sample.use_ema; EMA for --checkpoint)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+
+
+def check_source_arguments(parser, args, run_usage: str) -> None:
+    """A run or a released checkpoint with its --model, as argparse usage errors (exit code 2)."""
+    if (args.run is None) == (args.checkpoint is None):
+        parser.error(f"give a run ({run_usage}) or a released checkpoint (--checkpoint PATH --model NAME), not both")
+    if args.checkpoint is not None and args.model is None:
+        parser.error("--checkpoint needs --model (the model config of the file, e.g. dfot_re10k)")
 
 
 def add_dfot_arguments(parser, eval_mode: bool = False) -> None:

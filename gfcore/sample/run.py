@@ -19,8 +19,9 @@ import torch
 from gfcore.data.errors import DataError
 from gfcore.io.safe_load import UnsafeFileError
 from gfcore.models.dfot.checkpoint import CheckpointError
-from gfcore.sample.dfot_run import (SampleError, add_dfot_arguments, clips_for, load_release, load_run_model, one_line,
-                                    read_run, resolve_settings, run_protocol_sampling, run_sample_steps, run_source)
+from gfcore.sample.dfot_run import (SampleError, VideoDiTRun, add_dfot_arguments, add_source_arguments,
+                                    check_source_arguments, clips_for, load_run_model, load_source, one_line, read_run,
+                                    resolve_settings, run_protocol_sampling, run_sample_steps)
 from gfcore.sample.progress import ProgressReporter
 from gfcore.sample.sampler import HISTORY_MODES, HistoryGuidance, revisit_path, rollout, to_uint8
 
@@ -55,8 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="euler | heun for VideoDiT (default: the run's sample.method); ddim for DFoT (its "
                              "default and only sampler)")
     parser.add_argument("--context-frames", type=int, help="clean frames given / carried between windows")
-    parser.add_argument("--weights", choices=("run", "ema", "raw"), default="run",
-                        help="EMA or raw weights (default: the run's sample.use_ema; EMA for --checkpoint)")
     parser.add_argument("--history-guidance",
                         help=f"history guidance: VideoDiT {'|'.join(HISTORY_MODES)} (default: the run's "
                              f"sample.history_guidance.mode); DFoT conditional|stabilized_conditional|vanilla|"
@@ -66,8 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="history noise level, conditional branch (stabilized)")
     parser.add_argument("--fractional-level", type=float,
                         help="history noise level, unconditional branch (VideoDiT fractional)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
+    add_source_arguments(parser)
     add_dfot_arguments(parser)
     return parser
 
@@ -79,24 +77,12 @@ DFOT_ONLY = ("protocol", "max_tokens", "keyframe_density", "interp_max_batch", "
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if (args.run is None) == (args.checkpoint is None):
-        parser.error("give a run (RUN) or a released checkpoint (--checkpoint PATH --model NAME), not both")
-    if args.checkpoint is not None and args.model is None:
-        parser.error("--checkpoint needs --model (the model config of the file, e.g. dfot_re10k)")
+    check_source_arguments(parser, args, "RUN")
     try:
-        if args.checkpoint is not None:
-            source = load_release(args.checkpoint, args.model, args.model_resolution, args.model_frames,
-                                  args.weights != "raw", args.device)
-            return _sample_dfot(args, source)
-        file, state = read_run(args.run)
-        run_cfg = state["config"]
-        use_ema = args.weights == "ema" or (args.weights == "run" and run_cfg.get("sample", {}).get("use_ema", True))
-        model = load_run_model(file, state, use_ema, args.device)
-        if state["model_config"].get("arch", "dit") == "dfot":
-            from omegaconf import OmegaConf
-
-            return _sample_dfot(args, run_source(file, state, model, OmegaConf.create(run_cfg)))
-        return _sample_videodit(args, model, run_cfg)
+        source = load_source(args)
+        if isinstance(source, VideoDiTRun):
+            return _sample_videodit(args, source.model, source.run_cfg)
+        return _sample_dfot(args, source)
     except REFUSALS as exc:  # a refusal naming the file or key, not a crash: no traceback, nothing written
         print(f"gfcore sample: error: {one_line(exc)}", file=sys.stderr)
         return 2
