@@ -93,6 +93,9 @@ MODULES = {
     "train/plan.py + memory.py": (["gfcore/train/plan.py", "gfcore/train/memory.py"], ["test_train_plan.py"], []),
     "models/checkpointing.py": (["gfcore/models/checkpointing.py"], ["test_models_dit.py", "test_train_speed_switches.py",
                                                                     "test_train_plan.py"], ["-k", "not compile"]),
+    "sample/dfot_run.py + run.py + progress.py, metrics/protocol.py": (
+        ["gfcore/sample/dfot_run.py", "gfcore/sample/run.py", "gfcore/sample/progress.py", "gfcore/metrics/protocol.py"],
+        ["test_sample_dfot_cli.py", "test_sample_progress.py", "test_dfot_protocol.py"], []),
     "train/trainer.py (resume path)": (["gfcore/train/trainer.py"], ["test_train_resume.py", "test_train_resume_guard.py"],
                                        ["-k", "not sigkilled"]),
 }
