@@ -62,7 +62,7 @@ def _parse(argv: Optional[Sequence[str]]):
 
 def _test_split(data_cfg, num_clips: int, rollout_frames: int):
     """Test clips as long as the rollouts, generated under the same data root."""
-    from gfcore.train.data import ensure_synthetic
+    from gfcore.data.build import ensure_synthetic
 
     root = os.path.expanduser(data_cfg.root)
     ensure_synthetic(root, num_clips, rollout_frames, list(data_cfg.resolution), data_cfg.seed + 1000, "camera",

@@ -78,12 +78,12 @@ def spy(monkeypatch):
 
 
 def _tiny_uvit(seed: int, **changes):
-    from gfcore.train.models import build_train_model
+    from gfcore.models.build import build_backbone
 
     node = model_config("dfot_tiny", 16, 4)
     node.update(changes)
     torch.manual_seed(seed)
-    return build_train_model(node)
+    return build_backbone(node)
 
 
 def _release(path, model, ema_offset=None, drop=None):
@@ -140,7 +140,7 @@ def test_sample_a_dfot_run_with_ddim_and_history_guidance(tmp_path, dfot_run, da
     from gfcore.data.geometry import cameras_to_dfot_poses
     from gfcore.models.dfot import ray_encoding
     from gfcore.train.data import build_dataset
-    from gfcore.train.dfot import dfot_frames
+    from gfcore.models.build import dfot_frames
 
     out = tmp_path / "s"
     assert main(["sample", dfot_run, "--out", str(out), "--steps", "3", "--num-clips", "2", "--seed", "5",
@@ -502,3 +502,22 @@ def test_a_dfot_runs_own_sample_settings_are_its_ddim_steps():
     assert resolve_settings(parser.parse_args([]), 4, None, 20).steps == 20
     assert resolve_settings(parser.parse_args([]), 4, None, None).steps == 50
     assert resolve_settings(parser.parse_args(["--steps", "7"]), 4, None, 20).steps == 7
+
+
+def test_a_run_on_dfot_re10k_data_samples_realestate10k_clips(re10k_root):
+    """A run trained on data=dfot_re10k (DFoT's training stream) is sampled, like a re10k run,
+    from the RealEstate10K root's own clips (ProtocolClips), not from the training stream."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from gfcore.sample.dfot_run import DFoTSettings, ProtocolClips, clips_for
+
+    root = str(re10k_root / "good")
+    settings = DFoTSettings(num_frames=8, num_context=1, max_tokens=4, keyframe_density=1.0, key_guidance=None,
+                            interp_guidance=None, steps=1, interp_max_batch=None, sliding_context_len=None, protocol=None)
+    for kind in ("dfot_re10k", "re10k"):
+        source = SimpleNamespace(kind="run", run_cfg=OmegaConf.create({"data": {"kind": kind, "root": root}}),
+                                 frames=4, resolution=16)
+        clips = clips_for(source, settings, None, "test", 1)
+        assert type(clips) is ProtocolClips and len(clips) == 1, kind

@@ -120,7 +120,7 @@ def test_ensure_synthetic_generates_only_when_the_marker_differs(tmp_path, monke
     import json
 
     import gfcore.data.synthetic as synthetic
-    from gfcore.train.data import ensure_synthetic
+    from gfcore.data.build import ensure_synthetic
 
     calls = []
     monkeypatch.setattr(synthetic, "generate", lambda *args, **kwargs: calls.append((args, kwargs)))
@@ -156,10 +156,11 @@ def test_build_dataset_passes_the_config_to_the_readers(monkeypatch):
     from omegaconf import OmegaConf
 
     import gfcore.data as data_package
+    import gfcore.data.build as data_build
     import gfcore.train.data as train_data
 
     ensured, built = [], []
-    monkeypatch.setattr(train_data, "ensure_synthetic", lambda *args: ensured.append(args))
+    monkeypatch.setattr(data_build, "ensure_synthetic", lambda *args: ensured.append(args))
     monkeypatch.setattr(data_package, "RealEstate10K", lambda *a, **k: built.append(("re10k", a, k)) or "re10k")
     monkeypatch.setattr(data_package, "Minecraft", lambda *a, **k: built.append(("minecraft", a, k)) or "minecraft")
     base = dict(root="~/gf-data", num_clips=3, clip_frames=8, resolution=[16, 24], seed=5, task="camera")

@@ -45,19 +45,20 @@ def _ckpt(out_dir, step):
 
 def _tiny_model(seed: int = 0, **overrides) -> UViT3DPose:
     """The model dfot_overrides builds (dfot_tiny at 16 px, 4 frames)."""
-    from gfcore.train.models import build_train_model
+    from gfcore.models.build import build_backbone
     from gfcore.train.trainer import model_config
 
     cfg = load_config(dfot_overrides("/unused", "/unused", *[f"model.{k}={v}" for k, v in overrides.items()]))
     torch.manual_seed(seed)
-    return build_train_model(model_config(cfg))
+    return build_backbone(model_config(cfg))
 
 
 # ------------------------------------------------------------------------------------- configs
 
 
 def test_dfot_re10k_config_is_the_re10k_backbone():
-    from gfcore.train.models import alignment_geometry, build_train_model
+    from gfcore.models.build import build_backbone
+    from gfcore.train.models import alignment_geometry
     from gfcore.train.trainer import model_config
 
     cfg = load_config(["model=dfot_re10k", "train.objective=dfot", "data=re10k", "data.root=/x", "train.num_frames=16",
@@ -67,7 +68,7 @@ def test_dfot_re10k_config_is_the_re10k_backbone():
     for key, value in RE10K.items():
         assert fields[key] == value, key
     with torch.device("meta"):
-        model = build_train_model(node)
+        model = build_backbone(node)
     assert sum(p.numel() for p in model.parameters()) == 458_818_051
     # GF aligns the level-2 down latent: 576 channels on a 32 x 32 grid at 256 px
     assert alignment_geometry(model, node) == (576, (32, 32))
@@ -105,7 +106,7 @@ def test_bad_combinations_are_refused(tmp_path, tiny_data_root):  # noqa: F811
 
 
 def test_latent_index_and_shapes_follow_return_latents():
-    from gfcore.train.models import latent_index, latent_shape
+    from gfcore.models.build import latent_index, latent_shape
 
     model = _tiny_model()
     x = torch.randn(1, 4, 3, 16, 16)

@@ -20,7 +20,7 @@ Clips:
 - a gfcore run on data.kind synthetic / minecraft: the run's dataset (split, --data-root
   overriding data.root), the first num_frames frames of each clip, poses from the clip's pixel
   intrinsics and c2w (gfcore.data.geometry.cameras_to_dfot_poses), as in training.
-- a released checkpoint, or a run on data.kind re10k: RealEstate10K under --data-root, as the
+- a released checkpoint, or a run on data.kind re10k or dfot_re10k: RealEstate10K under --data-root, as the
   authors' validation picks it (`protocol_clips`): DFoT's layout ({split}_256/{key}.mp4 and
   {split}_poses/{key}.pt, camera rows [T, 18] as DFoT stores them) or the raw layout
   ({split}/{key}.txt with {key}.mp4); frames must already be the model's resolution.
@@ -143,7 +143,7 @@ def load_release(path: str, name: str, resolution: int = 256, frames: int = 16, 
     """A released DFoT / Geometry Forcing checkpoint (Lightning .ckpt, plain state dict,
     .safetensors) into the backbone of model config `name`."""
     from gfcore.models.dfot import load_dfot_checkpoint
-    from gfcore.train.models import build_train_model, model_arch, read_gfcore_checkpoint
+    from gfcore.models.build import build_backbone, model_arch, read_gfcore_checkpoint
 
     node = model_config(name, resolution, frames)
     if model_arch(node) != "dfot":
@@ -152,7 +152,7 @@ def load_release(path: str, name: str, resolution: int = 256, frames: int = 16, 
     if not os.path.isfile(path):
         raise SampleError(f"--checkpoint {path}: no such file")
     with torch.device("meta"):
-        model = build_train_model(node)
+        model = build_backbone(node)
     try:
         load_dfot_checkpoint(model, path, use_ema=use_ema, assign=True)  # every parameter and buffer from the file
     except CheckpointError as exc:
@@ -192,10 +192,10 @@ def read_run(path: str) -> Tuple[str, dict]:
 def load_run_model(file: str, state: dict, use_ema: bool = True, device="cpu") -> torch.nn.Module:
     """The run's backbone (VideoDiT or UViT3DPose) with its EMA or raw weights, key-exactly."""
     from gfcore.models.dfot.checkpoint import check_keys
-    from gfcore.train.models import build_train_model
+    from gfcore.models.build import build_backbone
 
     try:
-        model = build_train_model(dict(state["model_config"]))
+        model = build_backbone(dict(state["model_config"]))
     except (TypeError, ValueError) as exc:
         raise SampleError(f"{file}: its model_config does not build a model ({one_line(exc)})") from exc
     weights = state["ema" if use_ema else "model"]
@@ -473,7 +473,7 @@ class RunClips:
     unless `full` asks for real frames throughout)."""
 
     def __init__(self, cfg, split: str, num_frames: Optional[int], num_clips: Optional[int], full: bool = False):
-        from gfcore.train.data import build_dataset
+        from gfcore.data.build import build_clip_dataset
 
         marker = os.path.join(os.path.expanduser(str(cfg.data.get("root", ""))), split, "generator.json")
         if cfg.data.kind == "synthetic" and os.path.isfile(marker):  # a split's own clip length
@@ -482,7 +482,7 @@ class RunClips:
         if full and num_frames is not None and int(cfg.data.clip_frames) < num_frames:
             raise DataError(f"{cfg.data.root} split {split!r}: clips of {cfg.data.clip_frames} frames, the evaluation "
                             f"needs {num_frames} real frames per clip")
-        self.dataset = build_dataset(cfg.data, with_depth=False, split=split, generate_missing=False)
+        self.dataset = build_clip_dataset(cfg.data, with_depth=False, split=split, generate_missing=False)
         if len(self.dataset) == 0:
             raise DataError(f"{cfg.data.root}: split {split!r} holds no clips")
         self.num_frames, self.split = num_frames, split
@@ -501,7 +501,7 @@ class RunClips:
     def clip(self, index: int, source: DFoTSource) -> Clip:
         from gfcore.data.geometry import cameras_to_dfot_poses
         from gfcore.sample.sampler import to_uint8
-        from gfcore.train.dfot import dfot_frames
+        from gfcore.models.build import dfot_frames
 
         item = self.dataset[index]
         total = item["frames"].shape[0]
@@ -518,7 +518,7 @@ def clips_for(source: DFoTSource, settings: DFoTSettings, data_root: Optional[st
               num_clips: Optional[int], full: bool = False, first_frames: bool = False):
     """The clip reader for this model and data (see the module docstring); every chosen clip is
     checked (DataError) before anything is sampled."""
-    if source.kind == "run" and source.run_cfg.data.kind != "re10k":
+    if source.kind == "run" and source.run_cfg.data.kind not in ("re10k", "dfot_re10k"):  # RealEstate10K roots
         cfg = source.run_cfg
         if data_root is not None:
             cfg.data.root = data_root

@@ -111,7 +111,7 @@ def _sample_videodit(args, model, run_cfg: dict) -> int:
     from omegaconf import OmegaConf
 
     from gfcore.data import write_gif, write_video
-    from gfcore.train.data import build_dataset
+    from gfcore.data.build import build_clip_dataset
 
     if args.method == "ddim":
         raise SampleError("--method ddim samples DFoT models; this run's model is gfcore's VideoDiT (model.arch dit): "
@@ -125,7 +125,7 @@ def _sample_videodit(args, model, run_cfg: dict) -> int:
     if cfg.data.kind == "synthetic" and os.path.isfile(marker):  # a split's own clip length (e.g. the demo's test)
         with open(marker) as handle:
             cfg.data.clip_frames = int(json.load(handle)["num_frames"])
-    dataset = build_dataset(cfg.data, with_depth=False, split=split, generate_missing=False)
+    dataset = build_clip_dataset(cfg.data, with_depth=False, split=split, generate_missing=False)
     steps, method = args.steps or cfg.sample.steps, args.method or cfg.sample.method
     context = args.context_frames or cfg.sample.context_frames
     node = cfg.sample.get("history_guidance")

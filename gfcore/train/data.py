@@ -6,37 +6,20 @@ have seen, and every DDP rank can take its own slice of the same global batch.
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Dict, List, Optional
 
 import torch
 
+from gfcore.data.build import CLIP_KINDS, build_clip_dataset
 from gfcore.data.geometry import plucker_rays, relative_to_first
 
-DATA_KINDS = ("synthetic", "re10k", "minecraft", "dfot_re10k")
-
-
-def ensure_synthetic(root: str, num_clips: int, num_frames: int, resolution, seed: int, task: str,
-                     split: str = "train", texture_detail: float = 1.0) -> None:
-    """Generate the built-in scenes into root/split unless a matching generator.json is there."""
-    import json
-
-    from gfcore.data.synthetic import generate
-
-    marker = os.path.join(root, split, "generator.json")
-    if os.path.isfile(marker):
-        with open(marker) as handle:
-            meta = json.load(handle)
-        wanted = {"num_clips": num_clips, "num_frames": num_frames, "seed": seed, "task": task}
-        if all(meta.get(k) == v for k, v in wanted.items()) and meta.get("texture_detail", 1.0) == texture_detail:
-            return
-    generate(root, num_clips, num_frames, resolution, seed, task, split, texture_detail=texture_detail)
+DATA_KINDS = CLIP_KINDS + ("dfot_re10k",)
 
 
 def build_dataset(cfg, with_depth: bool, split: str = "train", generate_missing: bool = True):
-    """A gfcore.data reader yielding whole clips (random_start off; windows are cut here), or for
-    dfot_re10k DFoT's training stream (gfcore.train.dfot_data.DFoTTrainData)."""
+    """The run's data: DFoT's training stream for dfot_re10k (gfcore.train.dfot_data.DFoTTrainData),
+    else a whole-clip reader (gfcore.data.build.build_clip_dataset; windows are cut here)."""
     kind = cfg.kind
     if kind not in DATA_KINDS:
         raise ValueError(f"data.kind must be one of {DATA_KINDS}, got {kind!r}")
@@ -47,30 +30,7 @@ def build_dataset(cfg, with_depth: bool, split: str = "train", generate_missing:
             raise ValueError("data.kind=dfot_re10k has no ground-truth depth; the teacher needs it "
                              "(use teacher=vggt or teacher=dinov2)")
         return build_dfot_data(cfg, split)
-    resolution = list(cfg.resolution)
-    if kind == "synthetic":
-        root = os.path.expanduser(cfg.root)
-        if generate_missing:
-            ensure_synthetic(root, cfg.num_clips, cfg.clip_frames, resolution, cfg.seed, cfg.task, split,
-                             float(cfg.get("texture_detail", 1.0)))
-        if cfg.task == "action":
-            from gfcore.data import Minecraft
-
-            return Minecraft(root, split, num_frames=cfg.clip_frames, resolution=resolution, random_start=False,
-                             with_depth=with_depth)
-        from gfcore.data import RealEstate10K
-
-        return RealEstate10K(root, split, num_frames=cfg.clip_frames, resolution=resolution, random_start=False,
-                             with_depth=with_depth, layout="raw")
-    if kind == "re10k":
-        from gfcore.data import RealEstate10K
-
-        return RealEstate10K(os.path.expanduser(cfg.root), split, num_frames=cfg.clip_frames, resolution=resolution,
-                             frame_skip=cfg.get("frame_skip", 1), random_start=False, with_depth=with_depth)
-    from gfcore.data import Minecraft
-
-    return Minecraft(os.path.expanduser(cfg.root), split, num_frames=cfg.clip_frames, resolution=resolution,
-                     frame_skip=cfg.get("frame_skip", 1), random_start=False, with_depth=with_depth)
+    return build_clip_dataset(cfg, with_depth, split, generate_missing)
 
 
 def build_batcher(cfg, dataset, batch_size: int, rank: int = 0, world_size: int = 1):

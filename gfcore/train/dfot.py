@@ -26,6 +26,7 @@ import torch
 
 from gfcore.data.geometry import cameras_to_dfot_poses
 from gfcore.losses import GeometryAlignmentLoss
+from gfcore.models.build import dfot_frames
 from gfcore.models.dfot import DFoTDiffusion, ray_encoding
 from gfcore.train.objective import NoiseDraw
 
@@ -38,16 +39,6 @@ def draw_dfot_noise(shape, generator: torch.Generator, diffusion: DFoTDiffusion,
     eps = torch.randn(shape, generator=generator).clamp(-diffusion.clip_noise, diffusion.clip_noise)
     drop_cond = torch.rand(batch, generator=generator) < cond_drop_prob
     return NoiseDraw(t, eps, torch.zeros(batch, frames, dtype=torch.bool), drop_cond)
-
-
-def dfot_frames(frames: torch.Tensor, input_norm: str = "dfot") -> torch.Tensor:
-    """The batch's frames in [-1, 1] as the backbone takes them: DFoT's normalisation of the
-    [0, 1] values ("dfot") or as they are ("none")."""
-    if input_norm == "none":
-        return frames
-    from gfcore.data.dfot_re10k import normalize
-
-    return normalize((frames + 1) / 2)
 
 
 def dfot_external_cond(batch: Dict[str, torch.Tensor]) -> torch.Tensor:

@@ -42,6 +42,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gfcore.losses import GeometryAlignmentLoss
+from gfcore.models.build import build_backbone, latent_index, model_arch
 from gfcore.models.checkpointing import checkpoint_mode
 from gfcore.models.dit import VideoDiT
 from gfcore.nvtx import nvtx_range
@@ -51,7 +52,7 @@ from gfcore.train.distributed import (DistInfo, barrier, gather_objects, mean_ac
                                      teardown_distributed)
 from gfcore.train.flops import forward_flops, peak_flops
 from gfcore.train.loggers import Loggers, check_loggers
-from gfcore.train.models import alignment_geometry, build_train_model, init_weights, latent_index, model_arch
+from gfcore.train.models import alignment_geometry, init_weights
 from gfcore.train.objective import GFObjective, NoiseDraw, draw_noise
 from gfcore.train.optim import EMA, build_optimizer, build_scheduler, full_tensor
 from gfcore.train.resume import (ResumeError, archive_previous_run, as_list, changes_record, check_config,
@@ -174,7 +175,7 @@ def build_training(cfg: DictConfig, device: torch.device, teacher_weights: bool 
     name = train_objective(cfg)
     node = model_config(cfg)
     torch.manual_seed(cfg.seed)
-    model = _on_device(build_train_model(node), device)
+    model = _on_device(build_backbone(node), device)
     hidden_dim, grid = alignment_geometry(model, node)
     # planning (no weights) builds on the CPU as it is: Module.to would swap fake tensors
     teacher = build_teacher(cfg.teacher, grid, str(device) if teacher_weights else None,
@@ -531,7 +532,7 @@ class SampleVideos:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             if self.model is None:
-                self.model = build_train_model(model_config(cfg))
+                self.model = build_backbone(model_config(cfg))
             if sample.get("use_ema", True):
                 ema.copy_to(self.model)  # gathers FSDP shards: every rank takes part
             else:
@@ -770,7 +771,7 @@ def _train_in_group(cfg: DictConfig, info: DistInfo) -> Dict:
 
     summary = {"steps": cfg.train.steps, "resumed_from": start_step, "teacher": label, "final": last_terms,
                "step_flops": step_flops, "out_dir": out_dir}
-    ema_model = build_train_model(model_config(cfg))
+    ema_model = build_backbone(model_config(cfg))
     ema.copy_to(ema_model)  # gathers FSDP shards: every rank takes part
     final_weights = _full_state_dict(model)
     if info.is_main:
