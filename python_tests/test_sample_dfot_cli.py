@@ -6,6 +6,8 @@ line with nothing written; the VideoDiT sampler's progress lines."""
 import json
 import os
 import random
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,14 +33,34 @@ TINY_RELEASE = ["--model", "dfot_tiny", "--model-resolution", "16", "--model-fra
 # ------------------------------------------------------------------------------------------ fixtures
 
 
+def _made_once(tmp_path_factory, name: str, make) -> Path:
+    """make(folder) into a new temporary folder. With GFCORE_TEST_CACHE set, once into that folder
+    and reused by later test sessions: scripts/mutation.py sets it for a row whose mutants cannot
+    change what these fixtures make (the sampler's modules; the fixtures train and write data)."""
+    cache = os.environ.get("GFCORE_TEST_CACHE")
+    if not cache:
+        folder = tmp_path_factory.mktemp(name)
+        make(folder)
+        return folder
+    folder = Path(cache) / name
+    if not (folder / ".made").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        make(folder)
+        (folder / ".made").touch()
+    return folder
+
+
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     """The built-in scenes: train 4 clips x 8 frames, test 3 clips x 12 frames, 16 px."""
     from gfcore.data.synthetic import generate
 
-    root = generate_tiny_data(str(tmp_path_factory.mktemp("dfot_cli_data")))
-    generate(root, num_clips=3, num_frames=12, resolution=16, seed=1, task="camera", split="test")
-    return root
+    def make(folder):
+        generate_tiny_data(str(folder))
+        generate(str(folder), num_clips=3, num_frames=12, resolution=16, seed=1, task="camera", split="test")
+
+    return str(_made_once(tmp_path_factory, "dfot_cli_data", make))
 
 
 @pytest.fixture(scope="module")
@@ -46,20 +68,23 @@ def dfot_run(tmp_path_factory, data_root):
     """dfot_tiny with GF (pointmap teacher), 20 steps: killed after step 11, resumed from step 10."""
     from gfcore.train.trainer import CrashForTesting
 
-    torch.set_num_threads(1)
-    out = str(tmp_path_factory.mktemp("dfot_cli_run") / "run")
-    overrides = dfot_overrides(data_root, out, "train.steps=20", "train.ckpt_every=10", "train.lr=1e-3")
-    with pytest.raises(CrashForTesting):
-        train(load_config(overrides + ["train.crash_after_step=11"]))
-    assert train(load_config(overrides))["resumed_from"] == 10
-    return out
+    def make(folder):
+        torch.set_num_threads(1)
+        overrides = dfot_overrides(data_root, str(folder / "run"), "train.steps=20", "train.ckpt_every=10",
+                                   "train.lr=1e-3")
+        with pytest.raises(CrashForTesting):
+            train(load_config(overrides + ["train.crash_after_step=11"]))
+        assert train(load_config(overrides))["resumed_from"] == 10
+
+    return str(_made_once(tmp_path_factory, "dfot_cli_run", make) / "run")
 
 
 @pytest.fixture(scope="module")
 def dit_run(tmp_path_factory, data_root):
-    out = str(tmp_path_factory.mktemp("dit_cli_run") / "run")
-    train(load_config(tiny_overrides(data_root, out, "teacher=none", "train.steps=2")))
-    return out
+    def make(folder):
+        train(load_config(tiny_overrides(data_root, str(folder / "run"), "teacher=none", "train.steps=2")))
+
+    return str(_made_once(tmp_path_factory, "dit_cli_run", make) / "run")
 
 
 @pytest.fixture
@@ -110,16 +135,17 @@ def re10k_root(tmp_path_factory):
     [T, 18]; 4 videos of 10, 7 (too short for 8 frames), 12 and 9 frames; and `bad`: 24 px frames."""
     from gfcore.data.synthetic.generate import generate_clip
 
-    root = tmp_path_factory.mktemp("re10k")
-    for name, size in (("good", 16), ("bad", 24)):
-        for index, length in enumerate((10, 7, 12, 9)):
-            clip = generate_clip(3, index, length, size)
-            key = f"{index:04x}cafe"
-            (root / name / "test_256").mkdir(parents=True, exist_ok=True)
-            (root / name / "test_poses").mkdir(parents=True, exist_ok=True)
-            write_video(str(root / name / "test_256" / f"{key}.mp4"), clip["frames"])
-            torch.save(_rows(clip["intrinsics"], clip["c2w"], size), root / name / "test_poses" / f"{key}.pt")
-    return root
+    def make(root):
+        for name, size in (("good", 16), ("bad", 24)):
+            for index, length in enumerate((10, 7, 12, 9)):
+                clip = generate_clip(3, index, length, size)
+                key = f"{index:04x}cafe"
+                (root / name / "test_256").mkdir(parents=True, exist_ok=True)
+                (root / name / "test_poses").mkdir(parents=True, exist_ok=True)
+                write_video(str(root / name / "test_256" / f"{key}.mp4"), clip["frames"])
+                torch.save(_rows(clip["intrinsics"], clip["c2w"], size), root / name / "test_poses" / f"{key}.pt")
+
+    return _made_once(tmp_path_factory, "re10k", make)
 
 
 def _one_line_error(capsys, *needles):

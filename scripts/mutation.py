@@ -101,6 +101,19 @@ MODULES = {
                                        ["-k", "not sigkilled"]),
 }
 
+# Rows whose mutants cannot change what test_sample_dfot_cli's fixtures make (runs trained, data
+# written, by code the row does not mutate): their tests make those once per row (GFCORE_TEST_CACHE)
+# instead of once per mutant.
+FIXTURE_CACHE_ROWS = ("sample/dfot_run.py + run.py + progress.py, metrics/protocol.py",)
+
+
+def mutant_env(module: str, workdir: Path) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(workdir))
+    if module in FIXTURE_CACHE_ROWS:
+        env["GFCORE_TEST_CACHE"] = str(workdir / "fixture_cache")
+    return env
+
+
 # trainer.py: only its resume path is mutated. mutmut 3.8.1 applies do_not_mutate_patterns to the
 # matching lines alone (a pattern matching a `def` line leaves the function's body mutated), so the
 # scratch copy is marked with mutmut's pragmas instead: every top-level function or class outside
@@ -256,7 +269,7 @@ def run_module(module: str, base: Path, python: str, resume: bool = False) -> di
     else:
         prepare(module, workdir)
     sources = source_hashes(module, ROOT)  # the code this run mutates (copied just now)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(workdir))
+    env = mutant_env(module, workdir)
     started = datetime.datetime.now()
     print(f"== {module}: mutmut in {workdir}", flush=True)
     run = subprocess.run([python, "-m", "mutmut", "run", "--max-children", "1"], cwd=workdir, env=env)
@@ -303,7 +316,7 @@ def rerun_survivors(module: str, base: Path, python: str) -> dict:
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     write_setup_cfg(module, workdir)  # the module's current test files (a test file added: more tests)
     (workdir / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)  # which test calls what: traced again
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(workdir))
+    env = mutant_env(module, workdir)
     started = datetime.datetime.now()
     print(f"== {module}: the {len(names)} mutants not killed on {record['date']}, again in {workdir}", flush=True)
     run = subprocess.run([python, "-m", "mutmut", "run", "--max-children", "1", *names], cwd=workdir, env=env)
