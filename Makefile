@@ -12,7 +12,7 @@ setup:
 demo: setup
 	$(VENV)/bin/gfcore demo
 
-test: setup test-kernels test-python test-cpp test-python-torch-min
+test: setup test-kernels test-python test-cpp test-python-torch-min docs
 
 # `make test` (and so CI) fails the CUDA build if any kernel spills registers to local memory
 # (setup.py: ptxas -warn-spills -Werror). GFCORE_FAIL_ON_SPILLS=0 make test turns it off.
@@ -60,8 +60,8 @@ mutation: setup
 
 # The documentation site (docs/, mkdocs.yml): MkDocs Material + mkdocstrings from the pinned
 # requirements-docs.txt in their own .venv-docs, built into site/ with --strict (a broken link,
-# anchor or API reference fails). Not part of `make test` yet. The docs' python blocks are run by
-# python_tests/test_docs.py (so by `make test-python`).
+# anchor or API reference fails); part of `make test`, so CI builds the site. The docs' python
+# blocks are run by python_tests/test_docs.py (so by `make test-python`).
 VENV_DOCS ?= .venv-docs
 $(VENV_DOCS)/.installed: requirements-docs.txt
 	python3 -m venv $(VENV_DOCS)

@@ -44,7 +44,7 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def main(argv=None) -> int:
     from omegaconf import OmegaConf
 
-    from gfcore.demo import _test_split
+    from gfcore.demo.job import _test_split
     from gfcore.metrics.rve import revisit_pair_metrics
     from gfcore.sample import rollout
     from gfcore.sample.run import load_trained_model

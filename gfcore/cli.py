@@ -89,7 +89,7 @@ def _dispatch(argv: Optional[Sequence[str]] = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "demo":
-        from gfcore.demo import main as demo_main
+        from gfcore.demo.job import main as demo_main
 
         return demo_main(rest)
     if command == "train":

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from gfcore.demo_analysis import NOISE_FRAME_LIMIT, high_frequency_ratio, noise_dependent_ratio, noise_dependent_ratios
+from gfcore.demo.analysis import NOISE_FRAME_LIMIT, high_frequency_ratio, noise_dependent_ratio, noise_dependent_ratios
 
 
 def _high_pass_energy_by_hand(frame: np.ndarray) -> float:

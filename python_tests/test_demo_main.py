@@ -101,7 +101,7 @@ def _analysis(measured, seeds):
 def test_condition_a_counts_every_training_seed():
     """(a) must hold for every training seed's run, not only seed 0's: a frame with noise-dependent
     colour noise in seed 1's rollouts, or a wide noise-seed spread there, fails it."""
-    from gfcore.demo_report import analysis_section
+    from gfcore.demo.report import analysis_section
 
     runs = {name: {} for name in ("baseline", "gf", "baseline_s1", "gf_s1")}
     analysis = _analysis({"baseline": _measured(20.0, [20.0, 20.1], 1.2, 0.0),
@@ -120,7 +120,7 @@ def test_condition_a_counts_every_training_seed():
 def test_condition_a_reads_the_noise_dependent_part_not_sharpness():
     """Frames sharper than the ground truth that every sampling seed shares (a stale texture) are
     reported as sharpness, not as colour noise: (a) is met; seed-dependent noise fails it."""
-    from gfcore.demo_report import analysis_section
+    from gfcore.demo.report import analysis_section
 
     runs = {"baseline": {}, "gf": {}}
     sharp = _analysis({"baseline": _measured(20.0, [20.0, 20.0], 2.5, 0.05, 0.02, 0.0),
@@ -139,7 +139,7 @@ def test_condition_a_reads_the_noise_dependent_part_not_sharpness():
 def test_runs_trained_side_by_side_match_runs_trained_one_after_the_other(tmp_path):
     """`gfcore demo` trains its runs in parallel worker processes on a multi-core CPU: the same
     weights as training them one after the other (with the same threads)."""
-    from gfcore.demo import _train_all
+    from gfcore.demo.job import _train_all
 
     base = ["experiment=demo", "data.num_clips=2", "data.clip_frames=8", "data.resolution=[16,16]",
             "train.steps=3", "train.batch_size=2", "train.num_frames=4", "train.log_every=1", "train.device=cpu",

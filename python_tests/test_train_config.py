@@ -27,7 +27,7 @@ def test_overrides_and_presets():
     assert mc.model.action_dim == 7 and mc.model.camera_cond is False and mc.train.num_frames == 32
     demo = load_config(["experiment=demo", "train.steps=7"])
     assert demo.train.steps == 7 and demo.name == "demo"
-    from gfcore.demo import SCALES
+    from gfcore.demo.job import SCALES
 
     gpu = load_config(SCALES["gpu"])  # `gfcore demo --scale gpu` composes (it is not run here)
     assert gpu.model.hidden_dim == 192 and list(gpu.data.resolution) == [64, 64] and gpu.train.steps == 3000

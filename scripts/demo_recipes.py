@@ -21,8 +21,8 @@ import torch
 
 
 def main() -> None:
-    from gfcore import demo_analysis as analysis
-    from gfcore.demo import _test_split
+    from gfcore.demo import analysis
+    from gfcore.demo.job import _test_split
     from gfcore.sample import rollout
     from gfcore.sample.run import load_trained_model
     from gfcore.train import load_config, train

@@ -9,7 +9,7 @@
    Each rollout is repeated with --noise-seeds sampling seeds (the consistency check).
 4. Score against the ground truth next to two trivial predictors (repeat the last context
    frame; the clip's mean colour), per path kind; baseline vs GF paired over clips with a
-   bootstrap interval; a ridge depth probe on the aligned block (gfcore.demo_analysis); and
+   bootstrap interval; a ridge depth probe on the aligned block (gfcore.demo.analysis); and
    gfcore.metrics (metrics whose weights are absent say "unavailable: <why>").
 5. Write report.md with plots and sample GIFs. --seeds N trains N seeds of both models.
    A rerun reuses finished runs (train.resume=auto) and says so.
@@ -237,8 +237,8 @@ def _train_all(out: str, base: List[str], seeds: int, timings: Dict, jobs: Optio
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from gfcore import demo_analysis as analysis
-    from gfcore.demo_report import write_report
+    from gfcore.demo import analysis
+    from gfcore.demo.report import write_report
     from gfcore.sample import to_uint8
     from gfcore.train import load_config
 

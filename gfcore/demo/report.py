@@ -100,7 +100,7 @@ def _per_seed(measured: Dict, names: List[str], key: str) -> str:
 def analysis_section(runs: Dict, analysis: Dict, clips: List[Dict]) -> List[str]:
     """The measured conditions, the per-path table with the trivial predictors, per-clip results,
     the bootstrap over clips, the seeds and the depth probe."""
-    from gfcore.demo_analysis import (NOISE_FRAME_LIMIT, OLD_RECIPE_NOISE_MEDIAN, bootstrap_mean_interval, spread,
+    from gfcore.demo.analysis import (NOISE_FRAME_LIMIT, OLD_RECIPE_NOISE_MEDIAN, bootstrap_mean_interval, spread,
                                       summarise_kinds)
 
     kinds = analysis["kinds"]
