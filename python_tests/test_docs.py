@@ -96,3 +96,24 @@ def test_api_page_shows_the_current_cli_usage():
 
     page = (ROOT / "docs" / "api.md").read_text()
     assert f"```text\n{USAGE}```\n" in page, "docs/api.md: the usage of `gfcore` differs from gfcore/cli.py's USAGE"
+
+
+def command_help(command: str) -> str:
+    """`gfcore sample --help` / `gfcore eval --protocol dfot256 --help` as a 100-column terminal prints it."""
+    import os
+    from unittest import mock
+
+    from gfcore.metrics.protocol import build_parser as protocol_parser
+    from gfcore.sample.run import build_parser as sample_parser
+
+    with mock.patch.dict(os.environ, {"COLUMNS": "100"}):
+        return {"sample": sample_parser, "eval --protocol": protocol_parser}[command]().format_help()
+
+
+@pytest.mark.parametrize("command", ["sample", "eval --protocol"])
+def test_api_page_shows_each_commands_current_help(command, tmp_path):
+    """docs/api.md carries the commands' --help verbatim: a changed option or help text fails here
+    until the page is updated (the text expected is written to the failure message)."""
+    text = command_help(command)
+    page = (ROOT / "docs" / "api.md").read_text()
+    assert f"```text\n{text}```\n" in page, f"docs/api.md: `gfcore {command} --help` is now:\n{text}"
