@@ -15,9 +15,10 @@ PACKAGE = Path(gfcore.__file__).parent
 FORBIDDEN = {
     "data": ("geometry", "models", "losses", "train", "sample", "metrics", "demo"),
     "geometry": ("models", "losses", "train", "sample", "metrics", "demo"),
-    "models": ("train", "sample", "metrics", "demo"),
+    "models": ("losses", "train", "sample", "metrics", "demo"),
     "losses": ("train", "sample", "metrics", "demo"),
     "ops": ("train", "sample", "metrics", "demo"),
+    "nn": ("train", "sample", "metrics", "demo"),
     "io": ("train", "sample", "metrics", "demo"),
     "sample": ("train", "demo"),
     "metrics": ("train", "demo"),

@@ -33,21 +33,28 @@ TINY_RELEASE = ["--model", "dfot_tiny", "--model-resolution", "16", "--model-fra
 # ------------------------------------------------------------------------------------------ fixtures
 
 
+def _fingerprint(folder: Path) -> list:
+    return sorted([str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns]
+                  for p in folder.rglob("*") if p.is_file() and p.name != ".made")
+
+
 def _made_once(tmp_path_factory, name: str, make) -> Path:
     """make(folder) into a new temporary folder. With GFCORE_TEST_CACHE set, once into that folder
     and reused by later test sessions: scripts/mutation.py sets it for a row whose mutants cannot
-    change what these fixtures make (the sampler's modules; the fixtures train and write data)."""
+    change how these fixtures are made (the sampler's modules; the fixtures train and write data).
+    A session that changed the folder (a mutant writing into a run's data root) leaves a
+    fingerprint that no longer matches, so the next session makes it again."""
     cache = os.environ.get("GFCORE_TEST_CACHE")
     if not cache:
         folder = tmp_path_factory.mktemp(name)
         make(folder)
         return folder
-    folder = Path(cache) / name
-    if not (folder / ".made").exists():
+    folder, marker = Path(cache) / name, Path(cache) / name / ".made"
+    if not marker.exists() or json.loads(marker.read_text()) != _fingerprint(folder):
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         make(folder)
-        (folder / ".made").touch()
+        marker.write_text(json.dumps(_fingerprint(folder)))
     return folder
 
 
@@ -530,20 +537,37 @@ def test_a_dfot_runs_own_sample_settings_are_its_ddim_steps():
     assert resolve_settings(parser.parse_args(["--steps", "7"]), 4, None, 20).steps == 7
 
 
-def test_a_run_on_dfot_re10k_data_samples_realestate10k_clips(re10k_root):
-    """A run trained on data=dfot_re10k (DFoT's training stream) is sampled, like a re10k run,
-    from the RealEstate10K root's own clips (ProtocolClips), not from the training stream."""
+def test_a_run_on_dfot_re10k_data_samples_realestate10k_clips(re10k_root, tmp_path):
+    """A DFoT run trained on data=dfot_re10k (DFoT's training stream) is sampled, like a re10k run,
+    from its RealEstate10K root's own clips (ProtocolClips), not from the training stream; split
+    train is DFoT's "training" folder, as the trainer reads it."""
     from types import SimpleNamespace
 
     from omegaconf import OmegaConf
 
     from gfcore.sample.dfot_run import DFoTSettings, ProtocolClips, clips_for
 
-    root = str(re10k_root / "good")
+    root = tmp_path / "dfot_layout"
+    for split, folder in (("test", "test"), ("train", "training")):
+        shutil.copytree(re10k_root / "good" / "test_256", root / f"{folder}_256")
+        shutil.copytree(re10k_root / "good" / "test_poses", root / f"{folder}_poses")
     settings = DFoTSettings(num_frames=8, num_context=1, max_tokens=4, keyframe_density=1.0, key_guidance=None,
                             interp_guidance=None, steps=1, interp_max_batch=None, sliding_context_len=None, protocol=None)
     for kind in ("dfot_re10k", "re10k"):
-        source = SimpleNamespace(kind="run", run_cfg=OmegaConf.create({"data": {"kind": kind, "root": root}}),
+        source = SimpleNamespace(kind="run", run_cfg=OmegaConf.create({"data": {"kind": kind, "root": str(root)}}),
                                  frames=4, resolution=16)
-        clips = clips_for(source, settings, None, "test", 1)
-        assert type(clips) is ProtocolClips and len(clips) == 1, kind
+        for split, folder in (("test", "test"), ("train", "training")):
+            clips = clips_for(source, settings, None, split, 1)
+            assert type(clips) is ProtocolClips and len(clips) == 1, (kind, split)
+            assert clips.entries[0][1].startswith(str(root / f"{folder}_256")), (kind, split)
+
+
+def test_a_videodit_run_on_dfot_re10k_data_is_refused_in_one_line(tmp_path, dit_run, capsys):
+    from gfcore.io.checkpoint_file import read_checkpoint, write_checkpoint
+
+    state = read_checkpoint(os.path.join(dit_run, "final.pt"))
+    state["config"]["data"]["kind"] = "dfot_re10k"
+    write_checkpoint(state, str(tmp_path / "run" / "final.pt"))
+    assert main(["sample", str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 2
+    _one_line_error(capsys, "data.kind=dfot_re10k", "synthetic, re10k, minecraft")
+    assert not (tmp_path / "out").exists()

@@ -69,8 +69,8 @@ def train_rank(rank: int, world_size: int, port: int, overrides: list) -> None:
 
 def exit_finished_rank() -> None:
     """End a spawned rank whose work is done and checked without interpreter shutdown, where gloo's
-    threads can still abort a finished rank (pytorch/pytorch#179291: SIGABRT, "terminate called
-    without an active exception", seen once in CI)."""
+    threads can still abort a finished rank (SIGABRT, "terminate called without an active exception",
+    seen once in CI; the failure pytorch/pytorch#179291 proposed an atexit handler against)."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

@@ -96,7 +96,8 @@ MODULES = {
                                                                     "test_train_plan.py"], ["-k", "not compile"]),
     "sample/dfot_run.py + run.py + progress.py, metrics/protocol.py": (
         ["gfcore/sample/dfot_run.py", "gfcore/sample/run.py", "gfcore/sample/progress.py", "gfcore/metrics/protocol.py"],
-        ["test_sample_dfot_cli.py", "test_sample_progress.py", "test_dfot_protocol.py", "test_docs.py"], []),
+        ["test_sample_dfot_cli.py", "test_sample_progress.py", "test_dfot_protocol.py", "test_docs.py"],
+        ["-k", "not python_block_runs"]),  # test_docs' blocks run in subprocesses, which see no mutants
     "train/trainer.py (resume path)": (["gfcore/train/trainer.py"], ["test_train_resume.py", "test_train_resume_guard.py"],
                                        ["-k", "not sigkilled"]),
 }
@@ -210,6 +211,8 @@ def prepare(module: str, workdir: Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(ROOT / "gfcore", workdir / "gfcore", ignore=ignore)
     shutil.copytree(ROOT / "python_tests", workdir / "python_tests", ignore=ignore)
+    shutil.copytree(ROOT / "docs", workdir / "docs", ignore=ignore)  # test_docs reads the pages and the README
+    shutil.copy2(ROOT / "README.md", workdir / "README.md")
     if not list((workdir / "gfcore").glob("_C*.so")):  # no in-place build: take the installed extension
         found = subprocess.run([sys.executable, "-c", "import gfcore._C as c; print(c.__file__)"], cwd="/",
                                capture_output=True, text=True).stdout.strip()
@@ -225,7 +228,8 @@ def prepare(module: str, workdir: Path) -> None:
 def write_setup_cfg(module: str, workdir: Path) -> None:
     """mutmut's configuration in the scratch folder: the files mutated and the module's tests."""
     files, tests, extra = MODULES[module]
-    lines = ["[mutmut]", "source_paths = gfcore", "also_copy =", "    python_tests", "only_mutate ="]
+    lines = ["[mutmut]", "source_paths = gfcore", "also_copy =", "    python_tests", "    docs", "    README.md",
+             "only_mutate ="]
     lines += [f"    {f}" for f in files]
     lines += ["pytest_add_cli_args_test_selection ="] + [f"    python_tests/{t}" for t in tests]
     lines += ["pytest_add_cli_args ="] + [f"    {a}" for a in ["-p", "no:cacheprovider", "-q", *extra]]
@@ -314,6 +318,10 @@ def rerun_survivors(module: str, base: Path, python: str) -> dict:
         return record
     shutil.copytree(ROOT / "python_tests", workdir / "python_tests", dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.rmtree(workdir / "docs", ignore_errors=True)  # test_docs reads the current pages
+    shutil.copytree(ROOT / "docs", workdir / "docs")
+    shutil.copy2(ROOT / "README.md", workdir / "README.md")
+    shutil.rmtree(workdir / "fixture_cache", ignore_errors=True)  # made by the tests as they were then
     write_setup_cfg(module, workdir)  # the module's current test files (a test file added: more tests)
     (workdir / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)  # which test calls what: traced again
     env = mutant_env(module, workdir)

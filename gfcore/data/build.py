@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 
 CLIP_KINDS = ("synthetic", "re10k", "minecraft")
+# gfcore's split names -> the folder names of DFoT's RealEstate10K layout ({folder}_256, {folder}_poses;
+# DFoT reads "validation" from its test split)
+DFOT_SPLITS = {"train": "training", "training": "training", "val": "test", "validation": "test", "test": "test"}
 
 
 def ensure_synthetic(root: str, num_clips: int, num_frames: int, resolution, seed: int, task: str,

@@ -82,7 +82,6 @@ def latent_shape(model, node: Mapping) -> Tuple[int, Tuple[int, int]]:
     return model.channels[level], (side, side)
 
 
-
 def dfot_frames(frames: torch.Tensor, input_norm: str = "dfot") -> torch.Tensor:
     """The batch's frames in [-1, 1] as the backbone takes them: DFoT's normalisation of the
     [0, 1] values ("dfot") or as they are ("none")."""

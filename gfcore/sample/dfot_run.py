@@ -22,7 +22,8 @@ Clips:
   intrinsics and c2w (gfcore.data.geometry.cameras_to_dfot_poses), as in training.
 - a released checkpoint, or a run on data.kind re10k or dfot_re10k: RealEstate10K under --data-root, as the
   authors' validation picks it (`protocol_clips`): DFoT's layout ({split}_256/{key}.mp4 and
-  {split}_poses/{key}.pt, camera rows [T, 18] as DFoT stores them) or the raw layout
+  {split}_poses/{key}.pt, camera rows [T, 18] as DFoT stores them; split train is DFoT's
+  "training" folder, gfcore.data.build.DFOT_SPLITS) or the raw layout
   ({split}/{key}.txt with {key}.mp4); frames must already be the model's resolution.
 
 Bad input (a file of another architecture, a truncated file, missing keys, frames of the wrong
@@ -380,9 +381,13 @@ class ProtocolClips:
                  first_frames: bool = False, source_for=None):
         from gfcore.data.video import video_num_frames
 
+        from gfcore.data.build import DFOT_SPLITS
+
         root = os.path.expanduser(root)
         self.root, self.split, self.num_frames, self.resolution = root, split, int(num_frames), int(resolution)
-        video_dir, pose_dir, raw_dir = (os.path.join(root, d) for d in (f"{split}_256", f"{split}_poses", split))
+        folder = DFOT_SPLITS.get(split, split)  # DFoT's layout names the train split "training"
+        video_dir, pose_dir, raw_dir = (os.path.join(root, d) for d in (f"{folder}_256", f"{folder}_poses", split))
+        self.pose_dir = pose_dir
         if os.path.isdir(video_dir) and os.path.isdir(pose_dir):
             self.layout = "dfot"
             videos = sorted((os.path.join(d, f) for d, _, files in os.walk(video_dir) for f in files
@@ -422,7 +427,7 @@ class ProtocolClips:
             return pose_from_rows(read_camera_file(path).rows, path)
         from gfcore.io.safe_load import load_weights_only
 
-        pose_path = os.path.join(self.root, f"{self.split}_poses", f"{key}.pt")
+        pose_path = os.path.join(self.pose_dir, f"{key}.pt")
         try:
             poses = load_weights_only(pose_path, "pose file")
         except Exception as exc:  # noqa: BLE001 - missing / truncated files

@@ -111,7 +111,7 @@ def _sample_videodit(args, model, run_cfg: dict) -> int:
     from omegaconf import OmegaConf
 
     from gfcore.data import write_gif, write_video
-    from gfcore.data.build import build_clip_dataset
+    from gfcore.data.build import CLIP_KINDS, build_clip_dataset
 
     if args.method == "ddim":
         raise SampleError("--method ddim samples DFoT models; this run's model is gfcore's VideoDiT (model.arch dit): "
@@ -120,6 +120,10 @@ def _sample_videodit(args, model, run_cfg: dict) -> int:
     if given:
         raise SampleError(f"{', '.join(given)}: for DFoT models only; this run's model is gfcore's VideoDiT")
     cfg = OmegaConf.create(run_cfg)
+    if cfg.data.kind not in CLIP_KINDS:
+        raise SampleError(f"this VideoDiT run was trained on data.kind={cfg.data.kind}; its rollouts start from whole "
+                          f"clips of data.kind {', '.join(CLIP_KINDS)} (DFoT's training stream holds augmented "
+                          f"windows): sample a VideoDiT run of one of those, or a DFoT model of RealEstate10K")
     split = args.split or "train"
     marker = os.path.join(os.path.expanduser(str(cfg.data.get("root", ""))), split, "generator.json")
     if cfg.data.kind == "synthetic" and os.path.isfile(marker):  # a split's own clip length (e.g. the demo's test)

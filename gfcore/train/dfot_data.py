@@ -27,13 +27,12 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from gfcore.data.build import DFOT_SPLITS
 from gfcore.data.dfot_clips import DFoTTrainingClips
 from gfcore.data.geometry import dfot_poses_to_cameras, plucker_rays, relative_to_first
 
-__all__ = ["DFoTTrainData", "DFoTStepBatcher", "item_rng", "to_trainer_item", "DFOT_SPLITS", "build_dfot_data"]
+__all__ = ["DFoTTrainData", "DFoTStepBatcher", "item_rng", "to_trainer_item", "build_dfot_data"]
 
-# gfcore's split names -> DFoT's folder names (DFoT reads "validation" from its test split)
-DFOT_SPLITS = {"train": "training", "training": "training", "val": "test", "validation": "test", "test": "test"}
 
 
 def item_rng(seed: int, step: int, sample: int) -> random.Random:

@@ -44,8 +44,9 @@ def setup_distributed(device_type: str, cpu_collectives: bool = False) -> DistIn
 
 def teardown_distributed(info: DistInfo) -> None:
     """End the process group setup_distributed created (one the caller made is the caller's to end).
-    A rank that exits with it still open can abort in interpreter shutdown: gloo's worker threads
-    outlive Python (pytorch/pytorch#179291)."""
+    A rank that exits with it still open can abort in interpreter shutdown, gloo's worker threads
+    outliving Python (the failure an atexit handler proposed in pytorch/pytorch#179291 was to
+    prevent). Called on success only: a rank that raised exits, and torchrun ends the others."""
     if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
