@@ -111,6 +111,12 @@ def test_build_dataset_kinds(tmp_path):
 
     with pytest.raises(ValueError, match="data.kind must be one of"):
         build(OmegaConf.create({"kind": "kinetics", "resolution": [8, 8]}), with_depth=False)
+    # whole clips (what the sampler reads): DFoT's training stream is not one of them
+    from gfcore.data.build import build_clip_dataset
+
+    with pytest.raises(ValueError, match=r"data.kind must be one of \('synthetic', 're10k', 'minecraft'\) for whole "
+                                         r"clips, got 'dfot_re10k'"):
+        build_clip_dataset(OmegaConf.create({"kind": "dfot_re10k", "resolution": [8, 8]}), False, "train", False)
 
 
 def test_ensure_synthetic_generates_only_when_the_marker_differs(tmp_path, monkeypatch):

@@ -28,7 +28,7 @@ def ensure_synthetic(root: str, num_clips: int, num_frames: int, resolution, see
     generate(root, num_clips, num_frames, resolution, seed, task, split, texture_detail=texture_detail)
 
 
-def build_clip_dataset(cfg, with_depth: bool, split: str = "train", generate_missing: bool = True):
+def build_clip_dataset(cfg, with_depth: bool, split: str, generate_missing: bool):
     """The gfcore.data reader of data.kind (CLIP_KINDS) yielding whole clips; generate_missing:
     write the built-in scenes first where the root lacks them (synthetic)."""
     kind = cfg.kind
