@@ -71,7 +71,7 @@ $(VENV_DOCS)/.installed: requirements-docs.txt
 docs: $(VENV_DOCS)/.installed
 	NO_MKDOCS_2_WARNING=1 $(VENV_DOCS)/bin/mkdocs build --strict
 
-# The built site in a real browser: serves site/, opens the home, drop-in and results pages in
+# The built site in a real browser: serves site/, opens the home, drop-in, results, demo and mutation pages in
 # headless Chromium (Debian's `chromium`; CHROMIUM=/path overrides), saves screenshots under
 # site/_checks/ and fails on console errors, failed requests or images that do not load.
 docs-check: docs

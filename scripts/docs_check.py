@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Looks at the built docs site in a real browser (`make docs-check`).
 
-Serves SITE (default site/, built by `make docs`) on 127.0.0.1, opens the home, drop-in and
-results pages in headless Chromium (Debian's `chromium` package, or $CHROMIUM), and saves a
+Serves SITE (default site/, built by `make docs`) on 127.0.0.1, opens the home, drop-in,
+results, demo (its figures and GIFs) and mutation pages in headless Chromium (Debian's `chromium` package, or $CHROMIUM), and saves a
 full-page screenshot of each under SITE/_checks/. Fails (exit 1) on any console error, uncaught
 exception, failed request or HTTP error, and on any <img> that did not load.
 
@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 
-PAGES = {"home": "", "dropin": "dropin/", "results": "benchmarks/"}
+PAGES = {"home": "", "dropin": "dropin/", "results": "benchmarks/", "demo": "demo/", "mutation": "mutation/"}
 IMAGES_JS = ("Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))"
              ".map(i => i.currentSrc || i.src)")
 

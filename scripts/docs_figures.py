@@ -86,21 +86,25 @@ def mutation_scores(out: Path) -> None:
     plt.close(fig)
 
 
-def demo_figures(demo: Path, out: Path) -> None:
-    """The demo report's plots, and the first test clip's rollout GIF of each run."""
+def demo_figures(demo: Path, out: Path) -> str:
+    """The demo report's plots, and one test clip's rollouts (baseline, GF) beside its ground truth."""
+    import subprocess
+
     out.mkdir(parents=True, exist_ok=True)
     for name in ("loss.png", "psnr.png"):
         shutil.copy2(demo / name, out / name)
-    for run in ("baseline", "gf"):
-        gifs = sorted((demo / "samples" / run / "videos").glob("*.gif"))
-        if not gifs:
-            raise SystemExit(f"{demo}/samples/{run}/videos holds no GIF: is {demo} a finished `gfcore demo` folder?")
-        shutil.copy2(gifs[0], out / f"rollout_{run}.gif")
-    report = (demo / "report.md").read_text()
-    commit = re.search(r"commit `?([0-9a-f]{7,})", report)
-    (out / "SOURCE.md").write_text(f"Copied from a `gfcore demo` folder by scripts/docs_figures.py"
-                                   f"{' (commit ' + commit.group(1) + ')' if commit else ''}; its report.md "
-                                   f"is docs/demo.md's source.\n")
+    gifs = sorted((demo / "samples" / "baseline" / "videos").glob("*.gif"))
+    if not gifs:
+        raise SystemExit(f"{demo}/samples/baseline/videos holds no GIF: is {demo} a finished `gfcore demo` folder?")
+    key = gifs[0].stem
+    for run in ("reference", "baseline", "gf"):
+        shutil.copy2(demo / "samples" / run / "videos" / f"{key}.gif", out / f"{key}_{run}.gif")
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    (out / "SOURCE.txt").write_text(f"Copied by `scripts/docs_figures.py --demo` from a `gfcore demo` folder (the "
+                                   f"checkout at {commit}): loss.png, psnr.png and the rollouts of test clip {key} "
+                                   f"(ground truth, baseline, GF).\n")
+    return key
 
 
 def main() -> None:
