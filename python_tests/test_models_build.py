@@ -59,3 +59,5 @@ def test_dfot_frames_normalises_as_dfot_unless_told_not_to():
     torch.testing.assert_close(dfot_frames(frames), normalize((frames + 1) / 2), rtol=0, atol=0)
     assert dfot_frames(frames, "none") is frames
     assert not torch.equal(dfot_frames(frames, "dfot"), frames)
+    with pytest.raises(ValueError, match=re.escape("input_norm must be one of ('dfot', 'none'), got 'imagenet'")):
+        dfot_frames(frames, "imagenet")

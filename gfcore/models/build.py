@@ -85,6 +85,8 @@ def latent_shape(model, node: Mapping) -> Tuple[int, Tuple[int, int]]:
 def dfot_frames(frames: torch.Tensor, input_norm: str = "dfot") -> torch.Tensor:
     """The batch's frames in [-1, 1] as the backbone takes them: DFoT's normalisation of the
     [0, 1] values ("dfot") or as they are ("none")."""
+    if input_norm not in INPUT_NORMS:
+        raise ValueError(f"input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
     if input_norm == "none":
         return frames
     from gfcore.data.dfot_re10k import normalize
