@@ -126,10 +126,11 @@ def test_pose_vectors_match_theirs(golden, clips, key):
     assert torch.equal(pose[:, :4], torch.from_numpy(rows[:, :4]).float())
 
 
-def test_crop_adjusted_pose_agrees_with_gfcore_intrinsics(clips):
+@pytest.mark.parametrize("in_hw", [(67, 118), (118, 67)])  # wide: cropped left-right; tall: top-bottom
+def test_crop_adjusted_pose_agrees_with_gfcore_intrinsics(clips, in_hw):
     _, rows = clips["clip_a"]
     pose = dfot.pose_from_rows(rows).double()
-    in_hw, res = (67, 118), 64
+    res = 64
     adjusted = dfot.crop_adjusted_pose(pose, in_hw, res)
     K = torch.zeros(len(pose), 3, 3, dtype=torch.float64)
     K[:, 0, 0], K[:, 1, 1] = pose[:, 0] * in_hw[1], pose[:, 1] * in_hw[0]
@@ -238,6 +239,7 @@ def test_schedule_matches_theirs(golden):
 
 def test_stride_schedule_rules():
     assert dfot.training_frame_skip(10, 0, 1) == 10 and dfot.training_frame_skip(10, 7, 1) == 17
+    assert dfot.training_frame_skip(10, 7, 2) == 24 and dfot.training_frame_skip(10, 7, 0.5) == 13  # int(3.5)
     assert dfot.training_frame_skip(10, None, 0) == 10
     with pytest.raises(ValueError, match="subepoch"):
         dfot.training_frame_skip(10, None, 1)
