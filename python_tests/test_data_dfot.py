@@ -314,3 +314,30 @@ def test_load_raw_clip_image_folder(golden, tmp_path):
     bad.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=r"bad\.txt:3: expected 19 numbers, got 17"):
         dfot.load_raw_clip(str(bad))
+
+
+def test_clip_schedule_defaults_boundaries_and_subepochs_across_epochs():
+    """RE10K's defaults (16 frames, stride 10, maximize_training_data, +1 per subepoch); a video of
+    exactly max_frames frames is kept; clip numbers past the end are refused; a subepoch that
+    straddles two epochs takes the end of one shuffle and the start of the next; a subepoch
+    larger than two epochs is refused; the two latest orders are kept."""
+    schedule = dfot.ClipSchedule([16, 15, 160])
+    assert (schedule.max_frames, schedule.frame_skip, schedule.span, schedule.frame_skip_increase) == (16, 10, 151, 1)
+    assert schedule.videos == [0, 2] and schedule.num_clips == 1 + 10  # the 16-frame video: one clip at frame 0
+    assert schedule.locate(10) == (2, 9)
+    with pytest.raises(IndexError, match="clip 11 out of range for 11 clips"):
+        schedule.locate(11)
+    with pytest.raises(DataError, match="no video has the 151 frames a clip needs"):
+        dfot.ClipSchedule([150], maximize_training_data=False)
+
+    sized = dfot.ClipSchedule([16, 15, 160], subdataset_size=4)  # 11 clips: subepoch 2 = clips 8..11
+    shuffles = [list(range(11)) for _ in range(2)]
+    for epoch, order in enumerate(shuffles):
+        random.Random(epoch).shuffle(order)
+    assert sized.order(2) == shuffles[0][8:] + shuffles[1][:1]
+    assert sized.order(3) == shuffles[1][1:5]
+    with pytest.raises(ValueError, match="subdataset_size 23 exceeds the 11 clips"):
+        dfot.ClipSchedule([16, 15, 160], subdataset_size=23).order(0)
+    for subepoch in (0, 1, 2):
+        sized.item(0, subepoch)
+    assert list(sized._orders) == [1, 2]
