@@ -428,3 +428,25 @@ def test_fsdp_wraps_every_uvit_block_as_its_own_unit():
         assert not isinstance(model.embed_input, FSDPModule)
     finally:
         dist.destroy_process_group()
+
+
+def test_the_dfot_noise_of_a_step_comes_from_its_generator_alone():
+    """draw_dfot_noise: the same generator state gives the same times, noise, context mask and
+    pose drops whatever the global RNG holds (a resumed run, each DDP rank, draws as one process);
+    eps is clamped to the diffusion's clip_noise; no frame is context; drops follow the probability."""
+    from gfcore.models.dfot import DFoTDiffusion
+    from gfcore.train.dfot import draw_dfot_noise
+
+    diffusion = DFoTDiffusion(clip_noise=1.5)
+    draws = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        draws.append(draw_dfot_noise((64, 3, 3, 4, 4), torch.Generator().manual_seed(7), diffusion, 0.5))
+    first, second = draws
+    for name in ("t", "eps", "context", "drop_cond"):
+        assert torch.equal(getattr(first, name), getattr(second, name)), name
+    assert first.t.shape == (64, 3) and first.context.shape == (64, 3) and first.context.dtype == torch.bool
+    assert not first.context.any() and first.eps.abs().max() == 1.5  # clamped, and the clamp was reached
+    assert 16 < int(first.drop_cond.sum()) < 48  # about half of 64 samples drop their pose
+    assert not draw_dfot_noise((64, 3, 3, 4, 4), torch.Generator().manual_seed(7), diffusion, 0.0).drop_cond.any()
+    assert draw_dfot_noise((64, 3, 3, 4, 4), torch.Generator().manual_seed(7), diffusion, 1.0).drop_cond.all()
