@@ -199,6 +199,37 @@ def test_build_dataset_passes_the_config_to_the_readers(monkeypatch):
     assert ensured == []
 
 
+def test_a_synthetic_split_is_read_at_the_clip_length_it_was_generated_with(tmp_path, monkeypatch):
+    """The sampler and the evaluation read a synthetic split at the length in its generator.json (the
+    demo's test split is longer than data.clip_frames); the trainer, which generates what differs,
+    and every other kind, or a split not generated yet, use data.clip_frames."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    import gfcore.data as data_package
+    import gfcore.data.build as data_build
+
+    built = []
+    monkeypatch.setattr(data_build, "ensure_synthetic", lambda *args: None)
+    monkeypatch.setattr(data_package, "RealEstate10K", lambda *a, **k: built.append(k["num_frames"]) or "re10k")
+    monkeypatch.setattr(data_package, "Minecraft", lambda *a, **k: built.append(k["num_frames"]) or "minecraft")
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test" / "generator.json").write_text(json.dumps({"num_frames": 40, "num_clips": 2}))
+    base = dict(kind="synthetic", root=str(tmp_path), num_clips=3, clip_frames=8, resolution=[16, 16], seed=5,
+                task="camera")
+    cfg = OmegaConf.create(base)
+    assert data_build.split_clip_frames(cfg, "test") == 40
+    assert data_build.split_clip_frames(cfg, "train") == 8  # no marker: not generated yet
+    assert data_build.split_clip_frames(OmegaConf.create(base | {"kind": "re10k"}), "test") == 8
+    data_build.build_clip_dataset(cfg, False, "test", generate_missing=False)
+    data_build.build_clip_dataset(OmegaConf.create(base | {"task": "action"}), False, "test", generate_missing=False)
+    data_build.build_clip_dataset(cfg, False, "test", generate_missing=True)
+    data_build.build_clip_dataset(cfg, False, "train", generate_missing=False)
+    assert built == [40, 40, 8, 8]
+    assert cfg.clip_frames == 8  # the run's config is left as it was
+
+
 class KeylessClips(CountingClips):
     """Clips without a "key", with a per-frame 1-D tensor (like frame_indices) and a per-clip scalar."""
 

@@ -28,9 +28,24 @@ def ensure_synthetic(root: str, num_clips: int, num_frames: int, resolution, see
     generate(root, num_clips, num_frames, resolution, seed, task, split, texture_detail=texture_detail)
 
 
+def split_clip_frames(cfg, split: str) -> int:
+    """The clip length of data.kind synthetic's split as it was generated (its generator.json): a
+    split may hold longer clips than data.clip_frames (the demo's test split). Any other kind, or a
+    split not generated yet: data.clip_frames."""
+    import json
+
+    marker = os.path.join(os.path.expanduser(str(cfg.get("root", ""))), split, "generator.json")
+    if cfg.kind != "synthetic" or not os.path.isfile(marker):
+        return int(cfg.clip_frames)
+    with open(marker) as handle:
+        return int(json.load(handle)["num_frames"])
+
+
 def build_clip_dataset(cfg, with_depth: bool, split: str, generate_missing: bool):
-    """The gfcore.data reader of data.kind (CLIP_KINDS) yielding whole clips; generate_missing:
-    write the built-in scenes first where the root lacks them (synthetic)."""
+    """The gfcore.data reader of data.kind (CLIP_KINDS) yielding whole clips. generate_missing:
+    write the built-in scenes first where the root lacks them or holds another generation (the
+    trainer); otherwise a synthetic split is read at the clip length it was generated with
+    (split_clip_frames: the sampler and the evaluation)."""
     kind = cfg.kind
     if kind not in CLIP_KINDS:
         raise ValueError(f"data.kind must be one of {CLIP_KINDS} for whole clips, got {kind!r}")
@@ -40,14 +55,17 @@ def build_clip_dataset(cfg, with_depth: bool, split: str, generate_missing: bool
         if generate_missing:
             ensure_synthetic(root, cfg.num_clips, cfg.clip_frames, resolution, cfg.seed, cfg.task, split,
                              float(cfg.get("texture_detail", 1.0)))
+            frames = int(cfg.clip_frames)
+        else:
+            frames = split_clip_frames(cfg, split)
         if cfg.task == "action":
             from gfcore.data import Minecraft
 
-            return Minecraft(root, split, num_frames=cfg.clip_frames, resolution=resolution, random_start=False,
+            return Minecraft(root, split, num_frames=frames, resolution=resolution, random_start=False,
                              with_depth=with_depth)
         from gfcore.data import RealEstate10K
 
-        return RealEstate10K(root, split, num_frames=cfg.clip_frames, resolution=resolution, random_start=False,
+        return RealEstate10K(root, split, num_frames=frames, resolution=resolution, random_start=False,
                              with_depth=with_depth, layout="raw")
     if kind == "re10k":
         from gfcore.data import RealEstate10K

@@ -478,14 +478,11 @@ class RunClips:
     unless `full` asks for real frames throughout)."""
 
     def __init__(self, cfg, split: str, num_frames: Optional[int], num_clips: Optional[int], full: bool = False):
-        from gfcore.data.build import build_clip_dataset
+        from gfcore.data.build import build_clip_dataset, split_clip_frames
 
-        marker = os.path.join(os.path.expanduser(str(cfg.data.get("root", ""))), split, "generator.json")
-        if cfg.data.kind == "synthetic" and os.path.isfile(marker):  # a split's own clip length
-            with open(marker) as handle:
-                cfg.data.clip_frames = int(json.load(handle)["num_frames"])
-        if full and num_frames is not None and int(cfg.data.clip_frames) < num_frames:
-            raise DataError(f"{cfg.data.root} split {split!r}: clips of {cfg.data.clip_frames} frames, the evaluation "
+        clip_frames = split_clip_frames(cfg.data, split)
+        if full and num_frames is not None and clip_frames < num_frames:
+            raise DataError(f"{cfg.data.root} split {split!r}: clips of {clip_frames} frames, the evaluation "
                             f"needs {num_frames} real frames per clip")
         self.dataset = build_clip_dataset(cfg.data, with_depth=False, split=split, generate_missing=False)
         if len(self.dataset) == 0:

@@ -125,10 +125,6 @@ def _sample_videodit(args, model, run_cfg: dict) -> int:
                           f"clips of data.kind {', '.join(CLIP_KINDS)} (DFoT's training stream holds augmented "
                           f"windows): sample a VideoDiT run of one of those, or a DFoT model of RealEstate10K")
     split = args.split or "train"
-    marker = os.path.join(os.path.expanduser(str(cfg.data.get("root", ""))), split, "generator.json")
-    if cfg.data.kind == "synthetic" and os.path.isfile(marker):  # a split's own clip length (e.g. the demo's test)
-        with open(marker) as handle:
-            cfg.data.clip_frames = int(json.load(handle)["num_frames"])
     dataset = build_clip_dataset(cfg.data, with_depth=False, split=split, generate_missing=False)
     steps, method = args.steps or cfg.sample.steps, args.method or cfg.sample.method
     context = args.context_frames or cfg.sample.context_frames
