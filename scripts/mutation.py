@@ -35,6 +35,48 @@ RESULTS = ROOT / "benchmarks" / "results" / "mutation"
 TABLE = ROOT / "benchmarks" / "results" / "mutation.md"
 EQUIVALENT = ROOT / "benchmarks" / "mutation_equivalent.json"
 
+# `python -m mutmut` with one fix: mutmut 3.8's fork server queues a wall-clock SIGXCPU for each
+# mutant's process id and never cancels it, so at the deadline it signals whatever process holds that
+# id by then. Ids wrap at 32768 here: a second mutmut run beside it, or a test's subprocess, was
+# killed that way (a survivors rerun ended with exit code -24). The deadline now fires only while the
+# id still names the process it was queued for (same start time in /proc).
+MUTMUT = r"""
+import os, signal, sys, threading
+
+import mutmut.workers.isolation as isolation
+import mutmut.workers.timeout as timeout
+
+
+def started(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def register_timeout(pid, timeout_s):
+    birth = started(pid)
+
+    def expire():
+        if birth is not None and started(pid) == birth:
+            try:
+                os.kill(pid, signal.SIGXCPU)
+            except ProcessLookupError:
+                pass
+
+    timer = threading.Timer(timeout_s, expire)
+    timer.daemon = True
+    timer.start()
+
+
+timeout.register_timeout = isolation.register_timeout = register_timeout
+from mutmut.__main__ import cli
+
+sys.argv[0] = "mutmut"
+cli()
+"""
+
 # module -> (files mutated, test files run, extra pytest arguments)
 MODULES = {
     # torch.compile(fullgraph=True) cannot trace through mutmut's trampolines: those tests are left out
@@ -278,7 +320,7 @@ def run_module(module: str, base: Path, python: str, resume: bool = False) -> di
     env = mutant_env(module, workdir)
     started = datetime.datetime.now()
     print(f"== {module}: mutmut in {workdir}", flush=True)
-    run = subprocess.run([python, "-m", "mutmut", "run", "--max-children", "1"], cwd=workdir, env=env)
+    run = subprocess.run([python, "-c", MUTMUT, "run", "--max-children", "1"], cwd=workdir, env=env)
     verdicts = collect(module, workdir)
     if run.returncode != 0 or not verdicts:
         print(f"mutmut failed on {module} (exit code {run.returncode}); no results saved", file=sys.stderr)
@@ -329,7 +371,7 @@ def rerun_survivors(module: str, base: Path, python: str) -> dict:
     env = mutant_env(module, workdir)
     started = datetime.datetime.now()
     print(f"== {module}: the {len(names)} mutants not killed on {record['date']}, again in {workdir}", flush=True)
-    run = subprocess.run([python, "-m", "mutmut", "run", "--max-children", "1", *names], cwd=workdir, env=env)
+    run = subprocess.run([python, "-c", MUTMUT, "run", "--max-children", "1", *names], cwd=workdir, env=env)
     verdicts = collect(module, workdir)
     if run.returncode != 0 or any(verdicts.get(n) in (None, "not checked") for n in names):
         print(f"mutmut failed on {module} (exit code {run.returncode}); no results saved", file=sys.stderr)
