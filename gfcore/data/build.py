@@ -34,8 +34,10 @@ def split_clip_frames(cfg, split: str) -> int:
     split not generated yet: data.clip_frames."""
     import json
 
-    marker = os.path.join(os.path.expanduser(str(cfg.get("root", ""))), split, "generator.json")
-    if cfg.kind != "synthetic" or not os.path.isfile(marker):
+    if cfg.kind != "synthetic":
+        return int(cfg.clip_frames)
+    marker = os.path.join(os.path.expanduser(cfg.root), split, "generator.json")
+    if not os.path.isfile(marker):
         return int(cfg.clip_frames)
     with open(marker) as handle:
         return int(json.load(handle)["num_frames"])
