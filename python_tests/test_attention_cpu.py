@@ -652,3 +652,52 @@ def test_reference_scale_default_mode_and_bf16_rope():
     assert got.dtype == torch.bfloat16
     once = exact.bfloat16()  # float32 work differs from float64 by ~1e-7 relative: rarely a different rounding
     assert (got != once).float().mean() < 0.01
+
+
+@pytest.mark.parametrize("impl,mode,causal", [("reference", "spatial", False), ("reference", "temporal", True),
+                                               ("sdpa", "spatial", False), ("sdpa", "temporal", False)])
+def test_sdpa_batches_go_through_in_slices(monkeypatch, impl, mode, causal):
+    """Past SDPA_MAX_BATCH sequences, SDPA is called on slices of at most that many, and the
+    values and gradients are those of the float64 attention (each sequence attends within itself:
+    a slice that mixed or dropped sequences would differ)."""
+    monkeypatch.setattr(ref, "SDPA_MAX_BATCH", 4)
+    shape = (3, 3, 5, 2, 8)  # 9 (spatial) or 15 (temporal) sequences: slices of 4, 4, .., 1 or 3
+    q, k, v = _inputs(shape, seed=3)
+    rope = random_rope(_seq_len(shape, mode), shape[-1], generator=torch.Generator().manual_seed(4))
+    seen = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append(args[0].shape[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(5))
+    out, grads = _forward_and_grads(impl, mode, causal, q, k, v, rope, grad_out)
+    sequences = shape[0] * (shape[2] if mode == "temporal" else shape[1])
+    assert seen == [4] * (sequences // 4) + ([sequences % 4] if sequences % 4 else [])
+    leaves = [x.double().requires_grad_() for x in (q, k, v)]
+    expected = naive_attention(*leaves, mode, causal=causal, rope=rope)
+    expected_grads = torch.autograd.grad(expected, leaves, grad_out.double())
+    torch.testing.assert_close(out.double(), expected, atol=2e-6, rtol=1e-5)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got.double(), want, atol=2e-6, rtol=1e-5)
+
+
+def test_temporal_batch_past_sdpa_grid_limit(monkeypatch):
+    """B x P = 70000 temporal sequences (SDPA's flash and memory-efficient kernels fail from 65536):
+    two SDPA calls, of 65535 and 4465 sequences, and every sequence's output is its own attention."""
+    b, t, p, h, d = 2, 2, 35000, 1, 4
+    g = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(b, t, p, h, d, generator=g) for _ in range(3))
+    seen = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append(args[0].shape[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    out = attn.temporal_attention(q, k, v, causal=True, impl="reference")
+    assert seen == [65535, 70000 - 65535]
+    torch.testing.assert_close(out.double(), naive_attention(q, k, v, "temporal", causal=True), atol=2e-6, rtol=1e-5)

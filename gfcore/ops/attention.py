@@ -10,6 +10,8 @@ a packed qkv [B, T, P, 3, H, D]); o is [B, T, P, H, D] contiguous. impl picks th
                of the inputs (view and transpose; RoPE, when given, rotates q and k first in
                one op, gfcore::rope_qk: one CUDA kernel launch for both);
                temporal pass: the reference (its sequences cannot be viewed without a copy);
+               both, like the reference, call SDPA on at most 65535 sequences at a time
+               (attention_reference.SDPA_MAX_BATCH: its CUDA kernels' grid limit);
   "fused":     the gfcore::*_attention_fwd/bwd ops (CUDA kernels in csrc/attention; on CPU the
                explicit-math kernels of attention_math.py, registered here);
   "auto":      on CUDA, the implementation that the measured dispatch table names for the
@@ -353,8 +355,7 @@ def spatial_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     copies of q, k, v beyond RoPE's rotated q and k); returns [B, T, P, H, D] contiguous."""
     b, t, p, h, d = q.shape
     q, k = _rotate_qk(q, k, rope, "spatial")
-    o = torch.nn.functional.scaled_dot_product_attention(
-        _sequence_view(q), _sequence_view(k), _sequence_view(v), scale=scale)
+    o = attention_reference.sdpa_in_slices(_sequence_view(q), _sequence_view(k), _sequence_view(v), scale=scale)
     # [B*T, H, P, D] -> [B*T, P, H, D]: a view of SDPA's output when its kernel wrote it in
     # that order (flash and memory-efficient attention do), else one copy.
     return o.transpose(1, 2).contiguous().view(b, t, p, h, d)

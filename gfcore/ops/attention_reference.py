@@ -16,6 +16,12 @@ from einops import rearrange
 
 RopeTables = Tuple[torch.Tensor, torch.Tensor]
 
+# The most sequences one F.scaled_dot_product_attention call takes here. Its flash and
+# memory-efficient CUDA kernels put the batch on a grid axis of at most 65535 blocks and fail
+# from 65536 on (pytorch/pytorch#146704, #142228); the temporal pass's batch is B * P (8 clips
+# of 4096 patches: 32768 already), so larger batches go through in slices of this many.
+SDPA_MAX_BATCH = 65535
+
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """[x1, x2] -> [-x2, x1] over the last dim (halves of D)."""
@@ -52,6 +58,17 @@ def apply_rope(x: torch.Tensor, rope: Optional[RopeTables], mode: str) -> torch.
     return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
 
 
+def sdpa_in_slices(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+    """F.scaled_dot_product_attention over [N, H, S, D] inputs, in slices of at most
+    SDPA_MAX_BATCH sequences along N (each sequence attends only within itself)."""
+    n = q.shape[0]
+    if n <= SDPA_MAX_BATCH:
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+    return torch.cat([F.scaled_dot_product_attention(q[i:i + SDPA_MAX_BATCH], k[i:i + SDPA_MAX_BATCH],
+                                                     v[i:i + SDPA_MAX_BATCH], **kwargs)
+                      for i in range(0, n, SDPA_MAX_BATCH)])
+
+
 def _attend(q, k, v, mode: str, causal: bool, rope: Optional[RopeTables], scale: Optional[float]):
     q = apply_rope(q, rope, mode)
     k = apply_rope(k, rope, mode)
@@ -62,7 +79,7 @@ def _attend(q, k, v, mode: str, causal: bool, rope: Optional[RopeTables], scale:
         to_seq, from_seq = "b t p h d -> (b p) h t d", "(b p) h t d -> b t p h d"
         sizes = {"b": q.shape[0], "p": q.shape[2]}
     qs, ks, vs = (rearrange(x, to_seq) for x in (q, k, v))
-    o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal, scale=scale)
+    o = sdpa_in_slices(qs, ks, vs, is_causal=causal, scale=scale)
     return rearrange(o, from_seq, **sizes).contiguous()
 
 
