@@ -450,3 +450,62 @@ def test_the_dfot_noise_of_a_step_comes_from_its_generator_alone():
     assert 16 < int(first.drop_cond.sum()) < 48  # about half of 64 samples drop their pose
     assert not draw_dfot_noise((64, 3, 3, 4, 4), torch.Generator().manual_seed(7), diffusion, 0.0).drop_cond.any()
     assert draw_dfot_noise((64, 3, 3, 4, 4), torch.Generator().manual_seed(7), diffusion, 1.0).drop_cond.all()
+
+
+def test_init_weights_takes_each_files_weights_and_names_them(tmp_path):
+    """init_weights on a small module: a step file (ema = {decay, shadow}) and a final.pt (ema = a
+    state dict) give their EMA weights by default and their raw weights with use_ema=False, a file
+    without EMA its raw weights, and the text for the log says which; a DFoT release (a plain state
+    dict) loads into a dfot model; a gfcore file of other shapes, or one that is not a trainer
+    checkpoint (weights without config, config without weights, a plain state dict for a dit model),
+    is refused with a CheckpointError naming train.init_from=PATH."""
+    import re
+
+    from gfcore.io.checkpoint_file import write_checkpoint
+    from gfcore.train.models import init_weights
+
+    raw = {"weight": torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]), "bias": torch.tensor([0.5, -0.5])}
+    shadow = {"weight": torch.tensor([[-1.0, 0.25, 7.0], [0.0, 9.0, -3.0]]), "bias": torch.tensor([2.0, 3.0])}
+    config = {"model": {"arch": "dit"}, "train": {"steps": 2}}
+    dit, dfot = {"arch": "dit"}, {"arch": "dfot"}
+
+    def path_of(name, content, gfcore=True):
+        path = str(tmp_path / name)
+        write_checkpoint(content, path) if gfcore else torch.save(content, path)
+        return path
+
+    def loaded(node, path, **kwargs):
+        module = torch.nn.Linear(3, 2)
+        text = init_weights(module, node, path, **kwargs)
+        return text, {k: v.detach() for k, v in module.state_dict().items()}
+
+    step = path_of("step_00000002.pt", {"model": raw, "ema": {"decay": 0.9, "shadow": shadow}, "config": config})
+    final = path_of("final.pt", {"model": raw, "ema": shadow, "config": config})
+    no_ema = path_of("no_ema.pt", {"model": raw, "config": config})
+    release = path_of("release.ckpt", raw, gfcore=False)
+    for path, use_ema, text, expected in (
+            (step, None, "gfcore checkpoint (EMA weights)", shadow),
+            (step, False, "gfcore checkpoint (raw weights)", raw),
+            (final, None, "gfcore checkpoint (EMA weights)", shadow),
+            (final, False, "gfcore checkpoint (raw weights)", raw),
+            (no_ema, True, "gfcore checkpoint (raw weights)", raw)):
+        got, state = loaded(dit, path, **({} if use_ema is None else {"use_ema": use_ema}))
+        assert got == text, (path, use_ema)
+        for key in raw:
+            assert torch.equal(state[key], expected[key]), (path, use_ema, key)
+    for use_ema, text in ((True, "DFoT checkpoint (EMA weights where held)"), (False, "DFoT checkpoint")):
+        got, state = loaded(dfot, release, use_ema=use_ema)
+        assert got == text and all(torch.equal(state[k], raw[k]) for k in raw)
+
+    wide = path_of("wide.pt", {"model": {"weight": torch.zeros(2, 4), "bias": torch.zeros(2)}, "config": config})
+    with pytest.raises(CheckpointError, match=rf"^train\.init_from={re.escape(repr(wide))} does not match the model "
+                                              r"\(Linear\):\n  mis-shaped keys \(1\): weight"):
+        loaded(dit, wide)
+    for name, content, gfcore in (("weights_only.pt", {"model": raw}, True),
+                                  ("config_only.pt", {"config": config, "step": 2}, True),
+                                  ("plain.pt", raw, False)):
+        path = path_of(name, content, gfcore)
+        with pytest.raises(CheckpointError, match=rf"^train\.init_from={re.escape(repr(path))} is not a gfcore "
+                                                  r"trainer checkpoint \(step_\*\.pt or final\.pt\); a dit model "
+                                                  r"can only start from one$"):
+            loaded(dit, path)
