@@ -509,3 +509,111 @@ def test_init_weights_takes_each_files_weights_and_names_them(tmp_path):
                                                   r"trainer checkpoint \(step_\*\.pt or final\.pt\); a dit model "
                                                   r"can only start from one$"):
             loaded(dit, path)
+
+
+def _camera_batch(generator, batch=2, frames=4):
+    """Frames in [-1, 1] and moving pinhole cameras at 16 px (gfcore.data convention: pixel K, c2w)."""
+    K = torch.tensor([[14.0, 0.0, 7.5], [0.0, 15.0, 8.5], [0.0, 0.0, 1.0]]).expand(batch, frames, 3, 3).clone()
+    c2w = torch.eye(4).repeat(batch, frames, 1, 1)
+    c2w[:, :, :3, 3] = 0.3 * torch.randn(batch, frames, 3, generator=generator)
+    c2w[:, 0, :3, 3] = 0.0  # relative to the first frame
+    return {"frames": torch.rand(batch, frames, 3, 16, 16, generator=generator) * 2 - 1, "intrinsics": K, "c2w": c2w}
+
+
+def _trained_like_tiny_model():
+    """dfot_tiny in eval mode with every weight moved off its initialisation (DFoT zero-initialises
+    output layers, the pose embedding's among them: a fresh model ignores the poses)."""
+    model = _tiny_model().eval()
+    generator = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    return model
+
+
+def _dfot_loss_by_hand(model, diffusion, x0, batch, t, eps, drop):
+    """DFoT's v-prediction loss written out (as test_objective_is_dfot_loss_plus_alignment_...),
+    in x0's dtype; returns it and the backbone's latents."""
+    from gfcore.data.geometry import cameras_to_dfot_poses
+    from gfcore.models.dfot import ray_encoding
+
+    cond = ray_encoding(cameras_to_dfot_poses(batch["intrinsics"], batch["c2w"], 16, 16), 16, 16).to(x0.dtype)
+    t, eps = t.to(x0.dtype), eps.to(x0.dtype)
+    logsnr = diffusion.logsnr(t)
+    alpha, sigma = (a[..., None, None, None] for a in diffusion.alpha_sigma(logsnr))
+    x_t = alpha * x0 + sigma * eps
+    v, latents = model(x_t, diffusion.noise_levels(logsnr), cond, external_cond_mask=drop, return_latents=True)
+    eps_hat = alpha * v + sigma * x_t
+    return (diffusion.loss_weight(logsnr)[..., None, None, None] * (eps_hat - eps) ** 2).mean(), latents
+
+
+def test_dfot_objective_normalises_drops_poses_and_keeps_the_dtype():
+    """DFoTObjective built without input_norm normalises the frames as DFoT does, with "none" takes
+    them as they are; the noise's drop_cond drops those samples' poses (the model in eval mode
+    drops none itself); a float64 model on float64 frames gets a float64 ray map and loss."""
+    from gfcore.data.dfot_re10k import normalize
+    from gfcore.models.dfot import DFoTDiffusion
+    from gfcore.train.dfot import DFoTObjective
+    from gfcore.train.objective import NoiseDraw
+
+    generator = torch.Generator().manual_seed(5)
+    batch = _camera_batch(generator)
+    t = 0.05 + 0.9 * torch.rand(2, 4, generator=generator)
+    eps = torch.randn(2, 4, 3, 16, 16, generator=generator)
+    drop = torch.tensor([True, False])
+    noise = NoiseDraw(t, eps, torch.zeros(2, 4, dtype=torch.bool), drop)
+    model, diffusion = _trained_like_tiny_model(), DFoTDiffusion()
+    normalised = normalize((batch["frames"] + 1) / 2)
+    with torch.no_grad():
+        losses = []
+        for objective, x0 in ((DFoTObjective(diffusion, None, 2), normalised),
+                              (DFoTObjective(diffusion, None, 2, input_norm="none"), batch["frames"])):
+            terms = objective(model, batch, noise)
+            expected, _ = _dfot_loss_by_hand(model, diffusion, x0, batch, t, eps, drop)
+            kept, _ = _dfot_loss_by_hand(model, diffusion, x0, batch, t, eps, None)
+            assert terms["diffusion"].dtype == torch.float32 and terms["loss"] is terms["diffusion"]
+            torch.testing.assert_close(terms["diffusion"], expected, rtol=1e-5, atol=1e-7)
+            assert abs(kept - expected) > 1e-3 * expected  # the drop shows
+            losses.append(expected)
+        assert abs(losses[0] - losses[1]) > 1e-3 * losses[1]  # and the normalisation
+        model = model.double()
+        wide = dict(batch, frames=batch["frames"].double())
+        terms = DFoTObjective(diffusion, None, 2)(model, wide, noise)
+        expected, _ = _dfot_loss_by_hand(model, diffusion, normalize((wide["frames"] + 1) / 2), batch, t, eps, drop)
+    assert terms["diffusion"].dtype == torch.float64
+    torch.testing.assert_close(terms["diffusion"], expected, rtol=1e-12, atol=1e-14)
+
+
+def test_dfot_objective_aligns_teacher_features_in_the_latents_dtype_and_names_what_is_missing():
+    """Teacher features of another dtype (float64 here) are cast to the latent's float32 before the
+    alignment loss (which outside autocast refuses mixed dtypes); without features, or without the
+    batch's cameras, the error says what is missing."""
+    from gfcore.losses import GeometryAlignmentLoss
+    from gfcore.models.dfot import DFoTDiffusion
+    from gfcore.train.dfot import DFoTObjective, dfot_external_cond
+    from gfcore.train.objective import NoiseDraw
+
+    generator = torch.Generator().manual_seed(6)
+    batch = _camera_batch(generator)
+    t = 0.05 + 0.9 * torch.rand(2, 4, generator=generator)
+    eps = torch.randn(2, 4, 3, 16, 16, generator=generator)
+    noise = NoiseDraw(t, eps, torch.zeros(2, 4, dtype=torch.bool), torch.zeros(2, dtype=torch.bool))
+    model, diffusion = _trained_like_tiny_model(), DFoTDiffusion()
+    torch.manual_seed(0)
+    alignment = GeometryAlignmentLoss(hidden_dim=48, target_dim=8, projector_dim=32, head_dim=16)
+    objective = DFoTObjective(diffusion, alignment, 2, input_norm="none")
+    features = torch.randn(2, 4, 4, 8, generator=generator, dtype=torch.float64)
+    with torch.no_grad():
+        terms = objective(model, batch, noise, features, alignment_weight=0.5)
+        diffusion_loss, latents = _dfot_loss_by_hand(model, diffusion, batch["frames"], batch, t, eps, None)
+        aligned = alignment(latents[2].permute(0, 1, 3, 4, 2).reshape(2, 4, 4, 48), features.float())
+    assert terms["alignment"].dtype == torch.float32
+    torch.testing.assert_close(terms["alignment"], aligned.loss, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(terms["loss"], diffusion_loss + 0.5 * aligned.loss, rtol=1e-5, atol=1e-7)
+    assert abs(aligned.loss) > 1e-3
+    with pytest.raises(ValueError, match="^DFoTObjective has an alignment loss but no teacher features were given$"):
+        objective(model, batch, noise)
+    for key in ("intrinsics", "c2w"):
+        with pytest.raises(KeyError, match=rf"train\.objective=dfot needs batch\['{key}'\] \(camera-conditioned "
+                                           r"data: data\.camera=true\)"):
+            dfot_external_cond({k: v for k, v in batch.items() if k != key})
