@@ -489,3 +489,44 @@ def test_train_refuses_a_cache_for_flipped_clips_before_writing(tmp_path):
     with pytest.raises(ValueError, match="^teacher.cache holds features of unflipped frames"):
         train(cfg)
     assert not run.exists()
+
+
+def test_build_dfot_data_reads_the_training_split_and_its_video_choice(made_root):
+    """build_dfot_data without a split reads training_16; maximize_training_data keeps the videos of
+    >= clip_frames frames (stair: 5), off only those of >= the 1 + 3 x 2 = 7-frame span. Clips per
+    video: max(L - 7 + 1, 1), so 24 + 3 + 11 + 38 (+ 1 for stair)."""
+    from gfcore.train.dfot_data import DFoTTrainData, build_dfot_data
+
+    for maximize, keys, clips in ((True, ["hall", "kitchen", "loft", "porch", "stair"], 77),
+                                  (False, ["hall", "kitchen", "loft", "porch"], 76)):
+        data = build_dfot_data(data_config(made_root, maximize_training_data=maximize))
+        assert isinstance(data, DFoTTrainData) and data.resolution == RES
+        schedule = data.clips.schedule
+        assert [data.clips.files.keys[v] for v in schedule.videos] == keys, maximize
+        assert schedule.num_clips == clips, maximize
+        assert data[0]["frames"].shape == (MAX_FRAMES, 3, RES, RES)
+
+
+def test_step_batcher_defaults_to_the_whole_batch_and_slices_down_to_one_sample(made_root):
+    """DFoTStepBatcher built without rank / world_size gives the whole global batch: row b of step
+    s is clip 6 s + b of the stream (subepochs of 20: item (6 s + b) % 20 of subepoch (6 s + b) // 20)
+    with the draws of item_rng(seed, s, b); a rank's slice may be a single sample; a batch size the
+    world size does not divide is refused."""
+    from gfcore.train.dfot_data import DFoTStepBatcher
+
+    dataset = build_dataset(data_config(made_root), with_depth=False)
+    clips = dataset.clips
+    batch = DFoTStepBatcher(dataset, MAX_FRAMES, 6, 3, rays=False).batch(3)
+    assert batch["frames"].shape == (6, MAX_FRAMES, 3, RES, RES) and len(batch["key"]) == 6
+    for b in range(6):
+        subepoch, index = divmod(18 + b, SUBDATASET)
+        item = clips.item(subepoch, index, item_rng(3, 3, b))
+        assert batch["key"][b] == item["key"] and batch["augmentations"][b] == item["augmentations"], b
+        assert torch.equal(batch["frames"][b], item["videos"] * 2 - 1), b
+        assert torch.equal(batch["frame_indices"][b], item["frame_indices"]), b
+    single = DFoTStepBatcher(dataset, MAX_FRAMES, 2, 3, rays=False, rank=1, world_size=2).batch(4)
+    item = clips.item(0, 9, item_rng(3, 4, 1))  # sample 1 of step 4 with 2 clips a step: clip 9
+    assert single["frames"].shape == (1, MAX_FRAMES, 3, RES, RES) and single["key"] == [item["key"]]
+    assert torch.equal(single["frames"][0], item["videos"] * 2 - 1)
+    with pytest.raises(ValueError, match=r"^train\.batch_size=5 must be divisible by the world size 2$"):
+        DFoTStepBatcher(dataset, MAX_FRAMES, 5, 3, rays=False, rank=0, world_size=2)
