@@ -8,7 +8,7 @@
 #   bash scripts/gpu_check.sh bench        # the GPU benchmarks of the loss, the attention, VGGT
 #
 # Logs and results go to $OUT (the device tool brings them back): build-test writes device.txt,
-# build.log, tests_cpu.log, tests.log, harness_gpu.log, sanitizer.log; bench writes device.txt, build.log,
+# build.log, tests_cpu.log, tests.log, any_batch.log, harness_gpu.log, sanitizer.log; bench writes device.txt, build.log,
 # bench.log and results_cuda.tar.gz, the benchmarks' *cuda* JSON/markdown and the attention
 # dispatch table attention_dispatch_sm<XY>.json that impl="auto" follows (unpack and commit
 # them under benchmarks/results/). Wheels the
@@ -50,6 +50,9 @@ if [ "$STEP" = build-test ]; then
   python3 -m pytest python_tests/test_alignment_cuda.py python_tests/test_attention_cuda.py \
     python_tests/test_geometry_teacher.py -q -ra -p no:cacheprovider > "$OUT/tests.log" 2>&1
   stamp "pytest: $(tail -1 "$OUT/tests.log")"
+  # Temporal attention past SDPA's batch limit and 2^31 elements (fused and reference).
+  timeout 150 python3 scripts/any_batch_check.py > "$OUT/any_batch.log" 2>&1
+  stamp "any batch: $(tail -1 "$OUT/any_batch.log")"
   # The harness cases of cpp_tests/kernels on the GPU: same sources, launch functions and float64
   # references as on the CPU, so a difference here is the emulation's (fragment layouts, ...).
   make -s -C cpp_tests/kernels gpu GPU_ARCH="$arch" NVCC="${NVCC:-nvcc}" > "$OUT/harness_gpu.log" 2>&1
