@@ -341,3 +341,179 @@ def test_clip_schedule_defaults_boundaries_and_subepochs_across_epochs():
     for subepoch in (0, 1, 2):
         sized.item(0, subepoch)
     assert list(sized._orders) == [1, 2]
+
+
+# ---------------------------------------------------------------------------------------------
+# edges and refusals, value by value (data/dfot_*.py mutation survivors)
+# ---------------------------------------------------------------------------------------------
+
+def test_pose_checks_name_what_they_got():
+    """_check_pose and pose_from_rows: non-tensors (numpy rows, a list) are refused by name and
+    shape, the hints appear only for 18 (resp. 16) numbers per row, the default source is 'rows';
+    rows as a list of 1-D tensors or as bfloat16 are taken like any other rows."""
+    frames = torch.zeros(2, 3, 2, 2)
+    cases = [
+        (np.zeros((10, 18)), r"got \[10, 18\] \(camera-file rows: convert them with pose_from_rows\)$"),
+        ([[0.0] * 16] * 2, r"got \['list'\]$"),
+        (torch.zeros(10, 15), r"got \[10, 15\]$"),
+        (torch.zeros(18), r"got \[18\] \(camera-file rows: convert them with pose_from_rows\)$"),
+    ]
+    for pose, tail in cases:
+        with pytest.raises(DataError, match=r"^pose: expected a \[T, 16\] tensor \(4 intrinsics \+ 3x4 "
+                                            r"world-to-camera\), " + tail):
+            dfot.flip_horizontal(frames, pose)
+    with pytest.raises(DataError, match=r"^rows: expected camera rows \[T, 18\] \(fx fy cx cy 0 0 \+ 3x4 "
+                                        r"world-to-camera\), got \[10, 17\]$"):
+        dfot.pose_from_rows(torch.zeros(10, 17))
+    rows = torch.arange(3 * 18, dtype=torch.float64).view(3, 18) / 7
+    keep = [0, 1, 2, 3] + list(range(6, 18))  # the 4 intrinsics, then the 12 numbers of [R|t]
+    expected = torch.from_numpy(rows.numpy()[:, keep].astype(np.float32))
+    assert torch.equal(dfot.pose_from_rows(list(rows)), expected)  # a list of 1-D tensors
+    bf16 = rows.to(torch.bfloat16)
+    out = dfot.pose_from_rows(bf16)
+    assert out.dtype == torch.float32 and torch.equal(out, bf16.float()[:, keep])
+
+
+def test_frame_checks_sizes_and_normalisation_edges():
+    """frames_to_unit and resize_crop_frames refuse anything but uint8 [T, H, W, 3] (default
+    source 'frames'); a frame whose short side equals the resolution is cropped, not refused;
+    the default resolution is 256; crop_geometry refuses sizes <= 0 (1 is fine);
+    normalize/unnormalize refuse a missing channel axis, take [3, H, W], keep float32 when
+    torch's default dtype is float64, and follow the frames' device."""
+    for bad, text in ((np.zeros((1, 2, 2, 4), np.uint8), r"uint8 \[1, 2, 2, 4\]"),
+                      (np.zeros((1, 2, 2, 3), np.float32), r"float32 \[1, 2, 2, 3\]")):
+        with pytest.raises(DataError, match=rf"^frames: expected uint8 \[T, H, W, 3\], got {text}$"):
+            dfot.frames_to_unit(bad)
+    with pytest.raises(DataError, match=r"^frames: expected uint8 frames \[T, H, W, 3\], got uint8 \[1, 70, 70, 4\]$"):
+        dfot.resize_crop_frames(np.zeros((1, 70, 70, 4), np.uint8), 64)
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (1, 64, 80, 3), dtype=np.uint8)
+    # scale max(64/64, 64/80) = 1: no resampling, columns (80 - 64) // 2 = 8 onwards
+    assert np.array_equal(dfot.resize_crop_frames(frame, 64), frame[:, :, 8:72])
+    frame = rng.integers(0, 256, (1, 256, 300, 3), dtype=np.uint8)
+    assert np.array_equal(dfot.resize_crop_frames(frame), frame[:, :, 22:278])  # 256 by default
+
+    for h, w, r in ((0, 5, 4), (5, 0, 4), (5, 5, 0), (-1, 5, 4)):
+        with pytest.raises(ValueError, match=rf"^sizes must be positive, got {h}x{w} to {r}$"):
+            dfot.crop_geometry(h, w, r)
+    assert dfot.crop_geometry(1, 1, 1) == ((1, 1), (0, 0))
+    assert dfot.crop_geometry(1, 3, 2) == ((2, 6), (0, 2))
+
+    for f in (dfot.normalize, dfot.unnormalize):
+        for shape in ((4, 2, 2), (3, 2)):
+            text = ", ".join(map(str, shape))
+            with pytest.raises(ValueError, match=rf"^frames: expected \[\.\.\., 3, H, W\], got \[{text}\]$"):
+                f(torch.zeros(shape))
+    mean, std = np.array(dfot.DFOT_MEAN), np.array(dfot.DFOT_STD)
+    out = dfot.unnormalize(torch.ones(3, 1, 1))
+    np.testing.assert_allclose(out.flatten().numpy(), mean + std, rtol=0, atol=1e-7)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        half = torch.full((3, 1, 1), 0.5, dtype=torch.float32)
+        normalized, back = dfot.normalize(half), dfot.unnormalize(half)
+    finally:
+        torch.set_default_dtype(previous)
+    assert normalized.dtype == back.dtype == torch.float32
+    np.testing.assert_allclose(normalized.flatten().numpy(), (0.5 - mean) / std, rtol=0, atol=1e-6)
+    meta = torch.zeros(2, 3, 4, 4, device="meta")
+    for f in (dfot.normalize, dfot.unnormalize):
+        assert f(meta).device.type == "meta" and f(meta).shape == meta.shape
+
+
+def test_augment_defaults_draws_and_refusals():
+    """augment's defaults are DFoT's (0.5, 0.1, 0.5): the same decisions as when passed; a
+    draw equal to p is no hit (random() < p); probabilities outside [0, 1] and frames and pose
+    of different lengths are refused; an integer pose is flipped by negation."""
+    frames = torch.arange(4 * 3 * 2 * 2, dtype=torch.float32).view(4, 3, 2, 2)
+    pose = torch.arange(4 * 16, dtype=torch.float32).view(4, 16)
+    seen = set()
+    for seed in range(40):
+        a = dfot.augment(frames, pose, random.Random(seed))
+        b = dfot.augment(frames, pose, random.Random(seed), 0.5, 0.1, 0.5)
+        assert a[2] == b[2] and torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        seen.update(a[2])
+    assert seen == {"flip", "back_and_forth", "reverse"}
+    p = random.Random(3).random()
+    assert dfot.augment(frames, pose, random.Random(3), p, 0.0, 0.0)[2] == ()
+    assert dfot.augment(frames, pose, random.Random(3), np.nextafter(p, 1.0), 0.0, 0.0)[2] == ("flip",)
+    for bad in (1.5, -0.5):
+        with pytest.raises(ValueError, match=rf"^probabilities must lie in \[0, 1\], got {bad}$"):
+            dfot.augment(frames, pose, random.Random(0), horizontal_flip_prob=bad)
+    with pytest.raises(ValueError, match=r"^frames \(3\) and pose \(4\) differ in length$"):
+        dfot.augment(frames[:3], pose, random.Random(0))
+    whole = torch.arange(2 * 16).view(2, 16)
+    _, flipped = dfot.flip_horizontal(torch.zeros(2, 3, 1, 1), whole)
+    expected = whole.clone()
+    for k in (5, 6, 7, 8, 12):
+        expected[:, k] = -whole[:, k]
+    assert flipped.dtype == torch.int64 and torch.equal(flipped, expected)
+
+
+def test_stride_and_order_defaults_and_edges():
+    """training_frame_skip's defaults (10, +1 per subepoch) and its message; two-frame clips
+    are fine, one-frame clips are refused; without a subepoch (or a subdataset_size) the order
+    is the whole dataset shuffled with seed 0."""
+    assert dfot.training_frame_skip(subepoch=3) == 13
+    with pytest.raises(ValueError, match=r"^subepoch is needed when frame_skip_increase is not 0$"):
+        dfot.training_frame_skip(10)
+    assert dfot.clip_frame_skip(10, 0, 2, 3) == 3 and dfot.clip_frame_skip(10, 4, 2, 9) == 5
+    with pytest.raises(ValueError, match=r"^max_frames must be >= 2, got 1$"):
+        dfot.clip_frame_skip(10, 0, 1, 3)
+    shuffled = list(range(11))
+    random.Random(0).shuffle(shuffled)
+    assert dfot.ClipSchedule([16, 15, 160], subdataset_size=4).order(None) == shuffled
+    assert dfot.ClipSchedule([16, 15, 160], frame_skip_increase=0).order(5) == shuffled
+
+
+def test_training_item_defaults_sources_and_indices(clips):
+    """training_item: DFoT's probabilities by default; 'clip' and the given source name errors
+    (pose_from_rows' too); whole-number float indices are taken as indices; index len(frames)
+    is refused; nonterminal is a bool mask of ones."""
+    frames, rows = clips["clip_a"]
+    for seed in range(6):
+        a = dfot.training_item(frames, rows, [0, 2, 4, 6], random.Random(seed))
+        b = dfot.training_item(frames, rows, [0, 2, 4, 6], random.Random(seed), 0.5, 0.1, 0.5)
+        assert a["augmentations"] == b["augmentations"] and torch.equal(a["videos"], b["videos"])
+    with pytest.raises(DataError, match=r"^clip: 5 frames but 10 camera rows$"):
+        dfot.training_item(frames[:5], rows, [0, 1])
+    with pytest.raises(DataError, match=r"^clip_a\.pt: expected camera rows \[T, 18\]"):
+        dfot.training_item(frames, rows[:, :16], [0], source="clip_a.pt")
+    with pytest.raises(DataError, match=r"^clip: frame indices \[0, 10\] out of range for 10 frames$"):
+        dfot.training_item(frames, rows, [0, 10])
+    out = dfot.training_item(frames, rows, np.array([4.0, 0.0, 9.0]))
+    assert torch.equal(out["videos"], torch.from_numpy(frames[[4, 0, 9]]).permute(0, 3, 1, 2) / 255.0)
+    assert torch.equal(out["conds"], torch.from_numpy(rows[[4, 0, 9]][:, [0, 1, 2, 3] + list(range(6, 18))]).float())
+    assert out["nonterminal"].dtype == torch.bool and out["nonterminal"].tolist() == [True] * 3
+
+
+def test_load_raw_clip_prefers_the_mp4_beside_the_camera_file(golden, tmp_path):
+    """{stem}.mp4 is read when it exists, not the {stem} folder; a video of fewer frames than
+    camera lines and a clip with neither are refused, naming both paths."""
+    pytest.importorskip("av", reason="writing test videos needs PyAV")
+    from PIL import Image
+
+    from gfcore.data.video import write_video
+
+    _, _, raw = golden
+    cameras = read_camera_file(os.path.join(DATA, "clip_b.txt"))
+    text = open(os.path.join(DATA, "clip_b.txt")).read()
+    camera_path = tmp_path / "clip_b.txt"
+    camera_path.write_text(text)
+    folder = tmp_path / "clip_b"
+    folder.mkdir()
+    for stamp, frame in zip(cameras.timestamps, raw["clip_b"]):
+        Image.fromarray(255 - frame).save(folder / f"{stamp}.png")  # not the video's frames
+    write_video(str(tmp_path / "clip_b.mp4"), raw["clip_b"], crf=0)
+    frames, rows = dfot.load_raw_clip(str(camera_path))
+    assert frames.shape == raw["clip_b"].shape and np.array_equal(rows, cameras.rows)
+    # lossless H.264 in yuv444p: within the RGB <-> YUV rounding of the raw frames
+    assert np.abs(frames.astype(int) - raw["clip_b"]).max() <= 3
+    short = tmp_path / "short.mp4"
+    write_video(str(short), raw["clip_b"][:5], crf=0)
+    with pytest.raises(DataError, match=rf"^{camera_path}: 8 camera lines but {short} has 5 frames$"):
+        dfot.load_raw_clip(str(camera_path), str(short))
+    lone = tmp_path / "lone.txt"
+    lone.write_text(text)
+    with pytest.raises(DataError, match=rf"^{lone}: no frames: {tmp_path / 'lone'} is neither a video nor a folder$"):
+        dfot.load_raw_clip(str(lone))
