@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import re
 
 import numpy as np
 import pytest
@@ -530,3 +531,110 @@ def test_step_batcher_defaults_to_the_whole_batch_and_slices_down_to_one_sample(
     assert torch.equal(single["frames"][0], item["videos"] * 2 - 1)
     with pytest.raises(ValueError, match=r"^train\.batch_size=5 must be divisible by the world size 2$"):
         DFoTStepBatcher(dataset, MAX_FRAMES, 5, 3, rays=False, rank=0, world_size=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# DFoTFiles and DFoTTrainingClips, edge by edge (data/dfot_*.py mutation survivors)
+# ---------------------------------------------------------------------------------------------
+
+def layout(root, res, lengths, names=None):
+    """{root}/training_{res}/ with empty video files (never read here) and float64 camera rows."""
+    frame_dir, pose_dir = os.path.join(root, f"training_{res}"), os.path.join(root, "training_poses")
+    os.makedirs(frame_dir, exist_ok=True)
+    os.makedirs(pose_dir, exist_ok=True)
+    for n, (name, length) in enumerate(zip(names or [f"{k}.npz" for k in lengths], lengths.values())):
+        os.makedirs(os.path.dirname(os.path.join(frame_dir, name)), exist_ok=True)
+        open(os.path.join(frame_dir, name), "wb").close()
+        torch.save(camera_rows(length, n).double(), os.path.join(pose_dir, f"{os.path.splitext(os.path.basename(name))[0]}.pt"))
+    return frame_dir, pose_dir
+
+
+def test_dfot_files_walks_subfolders_and_checks_pose_files(tmp_path):
+    """DFoTFiles' defaults (split training, 256 px); videos in subfolders are found, other and
+    hidden files are not; rows come back float32; a pose file that is not [T, 18] camera rows
+    is refused naming the file, what it held, and the 16-D pose hint only for 16 numbers."""
+    from gfcore.data.dfot_files import DFoTFiles
+
+    root = str(tmp_path / "root")
+    frame_dir, pose_dir = layout(root, 256, {"a": 20, "b": 16}, ["a.npz", "sub/b.mp4"])
+    for name in ("notes.txt", "._a.npz", ".c.mp4"):
+        open(os.path.join(frame_dir, name), "wb").close()
+    files = DFoTFiles(root)
+    assert (files.split, files.resolution, files.frame_dir) == ("training", 256, frame_dir)
+    assert files.keys == ["a", "b"] and files.lengths == [20, 16]
+    assert files.frame_paths == [os.path.join(frame_dir, "a.npz"), os.path.join(frame_dir, "sub", "b.mp4")]
+    rows = files.rows(0)
+    assert rows.dtype == torch.float32 and torch.equal(rows, camera_rows(20, 0))
+
+    path = files.pose_paths[0]
+    assert path == os.path.join(pose_dir, "a.pt")
+    head = rf"^{re.escape(path)}: expected camera rows \[T, 18\] \(fx fy cx cy 0 0 \+ 3x4 world-to-camera\), got "
+    for content, tail in (({"rows": camera_rows(3, 0)}, r"dict$"), ([[0.0] * 18], r"list$"),
+                          (torch.zeros(10, 17), r"\[10, 17\]$"), (torch.zeros(0, 18), r"\[0, 18\]$"),
+                          (torch.zeros(16), r"\[16\] \(a DFoT 16-D pose; the file must hold the camera rows it is "
+                                            r"made from\)$")):
+        torch.save(content, path)
+        one_line_error(DataError, head + tail, lambda: files.rows(0))
+    torch.save(np.zeros((3, 18), np.float32), path)  # numpy arrays are not in weights_only's allowlist
+    one_line_error(DataError, rf"^{re.escape(path)}: cannot load poses \(UnsafeFileError: pose file "
+                   rf"'{re.escape(path)}': refused, not loaded", lambda: files.rows(0))
+    with open(path, "wb") as handle:
+        handle.write(b"not a pickle")
+    with pytest.raises(DataError, match=rf"^{re.escape(path)}: cannot load poses \(UnpicklingError: "):
+        files.rows(0)  # (torch's message runs over several lines)
+
+    empty = str(tmp_path / "empty")
+    frame_dir, _ = layout(empty, 256, {})
+    one_line_error(DataError, rf"^{re.escape(frame_dir)}: no videos \(\*\.mp4 or \*\.npz\) in it$",
+                   lambda: DFoTFiles(empty))
+
+
+def test_dfot_npz_frames_and_their_refusals(tmp_path):
+    """.npz frames: whole-number float indices read those frames; an object array (pickles stay
+    off), a 3-D or a float32 'video' and non-square frames are refused naming the file."""
+    from gfcore.data.dfot_files import DFoTFiles
+
+    root = str(tmp_path / "root")
+    frame_dir, _ = layout(root, 8, {"v": 6})
+    npz = os.path.join(frame_dir, "v.npz")
+    video = frames_for(6, 0, 8).transpose(0, 3, 1, 2).copy()
+    np.savez(npz, video=video)
+    files = DFoTFiles(root, resolution=8)
+    assert np.array_equal(files.frames(0, np.array([4.0, 1.0])), video[[4, 1]].transpose(0, 2, 3, 1))
+    name = re.escape(npz)
+    cases = [
+        (np.array([None, 1], dtype=object),
+         r"cannot read the 'video' array \(ValueError: Object arrays cannot be loaded when allow_pickle=False\)$"),
+        (video[:, :, :, 0], r"expected 'video' uint8 \[T, 3, H, W\], got uint8 \[6, 3, 8\]$"),
+        (video.astype(np.float32), r"expected 'video' uint8 \[T, 3, H, W\], got float32 \[6, 3, 8, 8\]$"),
+        (np.zeros((6, 3, 8, 10), np.uint8), r"frames are 8x10x3, expected 8x8x3 \(data.resolution"),
+    ]
+    for content, tail in cases:
+        np.savez(npz, video=content)
+        one_line_error(DataError, rf"^{name}: " + tail, lambda: files.frames(0, [0, 1]))
+
+
+def test_training_clips_defaults_and_refusals(tmp_path):
+    """DFoTTrainingClips' defaults are DFoT's RE10K numbers (16 frames, stride 10 growing by 1,
+    videos of >= 16 frames kept, probabilities 0.5 / 0.1 / 0.5); a subdataset of one clip is
+    fine, of none refused; each bad probability is named; stream positions split by the
+    subdataset size and negative ones are refused."""
+    from gfcore.data.dfot_clips import DFoTTrainingClips
+    from gfcore.data.dfot_files import DFoTFiles
+
+    root = str(tmp_path / "root")
+    layout(root, 8, {"a": 20, "b": 16, "c": 12})
+    files = DFoTFiles(root, resolution=8)
+    clips = DFoTTrainingClips(files, subdataset_size=3)
+    s = clips.schedule
+    assert (s.max_frames, s.frame_skip, s.frame_skip_increase, s.subdataset_size) == (16, 10, 1, 3)
+    assert s.videos == [0, 1] and clips.max_frames == 16 and len(clips) == 3
+    assert clips.probabilities == dict(horizontal_flip_prob=0.5, back_and_forth_prob=0.1, reverse_prob=0.5)
+    assert len(DFoTTrainingClips(files, subdataset_size=1)) == 1
+    one_line_error(ValueError, r"^data.subdataset_size must be >= 1 or null, got 0$",
+                   lambda: DFoTTrainingClips(files, subdataset_size=0))
+    for name, bad in (("horizontal_flip_prob", 1.5), ("back_and_forth_prob", -0.1)):
+        one_line_error(ValueError, rf"^data.{name} must lie in \[0, 1\], got {bad}$",
+                       lambda: DFoTTrainingClips(files, subdataset_size=3, **{name: bad}))
+    assert clips.locate(7) == (2, 1)
+    one_line_error(IndexError, r"^stream position -1 is negative$", lambda: clips.locate(-1))
