@@ -387,3 +387,136 @@ def test_time_checks_name_the_argument_and_the_values():
     with pytest.raises(ValueError, match=r"^t must lie in \[0, 1\], got values in \[-0.5, 1.0\]$"):
         d.q_sample(x0, torch.tensor([[0.0, 1.0, -0.5], [0.5, 0.5, 0.5]]), x0)
     d.q_sample(x0, torch.tensor([[0.0, 1.0, 0.5], [0.0, 1.0, 0.5]]), x0)  # the ends are allowed
+
+
+def _numpy_grid(shift, logsnr_min, logsnr_max, timesteps):
+    """The discrete grid by hand in float64 numpy: shifted cosine logSNR at k / (timesteps - 1),
+    betas from the ratios of alpha-bar clipped to [1e-9, 1], alpha-bar again as their cumprod."""
+    t_min, t_max = np.arctan(np.exp(-0.5 * logsnr_max)), np.arctan(np.exp(-0.5 * logsnr_min))
+    t = np.linspace(0.0, 1.0, timesteps)
+    lam = -2 * np.log(np.tan(t_min + t * (t_max - t_min))) + 2 * np.log(shift)
+    acp = 1 / (1 + np.exp(-lam))
+    betas = np.clip(1 - np.concatenate([acp[:1], acp[1:] / acp[:-1]]), 1e-9, 1.0)
+    acp = np.cumprod(1 - betas)
+    return acp, np.log(acp / (1 - acp))
+
+
+def test_discrete_grid_shift_and_beta_floor_by_hand():
+    """The sampling grid carries the shift for any shift other than 1 (shift 2 adds 2 ln 2), and
+    the first beta is floored at 1e-9: with logsnr_max 30 alpha-bar[0] is 1 - 1e-9, so the grid's
+    first logSNR is ln(1e9) = 20.72, not 30."""
+    for shift, lmin, lmax in ((2.0, -15.0, 15.0), (1.0, -10.0, 30.0), (0.5, -12.0, 11.0)):
+        d = DFoTDiffusion(shift=shift, logsnr_min=lmin, logsnr_max=lmax, timesteps=6)
+        acp, lam = _numpy_grid(shift, lmin, lmax, 6)
+        np.testing.assert_allclose(d.alphas_cumprod.double().numpy(), acp, rtol=1e-6, atol=0)
+        np.testing.assert_allclose(d.discrete_logsnr.double().numpy(), lam, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(d.sqrt_one_minus_alphas_cumprod.double().numpy(), np.sqrt(1 - acp), rtol=1e-6,
+                                   atol=0)
+    d = DFoTDiffusion(shift=1.0, logsnr_min=-10.0, logsnr_max=30.0, timesteps=6)
+    assert abs(float(d.discrete_logsnr[0]) - 9 * np.log(10.0)) < 1e-4
+    d = DFoTDiffusion(shift=2.0, timesteps=6)
+    assert abs(float(d.discrete_logsnr[3] - DFoTDiffusion(shift=1.0, timesteps=6).discrete_logsnr[3])
+               - 2 * np.log(2.0)) < 1e-4
+
+
+def test_training_constants_are_float32_whatever_the_default_dtype():
+    """The continuous schedule's constants are float32 (the authors' CosineNoiseSchedule) even
+    under torch.set_default_dtype(float64): logSNR of float64 times equals the one of a schedule
+    built under the float32 default, bit for bit."""
+    t = torch.tensor([0.0, 0.25, 0.5, 1.0], dtype=torch.float64)
+    want = DFoTDiffusion(shift=0.125, logsnr_min=-15.0, logsnr_max=15.0).logsnr(t)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        d = DFoTDiffusion(shift=0.125, logsnr_min=-15.0, logsnr_max=15.0)
+    finally:
+        torch.set_default_dtype(old)
+    got = d.logsnr(t)
+    assert got.dtype == torch.float64 and torch.equal(got, want)
+    # and those are the float32-rounded constants, not float64 ones
+    t_min, t_max = np.arctan(np.exp(-7.5)), np.arctan(np.exp(7.5))
+    exact = -2 * np.log(np.tan(t_min + t.numpy() * (t_max - t_min))) + 2 * np.log(0.125)
+    assert not np.array_equal(got.numpy(), exact)
+    np.testing.assert_allclose(got.numpy(), exact, rtol=1e-5, atol=1e-5)
+
+
+def test_input_messages_name_the_argument_and_what_came():
+    """x0, masks and t: the message names the argument and the shape/dtype (or type) it got; the
+    t range is checked before the noise shape; an integer t for logsnr is named with its dtype."""
+    d = DFoTDiffusion()
+    model = lambda x, nl, c: x  # noqa: E731
+    x0 = torch.zeros(2, 3, 1, 2, 2)
+    for call in (lambda x: d.q_sample(x, torch.zeros(2, 3), x0), lambda x: d.training_loss(model, x)):
+        with pytest.raises(ValueError, match=r"^x0 must be a floating tensor \[B, T, C, H, W\], got \[2, 3, 2, 2\]$"):
+            call(torch.zeros(2, 3, 2, 2))
+        with pytest.raises(ValueError, match=r"^x0 must be a floating tensor \[B, T, C, H, W\], got ndarray$"):
+            call(np.zeros((2, 3, 1, 2, 2), dtype=np.float32))
+    for name in ("context_mask", "frame_mask"):
+        for call in (lambda **m: d.training_loss(model, x0, **m), lambda **m: d.training_times(2, 3, **m)):
+            with pytest.raises(ValueError, match=rf"^{name} must be a bool tensor \[B, T\] = \[2, 3\], "
+                                                 rf"got torch.float32 \[2, 3\]$"):
+                call(**{name: torch.zeros(2, 3)})
+            with pytest.raises(ValueError, match=rf"^{name} must be a bool tensor \[B, T\] = \[2, 3\], got list$"):
+                call(**{name: [[True] * 3] * 2})
+    bad_noise = torch.zeros(2, 3, 1, 2, 3)
+    for t in (torch.full((2, 3), 1.5), torch.full((2, 3), 2.5), torch.full((2, 3), -0.5)):
+        with pytest.raises(ValueError, match=r"^t must lie in \[0, 1\]"):
+            d.q_sample(x0, t, bad_noise)
+        with pytest.raises(ValueError, match=r"^t must lie in \[0, 1\]"):
+            d.training_loss(model, x0, t=t, noise=bad_noise)
+    with pytest.raises(TypeError, match=r"^t must be a floating tensor, got torch.int64$"):
+        d.logsnr(torch.tensor([0, 1]))
+
+
+def test_from_config_shift_defaults_and_messages():
+    """A sampling shift given without a training shift is compared against the training default 1
+    (equal: accepted; else the message shows 1.0); the interpolated refusal is the whole message."""
+    d = DFoTDiffusion.from_config({"schedule_fn_kwargs": {"shifted": 1.0}})
+    assert d.shift == 1.0
+    with pytest.raises(ValueError, match=r"^schedule_fn_kwargs.shifted \(0.5\) differs from training_schedule.shift "
+                                         r"\(1.0\): sampling and training schedules would differ$"):
+        DFoTDiffusion.from_config({"schedule_fn_kwargs": {"shifted": 0.5}})
+    with pytest.raises(ValueError, match=r"^schedule_fn_kwargs.interpolated is not supported$"):
+        DFoTDiffusion.from_config({"schedule_fn_kwargs": {"interpolated": True}})
+
+
+def test_training_loss_returns_what_it_used():
+    """The drawn times and noise follow x0's dtype (float64 here), the noise is the generator's
+    normal draw after the times, clamped to +-clip_noise; given noise and v_pred come back as
+    they are; frame_loss [B, T] is each frame's mean of the masked elementwise loss."""
+    d = DFoTDiffusion(clip_noise=0.5)
+    x0 = torch.randn(2, 3, 2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    out = 0.3 * x0.flip(0)
+    ctx = torch.tensor([[True, False, False], [False, False, False]])
+    res = d.training_loss(lambda x, nl, c: out, x0, context_mask=ctx, generator=torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    t = torch.rand((2, 3), generator=g)
+    torch.bernoulli(torch.zeros(2, 1), generator=g)  # the context dropout draw
+    eps = torch.randn(x0.shape, dtype=torch.float64, generator=g)
+    assert res.t.dtype == torch.float64 and res.noise.dtype == torch.float64
+    torch.testing.assert_close(res.t, torch.where(ctx, 0.0, t).double(), rtol=0, atol=0)
+    want_noise = torch.tensor(np.clip(eps.numpy(), -0.5, 0.5))
+    torch.testing.assert_close(res.noise, want_noise, rtol=0, atol=0)
+    assert float(res.noise.min()) == -0.5 and float(res.noise.max()) == 0.5
+    assert ((res.noise.abs() < 0.5) & (res.noise != 0)).any()
+    assert res.v_pred is out
+    frame = (res.elementwise * res.loss_mask[..., None, None, None]).reshape(2, 3, -1).mean(-1)
+    assert res.frame_loss.shape == (2, 3) and res.frame_loss[0, 0] == 0 and (res.frame_loss[~ctx] > 0).all()
+    torch.testing.assert_close(res.frame_loss, frame, rtol=1e-12, atol=0)
+    given = torch.randn(x0.shape, dtype=torch.float64)
+    res = d.training_loss(lambda x, nl, c: out, x0, t=torch.full((2, 3), 0.5), noise=given)
+    assert res.noise is given and res.t.dtype == torch.float64
+
+
+def test_training_times_without_generator_or_device():
+    """training_times with neither a generator nor a device draws on the default device from the
+    global RNG; masks put t = 1 (unavailable) and t = 0 (context, no dropout)."""
+    torch.manual_seed(11)
+    want = torch.rand(2, 3)
+    torch.manual_seed(11)
+    t = DFoTDiffusion().training_times(2, 3)
+    assert torch.equal(t, want)
+    fm = torch.tensor([[True, False, True], [True, True, True]])
+    cm = torch.tensor([[False, False, True], [True, False, False]])
+    t = DFoTDiffusion().training_times(2, 3, frame_mask=fm, context_mask=cm)
+    assert t[0, 1] == 1 and t[0, 2] == 0 and t[1, 0] == 0
