@@ -427,3 +427,130 @@ def test_camera_rays_refuse_a_pose_of_another_width():
     with pytest.raises(ValueError, match=r"pose must be \[B, T, 16\] \(4 intrinsics \+ 3x4 world-to-camera\), "
                                          r"got \[1, 2, 18\]"):
         camera_rays(torch.zeros(1, 2, 18), 4, 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoint messages and reading details
+# ---------------------------------------------------------------------------------------------
+
+def test_mismatch_message_is_every_line_in_full(tmp_path, small):
+    """With two keys of each kind, the message is exactly: the file and the model class, then one
+    line per kind listing its keys in model (or file) order separated by ', '; a file with only
+    unexpected keys, or only a mis-shaped one, is refused as well."""
+    config, state, _ = small
+    keys = list(state)
+    bad = {k: v for k, v in state.items() if k not in (keys[1], keys[4])}
+    bad["extra.a"], bad["extra.b"] = torch.zeros(1), torch.zeros(2)
+    bad[keys[0]] = torch.zeros(3)
+    bad[keys[2]] = torch.zeros(1, 2)
+    path = tmp_path / "bad.pt"
+    torch.save(bad, path)
+    with pytest.raises(CheckpointError) as info:
+        load_dfot_checkpoint(_fresh(config), path)
+    want = "\n".join([
+        f"DFoT checkpoint {str(path)!r} does not match the model (UViT3DPose):",
+        f"  missing keys (2): {keys[1]}, {keys[4]}",
+        "  unexpected keys (2): extra.a, extra.b",
+        f"  mis-shaped keys (2): {keys[0]} (checkpoint [3], model {list(state[keys[0]].shape)}), "
+        f"{keys[2]} (checkpoint [1, 2], model {list(state[keys[2]].shape)})"])
+    assert str(info.value) == want
+    torch.save({**state, "extra.a": torch.zeros(1)}, path)
+    with pytest.raises(CheckpointError, match=r"\n  unexpected keys \(1\): extra.a$"):
+        load_dfot_checkpoint(_fresh(config), path)
+    torch.save({**state, keys[0]: torch.zeros(3)}, path)
+    with pytest.raises(CheckpointError, match=r"\n  mis-shaped keys \(1\): "):
+        load_dfot_checkpoint(_fresh(config), path)
+
+
+def test_loading_copies_into_the_model_own_parameters(tmp_path, small):
+    """By default the file's values are copied into the parameters the model already has (an
+    optimizer built before loading still holds them)."""
+    config, state, _ = small
+    torch.save(state, tmp_path / "w.pt")
+    model = _fresh(config)
+    before = list(model.parameters())
+    load_dfot_checkpoint(model, tmp_path / "w.pt")
+    assert all(a is b for a, b in zip(before, model.parameters()))
+    _assert_loaded(model, state)
+
+
+def test_state_dict_refusals_name_the_file(tmp_path, small):
+    """What is not a state dict of tensors, and backbone keys under both prefixes, are refused with
+    the file named (load_dfot_checkpoint) or 'DFoT checkpoint' (dfot_state_dict's default)."""
+    from gfcore.models.dfot import dfot_state_dict
+    config, state, _ = small
+    model = _fresh(config)
+    path = tmp_path / "meta.pt"
+    torch.save({"epoch": 3, "note": [1, 2]}, path)
+    neither = "holds neither a Lightning checkpoint ('state_dict') nor a flat state dict of tensors"
+    with pytest.raises(CheckpointError) as info:
+        load_dfot_checkpoint(model, path)
+    assert str(info.value) == f"DFoT checkpoint {str(path)!r} {neither}"
+    with pytest.raises(CheckpointError) as info:
+        dfot_state_dict({"state_dict": {"a": torch.zeros(1), "b": 2}}, model)
+    assert str(info.value) == f"DFoT checkpoint {neither}"
+    both = {PREFIXES[0] + "a": torch.zeros(1), PREFIXES[1] + "b": torch.zeros(1)}
+    with pytest.raises(CheckpointError) as info:
+        dfot_state_dict(both, model)
+    assert str(info.value) == ("DFoT checkpoint holds backbone keys under both 'diffusion_model.model.' and "
+                               "'diffusion_model._orig_mod.model.'")
+
+
+def test_ema_default_and_optimizer_states_without_ema(small):
+    """dfot_state_dict takes the EMA weights by default; optimizer states without an 'ema' entry,
+    or whose first entry is not a dict, leave state_dict's weights."""
+    from gfcore.models.dfot import dfot_state_dict
+    config, state, _ = small
+    model = _fresh(config)
+    names = [n for n, _ in model.named_parameters()]
+    ema = [state[n] + 1.0 for n in names]
+    lightning = {"state_dict": {PREFIXES[0] + k: v for k, v in state.items()}}
+    got = dfot_state_dict({**lightning, "optimizer_states": [{"ema": ema}]}, model)
+    assert torch.equal(got[names[0]], state[names[0]] + 1.0)
+    for states in ([{"opt": {"state": {}}}], [torch.zeros(1)], [[torch.zeros(1)]]):
+        got = dfot_state_dict({**lightning, "optimizer_states": states}, model)
+        assert got.keys() == state.keys() and all(torch.equal(got[k], state[k]) for k in state)
+
+
+def test_read_checkpoint_maps_zip_files_and_reads_legacy_ones(tmp_path):
+    """A zip-format torch file is memory-mapped (the file shows in /proc/self/maps while its
+    tensors live); a legacy (non-zip) torch file is read without mmap."""
+    from gfcore.models.dfot.checkpoint import read_checkpoint
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("needs /proc/self/maps")
+    path = tmp_path / "zipped.pt"
+    torch.save({"w": torch.arange(4096, dtype=torch.float32)}, path)
+    content = read_checkpoint(path)
+    assert str(path) in Path("/proc/self/maps").read_text()
+    assert torch.equal(content["w"], torch.arange(4096, dtype=torch.float32))
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"w": torch.ones(3)}, legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(read_checkpoint(legacy)["w"], torch.ones(3))
+    assert str(legacy) not in Path("/proc/self/maps").read_text()
+
+
+def test_read_checkpoint_messages_name_the_file(tmp_path, monkeypatch):
+    """Absent, unreadable, code-running and (without the safetensors package) .safetensors files,
+    whatever the suffix's case: each message names the file."""
+    from malicious_files import write_malicious
+    from gfcore.models.dfot.checkpoint import read_checkpoint
+    absent = tmp_path / "absent.ckpt"
+    with pytest.raises(FileNotFoundError) as info:
+        read_checkpoint(absent)
+    assert str(info.value) == f"DFoT checkpoint: no such file {str(absent)!r}"
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(junk)
+    assert str(info.value).startswith(f"DFoT checkpoint {str(junk)!r} could not be read: ")
+    evil = write_malicious(tmp_path / "evil.ckpt", tmp_path / "ran", state_dict={})
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(evil)
+    assert str(info.value).startswith(f"DFoT checkpoint {str(evil)!r}: refused, not loaded: it asks for ")
+    monkeypatch.setitem(__import__("sys").modules, "safetensors.torch", None)
+    for name in ("w.safetensors", "w.SafeTensors"):
+        path = tmp_path / name
+        path.write_bytes(b"{}")
+        with pytest.raises(CheckpointError) as info:
+            read_checkpoint(path)
+        assert str(info.value) == f"DFoT checkpoint {str(path)!r}: .safetensors needs the 'safetensors' package"
