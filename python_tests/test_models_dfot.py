@@ -554,3 +554,112 @@ def test_read_checkpoint_messages_name_the_file(tmp_path, monkeypatch):
         with pytest.raises(CheckpointError) as info:
             read_checkpoint(path)
         assert str(info.value) == f"DFoT checkpoint {str(path)!r}: .safetensors needs the 'safetensors' package"
+
+
+# ---------------------------------------------------------------------------------------------
+# backbone configuration, messages and execution details
+# ---------------------------------------------------------------------------------------------
+
+def test_backbone_config_messages_name_the_field_and_the_numbers(small):
+    config = small[0]
+    for change, message in (
+            (dict(block_types=["ResBlock", "ResBlock", "TransformerBlock"]),
+             r"^block_types needs one entry per level \(4\), got \['ResBlock', 'ResBlock', 'TransformerBlock'\]$"),
+            (dict(block_dropouts=[0.0, 0.0, 0.1]), r"^block_dropouts needs one entry per level \(4\), got \[0.0, 0.0, 0.1\]$"),
+            (dict(use_checkpointing=[False, False, True]),
+             r"^use_checkpointing needs one entry per level \(4\), got \[False, False, True\]$"),
+            (dict(num_updown_blocks=[1, 1]), r"^num_updown_blocks needs 3 entries \(all levels but the last\), got \[1, 1\]$")):
+        with pytest.raises(ValueError, match=message):
+            UViT3DPose.from_config({**config, **change}, 16, 3)
+    for resolution in (20, 24, 8):  # patch 2, 4 levels: a multiple of 2 * 2^3 = 16 is needed
+        with pytest.raises(ValueError, match=rf"^resolution {resolution} must be divisible by "
+                                             r"patch_size \* 2\^\(levels - 1\) = 16$"):
+            UViT3DPose.from_config(config, resolution, 3)
+
+
+def test_backbone_defaults_and_config_fields(small):
+    """from_config: pos_emb_type may be absent (rope), use_fourier_noise_embedding absent means
+    sinusoidal features (no freqs/phases buffers), conditioning.dim sets the pose channels (absent
+    or null: 180), use_checkpointing is read; the constructor's own defaults are Fourier features
+    and no checkpointed level."""
+    config = {k: v for k, v in small[0].items() if k not in ("pos_emb_type", "use_fourier_noise_embedding",
+                                                             "use_checkpointing")}
+    fourier_key = "noise_level_pos_embedding.timesteps.freqs"
+    model = UViT3DPose.from_config(config, 16, 3)
+    assert fourier_key not in model.state_dict()
+    assert model.checkpoint_levels("none") == [False] * 4 and model.external_cond_dim == 180
+    assert fourier_key in UViT3DPose.from_config({**config, "use_fourier_noise_embedding": True}, 16, 3).state_dict()
+    model = UViT3DPose.from_config({**config, "conditioning": {"dim": 90}, "use_checkpointing": [True, False, False, True]},
+                                   16, 3)
+    assert model.external_cond_dim == 90 and model.external_cond_embedding.patch_embedder.proj.weight.shape[1] == 90
+    assert model.checkpoint_levels("none") == [True, False, False, True]
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, 3, 16, 16), torch.zeros(1, 3), torch.zeros(1, 3, 90, 16, 16))
+    assert out.shape == (1, 3, 3, 16, 16)
+    assert UViT3DPose.from_config({**config, "conditioning": None}, 16, 3).external_cond_dim == 180
+    kwargs = {k: config[k] for k in ("channels", "emb_channels", "patch_size", "block_types", "block_dropouts",
+                                     "num_updown_blocks", "num_mid_blocks", "num_heads", "external_cond_dropout")}
+    model = UViT3DPose(**kwargs, resolution=16, frames=3)
+    assert fourier_key in model.state_dict() and model.checkpoint_levels("none") == [False] * 4
+
+
+def test_external_cond_message_shows_both_shapes(small):
+    config, _, arrays = small
+    model = build(config)
+    x, levels, cond = inputs(arrays)
+    b, t = x.shape[:2]
+    with pytest.raises(ValueError, match=rf"^external_cond must be \[B, T, 180, H, W\] = \[{b}, {t}, 180, 16, 16\], "
+                                         rf"got \[{b}, {t}, 179, 16, 16\]$"):
+        model(x, levels, cond[:, :, :179])
+    with pytest.raises(ValueError, match=rf"^external_cond must be \[B, T, 180, H, W\] = \[{b}, {t}, 180, 16, 16\], "
+                                         r"got None$"):
+        model(x, levels, None)
+
+
+def test_checkpointed_levels_run_their_blocks_again_in_the_backward(small):
+    """A level with use_checkpointing starts its blocks a second time in the backward (counted by
+    forward pre-hooks: the recomputation stops once it has what the backward needs); the others
+    run once."""
+    config, state, arrays = small
+    model = UViT3DPose.from_config({**config, "use_checkpointing": [False, False, False, True],
+                                    "block_dropouts": [0.0] * 4}, 16, 3)
+    model.load_state_dict(state)
+    calls = {"mid": 0, "down0": 0}
+    model.mid_blocks[0].register_forward_pre_hook(lambda *a: calls.__setitem__("mid", calls["mid"] + 1))
+    model.down_blocks[0][0].register_forward_pre_hook(lambda *a: calls.__setitem__("down0", calls["down0"] + 1))
+    x, levels, cond = inputs(arrays)
+    model(x, levels, cond, torch.zeros(x.shape[0], dtype=torch.bool)).square().mean().backward()
+    assert calls == {"mid": 2, "down0": 1}
+
+
+def test_bfloat16_model_runs_in_bfloat16(small):
+    """The RoPE tables follow the activations' dtype: a bfloat16 model gives a bfloat16 output
+    close to the float32 one."""
+    config, state, arrays = small
+    model = build(config)
+    model.load_state_dict(state)
+    model.eval()
+    x, levels, cond = inputs(arrays)
+    with torch.no_grad():
+        want = model(x, levels, cond)
+        got = model.to(torch.bfloat16)(x.bfloat16(), levels.bfloat16(), cond.bfloat16())
+    assert got.dtype == torch.bfloat16
+    scale = want.abs().max()
+    assert scale > 0.05 and (got.float() - want).abs().max() < 0.1 * scale
+
+
+def test_transformer_levels_use_their_dropout(small):
+    """block_dropouts reach the transformer blocks: in training two calls differ (the pose is
+    kept, so only that dropout draws), in eval they agree."""
+    config, state, arrays = small
+    model = build(config)
+    model.load_state_dict(state)
+    x, levels, cond = inputs(arrays)
+    keep = torch.zeros(x.shape[0], dtype=torch.bool)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        a = model.train()(x, levels, cond, keep)
+        torch.manual_seed(1)
+        b = model(x, levels, cond, keep)
+        c, d = model.eval()(x, levels, cond, keep), model(x, levels, cond, keep)
+    assert not torch.equal(a, b) and torch.equal(c, d)
