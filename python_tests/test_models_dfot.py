@@ -663,3 +663,122 @@ def test_transformer_levels_use_their_dropout(small):
         b = model(x, levels, cond, keep)
         c, d = model.eval()(x, levels, cond, keep), model(x, levels, cond, keep)
     assert not torch.equal(a, b) and torch.equal(c, d)
+
+
+# ---------------------------------------------------------------------------------------------
+# rays and layers: dtypes, defaults, formulas
+# ---------------------------------------------------------------------------------------------
+
+def test_rays_keep_a_low_precision_pose_dtype_and_the_encoding_works_in_float32():
+    """camera_rays computes in the pose's dtype (bfloat16 stays bfloat16); ray_encoding turns
+    anything but float64 into float32 first, so a bfloat16 pose encodes as its float32 copy."""
+    pose, _, _ = _random_poses(1, 2, 4)
+    low = pose.to(torch.bfloat16)
+    origins, directions = camera_rays(low, 4, 6)
+    assert origins.dtype == directions.dtype == torch.bfloat16
+    want = ray_encoding(low.float(), 4, 6)
+    got = ray_encoding(low, 4, 6)
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+
+
+def _under_float64_default(build):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        return build()
+    finally:
+        torch.set_default_dtype(old)
+
+
+def test_rope_and_sinusoidal_tables_are_float32_whatever_the_default_dtype():
+    """The RoPE angles and the sinusoidal noise features are float32 computations (as the
+    authors'), also under torch.set_default_dtype(float64)."""
+    from gfcore.models.dfot.layers import SinusoidalFeatures, rope_angles
+    want = rope_angles(3, 2, 4, 12)
+    got = _under_float64_default(lambda: rope_angles(3, 2, 4, 12))
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    levels = torch.tensor([0.5, -3.0, 40.0])
+    want = SinusoidalFeatures(16)(levels)
+    got = _under_float64_default(lambda: SinusoidalFeatures(16)(levels))
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+
+
+def test_sinusoidal_features_by_hand():
+    """[cos, sin] of level * 10000^(-i / (dim // 2)), i < dim // 2 (an odd dim drops its last
+    channel)."""
+    from gfcore.models.dfot.layers import SinusoidalFeatures
+    levels = np.array([0.5, -3.0, 40.0, 100.0])
+    for dim in (8, 7):
+        half = dim // 2
+        angles = levels[:, None] * 10000.0 ** (-np.arange(half) / half)
+        want = np.concatenate([np.cos(angles), np.sin(angles)], -1)
+        got = SinusoidalFeatures(dim)(torch.tensor(levels, dtype=torch.float32))
+        assert got.shape == (4, 2 * half)
+        np.testing.assert_allclose(got.double().numpy(), want, rtol=0, atol=2e-5)
+
+
+def test_fourier_features_draws_and_dtype():
+    """freqs = 2 pi N(0, 1) and phases = 2 pi U[0, 1) from the global RNG, in that order; the
+    features come back in the levels' dtype; NoiseLevelEmbedding uses Fourier features by
+    default and feeds the MLP in its own dtype."""
+    from gfcore.models.dfot.layers import FourierFeatures, NoiseLevelEmbedding
+    torch.manual_seed(5)
+    normal, uniform = torch.randn(16), torch.rand(16)
+    torch.manual_seed(5)
+    f = FourierFeatures(16)
+    torch.testing.assert_close(f.freqs, 2 * math.pi * normal, rtol=1e-6, atol=0)
+    torch.testing.assert_close(f.phases, 2 * math.pi * uniform, rtol=1e-6, atol=0)
+    levels = torch.tensor([0.25, -1.5], dtype=torch.float64)
+    out = f(levels)
+    assert out.dtype == torch.float64
+    want = math.sqrt(2) * np.cos(levels.numpy()[:, None] * f.freqs.double().numpy() + f.phases.double().numpy())
+    np.testing.assert_allclose(out.numpy(), want, rtol=0, atol=1e-5)
+    emb = NoiseLevelEmbedding(8)
+    assert isinstance(emb.timesteps, FourierFeatures)
+    assert emb.double()(torch.tensor([0.5, 1.0])).dtype == torch.float64
+
+
+def test_block_defaults_and_norm_dtype():
+    """ResBlock and TransformerBlock have no dropout by default (a TransformerBlock in training
+    then equals itself in eval); RMSNorm returns the input's dtype."""
+    from gfcore.models.dfot.layers import ResBlock, RMSNorm, TransformerBlock, rope_angles
+    ResBlock(32, 8)
+    torch.manual_seed(0)
+    block = TransformerBlock(8, 4, 2)
+    with torch.no_grad():
+        block.mlp_out[2].weight.normal_()
+    x, emb = torch.randn(1, 6, 8), torch.randn(1, 6, 4)
+    angles = rope_angles(1, 2, 3, 4)
+    rope = (angles.cos(), angles.sin())
+    with torch.no_grad():
+        assert torch.equal(block.train()(x, emb, rope), block.eval()(x, emb, rope))
+    y = RMSNorm(4).to(torch.bfloat16)(torch.randn(3, 4, dtype=torch.bfloat16))
+    assert y.dtype == torch.bfloat16
+
+
+def test_rope_axis_dims_message():
+    from gfcore.models.dfot.layers import rope_axis_dims
+    with pytest.raises(ValueError, match=r"^rotary embedding needs an even head dimension, got 5$"):
+        rope_axis_dims(5)
+
+
+def test_pose_dropout_is_strict_and_draws_nothing_when_off():
+    """In training a sample's pose is dropped when its uniform draw is below dropout (a draw equal
+    to dropout keeps it); with dropout 0 nothing is drawn from the global RNG."""
+    from gfcore.models.dfot.layers import PoseEmbedding
+    torch.manual_seed(0)
+    pe = PoseEmbedding(3, 4, 1, dropout=0.0).train()
+    cond = torch.randn(2, 1, 3, 2, 2)
+    keep = pe(cond, torch.zeros(2, dtype=torch.bool))
+    assert keep.abs().sum() > 0
+    torch.manual_seed(9)
+    assert torch.equal(pe(cond), keep)
+    after = torch.rand(1)
+    torch.manual_seed(9)
+    assert torch.equal(torch.rand(1), after)
+    torch.manual_seed(3)
+    draws = torch.rand(2)
+    pe.dropout = float(draws[0])  # exactly the first sample's draw
+    torch.manual_seed(3)
+    out = pe(cond)
+    assert torch.equal(out[0], keep[0]) and torch.equal(out[1], keep[1] if draws[1] >= draws[0] else 0 * keep[1])
