@@ -217,3 +217,89 @@ def test_ema_shadow_is_held_on_the_device_asked_for():
     ema.load_state_dict(EMA(module, decay=0.5).state_dict())
     assert {v.device.type for v in ema.shadow.values()} == {"meta"}
     assert {v.device.type for v in EMA(torch.nn.Linear(3, 2, device="meta")).shadow.values()} == {"meta"}
+
+
+@pytest.fixture
+def one_rank_mesh():
+    """A 1-process gloo group and its 1-rank CPU mesh, torn down even when the test fails."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield init_device_mesh("cpu", (1,))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_cpu_ema_of_dtensor_weights_holds_plain_shards_and_gathers_them(one_rank_mesh):
+    """train.ema_device=cpu on sharded weights (a Shard(0) weight, a Replicate bias on a 1-rank
+    mesh): the averages are plain float32 tensors (this rank's shard), updated by the lerp
+    (dyadic values: exact), gathered back to full tensors by state_dict, and load_state_dict
+    copies this rank's shard into the buffer already held."""
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    module = torch.nn.Linear(3, 2)
+    w0, b0 = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]), torch.tensor([0.5, -1.0])
+    module.weight = torch.nn.Parameter(distribute_tensor(w0, one_rank_mesh, [Shard(0)]))
+    module.bias = torch.nn.Parameter(distribute_tensor(b0, one_rank_mesh, [Replicate()]))
+    held, default = EMA(module, decay=0.75, device="cpu"), EMA(module, decay=0.75)
+    assert set(held.shadow) == {"weight", "bias"}
+    assert all(type(v) is torch.Tensor and v.dtype == torch.float32 for v in held.shadow.values())
+    assert all(hasattr(v, "device_mesh") for v in default.shadow.values())
+    assert torch.equal(held.shadow["weight"], w0) and torch.equal(held.shadow["bias"], b0)
+
+    with torch.no_grad():
+        module.weight.to_local().fill_(-3.0)
+        module.bias.to_local().copy_(torch.tensor([2.5, 7.0]))
+    held.update(module)
+    default.update(module)
+    # by hand: 0.75 old + 0.25 new, exact in float32 for these values
+    expected = {"weight": 0.75 * w0 - 0.75, "bias": torch.tensor([0.75 * 0.5 + 0.25 * 2.5, -0.75 + 1.75])}
+    state = held.state_dict()
+    assert state["decay"] == 0.75 and set(state["shadow"]) == {"weight", "bias"}
+    for key, value in expected.items():
+        assert type(state["shadow"][key]) is torch.Tensor, key
+        assert torch.equal(state["shadow"][key], value), key
+        assert torch.equal(default.state_dict()["shadow"][key], value), key
+
+    buffers = {k: v.data_ptr() for k, v in held.shadow.items()}
+    held.load_state_dict({"decay": 0.5, "shadow": {k: v + 1 for k, v in expected.items()}})
+    default.load_state_dict({"decay": 0.5, "shadow": {k: v + 1 for k, v in expected.items()}})
+    assert held.decay == 0.5
+    for key, value in expected.items():
+        assert type(held.shadow[key]) is torch.Tensor and held.shadow[key].data_ptr() == buffers[key], key
+        assert torch.equal(held.shadow[key], value + 1), key
+        assert torch.equal(held.state_dict()["shadow"][key], value + 1), key
+        assert default.shadow[key].placements == getattr(module, key).placements, key
+        assert torch.equal(default.state_dict()["shadow"][key], value + 1), key
+
+
+def test_ema_buffers_are_float32_and_pinned_only_on_the_host_with_cuda(monkeypatch):
+    """_empty_like: float32 whatever the default dtype; pin_memory=True exactly when the averages
+    live on the host and CUDA is available (faked here; the request is recorded, not carried out)."""
+    from gfcore.train import optim
+
+    module = torch.nn.Linear(3, 2).double()
+    empty, pins = torch.empty, []
+
+    def recording_empty(*args, **kwargs):
+        pins.append(kwargs.get("pin_memory", "absent"))
+        return empty(*args, **{**kwargs, "pin_memory": False})
+
+    monkeypatch.setattr(torch, "empty", recording_empty)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        ema = EMA(module, decay=0.5, device="cpu")
+        ema.update(_perturbed(module, 0))
+    finally:
+        torch.set_default_dtype(previous)
+    assert {v.dtype for v in ema.shadow.values()} == {torch.float32}
+    assert pins == [False] * 4 and all(p is False for p in pins)  # 2 averages, 2 staging buffers: no CUDA here
+    for available, device, pin in ((True, "cpu", True), (True, "meta", False), (False, "cpu", False)):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+        pins.clear()
+        value = optim._empty_like(torch.zeros(2, 3, dtype=torch.float64), torch.device(device))
+        assert value.shape == (2, 3) and value.dtype == torch.float32 and value.device.type == device
+        assert pins == [pin] and type(pins[0]) is bool, (available, device)
