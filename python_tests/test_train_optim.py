@@ -1,5 +1,6 @@
 """The optimizer helpers against hand-derived values: the LR schedule and the EMA of the weights."""
 import math
+import os
 
 import pytest
 import torch
@@ -303,3 +304,63 @@ def test_ema_buffers_are_float32_and_pinned_only_on_the_host_with_cuda(monkeypat
         value = optim._empty_like(torch.zeros(2, 3, dtype=torch.float64), torch.device(device))
         assert value.shape == (2, 3) and value.dtype == torch.float32 and value.device.type == device
         assert pins == [pin] and type(pins[0]) is bool, (available, device)
+
+
+# two ranks, uneven shards: a (3, 2) weight split 2 + 1 rows (Shard(0)), a replicated bias
+_W0 = [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]
+_W1 = [[-3.0, 1.0], [0.5, 2.0], [7.0, -1.0]]
+_B0, _B1 = [0.5, -1.0, 2.0], [2.5, 7.0, -2.0]
+
+
+def _two_rank_ema_worker(rank, store_path, out_dir):
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", store=dist.FileStore(store_path, 2), rank=rank, world_size=2)
+    try:
+        mesh = init_device_mesh("cpu", (2,))
+        module = torch.nn.Linear(2, 3)
+        module.weight = torch.nn.Parameter(distribute_tensor(torch.tensor(_W0), mesh, [Shard(0)]))
+        module.bias = torch.nn.Parameter(distribute_tensor(torch.tensor(_B0), mesh, [Replicate()]))
+        ema = EMA(module, decay=0.75, device="cpu")
+        out = {"held": {k: v.clone() for k, v in ema.shadow.items()}}
+        with torch.no_grad():
+            module.weight.to_local().copy_(torch.tensor(_W1)[[0, 1] if rank == 0 else [2]])
+            module.bias.to_local().copy_(torch.tensor(_B1))
+        ema.update(module)
+        # cloned: like a module's state_dict, a gathered replicated (or unsharded) average is the held buffer itself
+        out["state"] = {k: v.clone() for k, v in ema.state_dict()["shadow"].items()}
+        buffers = {k: v.data_ptr() for k, v in ema.shadow.items()}
+        ema.load_state_dict({"decay": 0.5, "shadow": {k: v + 1 for k, v in out["state"].items()}})
+        out["loaded"] = {k: v.clone() for k, v in ema.shadow.items()}
+        out["same_buffers"] = all(v.data_ptr() == buffers[k] for k, v in ema.shadow.items())
+        out["reloaded_state"] = ema.state_dict()["shadow"]
+        torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_cpu_ema_of_unevenly_sharded_weights_on_two_ranks(tmp_path):
+    """train.ema_device=cpu, 2 gloo ranks, a weight of 3 rows sharded 2 + 1: each rank holds its own
+    rows; state_dict gathers the whole (3, 2) average on both ranks (by hand: 0.75 old + 0.25 new,
+    exact here) and load_state_dict puts each rank's rows back into the buffers it holds."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_two_rank_ema_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    w = 0.75 * torch.tensor(_W0) + 0.25 * torch.tensor(_W1)
+    b = 0.75 * torch.tensor(_B0) + 0.25 * torch.tensor(_B1)
+    assert torch.equal(w[0], torch.tensor([0.0, 1.75])) and torch.equal(b, torch.tensor([1.0, 1.0, 1.0]))
+    rows = {0: slice(0, 2), 1: slice(2, 3)}
+    for rank in (0, 1):
+        out = torch.load(tmp_path / f"rank{rank}.pt")
+        assert torch.equal(out["held"]["weight"], torch.tensor(_W0)[rows[rank]]), rank
+        assert torch.equal(out["held"]["bias"], torch.tensor(_B0)), rank
+        for state in (out["state"], out["reloaded_state"]):
+            offset = 0.0 if state is out["state"] else 1.0
+            assert type(state["weight"]) is torch.Tensor and state["weight"].shape == (3, 2), rank
+            assert torch.equal(state["weight"], w + offset) and torch.equal(state["bias"], b + offset), rank
+        assert torch.equal(out["loaded"]["weight"], w[rows[rank]] + 1), rank
+        assert torch.equal(out["loaded"]["bias"], b + 1), rank
+        assert out["same_buffers"] is True, rank
