@@ -117,7 +117,39 @@ MUTATIONS = [
     ("B18", "temporal", "temporal tensor-core backward: P^T written untransposed (pt_s[i][j])",
      [("attention/attention_temporal_mma.cuh", "        pt_s[j * kLdT + i] = Mma::bits(p);",
        "        pt_s[i * kLdT + j] = Mma::bits(p);")], []),
+    # H: bugs that only the hostile cases (cpp_tests/kernels/attention_cases.h, Spec::hostile) can
+    # reveal: RoPE tables with equal halves hide a read of the wrong half, and unit-scale scores
+    # never overflow without the row max. Each is also run without the hostile cases, which must
+    # pass (HOSTILE_ONLY below): the table says so.
+    ("H1", "temporal", "stage_chunk: the second half rotated with the first half's cos and sin",
+     [("attention/attention_temporal_mma.cuh", "hi[e] = x2 * cs[d_hi + e] + x1 * sn[d_hi + e];",
+       "hi[e] = x2 * cs[d_lo + e] + x1 * sn[d_lo + e];")], []),
+    ("H2", "temporal", "temporal tensor-core forward: softmax without the row-max subtraction",
+     [("attention/attention_temporal_mma.cuh", "        s[nt][e] = exp2f(s[nt][e] - m);",
+       "        s[nt][e] = exp2f(s[nt][e]);"),
+      ("attention/attention_temporal_mma.cuh", "    row_max[half] = m;", "    row_max[half] = 0.f;")], []),
+    ("H3", "spatial", "unrotate_acc (mma backward): the first half's RoPE^T reads its own half of the sine table",
+     [("attention/attention_mma_bwd.cuh", "acc[dt + kHalfTiles][e] * pb.rope_sin[base + d + D / 2]",
+       "acc[dt + kHalfTiles][e] * pb.rope_sin[base + d]")], []),
+    ("H4", "spatial", "load_rotated: the second half rotated with the first half's cos",
+     [("attention/attention_kernels.cuh", "  return x * pb.rope_cos[t] + (d < kHalf ? -partner : partner) * pb.rope_sin[t];",
+       "  return x * pb.rope_cos[t - (d < kHalf ? 0 : kHalf)] + (d < kHalf ? -partner : partner) * pb.rope_sin[t];")],
+     []),
+    ("H5", "temporal", "unrotate_grad (FMA backward): the first half's RoPE^T reads its own half of the sine table",
+     [("attention/attention_kernels.cuh", "d < kHalf ? g[d + kHalf] * pb.rope_sin[base + d + kHalf]",
+       "d < kHalf ? g[d + kHalf] * pb.rope_sin[base + d]")], []),
+    ("H6", "spatial", "mma forward (online softmax): no running row max (scores exponentiated as they are)",
+     [("attention/attention_mma.cuh", "      const float new_max = fmaxf(row_max[half], tile_max);",
+       "      const float new_max = 0.f * fmaxf(row_max[half], tile_max) + 0.f;")], []),
+    ("H7", "temporal", "FMA forward (online softmax): no running row max",
+     [("attention/attention_kernels.cuh", "      const float new_max = fmaxf(row_max[r], warp_max(score));",
+       "      const float new_max = ((void)warp_max(score), 0.f);")], []),
+    ("H8", "temporal", "stage_chunk: the first half rotated with the second half's sine",
+     [("attention/attention_temporal_mma.cuh", "lo[e] = x1 * cs[d_lo + e] - x2 * sn[d_lo + e];",
+       "lo[e] = x1 * cs[d_lo + e] - x2 * sn[d_hi + e];")], []),
 ]
+# Mutations the benign cases must not catch (see the H entries above).
+HOSTILE_ONLY = {m[0] for m in MUTATIONS if m[0].startswith("H")}
 
 SCOPE_FILES = {"alignment": "test_alignment_kernels", "spatial": "test_attention_spatial",
                "temporal": "test_attention_temporal"}
@@ -174,7 +206,13 @@ def run_mutation(mutation, jobs, orders):
         caught = sorted({classify(l) for l in fails})
         summary = ran.stdout.strip().splitlines()[-1]
         orders_seen = sorted({re.search(r"\[([a-z-]+)\]", l).group(1) for l in fails})
-        return mid, family, desc, ", ".join(caught), f"{summary}; failing orders: {', '.join(orders_seen)}"
+        detail = f"{summary}; failing orders: {', '.join(orders_seen)}"
+        if mid in HOSTILE_ONLY:  # the same cases without the hostile ones must all pass
+            benign = subprocess.run(cmd + ["--exclude", "/hostile"], capture_output=True, text=True, env=env)
+            if benign.returncode != 0:
+                return mid, family, desc, "caught, but NOT by the hostile cases alone", detail
+            detail += "; without the hostile cases: all pass"
+        return mid, family, desc, ", ".join(caught), detail
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -194,7 +232,7 @@ def main():
     for m in chosen:
         t0 = time.time()
         mid, family, desc, caught, detail = run_mutation(m, args.jobs, args.orders)
-        survived += caught in ("SURVIVED", "compile error")
+        survived += caught in ("SURVIVED", "compile error") or caught.startswith("caught, but")
         rows.append((mid, family, desc, caught, detail))
         print(f"{mid} {desc}: {caught} ({time.time() - t0:.0f} s) {detail}", flush=True)
     lines = ["# Kernel harness mutation check", "",

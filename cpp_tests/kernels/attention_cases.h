@@ -18,6 +18,8 @@
 #pragma once
 
 #include <algorithm>
+#include <set>
+#include <utility>
 
 #include "attention/attention_launch.cuh"
 #include "harness.h"
@@ -36,6 +38,12 @@ struct Spec {
   bool temporal, causal, rope, packed, strided_grad;
   int arch;
   bool misaligned = false;  // q, k, v start 2 bytes past a 16-byte boundary: no 16-byte loads
+  // Data on which every term of the formula matters: q and k drawn at scale 6 (scores of standard
+  // deviation 36: softmax saturates, fp16 P and dS go subnormal, and without the row-max
+  // subtraction exp overflows, in fp16 staging from s > 11 and in fp32 from s > 88)
+  // and RoPE tables whose two halves and positions all differ (with the usual tables,
+  // cos[d] == cos[d + D/2], so reading the wrong half goes unseen).
+  bool hostile = false;
 };
 
 inline std::string name_of(const Spec& s, const char* dtype) {
@@ -44,6 +52,7 @@ inline std::string name_of(const Spec& s, const char* dtype) {
                 dtype, long(s.B), long(s.T), long(s.P), long(s.H), long(s.D), s.causal ? "/causal" : "",
                 s.rope ? "/rope" : "", s.packed ? "/packed" : "", s.strided_grad ? "/strided_grad" : "", s.arch);
   if (s.misaligned) std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), "/misaligned");
+  if (s.hostile) std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), "/hostile");
   return buf;
 }
 
@@ -70,6 +79,7 @@ void attention_case(const Spec& c) {
   const int64_t S = c.temporal ? Tn : P, other_n = c.temporal ? P : Tn;
   const bool mma = has_mma_16816(dev);  // tensor cores (both passes): 16-bit staging, P and dS rounded
   const double scale = 1.0 / std::sqrt(double(D));
+  const double qk_sigma = c.hostile ? 6.0 : 1.0;  // v and dO stay at 1 (packed: all three at 6)
   const std::string name = name_of(c, DType<T>::name);
 
   // q, k, v: three contiguous tensors, or the strided views of one packed [B, T, P, 3, H, D].
@@ -81,7 +91,7 @@ void attention_case(const Spec& c) {
   DeviceBuffer<T> packed_buf(c.packed ? 3 * N : 1);
   if (c.packed) {
     std::vector<double> all;
-    packed_buf.upload(random_values<T>(3 * N, 21, 1.0, &all));
+    packed_buf.upload(random_values<T>(3 * N, 21, qk_sigma, &all));
     for (int i = 0; i < 3; ++i) {
       qkv_ref[i] = all;
       strides[i] = {Tn * P * 3 * H * D, P * 3 * H * D, 3 * H * D, D};
@@ -92,7 +102,7 @@ void attention_case(const Spec& c) {
     for (int i = 0; i < 3; ++i) {
       const int64_t shift = c.misaligned ? 1 : 0;
       owned.push_back(new DeviceBuffer<T>(N + shift));
-      std::vector<T> values = random_values<T>(N, 22 + i, 1.0, &qkv_ref[i]);
+      std::vector<T> values = random_values<T>(N, 22 + i, i < 2 ? qk_sigma : 1.0, &qkv_ref[i]);
       values.insert(values.begin(), shift, T(0.f));
       owned.back()->upload(values);
       strides[i] = contiguous_strides(Tn, P, H, D);
@@ -102,13 +112,15 @@ void attention_case(const Spec& c) {
   const HostView hq{&qkv_ref[0], host_offset[0], strides[0]}, hk{&qkv_ref[1], host_offset[1], strides[1]},
       hv{&qkv_ref[2], host_offset[2], strides[2]};
 
-  // RoPE tables over the attended axis: rotate-half, frequencies 10000^(-2i/D).
+  // RoPE tables over the attended axis: rotate-half, frequencies 10000^(-2i/D); hostile: every
+  // column its own frequency and phase, so the halves differ (the kernels take any tables).
   std::vector<float> cos_t(S * D), sin_t(S * D);
   for (int64_t pos = 0; pos < S; ++pos)
     for (int64_t d = 0; d < D; ++d) {
-      const double freq = std::pow(10000.0, -2.0 * double(d % (D / 2)) / double(D));
-      cos_t[pos * D + d] = static_cast<float>(std::cos(pos * freq));
-      sin_t[pos * D + d] = static_cast<float>(std::sin(pos * freq));
+      const double freq = std::pow(10000.0, -2.0 * double(c.hostile ? d : d % (D / 2)) / double(D));
+      const double angle = pos * freq + (c.hostile ? 0.37 * double(d) + 0.11 : 0.0);
+      cos_t[pos * D + d] = static_cast<float>(std::cos(angle));
+      sin_t[pos * D + d] = static_cast<float>(std::sin(angle));
     }
   DeviceBuffer<float> rope_cos(S * D), rope_sin(S * D);
   rope_cos.upload(cos_t);
@@ -146,6 +158,9 @@ void attention_case(const Spec& c) {
       dk_ref(N), dk_tol(N), dv_ref(N), dv_tol(N);
   const double g_acc = 8 * gamma32(double(D + S + 8));
   const double u_p = mma ? u : 0.0;  // P and dS rounded to 16 bits before their products
+  // ... where values below the dtype's smallest normal round absolutely (fp16: 2^-25 below
+  // 6.1e-5, which saturated scores reach), not relatively.
+  const double sub_p = mma ? DType<T>::subnormal_roundoff : 0.0;
   std::vector<double> qr(S * D), kr(S * D), vv(S * D), go(S * D), ok(S * D), pm(S * S), sm(S * S), ds(S * S),
       mds(S * S), lse_row(S), amax(S), gq_rot(S * D), gq_tol(S * D), gk_rot(S * D), gk_tol(S * D);
   for (int64_t b = 0; b < B; ++b)
@@ -198,13 +213,15 @@ void attention_case(const Spec& c) {
           l_ref[li] = lse_row[i];
           l_tol[li] = g_acc * (1 + a_max) + 4 * 0x1p-24 * std::fabs(lse_row[i]);
           for (int64_t d = 0; d < D; ++d) {
-            double acc = 0, mag = 0;
+            double acc = 0, mag = 0, v_sum = 0;
             for (int64_t j = 0; j < S; ++j) {
               acc += pm[i * S + j] * vv[j * D + d];
               mag += pm[i * S + j] * std::fabs(vv[j * D + d]);
+              if (!c.causal || j <= i) v_sum += std::fabs(vv[j * D + d]);
             }
             o_ref[lin(so, i, d)] = acc;
-            o_tol[lin(so, i, d)] = u * std::fabs(acc) + (2 * u_p + g_acc * (1 + a_max)) * mag + DType<T>::subnormal_roundoff;
+            o_tol[lin(so, i, d)] = u * std::fabs(acc) + (2 * u_p + g_acc * (1 + a_max)) * mag + sub_p * v_sum +
+                                   DType<T>::subnormal_roundoff;
           }
         }
         // Backward from the kernel's out and lse: P = exp(s - lse_kernel), delta = dO . O_kernel.
@@ -233,12 +250,14 @@ void attention_case(const Spec& c) {
           for (int64_t d = 0; d < D; ++d) {
             double dq = 0, dq_m = 0, dk = 0, dk_m = 0, dv = 0, dv_m = 0;
             for (int64_t n = 0; n < S; ++n) {
+              // subnormal rounding of the 16-bit P[n, r] and dS entries that are not masked
+              const double sub_rn = (!c.causal || n <= r) ? sub_p : 0.0, sub_nr = (!c.causal || r <= n) ? sub_p : 0.0;
               dq += ds[r * S + n] * kr[n * D + d];
-              dq_m += (u_p * 2 * std::fabs(ds[r * S + n]) + g_acc * mds[r * S + n]) * std::fabs(kr[n * D + d]);
+              dq_m += (u_p * 2 * std::fabs(ds[r * S + n]) + g_acc * mds[r * S + n] + sub_rn) * std::fabs(kr[n * D + d]);
               dk += ds[n * S + r] * qr[n * D + d];
-              dk_m += (u_p * 2 * std::fabs(ds[n * S + r]) + g_acc * mds[n * S + r]) * std::fabs(qr[n * D + d]);
+              dk_m += (u_p * 2 * std::fabs(ds[n * S + r]) + g_acc * mds[n * S + r] + sub_nr) * std::fabs(qr[n * D + d]);
               dv += pm[n * S + r] * go[n * D + d];
-              dv_m += (2 * u_p + g_acc * (1 + amax[n])) * pm[n * S + r] * std::fabs(go[n * D + d]);
+              dv_m += ((2 * u_p + g_acc * (1 + amax[n])) * pm[n * S + r] + sub_nr) * std::fabs(go[n * D + d]);
             }
             gq_rot[r * D + d] = dq * scale;
             gq_tol[r * D + d] = dq_m * scale;
@@ -273,12 +292,53 @@ void attention_case(const Spec& c) {
   for (auto* p : owned) delete p;
 }
 
+// Every registered attention case's dtype and spec (for check_plan_coverage).
+inline std::vector<std::pair<std::string, Spec>>& registered_specs() {
+  static std::vector<std::pair<std::string, Spec>> specs;
+  return specs;
+}
+
 // Registers a case of one pass (a template argument, so a file instantiates one pass only).
 template <typename T, bool kTemporal>
 void add(Spec s) {
   s.temporal = kTemporal;
+  registered_specs().push_back({DType<T>::name, s});
   harness::registry().push_back(
       {name_of(s, DType<T>::name), "attention", [s] { attention_case<T, kTemporal>(s); }, s.arch});
+}
+
+// The kernel instantiation the launch plan (attention_launch.cuh) picks for a case: the temporal
+// tensor-core kernels per (dtype, D, padded T) for T <= 64, the streaming tensor-core kernels per
+// (dtype, D) for the spatial pass and T > 64, the fp32-FMA kernels per (dtype, D) on sm_70.
+inline std::string plan_of(const std::string& dtype, const Spec& s) {
+  const std::string d = "/D" + std::to_string(s.D);
+  if (s.arch < 80) return "fma/" + dtype + d;
+  if (s.temporal && s.T <= kTcMaxSeq) return "temporal_tc/" + dtype + d + "/T" + std::to_string(temporal_tc_pad(s.T));
+  return "mma/" + dtype + d;
+}
+
+// Fails unless every instantiation a plan can pick is run by at least one registered case.
+inline void check_plan_coverage() {
+  std::set<std::string> run, missing;
+  for (const auto& [dtype, s] : registered_specs()) run.insert(plan_of(dtype, s));
+  for (const char* dtype : {"bf16", "fp16"})
+    for (int64_t D : {32, 64, 128}) {
+      Spec s{1, 1, 1, 1, D, false, false, false, false, false, 70};
+      for (int arch : {70, 90}) {
+        s.arch = arch;
+        if (!run.count(plan_of(dtype, s))) missing.insert(plan_of(dtype, s));
+      }
+      s.temporal = true;
+      for (int64_t T : {16, 32, 64}) {
+        s.T = T;
+        if (!run.count(plan_of(dtype, s))) missing.insert(plan_of(dtype, s));
+      }
+    }
+  if (!missing.empty()) {
+    std::string list;
+    for (const auto& m : missing) list += " " + m;
+    harness::fail_value("kernel instantiations no case runs:" + list);
+  }
 }
 
 }  // namespace attention_cases

@@ -1,6 +1,6 @@
 // The kernel harness's driver: runs every registered case under every schedule, each run in
 // its own forked process (a sanitizer report or a simt check aborts that run alone).
-//   kernel_tests [--filter SUBSTRING] [--family alignment|attention] [--orders a,b,...]
+//   kernel_tests [--filter SUBSTRING] [--exclude SUBSTRING] [--family alignment|attention] [--orders a,b,...]
 //                [--seed N] [--jobs N] [--list] [--fail-fast] [--verbose]
 // --fail-fast stops after the first failing case (its other schedules still run, to show which
 // orders catch it); --verbose prints every run with its wall time and its output.
@@ -51,7 +51,7 @@ std::string tag_of(const std::string& log, int status) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string filter, family;
+  std::string filter, exclude, family;
   std::vector<simt::Order> orders = {simt::Order::kForward,    simt::Order::kReverse,
                                      simt::Order::kRandom,     simt::Order::kWarpSerial,
                                      simt::Order::kWarpSerialReverse, simt::Order::kWarpSerialRandom};
@@ -68,6 +68,7 @@ int main(int argc, char** argv) {
       return argv[++i];
     };
     if (a == "--filter") filter = value();
+    else if (a == "--exclude") exclude = value();
     else if (a == "--family") family = value();
     else if (a == "--seed") seed = std::stoull(value());
     else if (a == "--jobs") jobs = std::max(1, std::stoi(value()));
@@ -95,6 +96,7 @@ int main(int argc, char** argv) {
   std::map<std::string, int> per_family;
   for (const auto& c : harness::registry()) {
     if (!filter.empty() && c.name.find(filter) == std::string::npos) continue;
+    if (!exclude.empty() && c.name.find(exclude) != std::string::npos) continue;
     if (!family.empty() && c.family != family) continue;
     if (list) std::printf("%s %s (sm_%d)\n", c.family.c_str(), c.name.c_str(), c.arch);
     ++per_family[c.family];

@@ -70,7 +70,7 @@ void add_rope(const RopeSpec& r) {
 const bool registered = [] {
   // Spatial: 7 x 9 grids at each head dim; several key tiles with ragged ends (64-row tiles at
   // D = 32/64, 32-row tiles at D = 128).
-  const Spec spatial[] = {{1, 2, 63, 2, 32}, {1, 2, 63, 2, 64}, {1, 1, 63, 2, 128}, {1, 1, 130, 1, 64},
+  const Spec spatial[] = {{2, 2, 63, 2, 32}, {1, 2, 63, 2, 64}, {1, 1, 63, 2, 128}, {2, 1, 130, 1, 64},
                           {1, 1, 70, 1, 128}};
   int n = 0;
   for (Spec s : spatial) {
@@ -87,6 +87,15 @@ const bool registered = [] {
     ++n;
   }
   // The fp32-FMA spatial kernels (devices before sm_80) and the A100's limits.
+  // Hostile data (Spec::hostile): saturated scores and RoPE tables with distinct halves.
+  for (Spec s : {Spec{2, 1, 63, 2, 64}, Spec{1, 1, 70, 1, 128}, Spec{1, 1, 40, 1, 32}}) {
+    s.temporal = false;
+    s.causal = false;
+    s.rope = true;
+    s.hostile = true;
+    s.arch = 90;
+    add<fp16, false>(s);  // its P goes subnormal and overflows first
+  }
   for (Spec s : {Spec{1, 1, 63, 2, 64}, Spec{1, 1, 70, 1, 128}, Spec{1, 2, 40, 1, 32}}) {
     s.temporal = false;
     s.causal = false;
@@ -95,6 +104,7 @@ const bool registered = [] {
     s.strided_grad = true;
     s.arch = 70;
     add<bf16, false>(s);
+    add<fp16, false>(s);
     s.arch = 80;
     add<fp16, false>(s);
   }
