@@ -68,6 +68,27 @@ def test_damage_is_not_reported_as_danger(tmp_path):
     assert not isinstance(info.value, UnsafeFileError)
 
 
+def test_a_damaged_pickle_is_one_line_that_advises_nothing_unsafe(tmp_path):
+    """A legacy (non-zip) pickle with a bad opcode: pickle.UnpicklingError (damage, not danger) in
+    one line that says what the unpickler found, and not torch's advice to load it with
+    weights_only=False (which would run its code); the readers that wrap it name the file."""
+    import pickle
+
+    from gfcore.models.dfot.checkpoint import read_checkpoint as read_dfot
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x80\x02garbage")  # protocol 2, then opcode 'g' (103) with no valid argument
+    with pytest.raises(pickle.UnpicklingError) as info:
+        load_weights_only(bad, "pose file")
+    message = str(info.value)
+    assert message == "a damaged pickle, not a readable pose file (Unsupported operand 103)"
+    with pytest.raises(Exception) as wrapped:
+        read_dfot(str(bad))
+    text = str(wrapped.value)
+    assert len(text.splitlines()) == 1 and str(bad) in text and "weights_only" not in text
+    assert text.endswith("a damaged pickle, not a readable DFoT checkpoint (Unsupported operand 103)")
+
+
 # -- gfcore's own checkpoints: sample and resume ---------------------------------------------
 
 def _run_folder_with(tmp_path, tiny_data_root, marker, where):  # noqa: F811

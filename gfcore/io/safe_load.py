@@ -42,13 +42,24 @@ def _globals_asked_for(path: Path, error: Exception) -> List[str]:
         return _named_in(error)
 
 
+def _damage_found(error: Exception) -> str:
+    """What torch's unpickler found wrong in a damaged pickle, in one line (its message around it
+    advises loading with weights_only=False, which would run the file's code)."""
+    text = str(error)
+    detail = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else text
+    lines = [line.strip() for line in detail.splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 def load_weights_only(path: os.PathLike | str, what: str, allowed: Iterable[Any] = (), mmap: bool = False) -> Any:
     """`torch.load(path, weights_only=True)` onto the CPU, with `allowed` (classes or functions)
     added to torch's allowlist for this call only.
 
     A pickle that asks for anything else is refused with UnsafeFileError naming the file and
-    each class it wanted; nothing in it is executed. Other read errors (a truncated or corrupt
-    file) propagate unchanged, so that callers can tell damage from danger.
+    each class it wanted; nothing in it is executed. A damaged pickle raises
+    pickle.UnpicklingError in one line saying what the unpickler found; it and other read errors
+    (a truncated zip file, a missing file) reach the caller, which names the file, so that callers
+    can tell damage from danger.
     """
     path = Path(path)
     allowed = list(allowed)
@@ -58,8 +69,8 @@ def load_weights_only(path: os.PathLike | str, what: str, allowed: Iterable[Any]
     except pickle.UnpicklingError as exc:
         names = _globals_asked_for(path, exc)
         names = [n for n in names if n not in {_qualified_name(a) for a in allowed}]
-        if not names:
-            raise  # a damaged pickle (nothing outside the allowlist named), not a dangerous one
+        if not names:  # a damaged pickle (nothing outside the allowlist named), not a dangerous one
+            raise pickle.UnpicklingError(f"a damaged pickle, not a readable {what} ({_damage_found(exc)})") from exc
         listed = ", ".join(names)
         raise UnsafeFileError(
             f"{what} {str(path)!r}: refused, not loaded: it asks for {listed}, which loading with "
