@@ -201,8 +201,8 @@ def test_build_dataset_passes_the_config_to_the_readers(monkeypatch):
 
 def test_a_synthetic_split_is_read_at_the_clip_length_it_was_generated_with(tmp_path, monkeypatch):
     """The sampler and the evaluation read a synthetic split at the length in its generator.json (the
-    demo's test split is longer than data.clip_frames); the trainer, which generates what differs,
-    and every other kind, or a split not generated yet, use data.clip_frames."""
+    demo's test split is longer than data.clip_frames); the trainer on every rank, every other
+    kind, and a split not generated yet use data.clip_frames."""
     import json
 
     from omegaconf import OmegaConf
@@ -226,8 +226,17 @@ def test_a_synthetic_split_is_read_at_the_clip_length_it_was_generated_with(tmp_
     data_build.build_clip_dataset(OmegaConf.create(base | {"task": "action"}), False, "test", generate_missing=False)
     data_build.build_clip_dataset(cfg, False, "test", generate_missing=True)
     data_build.build_clip_dataset(cfg, False, "train", generate_missing=False)
-    assert built == [40, 40, 8, 8]
+    data_build.build_clip_dataset(cfg, False, "test", generate_missing=False, split_length=False)
+    data_build.build_clip_dataset(cfg, False, "test", generate_missing=True, split_length=True)
+    assert built == [40, 40, 8, 8, 8, 40]
     assert cfg.clip_frames == 8  # the run's config is left as it was
+    # the trainer: every rank at data.clip_frames, also those that do not generate (rank 0 may be
+    # rewriting generator.json meanwhile)
+    import gfcore.train.data as train_data
+
+    built.clear()
+    train_data.build_dataset(cfg, with_depth=False, split="test", generate_missing=False)
+    assert built == [8]
 
 
 class KeylessClips(CountingClips):

@@ -4,6 +4,7 @@ frame (the trainer cuts its windows itself)."""
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 CLIP_KINDS = ("synthetic", "re10k", "minecraft")
 # gfcore's split names -> the folder names of DFoT's RealEstate10K layout ({folder}_256, {folder}_poses;
@@ -43,11 +44,14 @@ def split_clip_frames(cfg, split: str) -> int:
         return int(json.load(handle)["num_frames"])
 
 
-def build_clip_dataset(cfg, with_depth: bool, split: str, generate_missing: bool):
+def build_clip_dataset(cfg, with_depth: bool, split: str, generate_missing: bool,
+                       split_length: Optional[bool] = None):
     """The gfcore.data reader of data.kind (CLIP_KINDS) yielding whole clips. generate_missing:
-    write the built-in scenes first where the root lacks them or holds another generation (the
-    trainer); otherwise a synthetic split is read at the clip length it was generated with
-    (split_clip_frames: the sampler and the evaluation)."""
+    write the built-in scenes first where the root lacks them or holds another generation.
+    split_length: read a synthetic split at the clip length it was generated with
+    (split_clip_frames), else at data.clip_frames; by default when not generating (the sampler
+    and the evaluation). The trainer passes False: its other ranks build while rank 0 may still
+    be regenerating the split and its generator.json."""
     kind = cfg.kind
     if kind not in CLIP_KINDS:
         raise ValueError(f"data.kind must be one of {CLIP_KINDS} for whole clips, got {kind!r}")
@@ -57,9 +61,8 @@ def build_clip_dataset(cfg, with_depth: bool, split: str, generate_missing: bool
         if generate_missing:
             ensure_synthetic(root, cfg.num_clips, cfg.clip_frames, resolution, cfg.seed, cfg.task, split,
                              float(cfg.get("texture_detail", 1.0)))
-            frames = int(cfg.clip_frames)
-        else:
-            frames = split_clip_frames(cfg, split)
+        own_length = not generate_missing if split_length is None else split_length
+        frames = split_clip_frames(cfg, split) if own_length else int(cfg.clip_frames)
         if cfg.task == "action":
             from gfcore.data import Minecraft
 

@@ -30,7 +30,7 @@ def build_dataset(cfg, with_depth: bool, split: str = "train", generate_missing:
             raise ValueError("data.kind=dfot_re10k has no ground-truth depth; the teacher needs it "
                              "(use teacher=vggt or teacher=dinov2)")
         return build_dfot_data(cfg, split)
-    return build_clip_dataset(cfg, with_depth, split, generate_missing)
+    return build_clip_dataset(cfg, with_depth, split, generate_missing, split_length=False)  # every rank alike
 
 
 def build_batcher(cfg, dataset, batch_size: int, rank: int = 0, world_size: int = 1):
