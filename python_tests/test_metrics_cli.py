@@ -157,6 +157,10 @@ def test_clip_readers_and_errors(tmp_path):
     (tmp_path / "corrupt.npy").write_bytes(b"nonsense")
     with pytest.raises(ValueError, match="corrupt.npy"):
         load_clip(tmp_path / "corrupt.npy")
+    (tmp_path / "damaged.pt").write_bytes(b"\x80\x02garbage")  # a pickle with a bad opcode
+    with pytest.raises(ValueError, match=r"^\S*damaged.pt: cannot read clip \(a damaged pickle, not a readable clip "
+                                         r"\(Unsupported operand 103\)\)$"):
+        load_clip(tmp_path / "damaged.pt")
     np.save(tmp_path / "bad_shape.npy", video[0])
     with pytest.raises(ValueError, match="bad_shape.npy"):
         load_clip(tmp_path / "bad_shape.npy")

@@ -742,7 +742,7 @@ def test_block_defaults_and_norm_dtype():
     """ResBlock and TransformerBlock have no dropout by default (a TransformerBlock in training
     then equals itself in eval); RMSNorm returns the input's dtype."""
     from gfcore.models.dfot.layers import ResBlock, RMSNorm, TransformerBlock, rope_angles
-    ResBlock(32, 8)
+    ResBlock(32, 8)  # builds only with dropout 0.0 (any other value is refused): the default
     torch.manual_seed(0)
     block = TransformerBlock(8, 4, 2)
     with torch.no_grad():

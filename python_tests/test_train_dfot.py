@@ -430,6 +430,19 @@ def test_fsdp_wraps_every_uvit_block_as_its_own_unit():
         dist.destroy_process_group()
 
 
+def test_a_zero_pose_drop_probability_never_drops(monkeypatch):
+    """cond_drop_prob 0 means "never drop", also for a draw of exactly 0.0 (torch.rand's [0, 1)
+    includes it): the drop is rand < p, not rand <= p; p 1 always drops."""
+    import gfcore.train.dfot as dfot
+    from gfcore.models.dfot import DFoTDiffusion
+
+    real_rand = torch.rand
+    monkeypatch.setattr(dfot.torch, "rand", lambda *a, **k: torch.zeros_like(real_rand(*a, **k)))
+    diffusion = DFoTDiffusion()
+    assert not dfot.draw_dfot_noise((4, 2, 3, 4, 4), torch.Generator().manual_seed(0), diffusion, 0.0).drop_cond.any()
+    assert dfot.draw_dfot_noise((4, 2, 3, 4, 4), torch.Generator().manual_seed(0), diffusion, 1.0).drop_cond.all()
+
+
 def test_the_dfot_noise_of_a_step_comes_from_its_generator_alone():
     """draw_dfot_noise: the same generator state gives the same times, noise, context mask and
     pose drops whatever the global RNG holds (a resumed run, each DDP rank, draws as one process);

@@ -58,7 +58,8 @@ def main(argv=None) -> int:
         failures += not ok
         print(f"{'ok  ' if ok else 'FAIL'} {name}: max |error| {err:.3g} (tolerance {tol:.3g})")
 
-    # bf16 outputs of values within [-4, 4]: half an ulp is 2^-6; two roundings apart at most 2^-5
+    # bf16 outputs within [-4, 4]: half an ulp is at most 2^-7, P rounded to bf16 adds up to 2^-8 of
+    # the output's magnitude sum; 2^-5 leaves room for both, on either side of a comparison
     tol = 2 ** -5 if dtype == torch.bfloat16 else 1e-5
     for causal in (False, True):
         with torch.no_grad():
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
     want = torch.autograd.grad(float64_attention(*small, True), small, grad_out[-1:].double())
     scale = max(w.abs().max().item() for w in want)
     for name, got, w in zip("qkv", grads, want):
-        check(f"fused backward grad_{name}, last clip vs float64", got[-1:], w, 4 * tol * max(1.0, scale))
+        check(f"fused backward grad_{name}, last clip vs float64", got[-1:], w, tol * max(1.0, scale))
     print("any-batch check:", "passed" if failures == 0 else f"{failures} failed")
     return 1 if failures else 0
 

@@ -140,7 +140,8 @@ MODULES = {
                                                                     "test_train_plan.py"], ["-k", "not compile"]),
     "sample/dfot_run.py + run.py + progress.py, metrics/protocol.py": (
         ["gfcore/sample/dfot_run.py", "gfcore/sample/run.py", "gfcore/sample/progress.py", "gfcore/metrics/protocol.py"],
-        ["test_sample_dfot_cli.py", "test_sample_progress.py", "test_dfot_protocol.py", "test_docs.py"],
+        ["test_sample_dfot_cli.py", "test_sample_progress.py", "test_dfot_protocol.py", "test_docs.py",
+         "test_demo_main.py", "test_safe_loading.py"],  # the last two: VideoDiT rollouts, load_trained_model
         ["-k", "not python_block_runs"]),  # test_docs' blocks run in subprocesses, which see no mutants
     "train/trainer.py (resume path)": (["gfcore/train/trainer.py"], ["test_train_resume.py", "test_train_resume_guard.py"],
                                        ["-k", "not sigkilled"]),

@@ -9,6 +9,7 @@ Everything is returned as float32 tensors; clips as [T, 3, H, W] in [0, 1].
 """
 from __future__ import annotations
 
+import pickle
 import zipfile
 from pathlib import Path
 from typing import Optional
@@ -51,7 +52,8 @@ def _read_raw(path: Path):
             except ImportError as exc:
                 raise ValueError(f"{path}: reading {suffix} files needs gfcore.data.video ({exc})") from exc
             return read_video(str(path))
-    except (OSError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, TypeError) as exc:
+    except (OSError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, TypeError,
+            pickle.UnpicklingError) as exc:  # the last: a damaged .pt (safe_load names no file)
         if str(path) in str(exc):
             raise
         raise ValueError(f"{path}: cannot read clip ({exc})") from exc

@@ -58,14 +58,15 @@ def apply_rope(x: torch.Tensor, rope: Optional[RopeTables], mode: str) -> torch.
     return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
 
 
-def sdpa_in_slices(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+def sdpa_in_slices(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool = False,
+                   scale: Optional[float] = None) -> torch.Tensor:
     """F.scaled_dot_product_attention over [N, H, S, D] inputs, in slices of at most
     SDPA_MAX_BATCH sequences along N (each sequence attends only within itself)."""
     n = q.shape[0]
     if n <= SDPA_MAX_BATCH:
-        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale)
     return torch.cat([F.scaled_dot_product_attention(q[i:i + SDPA_MAX_BATCH], k[i:i + SDPA_MAX_BATCH],
-                                                     v[i:i + SDPA_MAX_BATCH], **kwargs)
+                                                     v[i:i + SDPA_MAX_BATCH], is_causal=is_causal, scale=scale)
                       for i in range(0, n, SDPA_MAX_BATCH)])
 
 
