@@ -571,3 +571,150 @@ def test_a_videodit_run_on_dfot_re10k_data_is_refused_in_one_line(tmp_path, dit_
     assert main(["sample", str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 2
     _one_line_error(capsys, "data.kind=dfot_re10k", "synthetic, re10k, minecraft")
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------- VideoDiT sample in full
+
+
+def _dit_run_copy(tmp_path, dit_run, data_root, history):
+    """dit_run with its data copied (a run of its own: nothing reaches the shared fixtures), the
+    test split's depth files removed (the sampler reads no depth) and sample.history_guidance set."""
+    from gfcore.io.checkpoint_file import read_checkpoint, write_checkpoint
+
+    data = tmp_path / "data"
+    shutil.copytree(data_root, data)
+    for depth in (data / "test").glob("*.depth.npz"):
+        depth.unlink()
+    state = read_checkpoint(os.path.join(dit_run, "final.pt"))
+    state["config"]["data"]["root"] = str(data)
+    if history is None:
+        del state["config"]["sample"]["history_guidance"]
+    else:
+        state["config"]["sample"]["history_guidance"] = history
+    write_checkpoint(state, str(tmp_path / "run" / "final.pt"))
+    return str(tmp_path / "run"), data
+
+
+def test_videodit_sample_writes_its_rollouts_and_sample_json(tmp_path, dit_run, data_root, monkeypatch, capsys):
+    """gfcore sample on a VideoDiT run, end to end: the rollout's arguments (frames: the clip's
+    length on --path data, 64 on revisit; its own cameras repeated or the revisit turn; the
+    seeded generator; history guidance from the run's config, interpolations resolved, each
+    flag overriding its key), the files written into --out only, sample.json word for word and
+    the lines printed; the refusals' words."""
+    from gfcore.sample import run as run_module
+    from gfcore.sample.sampler import HistoryGuidance, revisit_path
+
+    calls = []
+    real = run_module.rollout
+
+    def recorder(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "rollout", recorder)
+    monkeypatch.chdir(tmp_path)  # a file written without --out's folder lands here
+    history = {"mode": "fractional", "scale": 1.5, "stabilization_level": 0.125,
+               "fractional_level": "${sample.history_guidance.stabilization_level}"}
+    run, data = _dit_run_copy(tmp_path / "copy", dit_run, data_root, history)
+    keys = sorted(p.stem for p in (data / "test").glob("*.txt"))
+    split_dir = os.path.join(str(data), "test")
+    assert len(keys) == 3 and all((data / "test" / f"{k}.mp4").is_file() for k in keys)
+
+    # --path data on the test split (12-frame clips), into a folder that exists already
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["sample", run, "--out", str(out), "--split", "test", "--num-clips", "2", "--steps", "3",
+                 "--method", "euler", "--seed", "7", "--context-frames", "3", "--progress-every", "2",
+                 "--history-guidance", "stabilized", "--history-scale", "3", "--stabilization-level", "0.25",
+                 "--fractional-level", "0.75"]) == 0
+    captured = capsys.readouterr()
+    assert len(calls) == 2
+    for args, kwargs in calls:
+        assert args[2:6] == (12, 4, 3, 3) and args[6] == "euler" and args[1].shape[:2] == (1, 3)
+        assert isinstance(kwargs["generator"], torch.Generator) and kwargs["generator"].initial_seed() == 7
+        assert kwargs["history_guidance"] == HistoryGuidance("stabilized", 3.0, 0.25, 0.75)
+        assert kwargs["c2w"].shape == (1, 12, 4, 4) and kwargs["intrinsics"].shape == (1, 12, 3, 3)
+        assert not torch.allclose(kwargs["c2w"][0], revisit_path(12).float())
+        assert "actions" not in kwargs
+    expected = {"run": os.path.abspath(run), "split": "test", "path": "data", "clips": keys[:2], "context_frames": 3,
+                "steps": 3, "method": "euler", "seed": 7, "data_split_dir": os.path.abspath(split_dir)}
+    assert (out / "sample.json").read_text() == json.dumps(expected, indent=1)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{k}.{ext}" for k in keys[:2] for ext in ("gif", "mp4")] + ["sample.json"])
+    assert len(read_video(str(out / f"{keys[1]}.mp4"))) == 12
+    lines = captured.out.splitlines()
+    assert lines[:2] == [f"wrote {out}/{k}.mp4 and .gif" for k in keys[:2]]
+    assert (f"score them: gfcore eval --generated {out} --reference {split_dir} --geometry {split_dir} --out "
+            f"EVAL_DIR   (the first 3 frames are the given context and are left out)") in lines
+    assert "clip 2/2 · window 1/" in captured.err
+    for step in (1, 2, 3):  # --progress-every 2 (the default, 10, prints steps 1 and 3 only)
+        assert f"step {step}/3" in captured.err
+
+    # --path revisit: 64 frames along the revisit turn, history guidance from the run's config
+    calls.clear()
+    revisit = tmp_path / "revisit"
+    assert main(["sample", run, "--out", str(revisit), "--split", "test", "--num-clips", "1", "--steps", "1",
+                 "--method", "euler", "--seed", "2", "--path", "revisit", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    (args, kwargs), = calls
+    assert args[2] == 64 and args[4] == 2
+    assert torch.equal(kwargs["c2w"], revisit_path(64).float()[None])
+    assert kwargs["history_guidance"] == HistoryGuidance("fractional", 1.5, 0.125, 0.125)
+    expected = {"run": os.path.abspath(run), "split": "test", "path": "revisit", "clips": [f"{keys[0]}_revisit"],
+                "context_frames": 2, "steps": 1, "method": "euler", "seed": 2,
+                "data_split_dir": os.path.abspath(split_dir)}
+    assert json.loads((revisit / "sample.json").read_text()) == expected
+    assert sorted(p.name for p in revisit.iterdir()) == [f"{keys[0]}_revisit.gif", f"{keys[0]}_revisit.mp4",
+                                                         "sample.json"]
+    assert captured.out.splitlines() == [f"wrote {revisit}/{keys[0]}_revisit.mp4 and .gif"]
+    assert captured.err == ""
+
+    # no clips: no reference folder to name; a run without sample.history_guidance
+    run, _ = _dit_run_copy(tmp_path / "bare", dit_run, data_root, None)
+    none = tmp_path / "none"
+    assert main(["sample", run, "--out", str(none), "--split", "test", "--num-clips", "0", "--steps", "1"]) == 0
+    manifest = json.loads((none / "sample.json").read_text())
+    assert manifest["clips"] == [] and manifest["data_split_dir"] is None
+    assert "score them" not in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path)) == ["bare", "copy", "none", "out", "revisit"]
+
+    # refusals, word for word where the words are the point
+    assert main(["sample", dit_run, "--out", str(tmp_path / "x"), "--method", "ddim"]) == 2
+    assert _one_line_error(capsys).endswith(": --method ddim samples DFoT models; this run's model is gfcore's "
+                                            "VideoDiT (model.arch dit): --method euler or heun")
+    assert main(["sample", dit_run, "--out", str(tmp_path / "x"), "--max-tokens", "4", "--keyframe-density", "0.5"]) == 2
+    assert _one_line_error(capsys).endswith(": --max-tokens, --keyframe-density: for DFoT models only; this run's "
+                                            "model is gfcore's VideoDiT")
+    assert main(["sample", dit_run, "--out", str(tmp_path / "x"), "--history-guidance", "sideways"]) == 2
+    _one_line_error(capsys, "history_guidance.mode must be one of", "'sideways'")
+    assert not (tmp_path / "x").exists()
+
+
+def test_load_trained_model_loads_the_weights_asked_for(tmp_path, dit_run):
+    """load_trained_model(run folder or final.pt, use_ema, device): the EMA or the raw weights of
+    final.pt (as read back by the checkpoint reader) on the device asked for, and the run's config."""
+    from gfcore.io.checkpoint_file import read_checkpoint
+    from gfcore.sample.run import load_trained_model
+
+    state = read_checkpoint(os.path.join(dit_run, "final.pt"))
+    assert any(not torch.equal(state["ema"][k], state["model"][k]) for k in state["model"])
+    for path in (dit_run, os.path.join(dit_run, "final.pt")):
+        for use_ema, part in ((True, "ema"), (False, "model")):
+            model, config = load_trained_model(path, use_ema=use_ema)
+            assert config == state["config"] and not model.training
+            weights = model.state_dict()
+            assert weights.keys() == state[part].keys()
+            assert all(torch.equal(weights[k], state[part][k]) for k in weights)
+    model, _ = load_trained_model(dit_run)  # the defaults: EMA weights, on the CPU
+    assert all(torch.equal(v, state["ema"][k]) for k, v in model.state_dict().items())
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    model, _ = load_trained_model(dit_run, use_ema=False, device="meta")
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    # a final.pt whose model_config builds no model: refused naming the file
+    from gfcore.io.checkpoint_file import write_checkpoint
+    from gfcore.sample.dfot_run import SampleError
+
+    state["model_config"]["no_such_option"] = 1
+    write_checkpoint(state, str(tmp_path / "final.pt"))
+    with pytest.raises(SampleError, match=f"^{tmp_path / 'final.pt'}: its model_config does not build a model"):
+        load_trained_model(str(tmp_path))
