@@ -4,6 +4,7 @@ python_tests/data/dfot_protocol_golden.npz was written by scripts/make_dfot_prot
 which runs their HistoryGuidance, DFoTVideo._sample_sequence, _predict_videos, _predict_sequence
 and _interpolate_videos with a stand-in backbone (rebuilt here from the stored weights) and a
 fixed pattern as the noise of noised history."""
+import numpy as np
 import pytest
 import torch
 
@@ -385,3 +386,124 @@ def test_float64_rollouts_stay_float64_and_draw_in_float64():
     interpolate(Recorder(), d, torch.zeros(1, 4, 3, 2, 2), torch.tensor([True, False, False, True]),
                 torch.zeros(1, 4, 1), identity, 4, progress=lambda s, done, total: counted.__setitem__("i", total))
     assert counted == {"p": 50, "i": 50}
+
+
+# ------------------------------------------------------------ RealEstate10K clips (ProtocolClips)
+
+# protocol_selection of three 12-frame videos, 8-frame clips, by hand: cumulative clip numbers
+# 5, 10, 15; random.Random(0) draws 3, 8, 10 (randrange(0, 5), (5, 10), (10, 15)) and shuffles them
+# to 3, 10, 8: (video 0, start 3), (video 2, start 0), (video 1, start 3).
+CHOSEN_3X12_8 = [(0, 3), (2, 0), (1, 3)]
+
+
+def _two_layouts(root):
+    """The built-in scenes' test split in the raw layout (test/{key}.txt + {key}.mp4, 3 clips x 12
+    frames, 16 px; beside it an empty test_256 folder without test_poses) and the same clips in
+    DFoT's layout (test_256/{key}.mp4, test_poses/{key}.pt holding the camera rows [T, 18])."""
+    import shutil
+
+    from gfcore.data.camera_file import read_camera_file
+    from gfcore.data.synthetic import generate
+
+    raw, dfot = root / "raw", root / "dfot"
+    generate(str(raw), num_clips=3, num_frames=12, resolution=16, seed=1, task="camera", split="test")
+    (raw / "test_256").mkdir()
+    (dfot / "test_256").mkdir(parents=True)
+    (dfot / "test_poses").mkdir()
+    for txt in sorted((raw / "test").glob("*.txt")):
+        shutil.copy(txt.with_suffix(".mp4"), dfot / "test_256" / f"{txt.stem}.mp4")
+        torch.save(torch.as_tensor(read_camera_file(str(txt)).rows).float(), dfot / "test_poses" / f"{txt.stem}.pt")
+    return raw, dfot
+
+
+def test_protocol_clips_of_both_layouts(tmp_path):
+    """ProtocolClips on the raw layout and on DFoT's: the clips chosen (the authors' random
+    starts by default, frame 0 with first_frames), each clip's name, video file, frames, model
+    input (from_unit) and poses, read here from the files themselves."""
+    from types import SimpleNamespace
+
+    from gfcore.data.camera_file import read_camera_file
+    from gfcore.data.dfot_re10k import frames_to_unit, pose_from_rows
+    from gfcore.data.video import read_video
+    from gfcore.sample.dfot_run import ProtocolClips
+
+    raw, dfot = _two_layouts(tmp_path)
+    keys = sorted(p.stem for p in (raw / "test").glob("*.txt"))
+    source = SimpleNamespace(from_unit=lambda x: x * 2 - 1)
+    for root, layout, folder in ((raw, "raw", raw / "test"), (dfot, "dfot", dfot / "test_256")):
+        clips = ProtocolClips(str(root), "test", num_frames=8, resolution=16, num_clips=None)
+        assert clips.layout == layout and clips.chosen == CHOSEN_3X12_8 and clips.lengths == [12, 12, 12]
+        assert ProtocolClips(str(root), "test", 8, 16, None, first_frames=True).chosen == [(0, 0), (1, 0), (2, 0)]
+        assert len(ProtocolClips(str(root), "test", 8, 16, 2)) == 2
+        for index, (video, start) in enumerate(CHOSEN_3X12_8):
+            key = keys[video]
+            assert clips.name(index) == key
+            clips.check(index)
+            clip = clips.clip(index, source)
+            video_file = str(folder / f"{key}.mp4")
+            reference = read_video(video_file)[start:start + 8]
+            assert (clip.name, clip.source) == (key, video_file)
+            assert np.array_equal(clip.reference, reference)
+            assert torch.equal(clip.frames, frames_to_unit(reference) * 2 - 1)
+            rows = read_camera_file(str(raw / "test" / f"{key}.txt")).rows
+            assert torch.equal(clip.pose, pose_from_rows(rows)[start:start + 8])
+
+
+def test_protocol_clips_refusals_name_the_file(tmp_path):
+    import argparse
+    import re
+
+    from gfcore.data.errors import DataError
+    from gfcore.sample.dfot_run import ProtocolClips
+
+    raw, dfot = _two_layouts(tmp_path)
+    keys = sorted(p.stem for p in (raw / "test").glob("*.txt"))
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path}: no RealEstate10K split 'test': expected "
+                                                  f"{tmp_path / 'test_256'} with {tmp_path / 'test_poses'}")):
+        ProtocolClips(str(tmp_path), "test", 8, 16, None)
+    (tmp_path / "empty" / "test").mkdir(parents=True)
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'empty'}: the split 'test' holds no clips (raw layout)")):
+        ProtocolClips(str(tmp_path / "empty"), "test", 8, 16, None)
+    (tmp_path / "empty" / "test_256").mkdir()
+    (tmp_path / "empty" / "test_poses").mkdir()
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'empty'}: the split 'test' holds no clips (dfot layout)")):
+        ProtocolClips(str(tmp_path / "empty"), "test", 8, 16, None)
+
+    # raw layout: a camera file without its video
+    first = keys[CHOSEN_3X12_8[0][0]]
+    (raw / "test" / f"{first}.mp4").unlink()
+    clips = ProtocolClips(str(raw), "test", 8, 16, None)
+    with pytest.raises(DataError, match=re.escape(f"{raw / 'test' / first}.txt: no video {raw / 'test' / first}.mp4")):
+        clips.check(0)
+
+    # DFoT's layout: pose files missing, of the wrong type, refused, mis-shaped, too short
+    clips = ProtocolClips(str(dfot), "test", 8, 16, None)
+    pose, video = dfot / "test_poses" / f"{first}.pt", dfot / "test_256" / f"{first}.mp4"
+    torch.save(torch.zeros(11, 18), pose)
+    with pytest.raises(DataError, match=re.escape(f"{video}: 11 poses for the 12 frames of {video}")):
+        clips.check(0)
+    torch.save(torch.zeros(12, 17), pose)
+    with pytest.raises(Exception, match=re.escape(str(pose))):
+        clips.check(0)
+    torch.save({"rows": torch.zeros(12, 18)}, pose)
+    with pytest.raises(DataError, match=re.escape(f"{pose}: expected a tensor of camera rows [T, 18], got dict")):
+        clips.check(0)
+    torch.save(argparse.Namespace(rows=1), pose)
+    with pytest.raises(DataError, match=re.escape(f"{pose}: cannot load poses (UnsafeFileError: pose file '{pose}'")):
+        clips.check(0)
+    pose.unlink()
+    with pytest.raises(DataError, match=re.escape(f"{pose}: cannot load poses (FileNotFoundError: ") + r".*No such file"):
+        clips.check(0)
+
+
+def test_dfot_source_from_unit():
+    """[0, 1] frames -> the model's input: 2x - 1 for input_norm none, DFoT's per-channel
+    (x - mean) / std otherwise (mean 0.577 0.517 0.461, std 0.249 0.249 0.268)."""
+    from types import SimpleNamespace
+
+    from gfcore.sample.dfot_run import DFoTSource
+
+    x = torch.tensor([0.0, 0.25, 1.0]).view(1, 3, 1, 1).expand(1, 3, 1, 2)
+    close(DFoTSource.from_unit(SimpleNamespace(input_norm="none"), x), torch.tensor([-1.0, -0.5, 1.0]).view(1, 3, 1, 1).expand(1, 3, 1, 2))
+    expected = torch.tensor([(0.0 - 0.577) / 0.249, (0.25 - 0.517) / 0.249, (1.0 - 0.461) / 0.268])
+    close(DFoTSource.from_unit(SimpleNamespace(input_norm="dfot"), x), expected.view(1, 3, 1, 1).expand(1, 3, 1, 2))
