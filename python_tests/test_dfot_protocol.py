@@ -507,3 +507,23 @@ def test_dfot_source_from_unit():
     close(DFoTSource.from_unit(SimpleNamespace(input_norm="none"), x), torch.tensor([-1.0, -0.5, 1.0]).view(1, 3, 1, 1).expand(1, 3, 1, 2))
     expected = torch.tensor([(0.0 - 0.577) / 0.249, (0.25 - 0.517) / 0.249, (1.0 - 0.461) / 0.268])
     close(DFoTSource.from_unit(SimpleNamespace(input_norm="dfot"), x), expected.view(1, 3, 1, 1).expand(1, 3, 1, 2))
+
+
+def test_check_out_refuses_any_earlier_evaluation_part(tmp_path):
+    """gfcore eval --protocol's --out check: a generated/ or reference/ folder or results.json of an
+    earlier evaluation is refused by name (--overwrite removes it)."""
+    import re
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from gfcore.metrics.protocol import _check_out
+    from gfcore.sample.dfot_run import SampleError
+
+    for part in ("generated", "reference", "results.json"):
+        out = Path(tmp_path / part.replace(".", "_"))
+        (out / part).mkdir(parents=True)
+        args = SimpleNamespace(out=out, overwrite=False, resume=False)
+        with pytest.raises(SampleError, match=re.escape(f"{out} already holds an evaluation ({out / part}): --resume")):
+            _check_out(args, {})
+        _check_out(SimpleNamespace(out=out, overwrite=True, resume=False), {})
+        assert list(out.iterdir()) == []

@@ -47,3 +47,16 @@ def test_videodit_rollout_reports_windows_and_steps_and_samples_the_same():
     seen.clear()
     rollout(_Field(), first[:, :1], 11, 4, 3, 1, "euler", progress=lambda *a: seen.append(a))
     assert seen == [(f"window {w}/8", 1, 1) for w in range(1, 9)]
+
+
+def test_metrics_progress_lines():
+    """ProgressReporter.metrics: `metrics · clip done/total` rate-limited per clip, and one line
+    `metrics · STAGE (done/total)` for each metric over all clips."""
+    stream = io.StringIO()
+    report = ProgressReporter(stream=stream, every=10, clock=lambda: 0.0).metrics()
+    for done in (1, 2, 3):
+        report("clip", done, 3)
+    report("FVD", 1, 3)
+    report("FVD", 2, 3)
+    assert stream.getvalue().splitlines() == ["metrics · clip 1/3", "metrics · clip 3/3", "metrics · FVD (1/3)",
+                                              "metrics · FVD (2/3)"]
