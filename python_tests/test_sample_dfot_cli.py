@@ -718,3 +718,82 @@ def test_load_trained_model_loads_the_weights_asked_for(tmp_path, dit_run):
     write_checkpoint(state, str(tmp_path / "final.pt"))
     with pytest.raises(SampleError, match=f"^{tmp_path / 'final.pt'}: its model_config does not build a model"):
         load_trained_model(str(tmp_path))
+
+
+def test_videodit_sample_of_an_action_run_repeats_the_clips_actions(tmp_path, monkeypatch, capsys):
+    """An action-conditioned VideoDiT (data.task=action, Minecraft layout, no cameras): the rollout
+    gets the clip's own actions (its {key}.npz), repeated past the clip's end, and no cameras; the
+    Minecraft reader has no reference folder to name (data_split_dir null)."""
+    from gfcore.sample import run as run_module
+
+    calls = []
+    real = run_module.rollout
+    monkeypatch.setattr(run_module, "rollout", lambda *a, **k: calls.append(k) or real(*a, **k))
+    data, run = tmp_path / "data", tmp_path / "run"
+    train(load_config(tiny_overrides(str(data), str(run), "teacher=none", "train.steps=1", "data.task=action",
+                                     "data.camera=false", "data.action_dim=7")))
+    out = tmp_path / "out"
+    assert main(["sample", str(run), "--out", str(out), "--num-clips", "1", "--num-frames", "10", "--steps", "1",
+                 "--method", "euler", "--no-progress"]) == 0
+    key = sorted(p.stem for p in (data / "train").glob("*.mp4"))[0]
+    actions = np.load(data / "train" / f"{key}.npz")["actions"]
+    assert actions.shape == (8, 7)
+    (kwargs,) = calls
+    assert "c2w" not in kwargs and "intrinsics" not in kwargs
+    assert torch.equal(kwargs["actions"], torch.from_numpy(actions[[0, 1, 2, 3, 4, 5, 6, 7, 0, 1]]).float()[None])
+    manifest = json.loads((out / "sample.json").read_text())
+    assert manifest["clips"] == [key] and manifest["data_split_dir"] is None
+    assert "score them" not in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ model configs, release loading
+
+
+def test_model_config_and_load_release_directly(tmp_path):
+    """model_config: a name under gfcore/configs/model or a .yaml / .yml path, ${data.resolution.0}
+    and ${train.num_frames} resolved (default 256 px, 16 frames); unknown names list the known
+    ones; load_release: the file's EMA weights (default) as float32 on the device asked for, its
+    input_norm (dfot where the config names none), where it came from; refusals word for word."""
+    import re
+
+    from gfcore.sample.dfot_run import CONFIG_DIR, SampleError, load_release
+
+    tiny = Path(CONFIG_DIR) / "dfot_tiny.yaml"
+    default = model_config("dfot_tiny")
+    assert (default["resolution"], default["frames"], default["input_norm"]) == (256, 16, "dfot")
+    text = tiny.read_text()
+    for name in ("plain.yaml", "plain.yml"):
+        (tmp_path / name).write_text(text.replace("input_norm: dfot", "input_norm: none"))
+        node = model_config(str(tmp_path / name), 16, 4)
+        assert (node["resolution"], node["frames"], node["input_norm"]) == (16, 4, "none")
+    assert "input_norm" in text
+    (tmp_path / "unnamed.yaml").write_text(text.replace("input_norm: dfot\n", ""))
+    with pytest.raises(SampleError, match=re.escape(f"--model nope: no such model config ({CONFIG_DIR}/nope.yaml); "
+                                                    "known: dfot_re10k, dfot_tiny, dit_b, dit_l, small, tiny")):
+        model_config("nope")
+    (tmp_path / "broken.yaml").write_text(text.replace("${train.num_frames}", "${train.no_such_key}"))
+    broken = str(tmp_path / "broken.yaml")
+    with pytest.raises(SampleError, match=re.escape(f"--model {broken} ({broken}): ") + ".*no_such_key"):
+        model_config(broken)
+
+    model = _tiny_uvit(seed=3)
+    path = _release(tmp_path / "half.ckpt", model.half(), ema_offset=0.5)  # float16 weights in the file
+    source = load_release(path, "dfot_tiny", 16, 4)
+    assert (source.kind, source.path, source.model_name, source.input_norm) == ("checkpoint", path, "dfot_tiny", "dfot")
+    loaded = dict(source.model.named_parameters())
+    assert {p.dtype for p in loaded.values()} == {torch.float32} and not source.model.training
+    for key, weight in model.named_parameters():
+        assert torch.equal(loaded[key], (weight.detach() + 0.5).float()), key
+    for config, norm in (("plain.yaml", "none"), ("unnamed.yaml", "dfot")):
+        assert load_release(path, str(tmp_path / config), 16, 4).input_norm == norm
+    source = load_release(path, "dfot_tiny", 16, 4, use_ema=False, device="meta")
+    assert {p.device.type for p in source.model.parameters()} == {"meta"}
+    node = load_release(path, "dfot_tiny").node  # the defaults: 256 px, 16 frames (no weight depends on them)
+    assert (node["resolution"], node["frames"]) == (256, 16)
+    (tmp_path / "dit.yaml").write_text("arch: dit\ndepth: 2\n")
+    dit = str(tmp_path / "dit.yaml")
+    with pytest.raises(SampleError, match=re.escape(f"--model {dit} is a dit model; --checkpoint loads DFoT releases "
+                                                    "(--model dfot_re10k); sample a gfcore run as `gfcore sample RUN`")):
+        load_release(path, dit, 16, 4)
+    with pytest.raises(SampleError, match=re.escape(f"--checkpoint {tmp_path / 'none.ckpt'}: no such file")):
+        load_release(str(tmp_path / "none.ckpt"), "dfot_tiny", 16, 4)
