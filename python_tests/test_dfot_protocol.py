@@ -420,6 +420,7 @@ def test_protocol_clips_of_both_layouts(tmp_path):
     """ProtocolClips on the raw layout and on DFoT's: the clips chosen (the authors' random
     starts by default, frame 0 with first_frames), each clip's name, video file, frames, model
     input (from_unit) and poses, read here from the files themselves."""
+    import shutil
     from types import SimpleNamespace
 
     from gfcore.data.camera_file import read_camera_file
@@ -447,6 +448,11 @@ def test_protocol_clips_of_both_layouts(tmp_path):
             assert torch.equal(clip.frames, frames_to_unit(reference) * 2 - 1)
             rows = read_camera_file(str(raw / "test" / f"{key}.txt")).rows
             assert torch.equal(clip.pose, pose_from_rows(rows)[start:start + 8])
+    # a split name DFoT's layout has no alias for is its own folder prefix: extra_256, extra_poses
+    shutil.copytree(dfot / "test_256", dfot / "extra_256")
+    shutil.copytree(dfot / "test_poses", dfot / "extra_poses")
+    clips = ProtocolClips(str(dfot), "extra", 8, 16, None)
+    assert clips.layout == "dfot" and clips.clip(1, source).source == str(dfot / "extra_256" / f"{keys[2]}.mp4")
 
 
 def test_protocol_clips_refusals_name_the_file(tmp_path):
