@@ -131,7 +131,7 @@ MUTATIONS = [
     ("H3", "spatial", "unrotate_acc (mma backward): the first half's RoPE^T reads its own half of the sine table",
      [("attention/attention_mma_bwd.cuh", "acc[dt + kHalfTiles][e] * pb.rope_sin[base + d + D / 2]",
        "acc[dt + kHalfTiles][e] * pb.rope_sin[base + d]")], []),
-    ("H4", "spatial", "load_rotated: the second half rotated with the first half's cos",
+    ("H4", "temporal", "load_rotated (FMA kernels): the second half rotated with the first half's cos",
      [("attention/attention_kernels.cuh", "  return x * pb.rope_cos[t] + (d < kHalf ? -partner : partner) * pb.rope_sin[t];",
        "  return x * pb.rope_cos[t - (d < kHalf ? 0 : kHalf)] + (d < kHalf ? -partner : partner) * pb.rope_sin[t];")],
      []),

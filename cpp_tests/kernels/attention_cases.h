@@ -309,10 +309,11 @@ void add(Spec s) {
 
 // The kernel instantiation the launch plan (attention_launch.cuh) picks for a case: the temporal
 // tensor-core kernels per (dtype, D, padded T) for T <= 64, the streaming tensor-core kernels per
-// (dtype, D) for the spatial pass and T > 64, the fp32-FMA kernels per (dtype, D) on sm_70.
+// (dtype, D) for the spatial pass and T > 64, the fp32-FMA kernels per (pass, dtype, D) on sm_70
+// (the two passes' FMA forwards are different instantiations).
 inline std::string plan_of(const std::string& dtype, const Spec& s) {
   const std::string d = "/D" + std::to_string(s.D);
-  if (s.arch < 80) return "fma/" + dtype + d;
+  if (s.arch < 80) return std::string(s.temporal ? "fma_temporal/" : "fma_spatial/") + dtype + d;
   if (s.temporal && s.T <= kTcMaxSeq) return "temporal_tc/" + dtype + d + "/T" + std::to_string(temporal_tc_pad(s.T));
   return "mma/" + dtype + d;
 }
@@ -324,11 +325,14 @@ inline void check_plan_coverage() {
   for (const char* dtype : {"bf16", "fp16"})
     for (int64_t D : {32, 64, 128}) {
       Spec s{1, 1, 1, 1, D, false, false, false, false, false, 70};
-      for (int arch : {70, 90}) {
-        s.arch = arch;
-        if (!run.count(plan_of(dtype, s))) missing.insert(plan_of(dtype, s));
-      }
+      for (bool temporal : {false, true})
+        for (int arch : {70, 90}) {
+          s.temporal = temporal;
+          s.arch = arch;
+          if (!run.count(plan_of(dtype, s))) missing.insert(plan_of(dtype, s));
+        }
       s.temporal = true;
+      s.arch = 90;
       for (int64_t T : {16, 32, 64}) {
         s.T = T;
         if (!run.count(plan_of(dtype, s))) missing.insert(plan_of(dtype, s));

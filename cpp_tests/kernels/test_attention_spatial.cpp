@@ -96,6 +96,11 @@ const bool registered = [] {
     s.arch = 90;
     add<fp16, false>(s);  // its P goes subnormal and overflows first
   }
+  {  // the FMA kernels' own RoPE (load_rotated) and online softmax on the V100
+    Spec s{1, 2, 40, 1, 32, false, false, true, false, false, 70};
+    s.hostile = true;
+    add<fp16, false>(s);
+  }
   for (Spec s : {Spec{1, 1, 63, 2, 64}, Spec{1, 1, 70, 1, 128}, Spec{1, 2, 40, 1, 32}}) {
     s.temporal = false;
     s.causal = false;

@@ -69,6 +69,12 @@ const bool registered = [] {
       add<fp16, true>(s);
     }
   }
+  // The temporal FMA forward (its own instantiation) at every dtype and head dim.
+  for (int64_t D : {32, 64, 128}) {
+    const Spec s{1, 20, 2, 1, D, true, true, true, false, true, 70};
+    add<bf16, true>(s);
+    add<fp16, true>(s);
+  }
   // ... and through the fp32-FMA kernels of the V100 (their own RoPE and online softmax).
   for (bool causal : {false, true}) {
     Spec s{1, 40, 2, 1, 64, true, causal, true, false, false, 70};
