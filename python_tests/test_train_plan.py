@@ -201,3 +201,220 @@ def test_a_vggt_teacher_planned_in_bf16_weights_holds_about_half():
     fp32 = step_memory(plan_cfg(*base, "teacher.weights_dtype=fp32"), per_rank=1).breakdown["teacher weights"]
     bf16 = step_memory(plan_cfg(*base, "teacher.weights_dtype=bf16"), per_rank=1).breakdown["teacher weights"]
     assert 0.5 * fp32 < bf16 < 0.56 * fp32
+
+
+# ------------------------------------------------------------------------- by hand, without a step
+
+MIB = 2 ** 20
+
+
+def hand_plan(**changes):
+    """A MemoryPlan made by hand: 1 GiB of parameters (exactly: printed as GiB), 2.25 GiB of
+    activations, 500 MiB of batch, no gradients (a zero: not printed)."""
+    from gfcore.train.plan import MemoryPlan
+
+    values = dict(world_size=2, strategy="fsdp", per_rank_batch=3, peak_bytes=GIB + 2 * GIB + GIB // 4 + 500 * MIB,
+                  breakdown={"parameters": GIB, "gradients": 0, "model activations": 2 * GIB + GIB // 4,
+                             "batch": 500 * MIB},
+                  peak_owner="model activations", peak_during="backward", bytes_per_clip=300 * MIB + 512 * 1024,
+                  max_batch={"24GB": 0, "80GB": 6}, seconds=12.34)
+    values.update(changes)
+    return MemoryPlan(**values)
+
+
+# what `gfcore plan` prints for hand_plan(): worked out by hand (3.25 GiB + 500 MiB = 3.738 GiB)
+HAND_PLAN_TEXT = [
+    "planned peak per rank: 3.74 GiB at 3 clip(s) per rank (world size 2, fsdp); peak during backward, "
+    "largest part: model activations",
+    "breakdown at the peak:",
+    "  parameters" + " " * 17 + "1.00 GiB",
+    "  model activations" + " " * 10 + "2.25 GiB",
+    "  batch" + " " * 21 + "500.0 MiB",
+    "each further clip per rank: +300.5 MiB",
+    "largest global batch that fits (nominal size less 6% for what is not planned):",
+    "    24GB: none (not even 1 clip per rank)",
+    "    80GB: 6",
+    "(planned in 12.3 s on fake tensors; eager, without the CUDA context)",
+]
+
+
+def test_format_plan_prints_sizes_in_gib_or_mib_and_each_device_size():
+    """The printed plan, line by line: sizes of 1 GiB and more in GiB (2 decimals), less in MiB
+    (1 decimal), zero parts left out, a device size no batch fits says so."""
+    from gfcore.train.plan import _size, format_plan
+
+    assert format_plan(hand_plan()).split("\n") == HAND_PLAN_TEXT
+    assert _size(GIB) == "    1.00 GiB" and _size(GIB - MIB) == "  1023.0 MiB" and _size(-3 * GIB) == "   -3.00 GiB"
+    assert _size(0) == "     0.0 MiB" and _size(1536 * MIB) == "    1.50 GiB"
+
+
+def test_cli_prints_the_plan_and_its_json(capsys, monkeypatch):
+    """main() hands the world size and the parsed --device-gib to plan_memory (here a stand-in
+    returning hand_plan()) and prints format_plan's text, or with --json the plan as JSON
+    indented by one space."""
+    import gfcore.train.plan as plan_module
+
+    calls = []
+
+    def fake_plan_memory(cfg, world_size=1, device_gib=plan_module.DEVICE_GIB):
+        calls.append((int(cfg.train.batch_size), world_size, device_gib))
+        return hand_plan()
+
+    monkeypatch.setattr(plan_module, "plan_memory", fake_plan_memory)
+    overrides = tiny_overrides("/unused", "/unused", "train.batch_size=6")
+    assert main(["--world-size", "2", "--device-gib", "24,80", *overrides]) == 0
+    assert capsys.readouterr().out == "\n".join(HAND_PLAN_TEXT) + "\n"
+    assert calls == [(6, 2, (24, 80))]
+    assert main(["--json", *overrides]) == 0
+    out = capsys.readouterr().out
+    assert calls[-1] == (6, 1, (24, 40, 80, 141))
+    assert out.split("\n")[:3] == ["{", ' "world_size": 2,', ' "strategy": "fsdp",']
+    assert json.loads(out) == {
+        "world_size": 2, "strategy": "fsdp", "per_rank_batch": 3, "peak_bytes": 3828 * MIB,
+        "breakdown": {"parameters": GIB, "gradients": 0, "model activations": 2304 * MIB, "batch": 500 * MIB},
+        "peak_owner": "model activations", "peak_during": "backward", "bytes_per_clip": 300 * MIB + 512 * 1024,
+        "max_batch": {"24GB": 0, "80GB": 6}, "seconds": 12.34}
+
+
+def test_cli_help(capsys, monkeypatch):
+    """gfcore plan --help: the program's name, what it does and each option's help."""
+    monkeypatch.setenv("COLUMNS", "300")  # one line per option: nothing wrapped
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.startswith("usage: gfcore plan [-h] [--world-size WORLD_SIZE] [--json] [--device-gib DEVICE_GIB] ")
+    for words in ("Plan the peak memory per GPU of a training run on the CPU (fake tensors: no GPU, no weights).",
+                  "--world-size WORLD_SIZE ranks of the run (FSDP shards over them)",
+                  "--json print one JSON object",
+                  "--device-gib DEVICE_GIB device sizes for the largest batch, GiB, comma-separated"):
+        assert words in text, words
+
+
+def test_parse_device_gib_keeps_whole_sizes_as_ints_and_refuses_non_positive_ones():
+    from gfcore.train.plan import parse_device_gib
+
+    sizes = parse_device_gib("24, 40,1.5")
+    assert sizes == (24, 40, 1.5) and [type(v) for v in sizes] == [int, int, float]
+    for text in ("0", "-1", "inf", "80,0"):
+        bad = text.split(",")[-1]
+        with pytest.raises(PlanError, match=rf"^--device-gib takes positive numbers of GiB, got '{bad}'$"):
+            parse_device_gib(text)
+
+
+def test_plan_memory_refuses_bools_floats_and_strings_before_planning():
+    """A bool is not a world size or a memory size, a float world size or a string size neither:
+    PlanError naming the value (no cfg is read before)."""
+    for world_size in (True, 2.0):
+        with pytest.raises(PlanError, match=rf"^--world-size must be an int >= 1, got {world_size!r}$"):
+            plan_memory(None, world_size=world_size)
+    for gib in (True, "80"):
+        with pytest.raises(PlanError, match=rf"^device memory sizes must be positive numbers of GiB, got {gib!r}$"):
+            plan_memory(None, device_gib=(80, gib))
+
+
+SWITCHES = ("train.activation_checkpointing=full (or selective); train.strategy=fsdp (with several GPUs); "
+            "teacher.cache=DIR (precomputed features: no teacher on the GPU); train.ema_device=cpu; "
+            "train.fsdp_offload=true; a smaller train.batch_size with train.grad_accum to keep the global batch")
+
+
+def test_check_planned_memory_refusal_by_hand(monkeypatch):
+    """check_planned_memory with plan_memory replaced by a stand-in: it plans for the run's world
+    size and the device's size in GiB, passes a peak of exactly the budget (94 % of the device),
+    refuses one byte more with the sizes, the batch that fits (or none) and the switches; the
+    device's size comes from device_memory_bytes when not given; a config without
+    train.plan_check is checked."""
+    from omegaconf import OmegaConf
+
+    import gfcore.train.plan as plan_module
+
+    calls, answer = [], {}
+
+    def fake_plan_memory(cfg, world_size=1, device_gib=plan_module.DEVICE_GIB):
+        calls.append((world_size, device_gib))
+        return hand_plan(peak_bytes=answer["peak"], max_batch={f"{g:g}GB": answer["fits"] for g in device_gib})
+
+    monkeypatch.setattr(plan_module, "plan_memory", fake_plan_memory)
+    cfg = OmegaConf.create({"train": {"batch_size": 8}})  # no train.plan_check: checked
+    cpu = torch.device("cpu")
+    total = 400 * MIB  # 94 % of it: 376 MiB exactly
+    answer.update(peak=376 * MIB, fits=2)
+    assert check_planned_memory(cfg, cpu, world_size=2, total_bytes=total).peak_bytes == 376 * MIB
+    assert calls == [(2, (400 / 1024,))]
+    answer.update(peak=376 * MIB + 1, fits=2)
+    with pytest.raises(PlanRefusal) as refusal:
+        check_planned_memory(cfg, cpu, world_size=2, total_bytes=total)
+    assert str(refusal.value) == (
+        "this run is planned to need 0.4 GiB per GPU (model activations largest, at train.batch_size=8 over 2 "
+        "rank(s)), more than the 0.4 GiB device less 6% (0.4 GiB): train.batch_size=2 fits; what lowers the peak: "
+        f"{SWITCHES}. `gfcore plan ...` shows the breakdown; train.plan_check=false skips this check")
+    # a CUDA device's size from device_memory_bytes
+    monkeypatch.setattr(plan_module, "device_memory_bytes", lambda device: 10 * GIB if device.type == "cuda" else None)
+    answer.update(peak=12 * GIB, fits=0)
+    with pytest.raises(PlanRefusal) as refusal:
+        check_planned_memory(cfg, torch.device("cuda"), world_size=4)
+    assert calls[-1] == (4, (10.0,))
+    assert str(refusal.value) == (
+        "this run is planned to need 12.0 GiB per GPU (model activations largest, at train.batch_size=8 over 4 "
+        "rank(s)), more than the 10.0 GiB device less 6% (9.4 GiB): not even 1 clip per rank fits; what lowers the "
+        f"peak: {SWITCHES}. `gfcore plan ...` shows the breakdown; train.plan_check=false skips this check")
+    assert check_planned_memory(cfg, cpu) is None and len(calls) == 3  # no size: nothing planned
+    off = OmegaConf.create({"train": {"batch_size": 8, "plan_check": False}})
+    assert check_planned_memory(off, torch.device("cuda")) is None and len(calls) == 3
+
+
+def test_device_memory_bytes_is_the_cuda_devices_total(monkeypatch):
+    """The total of mem_get_info for the device asked (not the current one); None off CUDA or
+    where CUDA is not available (CUDA stood in for here)."""
+    from gfcore.train.plan import device_memory_bytes
+
+    totals = {0: 24 * GIB, 1: 80 * GIB}
+
+    def mem_get_info(device=None):
+        index = 0 if device is None else torch.device(device).index
+        return (GIB, totals[0 if index is None else index])
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert device_memory_bytes(torch.device("cuda", 1)) == 80 * GIB
+    assert device_memory_bytes(torch.device("cuda", 0)) == 24 * GIB
+    assert device_memory_bytes(torch.device("cpu")) is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device_memory_bytes(torch.device("cuda", 1)) is None
+    assert device_memory_bytes(torch.device("cpu")) is None
+
+
+def test_cached_features_shape_and_tokens():
+    """A cached teacher's features ride in the batch as [B, T, P, (L,) D]: (D,) for one layer,
+    (L, D) for several; P is the model's token grid, here 32 x 64 px in 4 px patches: 8 x 16."""
+    from types import SimpleNamespace
+
+    from gfcore.train.plan import _feature_tail, _tokens
+    from gfcore.train.trainer import build_training
+
+    assert _feature_tail(SimpleNamespace(num_layers=1, feature_dim=64)) == (64,)
+    assert _feature_tail(SimpleNamespace(num_layers=2, feature_dim=64)) == (2, 64)
+    assert _feature_tail(SimpleNamespace(num_layers=3, feature_dim=16)) == (3, 16)
+    cfg = plan_cfg("data.resolution=[32,64]")
+    model, _, _ = build_training(cfg, torch.device("cpu"), teacher_weights=False)
+    assert _tokens(cfg, model) == (32 // 4) * (64 // 4)
+
+
+def test_tracker_follows_storage_resizes_by_label():
+    """A storage grown by a single byte raises the peak, a shrunk one leaves its label's count
+    (not only the total), and a host label's resize stays out of the total."""
+    from gfcore.train.memory import LiveTensorBytes
+
+    tracker = LiveTensorBytes(host_labels=("host",))
+    with tracker:
+        with tracker.label("a"):
+            x = torch.zeros(10, dtype=torch.uint8)
+        with tracker.label("host"):
+            h = torch.zeros(8, dtype=torch.uint8)
+        assert tracker.total == tracker.peak == 10
+        x.untyped_storage().resize_(11)
+        assert tracker.total == tracker.peak == 11 and tracker.peak_by_label == {"a": 11}
+        x.untyped_storage().resize_(4)
+        assert tracker.total == 4 and tracker.by_label["a"] == 4 and tracker.peak == 11
+        h.untyped_storage().resize_(2)
+        assert tracker.total == 4 and tracker.by_label["host"] == 2
