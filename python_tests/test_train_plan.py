@@ -418,3 +418,97 @@ def test_tracker_follows_storage_resizes_by_label():
         assert tracker.total == 4 and tracker.by_label["a"] == 4 and tracker.peak == 11
         h.untyped_storage().resize_(2)
         assert tracker.total == 4 and tracker.by_label["host"] == 2
+
+
+def test_plan_memory_reads_the_line_through_two_stand_in_steps(monkeypatch):
+    """plan_memory with step_memory stood in by a line worked out by hand (2 GiB + 1 GiB per
+    clip): the slope, the largest global batch per device size (floor of (94 % of it - 2 GiB) /
+    1 GiB clips per rank, times the world size; none below the intercept), the breakdown in
+    BREAKDOWN's order then other labels, the largest part, the strategy. A peak that does not
+    rise with the batch gives no slope: 10**6 clips per rank where the peak fits (exactly at the
+    budget included), none where it does not."""
+    from omegaconf import OmegaConf
+
+    import gfcore.train.plan as plan_module
+    from gfcore.train.plan import BREAKDOWN, StepMemory, configured_micro_batch
+
+    line = {}
+
+    def fake_step_memory(cfg, world_size=1, per_rank=None, **_):
+        per_rank = configured_micro_batch(cfg, world_size) if per_rank is None else per_rank
+        peak = line["base"] + line["slope"] * per_rank
+        return StepMemory(per_rank, peak, {"model activations": peak - line["weights"], "custom": line["custom"],
+                                           "parameters": line["weights"] - line["custom"]}, "backward")
+
+    monkeypatch.setattr(plan_module, "step_memory", fake_step_memory)
+    line.update(base=2 * GIB, slope=GIB, weights=GIB, custom=GIB // 4)
+    cfg = OmegaConf.create({"train": {"batch_size": 6, "strategy": "fsdp"}})
+    plan = plan_memory(cfg, world_size=2, device_gib=(2, 4.5, 10))
+    assert plan.max_batch == {"2GB": 0, "4.5GB": 2 * 2, "10GB": 7 * 2}  # 9.4 - 2 = 7.4: 7 clips per rank
+    assert (plan.world_size, plan.strategy, plan.per_rank_batch, plan.peak_bytes) == (2, "fsdp", 3, 5 * GIB)
+    assert plan.bytes_per_clip == GIB and type(plan.bytes_per_clip) is int
+    assert (plan.peak_owner, plan.peak_during) == ("model activations", "backward")
+    expected = dict.fromkeys(BREAKDOWN, 0)
+    expected.update({"parameters": 3 * GIB // 4, "model activations": 4 * GIB})
+    assert list(plan.breakdown.items()) == [*expected.items(), ("custom", GIB // 4)]
+    assert 0 < plan.seconds < 60
+    # no slope (the larger batch planned 1 MiB lower): the peak at 2 clips is the intercept
+    line.update(base=376 * MIB + 2 * MIB, slope=-MIB, weights=MIB, custom=0)
+    plan = plan_memory(OmegaConf.create({"train": {"batch_size": 6}}), world_size=3, device_gib=(400 / 1024, 0.25))
+    assert plan.bytes_per_clip == 0 and plan.strategy == "ddp" and plan.peak_bytes == 376 * MIB
+    assert plan.max_batch == {"0.390625GB": 10 ** 6 * 3, "0.25GB": 0}  # 94 % of 400 MiB: 376 MiB, the peak
+    for gib in (0, -1):
+        with pytest.raises(PlanError, match=rf"^device memory sizes must be positive numbers of GiB, got {gib}$"):
+            plan_memory(cfg, world_size=2, device_gib=(80, gib))
+
+
+def test_configured_micro_batch_and_the_plans_config():
+    """train.batch_size is the global micro-batch: per rank it is batch_size / world size, an
+    int, or PlanError naming both; the planned config (a resolved copy) has per_rank x world
+    size clips, one micro-batch, no compile and no init_from."""
+    from omegaconf import OmegaConf
+
+    from gfcore.train.plan import _plan_config, configured_micro_batch
+
+    cfg = OmegaConf.create({"train": {"batch_size": 6, "grad_accum": 4, "compile": True, "init_from": "/w.pt",
+                                      "lr": "${train.base_lr}", "base_lr": 0.5}})
+    assert configured_micro_batch(cfg, 2) == 3 and type(configured_micro_batch(cfg, 2)) is int
+    assert configured_micro_batch(cfg, 6) == 1 and configured_micro_batch(cfg, 1) == 6
+    with pytest.raises(PlanError, match=r"^train.batch_size=6 does not divide over --world-size 4$"):
+        configured_micro_batch(cfg, 4)
+    planned = _plan_config(cfg, 4, 3)
+    assert planned.train.batch_size == 12 and type(planned.train.batch_size) is int
+    assert planned.train.grad_accum == 1 and planned.train.compile is False and planned.train.init_from is None
+    assert planned.train.lr == 0.5 and not OmegaConf.is_interpolation(planned.train, "lr")
+    assert cfg.train.batch_size == 6 and cfg.train.grad_accum == 4 and cfg.train.init_from == "/w.pt"  # a copy
+
+
+def test_fake_batch_holds_what_the_run_reads():
+    """The planned batch, by hand: frames in [-1, 1) of [B, T, 3, H, W], keys, frame indices;
+    cameras (intrinsics of focal W, H and centre W/2, H/2, identity poses, their rays) when the
+    data has them or the teacher requires intrinsics; actions and depth when asked for."""
+    from omegaconf import OmegaConf
+
+    from gfcore.data.geometry import plucker_rays
+    from gfcore.train.plan import _fake_batch
+
+    torch.manual_seed(0)
+    full = _fake_batch(OmegaConf.create({"train": {"num_frames": 3}, "data": {"resolution": [4, 6], "camera": True,
+                                                                              "action_dim": 5}}), 2, ("depth",))
+    assert set(full) == {"frames", "key", "frame_indices", "intrinsics", "c2w", "rays", "actions", "depth"}
+    frames = full["frames"]
+    assert frames.shape == (2, 3, 3, 4, 6) and frames.dtype == torch.float32
+    assert -1 <= frames.min() < -0.5 and 0.5 < frames.max() < 1
+    assert full["key"] == ["clip0", "clip1"] and full["frame_indices"].tolist() == [[0, 1, 2]] * 2
+    k = torch.tensor([[6.0, 0.0, 3.0], [0.0, 4.0, 2.0], [0.0, 0.0, 1.0]])
+    assert full["intrinsics"].shape == (2, 3, 3, 3) and torch.equal(full["intrinsics"], k.expand(2, 3, 3, 3))
+    assert full["c2w"].shape == (2, 3, 4, 4) and torch.equal(full["c2w"], torch.eye(4).expand(2, 3, 4, 4))
+    rays = plucker_rays(k.expand(2, 3, 3, 3), torch.eye(4).expand(2, 3, 4, 4), 4, 6)
+    assert full["rays"].shape == (2, 3, 6, 4, 6) and torch.equal(full["rays"], rays)
+    assert full["actions"].shape == (2, 3, 5) and 0 <= full["actions"].min() and full["actions"].max() < 1
+    assert full["depth"].shape == (2, 3, 4, 6) and torch.equal(full["depth"], torch.ones(2, 3, 4, 6))
+    plain = _fake_batch(OmegaConf.create({"train": {"num_frames": 2}, "data": {"resolution": [4, 4]}}), 1, ())
+    assert set(plain) == {"frames", "key", "frame_indices"} and plain["frames"].shape == (1, 2, 3, 4, 4)
+    asked = _fake_batch(OmegaConf.create({"train": {"num_frames": 2}, "data": {"resolution": [4, 4], "camera": False,
+                                                                               "action_dim": None}}), 1, ("intrinsics",))
+    assert set(asked) == {"frames", "key", "frame_indices", "intrinsics", "c2w", "rays"}
