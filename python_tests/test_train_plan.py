@@ -512,3 +512,57 @@ def test_fake_batch_holds_what_the_run_reads():
     asked = _fake_batch(OmegaConf.create({"train": {"num_frames": 2}, "data": {"resolution": [4, 4], "camera": False,
                                                                                "action_dim": None}}), 1, ("intrinsics",))
     assert set(asked) == {"frames", "key", "frame_indices", "intrinsics", "c2w", "rays"}
+
+
+def test_tracker_labels_nest_and_the_peak_keeps_its_first_split():
+    """LiveTensorBytes by hand, continued: the default label, the innermost of nested labels,
+    ranges and module hooks (popped back to the enclosing label), relabel of an untracked
+    tensor, meta tensors (no storage) not counted, the peak's split taken when first reached
+    (zero and host labels left out), reset_peak, and resize_ restored after the mode."""
+    from gfcore.nvtx import nvtx_range
+    from gfcore.train.memory import LiveTensorBytes
+
+    outside = torch.zeros(64)  # 256 B, made before the tracker
+    tracker = LiveTensorBytes(range_labels={"train.forward": "forward"}, host_labels=("host",))
+    assert (tracker.total, tracker.peak, tracker.peak_by_label) == (0, 0, {})
+    with tracker:
+        a = torch.zeros(256)  # 1 KiB, no label given
+        assert tracker.by_label["other"] == 1024 and tracker.peak_context == ["other"]
+        with tracker.label("outer"):
+            with tracker.label("inner"):
+                b = torch.zeros(256)
+            with nvtx_range("train.forward"):
+                c = torch.zeros(256)
+            d = torch.zeros(256)  # after the range: the enclosing label again
+            layer = torch.nn.Linear(4, 4)  # 64 + 16 B
+            tracker.label_module(layer, "layer")
+            inp = torch.zeros(1, 4)
+            out = layer(inp)  # 16 B inside the module
+            e = torch.zeros(256)  # after the module: the enclosing label again
+            meta = torch.empty(1000, device="meta")
+        assert tracker.by_label["inner"] == tracker.by_label["forward"] == 1024 and tracker.by_label["layer"] == 16
+        assert tracker.by_label["outer"] == 2048 + 16 + 64 + 16  # d, e, the input, weight, bias
+        assert tracker.total == 1024 * 5 + 112 and meta.shape == (1000,)
+        tracker.relabel(outside, "z")  # not yet counted: counted under its new label
+        assert tracker.by_label["z"] == 256 and tracker.total == 1024 * 5 + 368
+        peak = tracker.total
+        tracker.relabel(b, "inner2")  # the same total: the peak keeps its split
+        del c
+        f = torch.zeros(256)  # back to the peak, not above it
+        assert tracker.peak == peak and "inner2" not in tracker.peak_by_label
+        assert tracker.peak_by_label["inner"] == tracker.peak_by_label["forward"] == 1024
+        with tracker.label("host"):
+            g = torch.zeros(512)  # 2 KiB of host memory: not in the total
+        del a, f
+        tracker.reset_peak()  # the peak from now on: the live bytes now
+        assert tracker.peak == tracker.total == peak - 2048 and tracker.peak_context == ["other"]
+        assert tracker.peak_by_label == {"inner2": 1024, "outer": 2048 + 96, "layer": 16, "z": 256}
+        assert tracker.by_label["host"] == 2048 and tracker.by_label["other"] == 0
+        with tracker.label("late"):
+            h = torch.zeros(64)
+        assert tracker.peak == peak - 2048 + 256 and tracker.peak_context == ["other", "late"]
+        assert tracker.peak_by_label["late"] == 256 and "host" not in tracker.peak_by_label
+    storage = torch.zeros(4).untyped_storage()
+    storage.resize_(0)  # the original resize_ is back
+    assert storage.nbytes() == 0 and tracker.total == peak - 2048 + 256
+    assert [t.numel() for t in (b, d, e, g, h, out)] == [256, 256, 256, 512, 64, 4]
