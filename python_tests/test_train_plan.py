@@ -566,3 +566,19 @@ def test_tracker_labels_nest_and_the_peak_keeps_its_first_split():
     storage.resize_(0)  # the original resize_ is back
     assert storage.nbytes() == 0 and tracker.total == peak - 2048 + 256
     assert [t.numel() for t in (b, d, e, g, h, out)] == [256, 256, 256, 512, 64, 4]
+
+
+def test_tracker_counts_a_dtensors_local_shard():
+    """A DTensor (FSDP's sharded parameter) counts its rank's shard, not the whole tensor: 256
+    floats sharded over 2 (fake) ranks are 512 B on rank 0."""
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from gfcore.train.memory import LiveTensorBytes
+    from gfcore.train.plan import _fake_group
+
+    with _fake_group(2) as mesh:
+        sharded = distribute_tensor(torch.zeros(256), mesh, [Shard(0)])
+        tracker = LiveTensorBytes()
+        with tracker:
+            tracker.relabel(sharded, "sharded")
+        assert tracker.by_label["sharded"] == tracker.total == 512
