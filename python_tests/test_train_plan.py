@@ -412,7 +412,8 @@ def test_tracker_follows_storage_resizes_by_label():
         with tracker.label("host"):
             h = torch.zeros(8, dtype=torch.uint8)
         assert tracker.total == tracker.peak == 10
-        x.untyped_storage().resize_(11)
+        storage = x.untyped_storage()
+        assert storage.resize_(11) is storage  # resize_ still returns its storage
         assert tracker.total == tracker.peak == 11 and tracker.peak_by_label == {"a": 11}
         x.untyped_storage().resize_(4)
         assert tracker.total == 4 and tracker.by_label["a"] == 4 and tracker.peak == 11
@@ -524,7 +525,7 @@ def test_tracker_labels_nest_and_the_peak_keeps_its_first_split():
 
     outside = torch.zeros(64)  # 256 B, made before the tracker
     tracker = LiveTensorBytes(range_labels={"train.forward": "forward"}, host_labels=("host",))
-    assert (tracker.total, tracker.peak, tracker.peak_by_label) == (0, 0, {})
+    assert (tracker.total, tracker.peak, tracker.peak_by_label, tracker.peak_context) == (0, 0, {}, [])
     with tracker:
         a = torch.zeros(256)  # 1 KiB, no label given
         assert tracker.by_label["other"] == 1024 and tracker.peak_context == ["other"]
