@@ -714,3 +714,12 @@ def test_any_batch_gpu_check_runs_small():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.main(["--small", "--device", "cpu"]) == 0
+
+
+def test_sdpa_slices_keep_a_custom_scale(monkeypatch):
+    """Each SDPA slice gets the caller's softmax scale (not SDPA's default 1/sqrt(D))."""
+    monkeypatch.setattr(ref, "SDPA_MAX_BATCH", 4)
+    shape = (2, 3, 5, 1, 8)  # 10 temporal sequences: slices of 4, 4, 2
+    q, k, v = _inputs(shape, seed=8)
+    out = attn.temporal_attention(q, k, v, scale=0.9, impl="reference")
+    torch.testing.assert_close(out.double(), naive_attention(q, k, v, "temporal", scale=0.9), atol=2e-6, rtol=1e-5)

@@ -258,6 +258,7 @@ def prepare(module: str, workdir: Path) -> None:
     shutil.copytree(ROOT / "python_tests", workdir / "python_tests", ignore=ignore)
     shutil.copytree(ROOT / "docs", workdir / "docs", ignore=ignore)  # test_docs reads the pages and the README
     shutil.copy2(ROOT / "README.md", workdir / "README.md")
+    shutil.copytree(ROOT / "scripts", workdir / "scripts", ignore=ignore)  # tests that run a script (any_batch_check)
     if not list((workdir / "gfcore").glob("_C*.so")):  # no in-place build: take the installed extension
         found = subprocess.run([sys.executable, "-c", "import gfcore._C as c; print(c.__file__)"], cwd="/",
                                capture_output=True, text=True).stdout.strip()
@@ -273,7 +274,7 @@ def prepare(module: str, workdir: Path) -> None:
 def write_setup_cfg(module: str, workdir: Path) -> None:
     """mutmut's configuration in the scratch folder: the files mutated and the module's tests."""
     files, tests, extra = MODULES[module]
-    lines = ["[mutmut]", "source_paths = gfcore", "also_copy =", "    python_tests", "    docs", "    README.md",
+    lines = ["[mutmut]", "source_paths = gfcore", "also_copy =", "    python_tests", "    docs", "    README.md", "    scripts",
              "only_mutate ="]
     lines += [f"    {f}" for f in files]
     lines += ["pytest_add_cli_args_test_selection ="] + [f"    python_tests/{t}" for t in tests]
@@ -366,6 +367,8 @@ def rerun_survivors(module: str, base: Path, python: str) -> dict:
     shutil.rmtree(workdir / "docs", ignore_errors=True)  # test_docs reads the current pages
     shutil.copytree(ROOT / "docs", workdir / "docs")
     shutil.copy2(ROOT / "README.md", workdir / "README.md")
+    shutil.rmtree(workdir / "scripts", ignore_errors=True)
+    shutil.copytree(ROOT / "scripts", workdir / "scripts")
     shutil.rmtree(workdir / "fixture_cache", ignore_errors=True)  # made by the tests as they were then
     write_setup_cfg(module, workdir)  # the module's current test files (a test file added: more tests)
     (workdir / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)  # which test calls what: traced again
