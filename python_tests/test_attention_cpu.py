@@ -654,6 +654,19 @@ def test_reference_scale_default_mode_and_bf16_rope():
     assert (got != once).float().mean() < 0.01
 
 
+def _record_sdpa_batches(monkeypatch):
+    """The batch size (sequences) of every F.scaled_dot_product_attention call from now on."""
+    seen = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append(args[0].shape[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    return seen
+
+
 @pytest.mark.parametrize("impl,mode,causal", [("reference", "spatial", False), ("reference", "temporal", True),
                                                ("sdpa", "spatial", False), ("sdpa", "temporal", False)])
 def test_sdpa_batches_go_through_in_slices(monkeypatch, impl, mode, causal):
@@ -664,14 +677,7 @@ def test_sdpa_batches_go_through_in_slices(monkeypatch, impl, mode, causal):
     shape = (3, 3, 5, 2, 8)  # 9 (spatial) or 15 (temporal) sequences: slices of 4, 4, .., 1 or 3
     q, k, v = _inputs(shape, seed=3)
     rope = random_rope(_seq_len(shape, mode), shape[-1], generator=torch.Generator().manual_seed(4))
-    seen = []
-    real = torch.nn.functional.scaled_dot_product_attention
-
-    def spy(*args, **kwargs):
-        seen.append(args[0].shape[0])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    seen = _record_sdpa_batches(monkeypatch)
     grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(5))
     out, grads = _forward_and_grads(impl, mode, causal, q, k, v, rope, grad_out)
     sequences = shape[0] * (shape[2] if mode == "temporal" else shape[1])
@@ -690,14 +696,7 @@ def test_temporal_batch_past_sdpa_grid_limit(monkeypatch):
     b, t, p, h, d = 2, 2, 35000, 1, 4
     g = torch.Generator().manual_seed(6)
     q, k, v = (torch.randn(b, t, p, h, d, generator=g) for _ in range(3))
-    seen = []
-    real = torch.nn.functional.scaled_dot_product_attention
-
-    def spy(*args, **kwargs):
-        seen.append(args[0].shape[0])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    seen = _record_sdpa_batches(monkeypatch)
     out = attn.temporal_attention(q, k, v, causal=True, impl="reference")
     assert seen == [65535, 70000 - 65535]
     torch.testing.assert_close(out.double(), naive_attention(q, k, v, "temporal", causal=True), atol=2e-6, rtol=1e-5)
